@@ -1,0 +1,7 @@
+"""epsilon-ResNet (Yu et al., CVPR 2018) in TensorFlow/Keras.
+
+Data flows one way: recipe -> data pipeline -> model -> training loop -> run folder
+-> compression -> report; each stage is a module of its own.
+"""
+
+__version__ = "0.1.0"
