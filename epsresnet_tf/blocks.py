@@ -1,0 +1,281 @@
+"""One residual unit builder shared by every family (SPEC §2–§5, He et al. 2016 §3–§4).
+
+A unit is: residual branch (basic 3x3-3x3 or bottleneck 1x1-3x3-1x1, in one of He et al.'s
+orders) → optional gate (epsilon or k) → merge with a shortcut (identity and its He et al.
+variants, 1x1 projection, or the parameter-free pool+pad). Settings common to a whole
+network live in one `NetConfig`; layers are made by a `LayerFactory` bound to it.
+"""
+import dataclasses
+
+import keras
+
+from epsresnet_tf import layers as L
+
+GATES = ("none", "eps", "k")
+#: He et al. 2016 Fig. 4: (a) original, (b) BN after addition, (c) ReLU before addition,
+#: (d) ReLU-only pre-activation, (e) full pre-activation (the default).
+ORDERS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
+#: He et al. 2016 Fig. 2 shortcut variants on identity-shaped units.
+SHORTCUTS = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
+             "conv1x1", "dropout")
+INITS = ("he_fan_out", "gaussian")
+SCOPES = ("batch", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    """Network-wide settings (SPEC §1–§6). `weight_decay` is the c of c·½‖w‖²."""
+
+    classes: int = 10
+    gate: str = "none"
+    epsilon: float = 0.0
+    gate_scope: str = "batch"
+    k_decay: float = 0.0
+    share: bool = False
+    share_first: bool = False
+    side_head: bool = False
+    weight_decay: float = 2e-4
+    init: str = "he_fan_out"
+    data_format: str = "channels_last"
+    order: str = "full_preact"
+    shortcut: str = "identity"
+    shortcut_scale: float = 0.5
+    gate_bias: float = 0.0
+    shortcut_dropout: float = 0.5
+    dropout: float = 0.0
+    bn_momentum: float = 0.9      # tensorpack's BatchNorm defaults
+    bn_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        for field, allowed in (("gate", GATES), ("order", ORDERS), ("shortcut", SHORTCUTS),
+                               ("init", INITS), ("gate_scope", SCOPES),
+                               ("data_format", ("channels_last", "channels_first"))):
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0; got {self.epsilon}")
+        if self.classes < 1:
+            raise ValueError(f"classes must be >= 1; got {self.classes}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+
+    @property
+    def preact(self):
+        return self.order in ("full_preact", "relu_preact")
+
+
+def block_id(group, block):
+    """Canonical block name used in history keys, TensorBoard tags and certificates."""
+    return f"group{group}/block{block}"
+
+
+def layer_prefix(group, block):
+    """Keras forbids '/' in layer names, so layers use `group{g}_block{b}_…`."""
+    return f"group{group}_block{block}_"
+
+
+class LayerFactory:
+    """Makes conv / BN / dense layers with a network's initialiser, decay and data format."""
+
+    def __init__(self, config):
+        self.config = config
+        self.channel_axis = 1 if config.data_format == "channels_first" else -1
+        # Kernels carry c·½‖w‖² = L2(c/2); BN, biases, epsilon and k carry none (SPEC §6).
+        self.regularizer = (keras.regularizers.L2(config.weight_decay / 2)
+                            if config.weight_decay else None)
+
+    def kernel_initializer(self, fan_mode="fan_out"):
+        if self.config.init == "gaussian":
+            return keras.initializers.RandomNormal(stddev=0.01)
+        # tf.variance_scaling_initializer(scale=2.0, mode='fan_out'), as in the authors' code.
+        return keras.initializers.VarianceScaling(2.0, mode=fan_mode, distribution="truncated_normal")
+
+    def conv(self, filters, kernel, stride=1, name=None):
+        return keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=False,
+            data_format=self.config.data_format, kernel_initializer=self.kernel_initializer(),
+            kernel_regularizer=self.regularizer, name=name)
+
+    def bn(self, name):
+        return keras.layers.BatchNormalization(
+            axis=self.channel_axis, momentum=self.config.bn_momentum,
+            epsilon=self.config.bn_epsilon, name=name)
+
+    def bn_relu(self, x, name):
+        x = self.bn(name + "bn")(x)
+        return keras.layers.ReLU(name=name + "relu")(x)
+
+    def dense(self, units, name, dtype=None):
+        return keras.layers.Dense(
+            units, kernel_initializer=self.kernel_initializer("fan_in"),
+            kernel_regularizer=self.regularizer, name=name, dtype=dtype)
+
+    def channels(self, x):
+        return x.shape[self.channel_axis]
+
+
+def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=False,
+                  expansion=4, shortcut_kind="identity", preact="residual", shared_conv=None):
+    """One residual unit named `group{g}_block{b}_…`; returns its output tensor.
+
+    shortcut_kind: "identity" (with the NetConfig's He et al. variant), "projection"
+    (1x1 conv with the stride) or "pool_pad" (option A, parameter-free).
+    preact (pre-activation orders only): "none" — the input is already activated (the
+    network's first unit); "residual" — BN-ReLU on the residual branch only; "split" —
+    BN-ReLU before splitting, the shortcut sees the activated input.
+    shared_conv: a Conv2D shared by the stage (SPEC §4) used in place of this unit's
+    shared 3x3 (basic: the second; bottleneck: the only one).
+    """
+    cfg = factory.config
+    p = layer_prefix(group, block)
+    out_channels = filters * expansion if bottleneck else filters
+    if bottleneck:
+        specs = [(filters, 1, 1), (filters, 3, stride), (out_channels, 1, 1)]
+        shared_index = 1
+    else:
+        specs = [(filters, 3, stride), (filters, 3, 1)]
+        shared_index = 1
+
+    shortcut_input = x
+    residual = x
+    if cfg.order == "full_preact" and preact != "none":
+        residual = factory.bn_relu(x, p + "preact_")
+        if preact == "split":
+            shortcut_input = residual
+    elif cfg.order == "relu_preact" and preact != "none":
+        residual = keras.layers.ReLU(name=p + "preact_relu")(x)
+        if preact == "split":
+            shortcut_input = residual
+
+    last = len(specs) - 1
+    for i, (channels, kernel, conv_stride) in enumerate(specs):
+        if i > 0 and cfg.order == "full_preact":
+            residual = factory.bn_relu(residual, f"{p}{i}_")
+        elif i > 0 and cfg.order == "relu_preact":
+            residual = keras.layers.ReLU(name=f"{p}{i}_relu")(residual)
+        if i == 1 and not bottleneck and cfg.dropout:
+            residual = keras.layers.Dropout(cfg.dropout, name=p + "dropout")(residual)
+        if shared_conv is not None and i == shared_index:
+            if conv_stride != 1:
+                raise ValueError(f"{block_id(group, block)}: a shared 3x3 kernel cannot serve "
+                                 "a strided unit; share every block but the stage's first")
+            conv = shared_conv
+        else:
+            conv = factory.conv(channels, kernel, conv_stride, name=f"{p}conv{i + 1}")
+        residual = conv(residual)
+        post_bn = cfg.order in ("original", "relu_before_add", "relu_preact") or (
+            cfg.order == "bn_after_add" and i < last)
+        if post_bn:
+            residual = factory.bn(f"{p}{i + 1}_bn")(residual)
+            if i < last and cfg.order != "relu_preact":
+                residual = keras.layers.ReLU(name=f"{p}{i + 1}_relu")(residual)
+    if cfg.order == "relu_before_add":
+        residual = keras.layers.ReLU(name=p + "out_relu")(residual)
+
+    shortcut, merged = _shortcut(shortcut_input, residual, factory, p, shortcut_kind,
+                                 out_channels, stride)
+    if merged is None:
+        merged = merge_branch(residual, shortcut, cfg, p)
+    if cfg.order == "original":
+        merged = keras.layers.ReLU(name=p + "out_relu")(merged)
+    elif cfg.order == "bn_after_add":
+        merged = factory.bn_relu(merged, p + "out_")
+    return merged
+
+
+def _shortcut(x, residual, factory, p, kind, out_channels, stride):
+    """The shortcut tensor, or (None, merged) where the variant merges by itself."""
+    cfg = factory.config
+    if kind == "projection":
+        return factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x), None
+    if kind == "pool_pad":
+        return L.PoolPadShortcut(out_channels, stride, cfg.data_format, name=p + "shortcut_pool_pad")(x), None
+    if factory.channels(x) != out_channels or stride != 1:
+        raise ValueError(f"{p}: an identity shortcut needs equal shapes; use a projection")
+    variant = cfg.shortcut
+    if variant == "constant_scaling":
+        scale = keras.layers.Rescaling(cfg.shortcut_scale, name=p + "shortcut_scale")
+        return scale(x), keras.layers.Add(name=p + "add")(
+            [keras.layers.Rescaling(cfg.shortcut_scale, name=p + "residual_scale")(residual), scale(x)])
+    if variant in ("exclusive_gating", "shortcut_only_gating"):
+        mode = "exclusive" if variant == "exclusive_gating" else "shortcut_only"
+        gate = L.SigmoidShortcutGate(mode, cfg.gate_bias, cfg.data_format,
+                                     factory.kernel_initializer(), factory.regularizer,
+                                     name=p + "shortcut_gate")
+        return x, gate([residual, x])
+    if variant == "conv1x1":
+        return factory.conv(out_channels, 1, 1, name=p + "shortcut_conv")(x), None
+    if variant == "dropout":
+        return keras.layers.Dropout(cfg.shortcut_dropout, name=p + "shortcut_dropout")(x), None
+    return x, None
+
+
+def merge_branch(residual, shortcut, cfg, p):
+    if cfg.gate == "eps":
+        residual = L.EpsilonGate(cfg.epsilon, cfg.gate_scope, name=p + "eps_gate")(residual)
+    elif cfg.gate == "k":
+        return L.ResidualGate("residual", cfg.k_decay, name=p + "k_gate")([residual, shortcut])
+    return keras.layers.Add(name=p + "add")([residual, shortcut])
+
+
+def shared_kernel(factory, group, filters):
+    """The one 3x3 kernel a stage's sharing blocks use (SPEC §4)."""
+    return factory.conv(filters, 3, 1, name=f"group{group}_shared_conv3x3")
+
+
+def classifier(x, factory, name, activate=True):
+    """BN-ReLU → global average pool → FC(classes) logits (float32 under mixed precision)."""
+    cfg = factory.config
+    if activate:
+        x = factory.bn_relu(x, name + "_")
+    x = keras.layers.GlobalAveragePooling2D(data_format=cfg.data_format, name=name + "_pool")(x)
+    return factory.dense(cfg.classes, name=name + "_fc" if name != "head" else "logits",
+                         dtype="float32")(x)
+
+
+def side_head_index(blocks_per_group):
+    """Global 0-based index of the unit after which the side head sits: ⌊N/2⌋ (SPEC §5)."""
+    return sum(blocks_per_group) // 2
+
+
+def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_stride,
+                   dim_shortcut, first_unit_activated, share_first):
+    """All groups of units. Returns (output, side_tensor or None).
+
+    dim_shortcut: shortcut where shapes change ("projection" or "pool_pad").
+    first_unit_activated: the stem already ends in BN-ReLU, so the network's first unit
+    skips its pre-activation.
+    """
+    cfg = factory.config
+    side_at = side_head_index(blocks_per_group) if cfg.side_head else None
+    side = None
+    index = 0
+    expansion = 4 if bottleneck else 1
+    for g, (count, width) in enumerate(zip(blocks_per_group, widths)):
+        shared = shared_kernel(factory, g, width) if cfg.share else None
+        for b in range(count):
+            stride = (first_stride if g == 0 else 2) if b == 0 else 1
+            changes = stride != 1 or factory.channels(x) != width * expansion
+            kind = dim_shortcut if changes else "identity"
+            if index == 0 and first_unit_activated:
+                preact = "none"
+            elif kind == "projection":
+                preact = "split"
+            else:
+                preact = "residual"
+            use_shared = shared if (b > 0 or share_first) else None
+            x = residual_unit(x, factory, group=g, block=b, filters=width, stride=stride,
+                              bottleneck=bottleneck, shortcut_kind=kind, preact=preact,
+                              shared_conv=use_shared)
+            if index == side_at:
+                side = classifier(x, factory, "side_head")
+            index += 1
+    return x, side
+
+
+def finish_model(inputs, x, side, factory, name, activate=True):
+    """Classifier head and the keras.Model; with a side head, outputs are a dict."""
+    logits = classifier(x, factory, "head", activate=activate)
+    outputs = {"logits": logits, "side_logits": side} if side is not None else logits
+    return keras.Model(inputs, outputs, name=name)

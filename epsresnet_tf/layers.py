@@ -1,0 +1,251 @@
+"""Keras layers that Keras does not ship: the epsilon gate, the residual gate, He et al.'s
+sigmoid shortcut gate and the parameter-free "option A" shortcut.
+
+Every layer is registered for serialisation, so models built from them save to `.keras`
+and load back without custom_objects.
+"""
+import keras
+from keras import ops
+
+PACKAGE = "epsresnet_tf"
+
+#: L of SPEC §1: T jumps from 0 to 1 within about 1/L of the threshold.
+GATE_SHARPNESS = 1e6
+#: tensorpack's default decay for moving summaries (SPEC §8).
+MONITOR_DECAY = 0.95
+
+
+def _channel_axis(data_format):
+    return 1 if data_format == "channels_first" else -1
+
+
+def _monitor_weight(layer, name, initial=0.0):
+    # "mean" aggregation lets each replica assign under tf.distribute; the values
+    # are then averaged over replicas (README: how discard counts combine).
+    return layer.add_weight(name=name, shape=(), dtype="float32", trainable=False,
+                            initializer=keras.initializers.Constant(initial),
+                            aggregation="mean", autocast=False)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EpsilonGate(keras.layers.Layer):
+    """S(F) = T(F) * F, the sparsity-promoting function of epsilon-ResNet (SPEC §1).
+
+    s = max(relu(F - eps) + relu(-F - eps)),  T = relu(1 - L * relu(1 - L * s)).
+
+    scope="batch" (the authors' code): one max over the whole per-replica batch, so one
+    T per block and step. scope="sample" (the paper's equation): one T per image.
+
+    `epsilon` is a non-trainable float32 variable, so a callback can change it during
+    `fit` without retracing. T is computed in float32 under mixed precision.
+
+    T is piecewise constant; its derivative is 0 except within 1/L of the threshold, where
+    it is of size L^2. With `gate_gradient=False` (default) T is a constant for
+    differentiation, so dS/dF = T exactly; `gate_gradient=True` keeps the original graph.
+
+    Monitoring (SPEC §8), updated on every training call inside the graph:
+    `gate_value` (T of the last batch, averaged over images in sample scope),
+    `discarded_ema` (EMA of 1 - T, decay 0.95), `response_max` (max |F|) and
+    `response_mean` (mean |F|) of the last batch.
+    """
+
+    def __init__(self, epsilon=0.0, scope="batch", sharpness=GATE_SHARPNESS,
+                 gate_gradient=False, monitor_decay=MONITOR_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        if scope not in ("batch", "sample"):
+            raise ValueError(f"EpsilonGate scope must be 'batch' or 'sample', got {scope!r}")
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.initial_epsilon = float(epsilon)
+        self.scope = scope
+        self.sharpness = float(sharpness)
+        self.gate_gradient = bool(gate_gradient)
+        self.monitor_decay = float(monitor_decay)
+
+    def build(self, input_shape):
+        self.epsilon = self.add_weight(
+            name="epsilon", shape=(), dtype="float32", trainable=False, autocast=False,
+            initializer=keras.initializers.Constant(self.initial_epsilon), aggregation="mean")
+        self.gate_value = _monitor_weight(self, "gate_value", 1.0)
+        self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
+        self.response_max = _monitor_weight(self, "response_max", 0.0)
+        self.response_mean = _monitor_weight(self, "response_mean", 0.0)
+
+    def gate(self, residual):
+        """T for a float32 residual tensor: shape () in batch scope, (N, 1, ...) per sample."""
+        eps = self.epsilon
+        s = ops.relu(residual - eps) + ops.relu(-residual - eps)
+        if self.scope == "batch":
+            s = ops.max(s)
+        else:
+            s = ops.max(s, axis=tuple(range(1, len(residual.shape))), keepdims=True)
+        one = ops.cast(1.0, "float32")
+        return ops.relu(one - self.sharpness * ops.relu(one - self.sharpness * s))
+
+    def call(self, residual, training=None):
+        f32 = ops.cast(residual, "float32")
+        gate = self.gate(f32)
+        if not self.gate_gradient:
+            gate = ops.stop_gradient(gate)
+        if training:
+            self._update_monitors(f32, gate)
+        return ops.cast(gate, residual.dtype) * residual
+
+    def _update_monitors(self, f32, gate):
+        t = ops.mean(gate)
+        d = self.monitor_decay
+        self.gate_value.assign(t)
+        self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * (1.0 - t))
+        magnitude = ops.abs(f32)
+        self.response_max.assign(ops.max(magnitude))
+        self.response_mean.assign(ops.mean(magnitude))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.initial_epsilon, scope=self.scope, sharpness=self.sharpness,
+                      gate_gradient=self.gate_gradient, monitor_decay=self.monitor_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResidualGate(keras.layers.Layer):
+    """Savarese et al.'s gate on a pair [F, x] with one scalar k (initialised to 1), g = ReLU.
+
+    mode="residual": u = g(k) F + x.  mode="plain": u = g(k) f + (1 - g(k)) x.
+    k gets no weight decay unless `k_decay` > 0 (then k_decay * k^2, the paper's option).
+    `gate_value` is g(k) for monitoring; a block with g(k) = 0 is an identity.
+    """
+
+    def __init__(self, mode="residual", k_decay=0.0, monitor_decay=MONITOR_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("residual", "plain"):
+            raise ValueError(f"ResidualGate mode must be 'residual' or 'plain', got {mode!r}")
+        self.mode = mode
+        self.k_decay = float(k_decay)
+        self.monitor_decay = float(monitor_decay)
+
+    def build(self, input_shape):
+        regularizer = keras.regularizers.L2(self.k_decay) if self.k_decay > 0 else None
+        self.k = self.add_weight(name="k", shape=(), dtype="float32", trainable=True,
+                                 initializer=keras.initializers.Constant(1.0),
+                                 regularizer=regularizer, autocast=False)
+        self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
+
+    @property
+    def gate_value(self):
+        return ops.relu(self.k)
+
+    def call(self, inputs, training=None):
+        residual, shortcut = inputs
+        g = ops.relu(self.k)
+        if training:
+            d = self.monitor_decay
+            discarded = ops.cast(ops.less_equal(self.k, 0.0), "float32")
+            self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * discarded)
+        g = ops.cast(g, residual.dtype)
+        if self.mode == "residual":
+            return g * residual + shortcut
+        return g * residual + (ops.cast(1.0, residual.dtype) - g) * shortcut
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, k_decay=self.k_decay, monitor_decay=self.monitor_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SigmoidShortcutGate(keras.layers.Layer):
+    """He et al. 2016 §3, Fig. 2(c, d): g(x) = sigmoid(conv1x1(x) + b) on a pair [F, x].
+
+    mode="exclusive": u = g F + (1 - g) x.  mode="shortcut_only": u = F + (1 - g) x.
+    `bias_init` is the gate bias b_g the paper sweeps (0 … -10).
+    """
+
+    def __init__(self, mode="exclusive", bias_init=0.0, data_format="channels_last",
+                 kernel_initializer="he_normal", kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("exclusive", "shortcut_only"):
+            raise ValueError(f"SigmoidShortcutGate mode must be 'exclusive' or 'shortcut_only', got {mode!r}")
+        self.mode = mode
+        self.bias_init = float(bias_init)
+        self.data_format = data_format
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        channels = input_shape[1][_channel_axis(self.data_format)]
+        self.gate_conv = keras.layers.Conv2D(
+            channels, 1, data_format=self.data_format, activation="sigmoid",
+            kernel_initializer=self.kernel_initializer, kernel_regularizer=self.kernel_regularizer,
+            bias_initializer=keras.initializers.Constant(self.bias_init), name="gate_conv")
+        self.gate_conv.build(input_shape[1])
+
+    def call(self, inputs):
+        residual, shortcut = inputs
+        g = self.gate_conv(shortcut)
+        carry = ops.cast(1.0, g.dtype) - g
+        if self.mode == "exclusive":
+            return g * residual + carry * shortcut
+        return residual + carry * shortcut
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, bias_init=self.bias_init, data_format=self.data_format,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PoolPadShortcut(keras.layers.Layer):
+    """The parameter-free "option A" shortcut of the CIFAR nets: 2x2 average pool, then
+    zero channels padded on both sides (in//2 each, as the authors' code does).
+
+    Written by hand because Keras has no channel-padding layer.
+    """
+
+    def __init__(self, out_channels, stride=2, data_format="channels_last", **kwargs):
+        super().__init__(**kwargs)
+        self.out_channels = int(out_channels)
+        self.stride = int(stride)
+        self.data_format = data_format
+
+    def call(self, x):
+        if self.stride > 1:
+            x = ops.average_pool(x, self.stride, self.stride, padding="valid",
+                                 data_format=self.data_format)
+        axis = _channel_axis(self.data_format) % len(x.shape)
+        missing = self.out_channels - x.shape[axis]
+        if missing:
+            pad = [[0, 0]] * len(x.shape)
+            pad[axis] = [missing // 2, missing - missing // 2]
+            x = ops.pad(x, pad)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        spatial = (2, 3) if self.data_format == "channels_first" else (1, 2)
+        for i in spatial:
+            shape[i] = None if shape[i] is None else shape[i] // self.stride
+        shape[_channel_axis(self.data_format)] = self.out_channels
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(out_channels=self.out_channels, stride=self.stride,
+                      data_format=self.data_format)
+        return config
+
+
+def gate_layers(model):
+    """The model's gate layers in network order (epsilon and residual gates)."""
+    return [layer for layer in model.layers if isinstance(layer, (EpsilonGate, ResidualGate))]

@@ -1,0 +1,98 @@
+"""Name → builder resolution: `cifar-basic-110` resolves to the CIFAR builder with n=18.
+
+Each family is data: a name pattern, a depth rule, its builder and its defaults
+(input shape, classes, ShaResNet sharing default, weight decay).
+"""
+import dataclasses
+import re
+import sys
+
+from epsresnet_tf.blocks import NetConfig
+from epsresnet_tf.errors import UserError
+from epsresnet_tf.models import cifar, imagenet, mnist, wide
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    pattern: str          # regex with the depth (and width) as groups
+    form: str             # how the valid names read, for error messages
+    valid: callable       # (*ints) -> bool
+    build: callable       # (ints, config, input_shape) -> keras.Model
+    input_shape: tuple
+    classes: int
+    share_first: bool     # ShaResNet: basic nets share every block, others all but the first
+    weight_decay: float
+
+
+FAMILIES = {
+    "cifar-basic": Family(
+        r"cifar-basic-(\d+)", "cifar-basic-D with D = 6n+2 (20, 56, 110, 200, 302, 500, 752, …)",
+        lambda d: d >= 8 and (d - 2) % 6 == 0,
+        lambda a, cfg, shape: cifar.cifar_basic(a[0], cfg, shape), (32, 32, 3), 10, True, 2e-4),
+    "cifar-bottleneck": Family(
+        r"cifar-bottleneck-(\d+)", "cifar-bottleneck-D with D = 9n+2 (164, 1001, …)",
+        lambda d: d >= 11 and (d - 2) % 9 == 0,
+        lambda a, cfg, shape: cifar.cifar_bottleneck(a[0], cfg, shape), (32, 32, 3), 10, False, 2e-4),
+    "imagenet": Family(
+        r"imagenet-(\d+)", "imagenet-D with D in 18, 34, 50, 101, 152, 200",
+        lambda d: d in imagenet.DEPTHS,
+        lambda a, cfg, shape: imagenet.imagenet_resnet(a[0], cfg, shape), (224, 224, 3), 1000,
+        None, 1e-4),
+    "wrn": Family(
+        r"wrn-(\d+)-(\d+)", "wrn-D-K with D = 6n+4 (16, 28, 40, …) and K >= 1",
+        lambda d, k: d >= 10 and (d - 4) % 6 == 0 and k >= 1,
+        lambda a, cfg, shape: wide.wide_resnet(a[0], a[1], cfg, shape), (32, 32, 3), 10, False, 2e-4),
+    "mnist-plain": Family(
+        r"mnist-plain-(\d+)", "mnist-plain-D with D >= 1",
+        lambda d: d >= 1,
+        lambda a, cfg, shape: mnist.mnist_fc(a[0], cfg, residual=False, input_shape=shape),
+        (28, 28, 1), 10, False, 0.0),
+    "mnist-res": Family(
+        r"mnist-res-(\d+)", "mnist-res-D with D even and >= 2 (units of two layers)",
+        lambda d: d >= 2 and d % 2 == 0,
+        lambda a, cfg, shape: mnist.mnist_fc(a[0], cfg, residual=True, input_shape=shape),
+        (28, 28, 1), 10, False, 0.0),
+}
+
+
+def available():
+    """The valid name forms, one string each."""
+    return [family.form for family in FAMILIES.values()]
+
+
+def _valid_list():
+    return "; ".join(available())
+
+
+def resolve(name):
+    """(family key, Family, integer arguments) for an architecture name, or UserError."""
+    for key, family in FAMILIES.items():
+        match = re.fullmatch(family.pattern, name)
+        if match:
+            args = tuple(int(g) for g in match.groups())
+            if not family.valid(*args):
+                raise UserError(f"invalid depth in {name!r}: use {family.form}")
+            return key, family, args
+    raise UserError(f"unknown architecture {name!r}: valid are {_valid_list()}")
+
+
+def build_model(name, *, input_shape=None, classes=None, share_first=None,
+                weight_decay=None, **options):
+    """Build the named network. `options` are NetConfig fields (gate, epsilon, share,
+    side_head, init, data_format, order, shortcut, dropout, …); family defaults fill
+    classes, input shape, weight decay and which blocks share a kernel."""
+    key, family, args = resolve(name)
+    # Keras walks the functional graph recursively; ResNet-1001 has ~3,000 layers.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 30000))
+    if share_first is None:
+        share_first = family.share_first
+        if share_first is None:  # ImageNet: basic nets share every block, bottleneck nets not
+            share_first = not imagenet.DEPTHS[args[0]][1]
+    try:
+        config = NetConfig(
+            classes=family.classes if classes is None else classes,
+            weight_decay=family.weight_decay if weight_decay is None else weight_decay,
+            share_first=share_first, **options)
+        return family.build(args, config, tuple(input_shape or family.input_shape))
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{name}: {err}") from err
