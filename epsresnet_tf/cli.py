@@ -13,6 +13,7 @@ from epsresnet_tf.errors import UserError
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "epsresnet_tf.models.describe",
+    "epsresnet_tf.data.check",
 )
 
 

@@ -1,0 +1,134 @@
+"""Fetch CIFAR-10, CIFAR-100 and SVHN from their official sites, verified by MD5.
+
+``python -m epsresnet_tf.data.download DATASET --data-dir DIR`` (what ``make data-*`` runs).
+
+* Files already on disk are verified, never replaced: a file with the wrong checksum is
+  reported (delete it yourself to fetch it again).
+* Downloads go to ``<name>.part`` beside the target and are renamed only once their MD5
+  matches, so an interrupted download never leaves a file that looks complete.
+* Without a network the command fails in one line saying where to put the files by hand.
+
+ImageNet and MNIST are not fetched (ImageNet needs a login; MNIST's host is unreliable):
+``data/README.md`` says where to put them.
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from epsresnet_tf.errors import UserError
+
+# (url, file name, md5, what to extract into the data root or None, sub-folder for the file)
+SOURCES = {
+    "cifar10": [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                 "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                 "cifar-10-batches-py", "")],
+    "cifar100": [("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                  "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                  "cifar-100-python", "")],
+    # MD5s as published with torchvision's SVHN dataset (widely used, agree with the files
+    # served by ufldl.stanford.edu); the test file's is eb5a983b...164d9cef3.
+    "svhn": [("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "train_32x32.mat",
+              "e26dedcc434d2e4c54c9b2d4a06d8373", None, "svhn"),
+             ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "test_32x32.mat",
+              "eb5a983be6a315427106f1b164d9cef3", None, "svhn"),
+             ("http://ufldl.stanford.edu/housenumbers/extra_32x32.mat", "extra_32x32.mat",
+              "a93ce644f1a588dc4d68dda5feec44a7", None, "svhn")],
+}
+
+
+def md5sum(path, chunk=1 << 20):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch(url, dest, md5, timeout):
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        part.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise UserError(f"cannot download {url} ({reason}); no network? download it by hand "
+                        f"and put it at {dest} (MD5 {md5}), then run this again")
+    got = md5sum(part)
+    if got != md5:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{url} downloaded with MD5 {got}, expected {md5}; try again or "
+                        f"download it by hand to {dest}")
+    os.replace(part, dest)  # atomic: the target only ever appears complete
+
+
+def fetch(name, data_dir, *, timeout=30, sources=None):
+    """Ensure dataset `name` is under `data_dir`; returns the list of paths verified/fetched."""
+    sources = (sources or SOURCES).get(name)
+    if sources is None:
+        raise UserError(f"cannot download {name!r}: only {', '.join(SOURCES)} are fetched; "
+                        "see data/README.md for the others")
+    root = Path(data_dir)
+    done = []
+    for url, fname, md5, extracted, sub in sources:
+        folder = root / sub if sub else root
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / fname
+        if extracted and (root / extracted).is_dir():
+            print(f"{name}: {root / extracted} already there; not touched")
+            done.append(root / extracted)
+            continue
+        if target.exists():
+            got = md5sum(target)
+            if got != md5:
+                raise UserError(f"{target} exists with MD5 {got}, expected {md5}; it is not "
+                                "replaced: delete it to download it again")
+            print(f"{name}: {target} verified")
+        else:
+            print(f"{name}: downloading {url}")
+            _fetch(url, target, md5, timeout)
+        if extracted:
+            _extract(target, root, extracted)
+            done.append(root / extracted)
+        else:
+            done.append(target)
+    return done
+
+
+def _extract(archive, root, folder):
+    tmp = root / (folder + ".extracting")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot extract {archive} ({err}); delete it and download it again")
+    os.replace(tmp / folder, root / folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m epsresnet_tf.data.download",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", choices=sorted(SOURCES))
+    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--timeout", type=float, default=30)
+    args = ap.parse_args(argv)
+    try:
+        fetch(args.dataset, args.data_dir, timeout=args.timeout)
+    except UserError as err:
+        print(f"data-{args.dataset}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Readers for the official dataset formats, any number of images per file.
+
+Every reader takes a *data root* (``data/`` by default) and finds its dataset folder under
+it by the official name, or accepts the dataset folder itself:
+
+===========  ==========================================================================
+cifar10      ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch[,batches.meta]}``
+cifar100     ``<root>/cifar-100-python/{train,test[,meta]}`` (fine labels; coarse optional)
+svhn         ``<root>/svhn/{train,extra,test}_32x32.mat`` (label 10 is the digit 0)
+imagenet     ``<root>/imagenet/train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or flat
+             ``val/*.JPEG`` + ``val.txt`` ("<file> <index-or-wnid>" per line);
+             optional ``synsets.txt`` fixes the class order, else the sorted train folders
+mnist        ``<root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
+===========  ==========================================================================
+
+Small datasets are read whole into :class:`ArrayData` (uint8 NHWC images, int32 labels);
+ImageNet into :class:`FileData` (paths + labels; JPEGs are decoded by the pipeline, where
+undecodable files are skipped and counted). Every problem a user can fix raises
+:class:`epsresnet_tf.errors.UserError` with one line naming the file and the fix.
+
+tensorpack's own ``Cifar10``/``Cifar100``/``SVHNDigit``/``Mnist`` readers are not used: they
+hard-code 10,000 (50,000) images per CIFAR file and download whenever a folder is missing.
+"""
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from epsresnet_tf.errors import UserError
+
+DATASETS = ("cifar10", "cifar100", "svhn", "imagenet", "mnist")
+
+# How to get each dataset by hand (used in every "missing" message).
+HOW_TO_GET = {
+    "cifar10": "run `make data-cifar10` or unpack cifar-10-python.tar.gz from "
+               "https://www.cs.toronto.edu/~kriz/cifar.html there (see data/README.md)",
+    "cifar100": "run `make data-cifar100` or unpack cifar-100-python.tar.gz from "
+                "https://www.cs.toronto.edu/~kriz/cifar.html there (see data/README.md)",
+    "svhn": "run `make data-svhn` or put {train,extra,test}_32x32.mat from "
+            "http://ufldl.stanford.edu/housenumbers/ there (see data/README.md)",
+    "imagenet": "put the ILSVRC-2012 train/ and val/ folders there by hand (see data/README.md)",
+    "mnist": "put the four MNIST IDX files (train-/t10k- images/labels, gzipped or not) there "
+             "(see data/README.md)",
+}
+
+
+class DataFileError(UserError):
+    """A dataset file exists but cannot be read (truncated, corrupt, wrong format)."""
+
+
+@dataclass
+class ArrayData:
+    """A split held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int32 (N,)."""
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    class_names: list = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass
+class FileData:
+    """A split of image files: ``paths`` (list of str), ``labels`` int32 (N,)."""
+    paths: list
+    labels: np.ndarray
+    num_classes: int
+    class_names: list = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _missing(name, path):
+    return UserError(f"{name}: expected {path} — it is missing; {HOW_TO_GET[name]}")
+
+
+def _find_folder(root, name, folder, marker):
+    """`root/folder` if it holds `marker`, else `root` itself if it does."""
+    root = Path(root)
+    for cand in (root / folder, root):
+        if (cand / marker).exists():
+            return cand
+    raise _missing(name, root / folder / marker)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def _load_pickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated/corrupt pickles raise many different types
+        raise DataFileError(f"cannot read {path}: not a valid CIFAR pickle "
+                            f"({type(err).__name__}: {err}); delete it and fetch it again")
+
+
+def _key(d, name):
+    """CIFAR dicts have bytes keys under encoding='bytes'; accept str keys too."""
+    if name.encode() in d:
+        return d[name.encode()]
+    if name in d:
+        return d[name]
+    raise KeyError(name)
+
+
+def _cifar_batch(path, label_key):
+    d = _load_pickle(path)
+    try:
+        data = np.asarray(_key(d, "data"), dtype=np.uint8)
+        labels = np.asarray(_key(d, label_key), dtype=np.int32)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataFileError(f"cannot read {path}: missing or bad key {err} in the CIFAR pickle; "
+                            "delete it and fetch it again")
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataFileError(f"cannot read {path}: data has shape {data.shape} with "
+                            f"{len(labels)} labels, expected (N, 3072) with N labels")
+    # Official rows are channel-major (1024 R, 1024 G, 1024 B): -> N, 32, 32, 3.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _names(path, key):
+    if not path.exists():
+        return []
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in _key(_load_pickle(path), key)]
+    except (KeyError, DataFileError):
+        return []
+
+
+def read_cifar10(root, split):
+    folder = _find_folder(root, "cifar10", "cifar-10-batches-py", "test_batch")
+    if split == "train":
+        files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    elif split == "test":
+        files = [folder / "test_batch"]
+    else:
+        raise UserError(f"cifar10 has splits train and test, not {split!r}")
+    for f in files:
+        if not f.exists():
+            raise _missing("cifar10", f)
+    parts = [_cifar_batch(f, "labels") for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return ArrayData(images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder))
+
+
+def read_cifar100(root, split, label="fine"):
+    if label not in ("fine", "coarse"):
+        raise UserError(f"cifar100 labels are 'fine' or 'coarse', not {label!r}")
+    folder = _find_folder(root, "cifar100", "cifar-100-python", "test")
+    if split not in ("train", "test"):
+        raise UserError(f"cifar100 has splits train and test, not {split!r}")
+    f = folder / split
+    if not f.exists():
+        raise _missing("cifar100", f)
+    images, labels = _cifar_batch(f, f"{label}_labels")
+    return ArrayData(images, labels, 100 if label == "fine" else 20,
+                     _names(folder / "meta", f"{label}_label_names"), str(folder))
+
+
+# ----------------------------------------------------------------------------- SVHN
+
+SVHN_FILES = {"train": "train_32x32.mat", "extra": "extra_32x32.mat", "test": "test_32x32.mat"}
+
+
+def _svhn_mat(path):
+    import scipy.io
+    if not path.exists():
+        raise _missing("svhn", path)
+    try:
+        mat = scipy.io.loadmat(str(path))
+        x, y = mat["X"], mat["y"]
+    except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
+        raise DataFileError(f"cannot read {path}: not a valid SVHN .mat file "
+                            f"({type(err).__name__}: {err}); delete it and fetch it again")
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
+        raise DataFileError(f"cannot read {path}: X has shape {x.shape} and y {y.shape}, "
+                            "expected 32x32x3xN and N labels")
+    images = np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)).astype(np.uint8))
+    labels = y.reshape(-1).astype(np.int32)
+    labels[labels == 10] = 0  # the .mat files label the digit 0 as 10
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise DataFileError(f"cannot read {path}: labels outside 1..10")
+    return images, labels
+
+
+def read_svhn(root, split):
+    """Splits: ``train`` = train+extra (604,388 images, as the paper), ``train-only``,
+    ``extra``, ``test``."""
+    root = Path(root)
+    folder = root / "svhn" if (root / "svhn").is_dir() else root
+    names = {"train": ["train", "extra"], "train-only": ["train"], "extra": ["extra"],
+             "test": ["test"]}.get(split)
+    if names is None:
+        raise UserError(f"svhn has splits train (train+extra), train-only, extra and test, "
+                        f"not {split!r}")
+    if folder == root and not any((root / SVHN_FILES[n]).exists() for n in names):
+        folder = root / "svhn"
+    parts = [_svhn_mat(folder / SVHN_FILES[n]) for n in names]
+    images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    return ArrayData(images, labels, 10, [str(i) for i in range(10)], str(folder))
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+def _open_maybe_gz(folder, stem):
+    for name in (stem, stem + ".gz"):
+        p = folder / name
+        if p.exists():
+            return p, (gzip.open if name.endswith(".gz") else open)
+    raise _missing("mnist", folder / (stem + "[.gz]"))
+
+
+def _read_idx(folder, stem, magic, ndim):
+    path, opener = _open_maybe_gz(folder, stem)
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        got_magic, = struct.unpack(">I", raw[:4])
+        if got_magic != magic:
+            raise ValueError(f"magic number {got_magic}, expected {magic}")
+        dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if arr.size != int(np.prod(dims)):
+            raise ValueError(f"header says {dims} but the file holds {arr.size} bytes of data")
+    except (OSError, EOFError, ValueError, struct.error) as err:
+        raise DataFileError(f"cannot read {path}: not a valid IDX file ({err}); "
+                            "delete it and fetch it again")
+    return path, arr.reshape(dims)
+
+
+def read_mnist(root, split):
+    root = Path(root)
+    folder = root / "mnist" if (root / "mnist").is_dir() else root
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise UserError(f"mnist has splits train and test, not {split!r}")
+    ipath, images = _read_idx(folder, f"{prefix}-images-idx3-ubyte", 2051, 3)
+    lpath, labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 2049, 1)
+    if len(images) != len(labels):
+        raise DataFileError(f"{ipath} holds {len(images)} images but {lpath} {len(labels)} labels")
+    return ArrayData(np.ascontiguousarray(images[..., None]), labels.astype(np.int32), 10,
+                     [str(i) for i in range(10)], str(folder))
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+
+
+def _images_in(folder):
+    return sorted(str(p) for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def imagenet_synsets(folder):
+    """Class order: ``synsets.txt`` (first token per line) if present, else sorted train/."""
+    meta = folder / "synsets.txt"
+    if meta.exists():
+        wnids = [line.split()[0] for line in meta.read_text().splitlines() if line.strip()]
+        if not wnids:
+            raise DataFileError(f"cannot read {meta}: no synsets in it")
+        return wnids
+    train = folder / "train"
+    if not train.is_dir():
+        raise UserError(f"imagenet: need {meta} or the {train} folders to fix the class order; "
+                        f"{HOW_TO_GET['imagenet']}")
+    return sorted(p.name for p in train.iterdir() if p.is_dir())
+
+
+def read_imagenet(root, split):
+    root = Path(root)
+    folder = root / "imagenet" if (root / "imagenet").is_dir() else root
+    if split == "test":
+        split = "val"
+    if split not in ("train", "val"):
+        raise UserError(f"imagenet has splits train and val, not {split!r}")
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        raise _missing("imagenet", split_dir)
+    wnids = imagenet_synsets(folder)
+    index = {w: i for i, w in enumerate(wnids)}
+    subdirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    paths, labels = [], []
+    if subdirs:
+        for d in subdirs:
+            if d.name not in index:
+                raise DataFileError(f"imagenet: folder {d} is not one of the {len(wnids)} synsets")
+            files = _images_in(d)
+            paths += files
+            labels += [index[d.name]] * len(files)
+    else:
+        label_file = next((p for p in (folder / "val.txt", split_dir / "val.txt") if p.exists()), None)
+        if label_file is None:
+            raise UserError(f"imagenet: {split_dir} is flat, so it needs a label file "
+                            f"{folder / 'val.txt'} with '<file> <class index or wnid>' per line")
+        for n, line in enumerate(label_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise DataFileError(f"{label_file}:{n}: expected '<file> <label>', got {line!r}")
+            name, lab = parts[0], parts[1]
+            lab = index.get(lab) if not lab.isdigit() else int(lab)
+            if lab is None or not 0 <= lab < len(wnids):
+                raise DataFileError(f"{label_file}:{n}: unknown label {parts[1]!r}")
+            paths.append(str(split_dir / name))
+            labels.append(lab)
+    if not paths:
+        raise UserError(f"imagenet: no images under {split_dir}; {HOW_TO_GET['imagenet']}")
+    return FileData(paths, np.asarray(labels, np.int32), len(wnids), wnids, str(split_dir))
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def read_split(name, split, data_dir, *, label="fine"):
+    """Read one split of dataset `name` under `data_dir` (see the module docstring)."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    data_dir = Path(os.path.expanduser(str(data_dir)))
+    if not data_dir.exists():
+        raise _missing(name, data_dir)
+    if name == "cifar10":
+        return read_cifar10(data_dir, split)
+    if name == "cifar100":
+        return read_cifar100(data_dir, split, label)
+    if name == "svhn":
+        return read_svhn(data_dir, split)
+    if name == "mnist":
+        return read_mnist(data_dir, split)
+    return read_imagenet(data_dir, split)

@@ -1,0 +1,248 @@
+"""Pipelines: determinism from (seed, epoch), sharding, normalisation, mean image, bad JPEGs."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from epsresnet_tf.data import pipeline, readers
+from epsresnet_tf.errors import UserError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR = SHARED / "cifar10-subset"
+MNIST = SHARED / "mnist-subset"
+needs_shared = pytest.mark.skipif(
+    not (CIFAR.is_dir() and MNIST.is_dir()),
+    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine")
+
+
+def _numpy_cifar_train():
+    xs = []
+    for i in range(1, 6):
+        with open(CIFAR / "cifar-10-batches-py" / f"data_batch_{i}", "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(d["data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(xs)
+
+
+def _numpy_cifar_test():
+    with open(CIFAR / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    return np.asarray(d["data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _take(pipe, epoch, n=None, start=0):
+    out = []
+    for k, b in enumerate(pipe.batches(epoch, start)):
+        out.append(b)
+        if n is not None and k + 1 == n:
+            break
+    return out
+
+
+@needs_shared
+def test_mean_image_matches_numpy_train_and_train_plus_test():
+    x = _numpy_cifar_train().astype(np.float64)
+    t = _numpy_cifar_test().astype(np.float64)
+    m = pipeline.mean_image("cifar10", CIFAR, "train")
+    assert m.shape == (32, 32, 3) and m.dtype == np.float32
+    np.testing.assert_allclose(m, x.mean(axis=0), rtol=1e-6)
+    m2 = pipeline.mean_image("cifar10", CIFAR, "train+test")
+    np.testing.assert_allclose(m2, np.concatenate([x, t]).mean(axis=0), rtol=1e-6)
+    assert not np.allclose(m, m2)
+
+
+@needs_shared
+def test_same_seed_epoch_identical_other_epoch_or_seed_differs():
+    a = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=11)
+    b = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=11)
+    e3a, e3b = _take(a, 3, 4), _take(b, 3, 4)
+    for (xa, ya), (xb, yb) in zip(e3a, e3b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    e4 = _take(a, 4, 4)
+    assert not np.array_equal(e3a[0][1], e4[0][1])         # different order
+    other = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=12)
+    assert not np.array_equal(e3a[0][0], _take(other, 3, 1)[0][0])
+    assert len(a) == 5085 // 64
+
+
+@needs_shared
+def test_resume_mid_epoch_sees_the_uninterrupted_batches():
+    pipe = pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=5)
+    full = _take(pipe, 2)
+    resumed = _take(pipe, 2, start=30)
+    assert len(full) == 5085 // 128 and len(resumed) == len(full) - 30
+    for (xa, ya), (xb, yb) in zip(full[30:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+@needs_shared
+def test_training_batches_are_augmented_windows_of_the_served_images():
+    pipe = pipeline.make_pipeline("cifar10", "train", CIFAR, 100, train=True, seed=1)
+    x = _numpy_cifar_train()
+    order = pipe.order(0)
+    assert sorted(order.tolist()) == list(range(5085))     # a permutation
+    images, labels = next(pipe.batches(0))
+    np.testing.assert_array_equal(labels, pipe.source.labels[order[:100]])
+    for k in range(0, 100, 9):
+        padded = np.zeros((40, 40, 3), np.uint8)
+        padded[4:36, 4:36] = x[order[k]]
+        ok = any(np.array_equal(images[k], w) or np.array_equal(images[k], w[:, ::-1])
+                 for w in (padded[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)))
+        assert ok
+
+
+@needs_shared
+def test_eval_covers_whole_split_once_across_shards_without_dropping():
+    t = _numpy_cifar_test()
+    seen = []
+    for shard in range(3):
+        pipe = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False,
+                                      num_shards=3, shard_index=shard)
+        batches = _take(pipe, 0)
+        assert len(batches) == pipe.num_batches == -(-len(range(shard, 1017, 3)) // 100)
+        assert len(batches[-1][1]) < 100                   # remainder kept
+        for xb, _ in batches:
+            seen.append(xb)
+    seen = np.concatenate(seen)
+    assert len(seen) == 1017
+    assert sorted(bytes(r) for r in seen.reshape(1017, -1)) == \
+        sorted(bytes(r) for r in t.reshape(1017, -1))
+
+
+@needs_shared
+def test_training_shards_are_disjoint_and_equal_length():
+    pipes = [pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=2,
+                                    num_shards=2, shard_index=i) for i in range(2)]
+    o0, o1 = pipes[0].order(7), pipes[1].order(7)
+    assert len(o0) == len(o1) == 5085 // 2 and not set(o0) & set(o1)
+    assert pipes[0].num_batches == pipes[1].num_batches
+
+
+@needs_shared
+def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
+    import tensorflow as tf
+    ds = pipeline.make_dataset("cifar10", "test", CIFAR, 256, train=False, seed=0, epoch=0)
+    batches = list(ds)
+    assert [int(b[1].shape[0]) for b in batches] == [256, 256, 256, 249]
+    x0, y0 = batches[0]
+    assert x0.dtype == tf.float32 and y0.dtype == tf.int32 and tuple(x0.shape) == (256, 32, 32, 3)
+    t = _numpy_cifar_test().astype(np.float64)
+    mean = _numpy_cifar_train().astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(x0.numpy(), (t[:256] - mean) / 128.0, atol=1e-5)
+    tr1 = next(iter(pipeline.make_dataset("cifar10", "train", CIFAR, 128, train=True, seed=4,
+                                          epoch=2)))
+    tr2 = next(iter(pipeline.make_dataset("cifar10", "train", CIFAR, 128, train=True, seed=4,
+                                          epoch=2)))
+    np.testing.assert_array_equal(tr1[0].numpy(), tr2[0].numpy())
+    assert tr1[0].shape[0] == 128
+    # Padding becomes -mean/128, as the authors' MapImage after the crop gives.
+    raw, _ = next(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
+                                         seed=4).batches(2))
+    m = pipeline.mean_image("cifar10", CIFAR)
+    np.testing.assert_allclose(tr1[0].numpy(), (raw.astype(np.float32) - m) / 128.0, atol=1e-6)
+
+
+@needs_shared
+def test_mnist_pixels_over_255_no_augmentation():
+    ds = pipeline.make_dataset("mnist", "train", MNIST, 500, train=True, seed=0, epoch=0)
+    x, y = next(iter(ds))
+    pipe = pipeline.make_pipeline("mnist", "train", MNIST, 500, train=True, seed=0)
+    src = readers.read_split("mnist", "train", MNIST)
+    idx = pipe.order(0)[:500]
+    np.testing.assert_allclose(x.numpy(), src.images[idx] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(y.numpy(), src.labels[idx])
+    assert tuple(x.shape[1:]) == (28, 28, 1)
+
+
+@needs_shared
+def test_worker_processes_give_the_same_batches():
+    serial = pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=9)
+    par = pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=9, workers=2)
+    a, b = _take(serial, 1, 8), _take(par, 1, 8)
+    assert len(a) == len(b) == 8
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_dataset_info_and_bad_arguments():
+    assert pipeline.dataset_info("svhn").splits["train"] == 73257 + 531131
+    assert pipeline.dataset_info("svhn").splits["test"] == 26032
+    assert pipeline.dataset_info("imagenet").image_shape == (224, 224, 3)
+    assert pipeline.dataset_info("mnist").image_shape == (28, 28, 1)
+    with pytest.raises(UserError):
+        pipeline.dataset_info("cifar1000")
+    with pytest.raises(UserError, match="mean"):
+        pipeline.mean_image("cifar10", CIFAR, "test")
+
+
+def _imagenet(tmp_path):
+    from test_data_readers import write_imagenet_tree
+    return write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(8))
+
+
+def test_imagenet_corrupt_jpeg_skipped_counted_reported(tmp_path, monkeypatch, caplog):
+    wnids, truth, bad = _imagenet(tmp_path)
+    monkeypatch.setattr(pipeline, "MAX_BAD_FRACTION", 0.5)
+    pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 3, train=True, seed=0,
+                                  drop_remainder=False)
+    with caplog.at_level("WARNING"):
+        batches = _take(pipe, 0)
+    n = sum(len(y) for _, y in batches)
+    assert n == len(truth) - 1                              # everything but the corrupt file
+    assert all(x.shape[1:] == (224, 224, 3) and x.dtype == np.uint8 for x, _ in batches)
+    assert [len(y) for _, y in batches[:-1]] == [3] * (len(batches) - 1)   # re-batched
+    rep = pipe.reports[-1]
+    assert rep.skipped == 1 and rep.skipped_paths == [str(bad)] and rep.seen == len(truth)
+    assert "undecodable" in caplog.text and str(bad) in caplog.text
+    val = pipeline.make_pipeline("imagenet", "val", tmp_path, 3, train=False)
+    vb = _take(val, 0)
+    assert [len(y) for _, y in vb] == [3, 1] and vb[0][0].shape[1:] == (224, 224, 3)
+
+
+def test_imagenet_too_many_undecodable_stops(tmp_path):
+    _imagenet(tmp_path)       # 1 of 8 files corrupt: far above 0.1 %
+    pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True, seed=0)
+    with pytest.raises(UserError, match="undecodable") as err:
+        _take(pipe, 0)
+    assert isinstance(err.value, pipeline.TooManyBadImages)
+
+
+def test_svhn_pipeline_on_written_mat(tmp_path):
+    from test_data_readers import _write_svhn
+    rng = np.random.default_rng(9)
+    (tmp_path / "svhn").mkdir()
+    xt, _ = _write_svhn(tmp_path / "svhn" / "train_32x32.mat", 20, rng)
+    xe, _ = _write_svhn(tmp_path / "svhn" / "extra_32x32.mat", 12, rng)
+    _write_svhn(tmp_path / "svhn" / "test_32x32.mat", 5, rng)
+    pipe = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1)
+    assert pipe.num_batches == 4                            # train + extra mixed
+    allx = np.concatenate([np.transpose(xt, (3, 0, 1, 2)), np.transpose(xe, (3, 0, 1, 2))])
+    np.testing.assert_allclose(pipe.mean, allx.astype(np.float64).mean(axis=0), rtol=1e-6)
+    assert (pipe.order(0) >= 20).any() and (pipe.order(0) < 20).any()
+    x, y = next(pipe.batches(0))
+    assert x.shape == (8, 32, 32, 3) and x.dtype == np.float32 and (y < 10).all()
+    x2, _ = next(pipe.batches(0))
+    np.testing.assert_array_equal(x, x2)
+
+
+@needs_shared
+def test_distributed_dataset_fn_shards_per_input_pipeline():
+    import tensorflow as tf
+    fn = pipeline.distributed_dataset_fn("cifar10", "test", CIFAR, 200, train=False)
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                     num_replicas_in_sync=2)
+    batches = list(fn(ctx))
+    assert int(batches[0][1].shape[0]) == 100                # per-replica batch
+    assert sum(int(b[1].shape[0]) for b in batches) == len(range(1, 1017, 2))
+    t = _numpy_cifar_test().astype(np.float64)
+    mean = _numpy_cifar_train().astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(batches[0][0].numpy()[0], (t[1] - mean) / 128.0, atol=1e-5)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    dist = strategy.distribute_datasets_from_function(
+        pipeline.distributed_dataset_fn("cifar10", "train", CIFAR, 64, train=True, seed=1))
+    x, y = next(iter(dist))
+    assert tuple(x.shape) == (64, 32, 32, 3)

@@ -1,0 +1,222 @@
+"""Readers: the real subsets in ../shared/data and small files written in the official formats."""
+import gzip
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+from epsresnet_tf.data import readers
+from epsresnet_tf.errors import UserError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR_SUBSET = SHARED / "cifar10-subset"
+MNIST_SUBSET = SHARED / "mnist-subset"
+needs_shared = pytest.mark.skipif(
+    not (CIFAR_SUBSET.is_dir() and MNIST_SUBSET.is_dir()),
+    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine")
+
+
+def _raw_cifar(files):
+    """Independent reading: pickle + numpy, no project code."""
+    xs, ys = [], []
+    for f in files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="latin1")
+        xs.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(d["labels"]))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@needs_shared
+def test_cifar10_subset_counts_histogram_and_pixels():
+    folder = CIFAR_SUBSET / "cifar-10-batches-py"
+    train = readers.read_split("cifar10", "train", CIFAR_SUBSET)
+    test = readers.read_split("cifar10", "test", CIFAR_SUBSET)
+    assert len(train) == 5085 and len(test) == 1017
+    x, y = _raw_cifar([folder / f"data_batch_{i}" for i in range(1, 6)])
+    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), np.bincount(y, minlength=10))
+    np.testing.assert_array_equal(train.labels, y)
+    np.testing.assert_array_equal(train.images, x)
+    # Channel-major rows: pixel (0, 0) of image 0 is data[0, 0], data[0, 1024], data[0, 2048].
+    with open(folder / "data_batch_1", "rb") as fh:
+        row = pickle.load(fh, encoding="bytes")[b"data"][0]
+    assert tuple(train.images[0, 0, 0]) == (row[0], row[1024], row[2048])
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (32, 32, 3)
+    assert train.num_classes == 10 and len(train.class_names) == 10
+    # Also reachable by pointing at the dataset folder itself.
+    assert len(readers.read_split("cifar10", "test", folder)) == 1017
+
+
+@needs_shared
+def test_mnist_subset_counts_and_pixels():
+    train = readers.read_split("mnist", "train", MNIST_SUBSET)
+    test = readers.read_split("mnist", "test", MNIST_SUBSET)
+    assert len(train) == 3678 and len(test) == 3678
+    with gzip.open(MNIST_SUBSET / "t10k-images-idx3-ubyte.gz") as f:
+        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(MNIST_SUBSET / "t10k-labels-idx1-ubyte.gz") as f:
+        lab = np.frombuffer(f.read(), np.uint8, offset=8)
+    np.testing.assert_array_equal(test.images[..., 0], raw)
+    np.testing.assert_array_equal(test.labels, lab)
+    assert train.images.shape == (3678, 28, 28, 1)
+
+
+def test_mnist_uncompressed_and_truncated(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(
+        np.array([2051, 5, 28, 28], ">u4").tobytes() + imgs.tobytes())
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        np.array([2049, 5], ">u4").tobytes() + bytes([3, 1, 4, 1, 5]))
+    d = readers.read_split("mnist", "train", tmp_path)
+    np.testing.assert_array_equal(d.images[..., 0], imgs)
+    assert list(d.labels) == [3, 1, 4, 1, 5]
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(np.array([2051, 5, 28, 28], ">u4").tobytes() + imgs.tobytes()[:-10])
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(np.array([2049, 5], ">u4").tobytes() + bytes(5))
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz"):
+        readers.read_split("mnist", "test", tmp_path)
+
+
+def _write_cifar_batch(path, n, rng, label_keys=("labels",), classes=10):
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    d = {b"batch_label": b"testing batch", b"data": data}
+    labels = {}
+    for k in label_keys:
+        labels[k] = list(rng.integers(0, classes if k != "coarse_labels" else 20, n))
+        d[k.encode()] = labels[k]
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    return data, labels
+
+
+def test_cifar100_official_pickles_fine_and_coarse(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    data, labels = _write_cifar_batch(folder / "train", 37, rng, ("fine_labels", "coarse_labels"), 100)
+    _write_cifar_batch(folder / "test", 11, rng, ("fine_labels", "coarse_labels"), 100)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}, f)
+    fine = readers.read_split("cifar100", "train", tmp_path)
+    coarse = readers.read_split("cifar100", "train", tmp_path, label="coarse")
+    assert len(fine) == 37 and len(readers.read_split("cifar100", "test", tmp_path)) == 11
+    np.testing.assert_array_equal(fine.labels, labels["fine_labels"])
+    np.testing.assert_array_equal(coarse.labels, labels["coarse_labels"])
+    assert fine.num_classes == 100 and coarse.num_classes == 20 and fine.class_names[7] == "f7"
+    np.testing.assert_array_equal(fine.images[5, 2, 3], data[5, [2 * 32 + 3, 1024 + 2 * 32 + 3, 2048 + 2 * 32 + 3]])
+
+
+def test_cifar_any_batch_length_and_corrupt_pickle(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    sizes = [3, 7, 1, 2, 5]
+    for i, n in enumerate(sizes, 1):
+        _write_cifar_batch(folder / f"data_batch_{i}", n, rng)
+    _write_cifar_batch(folder / "test_batch", 4, rng)
+    assert len(readers.read_split("cifar10", "train", tmp_path)) == sum(sizes)
+    blob = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(UserError, match="test_batch") as err:
+        readers.read_split("cifar10", "test", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_files_name_the_path_and_the_fix(tmp_path):
+    for name, hint in [("cifar10", "make data-cifar10"), ("cifar100", "make data-cifar100"),
+                       ("svhn", "make data-svhn"), ("mnist", "README"), ("imagenet", "README")]:
+        with pytest.raises(UserError) as err:
+            readers.read_split(name, "train", tmp_path)
+        msg = str(err.value)
+        assert str(tmp_path) in msg and hint in msg and "\n" not in msg, msg
+    with pytest.raises(UserError, match="unknown dataset"):
+        readers.read_split("stl10", "train", tmp_path)
+
+
+def _write_svhn(path, n, rng):
+    x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+    y[0, 0] = 10
+    scipy.io.savemat(str(path), {"X": x, "y": y})
+    return x, y
+
+
+def test_svhn_mat_label_10_is_zero_and_train_mixes_extra(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "svhn"
+    folder.mkdir()
+    xt, yt = _write_svhn(folder / "train_32x32.mat", 9, rng)
+    xe, ye = _write_svhn(folder / "extra_32x32.mat", 6, rng)
+    _write_svhn(folder / "test_32x32.mat", 4, rng)
+    only = readers.read_split("svhn", "train-only", tmp_path)
+    assert only.labels[0] == 0 and set(only.labels) <= set(range(10))
+    np.testing.assert_array_equal(only.labels, np.where(yt[:, 0] == 10, 0, yt[:, 0]))
+    np.testing.assert_array_equal(only.images[4], xt[:, :, :, 4])
+    both = readers.read_split("svhn", "train", tmp_path)
+    assert len(both) == 15
+    np.testing.assert_array_equal(both.images[9 + 2], xe[:, :, :, 2])
+    assert len(readers.read_split("svhn", "test", tmp_path)) == 4
+    (folder / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage" + bytes(50))
+    with pytest.raises(UserError, match="test_32x32.mat"):
+        readers.read_split("svhn", "test", tmp_path)
+
+
+def write_imagenet_tree(root, rng, corrupt=True, flat_val=True):
+    """train/<wnid>/*.JPEG of different sizes (+ one corrupt file), val flat + val.txt."""
+    sizes = [(40, 60), (75, 50), (64, 64), (33, 90)]
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    truth = {}
+    for c, w in enumerate(wnids):
+        d = root / "train" / w
+        d.mkdir(parents=True)
+        for k, (h, wd) in enumerate(sizes[: 2 + c % 2]):
+            p = d / f"{w}_{k}.JPEG"
+            cv2.imwrite(str(p), rng.integers(0, 256, (h, wd, 3), dtype=np.uint8))
+            truth[str(p)] = c
+    bad = None
+    if corrupt:
+        bad = root / "train" / wnids[1] / f"{wnids[1]}_bad.JPEG"
+        bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+        truth[str(bad)] = 1
+    val = root / "val"
+    val.mkdir()
+    lines = []
+    for k in range(4):
+        name = f"ILSVRC2012_val_{k + 1:08d}.JPEG"
+        cv2.imwrite(str(val / name), rng.integers(0, 256, (50 + 10 * k, 70, 3), dtype=np.uint8))
+        lines.append(f"{name} {k % 3 if k < 3 else wnids[2]}")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return wnids, truth, bad
+
+
+def test_imagenet_tree_synsets_from_train_and_flat_val(tmp_path):
+    wnids, truth, bad = write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(4))
+    train = readers.read_split("imagenet", "train", tmp_path)
+    assert train.class_names == sorted(wnids) and train.num_classes == 3
+    assert dict(zip(train.paths, train.labels.tolist())) == truth
+    val = readers.read_split("imagenet", "val", tmp_path)
+    assert val.labels.tolist() == [0, 1, 2, 2] and all(Path(p).exists() for p in val.paths)
+    # A synsets.txt fixes another order.
+    (tmp_path / "imagenet" / "synsets.txt").write_text(
+        "\n".join(f"{w} some words" for w in reversed(wnids)) + "\n")
+    train2 = readers.read_split("imagenet", "train", tmp_path)
+    assert {p: l for p, l in zip(train2.paths, train2.labels)} == {p: 2 - l for p, l in truth.items()}
+
+
+def test_imagenet_val_by_folder(tmp_path):
+    root = tmp_path / "imagenet"
+    write_imagenet_tree(root, np.random.default_rng(5), corrupt=False)
+    (root / "val.txt").unlink()
+    for p in list((root / "val").iterdir()):
+        p.unlink()
+    (root / "val" / "n01484850").mkdir()
+    cv2.imwrite(str(root / "val" / "n01484850" / "a.JPEG"), np.zeros((30, 30, 3), np.uint8))
+    val = readers.read_split("imagenet", "val", root)
+    assert val.labels.tolist() == [2]
+    (root / "val" / "n99999999").mkdir()
+    with pytest.raises(UserError, match="n99999999"):
+        readers.read_split("imagenet", "val", root)
