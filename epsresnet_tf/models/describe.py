@@ -1,0 +1,112 @@
+"""Model statistics (parameters, conv layers, blocks, MACs) and `epsresnet describe`."""
+import json
+
+import keras
+import numpy as np
+from tabulate import tabulate
+
+from epsresnet_tf import layers as L
+
+
+def _size(weights):
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def _calls(layer, model):
+    """(input shape, output shape) of each call of `layer` inside `model`; a shared layer
+    is called several times."""
+    own = set(id(node) for depth_nodes in model._nodes_by_depth.values() for node in depth_nodes)
+    for node in layer._inbound_nodes:
+        if id(node) in own:
+            yield node.input_tensors[0].shape, node.output_tensors[0].shape
+
+
+def _conv_macs(kernel, out_shape, data_format):
+    spatial = out_shape[2:] if data_format == "channels_first" else out_shape[1:-1]
+    # kernel: (kh, kw, in, out); one MAC per kernel weight per output position.
+    return int(np.prod(spatial)) * int(np.prod(kernel.shape))
+
+
+def count_macs(model):
+    """Forward multiply-accumulates per image, summed over every call of every conv and
+    dense kernel (a shared kernel counts at each use)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            for _, out_shape in _calls(layer, model):
+                total += _conv_macs(layer.kernel, out_shape, layer.data_format)
+        elif isinstance(layer, keras.layers.Dense):
+            for _, _ in _calls(layer, model):
+                total += int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, L.SigmoidShortcutGate):
+            for in_shapes, out_shape in _calls(layer, model):
+                total += _conv_macs(layer.gate_conv.kernel, out_shape, layer.data_format)
+    return total
+
+
+def count_conv_layers(model):
+    """Independent conv kernels (a shared kernel once), the paper's "layers" minus the FC."""
+    kernels = {id(layer.kernel) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    kernels |= {id(layer.gate_conv.kernel) for layer in model.layers
+                if isinstance(layer, L.SigmoidShortcutGate)}
+    return len(kernels)
+
+
+def count_blocks(model):
+    """Residual units (or plain gated layers) — every layer named `group{g}_block{b}_…`
+    belongs to one."""
+    names = set()
+    for layer in model.layers:
+        parts = layer.name.split("_")
+        if len(parts) > 2 and parts[0].startswith("group") and parts[1].startswith("block"):
+            names.add((parts[0], parts[1]))
+    return len(names)
+
+
+def model_stats(model):
+    return {
+        "name": model.name,
+        "params": _size(model.weights),
+        "trainable_params": _size(model.trainable_weights),
+        "conv_layers": count_conv_layers(model),
+        "blocks": count_blocks(model),
+        "gates": len(L.gate_layers(model)),
+        "macs": count_macs(model),
+    }
+
+
+def describe(args):
+    from epsresnet_tf.models.registry import build_model
+
+    options = dict(gate=args.gate, share=args.share, side_head=args.side_head)
+    if args.epsilon is not None:
+        options["epsilon"] = args.epsilon
+    model = build_model(args.arch, classes=args.classes, **options)
+    stats = model_stats(model)
+    stats["arch"] = args.arch
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        rows = [(key, f"{value:,}" if isinstance(value, int) else value)
+                for key, value in stats.items()]
+        print(tabulate(rows, headers=["", args.arch], tablefmt="simple"))
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "describe", help="parameters, conv layers, blocks and MACs of an architecture",
+        description="Build an architecture by name (e.g. cifar-basic-110, "
+                    "cifar-bottleneck-164, imagenet-152, wrn-28-10, mnist-res-50) and "
+                    "print its size.")
+    parser.add_argument("arch", help="architecture name, e.g. cifar-basic-110")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="output classes (default: the family's: 10, or 1000 for imagenet)")
+    parser.add_argument("--gate", choices=("none", "eps", "k"), default="none",
+                        help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)")
+    parser.add_argument("--epsilon", type=float, default=None, help="epsilon of the eps gate")
+    parser.add_argument("--share", action="store_true",
+                        help="share each stage's 3x3 kernel (ShaResNet)")
+    parser.add_argument("--side-head", action="store_true",
+                        help="add the middle side-supervision head (epsilon-ResNet)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=describe)

@@ -1,0 +1,185 @@
+"""The gates against their definitions (SPEC §1, §3) and He et al.'s shortcut variants."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from epsresnet_tf import layers as L
+
+SHARPNESS = 1e6
+
+
+def reference_gate(f, eps, scope):
+    """SPEC §1 written directly in numpy: s = max(relu(F-eps) + relu(-F-eps)),
+    T = relu(1 - L relu(1 - L s))."""
+    f = f.astype(np.float32)
+    relu = lambda v: np.maximum(v, np.float32(0))  # noqa: E731
+    s = relu(f - np.float32(eps)) + relu(-f - np.float32(eps))
+    if scope == "batch":
+        s = s.max()
+    else:
+        s = s.reshape(len(f), -1).max(axis=1).reshape((-1,) + (1,) * (f.ndim - 1))
+    one = np.float32(1)
+    return relu(one - np.float32(SHARPNESS) * relu(one - np.float32(SHARPNESS) * s))
+
+
+def around_eps(rng, shape, eps, spread=0.02):
+    """Entries with |F| close to eps on both sides and both signs."""
+    magnitude = eps * (1 + rng.uniform(-spread, spread, size=shape))
+    return (magnitude * rng.choice([-1.0, 1.0], size=shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scope", ["batch", "sample"])
+def test_epsilon_gate_matches_the_formula(scope):
+    rng = np.random.default_rng(0)
+    eps = 2.5
+    gate = L.EpsilonGate(eps, scope=scope)
+    seen = set()
+    for trial in range(20):
+        f = around_eps(rng, (4, 3, 3, 2), eps, spread=0.02 if trial % 2 else 0.003)
+        if trial % 3 == 0:  # a batch whose entries all sit inside the band
+            f = np.clip(f, -eps, eps)
+        expected_t = reference_gate(f, eps, scope)
+        out = gate(tf.constant(f)).numpy()
+        np.testing.assert_array_equal(out, expected_t * f)
+        seen.update(np.unique(expected_t).tolist())
+    assert {0.0, 1.0} <= seen, "the random draws must exercise both T = 0 and T = 1"
+
+
+def test_sample_scope_gates_each_image_on_its_own():
+    eps = 1.0
+    f = np.zeros((3, 2, 2, 1), np.float32)
+    f[0, 0, 0, 0] = 1.5     # exceeds eps → T = 1 for image 0 only
+    f[1] = 0.9              # inside the band → T = 0
+    f[2, 1, 1, 0] = -1.2    # exceeds on the negative side → T = 1
+    out = L.EpsilonGate(eps, scope="sample")(tf.constant(f)).numpy()
+    np.testing.assert_array_equal(out[0], f[0])
+    np.testing.assert_array_equal(out[1], np.zeros_like(f[1]))
+    np.testing.assert_array_equal(out[2], f[2])
+    batch_out = L.EpsilonGate(eps, scope="batch")(tf.constant(f)).numpy()
+    np.testing.assert_array_equal(batch_out, f)  # one image over the band opens the whole batch
+
+
+def test_threshold_sits_within_one_over_l():
+    gate = L.EpsilonGate(0.5)
+    gate.build((1, 4))
+    below = np.full((1, 4), 0.5, np.float32)
+    above = below.copy()
+    above[0, 1] = 0.5 + 2e-6  # exceeds eps by more than 1/L
+    assert gate.gate(tf.constant(below)).numpy() == 0.0
+    assert gate.gate(tf.constant(above)).numpy() == 1.0
+
+
+@pytest.mark.parametrize("scope", ["batch", "sample"])
+def test_gradient_with_respect_to_f_is_t(scope):
+    rng = np.random.default_rng(1)
+    gate = L.EpsilonGate(1.0, scope=scope)
+    for _ in range(5):
+        f = tf.constant(around_eps(rng, (3, 4, 4, 2), 1.0, spread=0.01))
+        upstream = tf.constant(rng.normal(size=(3, 4, 4, 2)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            out = gate(f)
+            objective = tf.reduce_sum(out * upstream)
+        grad = tape.gradient(objective, f).numpy()
+        t = reference_gate(f.numpy(), 1.0, scope)
+        np.testing.assert_array_equal(grad, np.broadcast_to(t, f.shape) * upstream.numpy())
+
+
+def test_epsilon_is_a_non_trainable_variable_that_can_change():
+    gate = L.EpsilonGate(0.0)
+    f = tf.constant(np.full((2, 3), 0.4, np.float32))
+    assert np.array_equal(gate(f).numpy(), f.numpy())  # eps = 0: a plain residual, T = 1
+    assert [w.name for w in gate.trainable_weights] == []
+    gate.epsilon.assign(0.5)
+    assert np.array_equal(gate(f).numpy(), np.zeros((2, 3), np.float32))
+
+
+def test_monitors_update_in_training_only():
+    gate = L.EpsilonGate(1.0)
+    closed = tf.constant(np.full((2, 2), 0.5, np.float32))
+    gate(closed, training=False)
+    assert float(gate.discarded_ema.numpy()) == 0.0
+    gate(closed, training=True)
+    # EMA with decay 0.95 from 0: 0.05 * (1 - T) with T = 0
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05, rtol=1e-6)
+    assert float(gate.gate_value.numpy()) == 0.0
+    np.testing.assert_allclose(gate.response_max.numpy(), 0.5)
+    opened = tf.constant(np.array([[3.0, -1.0], [0.0, 1.0]], np.float32))
+    gate(opened, training=True)
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.95 * 0.05, rtol=1e-6)
+    assert float(gate.gate_value.numpy()) == 1.0
+    np.testing.assert_allclose(gate.response_max.numpy(), 3.0)
+    np.testing.assert_allclose(gate.response_mean.numpy(), 5.0 / 4)
+
+
+def test_gate_computes_in_float32_under_mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        gate = L.EpsilonGate(1.0)
+        # 1.0004 is representable in float32 but rounds to 1.0 in float16: the gate must
+        # see the float16 input exactly as given, cast up, not a float16 epsilon.
+        f16 = tf.constant(np.array([[1.0, 0.25], [1.001, -0.5]], np.float16))
+        out = gate(f16)
+        assert out.dtype == tf.float16
+        assert gate.epsilon.dtype == "float32"
+        expected = reference_gate(f16.numpy().astype(np.float32), 1.0, "batch") * f16.numpy()
+        np.testing.assert_array_equal(out.numpy(), expected.astype(np.float16))
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_residual_gate_follows_its_definition():
+    rng = np.random.default_rng(2)
+    f = tf.constant(rng.normal(size=(2, 5)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, 5)).astype(np.float32))
+    residual = L.ResidualGate("residual")
+    plain = L.ResidualGate("plain")
+    np.testing.assert_allclose(residual([f, x]).numpy(), f.numpy() + x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(plain([f, x]).numpy(), f.numpy(), rtol=1e-6)  # k = 1
+    for k in (2.0, 0.3):
+        residual.k.assign(k)
+        plain.k.assign(k)
+        np.testing.assert_allclose(residual([f, x]).numpy(), k * f.numpy() + x.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(plain([f, x]).numpy(), k * f.numpy() + (1 - k) * x.numpy(),
+                                   rtol=1e-5)
+    for k in (0.0, -0.7):  # g(k) = relu(k) = 0: the identity, exactly
+        residual.k.assign(k)
+        plain.k.assign(k)
+        assert np.array_equal(residual([f, x]).numpy(), x.numpy())
+        assert np.array_equal(plain([f, x]).numpy(), x.numpy())
+
+
+def test_k_decay_is_off_by_default_and_l2_when_asked():
+    f = tf.zeros((1, 3))
+    free = L.ResidualGate()
+    free([f, f])
+    assert free.losses == []
+    decayed = L.ResidualGate(k_decay=0.01)
+    decayed([f, f])
+    decayed.k.assign(3.0)
+    np.testing.assert_allclose(float(sum(decayed.losses)), 0.01 * 9.0, rtol=1e-6)
+
+
+def test_pool_pad_shortcut_is_pool_then_symmetric_zero_channels():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 4, 16)).astype(np.float32)
+    out = L.PoolPadShortcut(32, 2)(tf.constant(x)).numpy()
+    pooled = x.reshape(2, 2, 2, 2, 2, 16).mean(axis=(2, 4))
+    assert out.shape == (2, 2, 2, 32)
+    np.testing.assert_allclose(out[..., 8:24], pooled, rtol=1e-6)
+    assert not out[..., :8].any() and not out[..., 24:].any()
+
+
+@pytest.mark.parametrize("mode, bias, expect", [
+    ("exclusive", -60.0, "x"), ("exclusive", 60.0, "f"),
+    ("shortcut_only", -60.0, "f+x"), ("shortcut_only", 60.0, "f")])
+def test_sigmoid_shortcut_gate_saturates_as_he_et_al_describe(mode, bias, expect):
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
+    x = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
+    gate = L.SigmoidShortcutGate(mode, bias_init=bias, kernel_initializer="zeros")
+    out = gate([tf.constant(f), tf.constant(x)]).numpy()
+    expected = {"x": x, "f": f, "f+x": f + x}[expect]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
