@@ -309,7 +309,7 @@ def test_channels_first_model_agrees_with_channels_last():
     assert convs and all(layer.data_format == "channels_first" for layer in convs)
     assert all(layer.axis in (1, [1]) for layer in first.layers
                if isinstance(layer, keras.layers.BatchNormalization))
-    assert first.get_layer("group2_block1_add").output.shape == (None, 64, 8, 8)
+    assert first.get_layer("group2_block0_add").output.shape == (None, 64, 8, 8)
     x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     try:
         out_first = first(x).numpy()
