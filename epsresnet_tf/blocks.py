@@ -239,13 +239,32 @@ def side_head_index(blocks_per_group):
     return sum(blocks_per_group) // 2
 
 
+def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, preact):
+    """What stays of a group's first unit once its residual branch is removed (SPEC §9):
+    the shortcut path between resolutions, named `group{g}_transition_…`."""
+    p = f"group{group}_transition_"
+    if shortcut_kind == "projection":
+        if preact == "split" and factory.config.order == "full_preact":
+            x = factory.bn_relu(x, p + "preact_")
+        elif preact == "split" and factory.config.order == "relu_preact":
+            x = keras.layers.ReLU(name=p + "preact_relu")(x)
+        return factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x)
+    if shortcut_kind == "pool_pad":
+        return L.PoolPadShortcut(out_channels, stride, factory.config.data_format,
+                                 name=p + "shortcut_pool_pad")(x)
+    return x
+
+
 def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_stride,
-                   dim_shortcut, first_unit_activated, share_first):
+                   dim_shortcut, first_unit_activated, share_first, first_removed=()):
     """All groups of units. Returns (output, side_tensor or None).
 
     dim_shortcut: shortcut where shapes change ("projection" or "pool_pad").
     first_unit_activated: the stem already ends in BN-ReLU, so the network's first unit
     skips its pre-activation.
+    first_removed: groups whose original first unit was removed by compression; such a
+    group starts with its transition (the old shortcut path) and its remaining units are
+    numbered from 0, all of them former non-first units.
     """
     cfg = factory.config
     side_at = side_head_index(blocks_per_group) if cfg.side_head else None
@@ -253,18 +272,28 @@ def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_st
     index = 0
     expansion = 4 if bottleneck else 1
     for g, (count, width) in enumerate(zip(blocks_per_group, widths)):
-        shared = shared_kernel(factory, g, width) if cfg.share else None
-        for b in range(count):
-            stride = (first_stride if g == 0 else 2) if b == 0 else 1
-            changes = stride != 1 or factory.channels(x) != width * expansion
+        shared = shared_kernel(factory, g, width) if cfg.share and count else None
+        group_stride = first_stride if g == 0 else 2
+        out_channels = width * expansion
+        if g in first_removed:
+            changes = group_stride != 1 or factory.channels(x) != out_channels
             kind = dim_shortcut if changes else "identity"
-            if index == 0 and first_unit_activated:
+            preact = "none" if (g == 0 and first_unit_activated) else (
+                "split" if kind == "projection" else "residual")
+            x = transition_unit(x, factory, group=g, out_channels=out_channels,
+                                stride=group_stride, shortcut_kind=kind, preact=preact)
+        for b in range(count):
+            original_first = b == 0 and g not in first_removed
+            stride = group_stride if original_first else 1
+            changes = stride != 1 or factory.channels(x) != out_channels
+            kind = dim_shortcut if changes else "identity"
+            if g == 0 and original_first and first_unit_activated:
                 preact = "none"
             elif kind == "projection":
                 preact = "split"
             else:
                 preact = "residual"
-            use_shared = shared if (b > 0 or share_first) else None
+            use_shared = shared if (not original_first or share_first) else None
             x = residual_unit(x, factory, group=g, block=b, filters=width, stride=stride,
                               bottleneck=bottleneck, shortcut_kind=kind, preact=preact,
                               shared_conv=use_shared)

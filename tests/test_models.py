@@ -350,3 +350,57 @@ def test_describe_cli_json_and_table(capsys):
     assert cli.main(["describe", "imagenet-77"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "imagenet-77" in err[0]
+
+
+def test_gate_monitors_update_inside_compiled_fit():
+    rng = np.random.default_rng(8)
+    model = build_model("cifar-basic-8", gate="eps", epsilon=1e9)  # every gate closed: T = 0
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
+    model.fit(x, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)  # two steps
+    for gate in L.gate_layers(model):
+        np.testing.assert_allclose(gate.discarded_ema.numpy(), 1 - 0.95 ** 2, rtol=1e-5)
+        assert float(gate.gate_value.numpy()) == 0.0
+        assert float(gate.response_max.numpy()) > 0.0
+
+
+def test_mixed_precision_model_trains_with_float32_gates_and_logits():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_model("cifar-basic-8", gate="eps", epsilon=0.5, side_head=True)
+        assert model.get_layer("group0_block0_conv1").compute_dtype == "float16"
+        assert model.output["logits"].dtype == "float32"
+        assert all(g.epsilon.dtype == "float32" for g in L.gate_layers(model))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.01),
+                      loss={"logits": loss, "side_logits": loss})
+        x = np.random.default_rng(9).normal(size=(4, 32, 32, 3)).astype(np.float32)
+        y = np.arange(4)
+        history = model.fit(x, {"logits": y, "side_logits": y}, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("arch, counts, removed, transition", [
+    ("cifar-basic-20", [2, 3, 1], (1,), "group1_transition_shortcut_pool_pad"),
+    ("cifar-bottleneck-20", [1, 2, 2], (0,), "group0_transition_shortcut_conv"),
+    ("imagenet-18", [2, 1, 0, 2], (1, 2), "group2_transition_shortcut_conv"),
+    ("wrn-16-2", [2, 1, 2], (1,), "group1_transition_preact_bn"),
+])
+def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(arch, counts, removed, transition):
+    model = build_model(arch, blocks_per_group=counts, first_removed=removed, share=True,
+                        classes=10, input_shape=(32, 32, 3))
+    names = [layer.name for layer in model.layers]
+    assert transition in names
+    assert model_stats(model)["blocks"] == sum(counts)
+    for g, count in enumerate(counts):
+        assert (f"group{g}_block{count - 1}_add" in names) == (count > 0)
+        assert f"group{g}_block{count}_add" not in names
+        if g in removed and count:
+            # every remaining unit is a former non-first one: same shapes, identity shortcut
+            assert not any(n.startswith(f"group{g}_block0_shortcut") for n in names)
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    assert model(x).shape == (1, 10)

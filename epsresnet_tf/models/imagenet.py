@@ -17,8 +17,10 @@ DEPTHS = {
 WIDTHS = (64, 128, 256, 512)
 
 
-def imagenet_resnet(depth, config, input_shape=(224, 224, 3)):
-    blocks_per_group, bottleneck = DEPTHS[depth]
+def imagenet_resnet(depth, config, input_shape=(224, 224, 3), blocks_per_group=None,
+                    first_removed=()):
+    default_blocks, bottleneck = DEPTHS[depth]
+    blocks_per_group = blocks_per_group or default_blocks
     factory = blocks.LayerFactory(config)
     inputs, x = image_input(input_shape, config.data_format)
     x = factory.conv(64, 7, 2, name="stem_conv")(x)
@@ -27,6 +29,7 @@ def imagenet_resnet(depth, config, input_shape=(224, 224, 3)):
                                   name="stem_pool")(x)
     x, side = blocks.residual_stack(
         x, factory, blocks_per_group, WIDTHS, bottleneck=bottleneck, first_stride=1,
-        dim_shortcut="projection", first_unit_activated=True, share_first=config.share_first)
+        dim_shortcut="projection", first_unit_activated=True, share_first=config.share_first,
+        first_removed=first_removed)
     return blocks.finish_model(inputs, x, side, factory, f"imagenet_resnet_{depth}",
                                activate=config.preact)

@@ -16,7 +16,8 @@ def _dense_bn_relu(x, factory, prefix):
     return keras.layers.ReLU(name=prefix + "relu")(x)
 
 
-def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1)):
+def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1), blocks_per_group=None,
+             first_removed=()):
     if config.share:
         raise ValueError("shared 3x3 kernels need a convolutional net; mnist nets have none")
     if config.gate == "eps" and not residual:
@@ -25,7 +26,7 @@ def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1)):
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = factory.dense(UNITS, name="stem_dense")(x)
-    units = depth // 2 if residual else depth
+    units = blocks_per_group[0] if blocks_per_group else (depth // 2 if residual else depth)
     side_at = blocks.side_head_index([units]) if config.side_head else None
     side = None
     for b in range(units):
