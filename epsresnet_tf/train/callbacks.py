@@ -1,0 +1,172 @@
+"""Keras callbacks of the training loop. All work happens at epoch boundaries; the
+training step itself carries no Python (monitor values are graph variables).
+
+They share one `RunState` (the per-epoch history and the NaN flag), filled by
+`MonitorCallback` first at each epoch end and read by the others, in list order.
+"""
+import json
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from epsresnet_tf.layers import EpsilonGate, gate_layers
+from epsresnet_tf.train import monitor
+from epsresnet_tf.train.schedules import ScheduledSetter
+
+log = logging.getLogger(__name__)
+
+#: logs keys of the training model's metrics → history names (errors, not accuracies)
+_ERRORS = {"acc": "train_error", "top5": "train_top5_error", "side_acc": "train_side_error",
+           "val_acc": "val_error", "val_top5": "val_top5_error",
+           "val_side_acc": "val_side_error"}
+
+
+class RunState:
+    """History rows (one dict per finished epoch) and flags shared by the callbacks."""
+
+    def __init__(self, rows=None):
+        self.rows = list(rows or [])
+        self.nan = None          # message once a non-finite loss stopped the run
+
+    @property
+    def counts(self):
+        return [r["discarded_count"] for r in self.rows]
+
+
+def _assign(var, value):
+    var.assign(float(value))
+
+
+def set_learning_rate(model, value):
+    _assign(model.optimizer.learning_rate, value)
+
+
+def set_epsilon(model, value):
+    for layer in gate_layers(model.net):
+        if isinstance(layer, EpsilonGate):
+            _assign(layer.epsilon, value)
+
+
+class ScheduleCallback(keras.callbacks.Callback):
+    """Sets a parameter from a schedule before each epoch (tensorpack semantics): `setter`
+    is a ScheduledSetter; `apply(model, value)` writes it; `read(model)` reads it. The
+    adaptive schedule sees the discarded counts of the finished epochs."""
+
+    def __init__(self, setter: ScheduledSetter, apply, read, state: RunState):
+        super().__init__()
+        self.setter, self.apply, self.read, self.state = setter, apply, read, state
+
+    def on_train_begin(self, logs=None):
+        start = len(self.state.rows)
+        v = self.setter.begin(start, self.read(self.model))
+        if v is not None:
+            self.apply(self.model, v)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        v = self.setter.epoch(epoch, self.state.counts[:epoch])
+        if v is not None:
+            self.apply(self.model, v)
+
+
+class MonitorCallback(keras.callbacks.Callback):
+    """Builds the epoch's history row from the logs and the gates' variables; stops the
+    run on a non-finite loss (checked per epoch: the epoch mean is NaN/Inf as soon as one
+    step's loss was)."""
+
+    def __init__(self, state: RunState):
+        super().__init__()
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        loss = float(logs.get("loss", float("nan")))
+        if not math.isfinite(loss):
+            self.state.nan = f"loss is {loss} in epoch {epoch + 1}"
+            self.model.stop_training = True
+            return
+        snap = monitor.gate_snapshot(self.model.net)
+        row = {"epoch": epoch + 1,
+               "lr": float(self.model.optimizer.learning_rate.numpy()),
+               "epsilon": self.model.epsilon_value(),
+               "step": int(self.model.optimizer.iterations.numpy())}
+        for key, value in sorted(logs.items()):
+            name = _ERRORS.get(key)
+            if name:
+                row[name] = 1.0 - float(value)
+            elif key in ("loss", "xent", "val_loss", "val_xent", "wd", "wd_factor"):
+                row[key] = float(value)
+        row.update(discarded_count=snap["discarded_count"],
+                   discarded_ratio=snap["discarded_ratio"], blocks=snap["blocks"])
+        self.state.rows.append(row)
+
+
+class HistoryCallback(keras.callbacks.Callback):
+    """Appends each epoch's row to `history.jsonl` (one JSON object per line)."""
+
+    def __init__(self, path, state: RunState):
+        super().__init__()
+        self.path, self.state = path, state
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.nan or not self.state.rows:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self.state.rows[-1]) + "\n")
+
+
+class TensorBoardCallback(keras.callbacks.Callback):
+    """Scalars (lr, ε, losses, errors, discarded count and ratio, per-block EMAs and
+    responses), per-block kernel histograms every `histogram_every` epochs, and the discard
+    strip image, via tf.summary; step = finished epochs."""
+
+    def __init__(self, logdir, state: RunState, histogram_every=1):
+        super().__init__()
+        self.logdir, self.state, self.histogram_every = logdir, state, histogram_every
+        self.writer = None
+
+    def on_train_begin(self, logs=None):
+        self.writer = tf.summary.create_file_writer(self.logdir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.nan or not self.state.rows:
+            return
+        row = self.state.rows[-1]
+        step = row["epoch"]
+        with self.writer.as_default(step=step):
+            for key, value in row.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(key, value)
+            for bid, entry in row["blocks"].items():
+                for key, value in entry.items():
+                    tf.summary.scalar(f"{bid}/{key}", value)
+            if self.histogram_every and step % self.histogram_every == 0:
+                for bid, kernels in monitor.block_kernels(self.model.net).items():
+                    for name, var in kernels:
+                        tf.summary.histogram(f"{bid}/{name}", var.numpy())
+            strip = monitor.discard_strip(self.state.rows)
+            tf.summary.image("discarded_blocks", strip[None], max_outputs=1)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """After each good epoch, `save(epoch + 1)` writes an atomic checkpoint."""
+
+    def __init__(self, save, state: RunState):
+        super().__init__()
+        self.save, self.state = save, state
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.state.nan:
+            self.save(epoch + 1)
+
+
+def finite(x):
+    return bool(np.all(np.isfinite(x)))

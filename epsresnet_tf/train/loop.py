@@ -1,0 +1,450 @@
+"""The ε-ResNet training loop: Keras `fit` with a training step of our own, a run folder,
+atomic checkpoints and exact resume.
+
+Why `fit` with an overridden `train_step` (and not a hand-written `strategy.run` loop):
+`fit` gives the progress bars, callbacks and validation for free, and Keras 3's `fit` runs
+under `MirroredStrategy` (one machine, several GPUs — every configuration of the paper).
+The step is ours because the loss is not a Keras loss: cross-entropy + 0.1 × the side
+head's cross-entropy + the weight decay times a factor that drops ×0.2 every 480,000 steps,
+computed in the graph from the optimizer's step counter (SPEC §6). Keras 3's `fit` fails
+under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); several machines are
+therefore refused with a one-line error rather than half-supported.
+
+Under `MirroredStrategy` each replica runs the step on its slice of the global batch, so
+every ε-gate computes T on its own replica's batch, as the authors' towers did. The
+gates' monitor variables are mean-aggregated: each step every replica's update of the
+EMA of 1 − T is averaged, so a block's discarded value is the EMA of the replica-mean of
+1 − T, and the discarded count is the sum of those over blocks.
+
+Run folder (DESIGN.md): config.json, history.jsonl, tb/, ckpt/, model.keras.
+"""
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from epsresnet_tf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Defaults of a resolved config; recipes override them (experiments/*.json).
+DEFAULTS = {
+    "name": None,
+    "dataset": "cifar10",
+    "arch": "cifar-basic-110",
+    "gate": "eps",
+    "epsilon": 2.5,
+    "epsilon_start_epoch": 0,
+    "gate_scope": "batch",
+    "side_head": True,
+    "side_weight": 0.1,
+    "model_options": {},
+    "epochs": 1000,
+    "batch_size": 128,
+    "batch_per": "replica",          # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
+    "optimizer": "momentum",         # "momentum", "nesterov" or "nadam"
+    "momentum": 0.9,
+    "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
+    "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
+    "reset_threshold": 1.0,
+    "reset_window": 1,
+    "weight_decay": 2e-4,
+    "wd_decay_every": 480000,
+    "wd_decay_factor": 0.2,
+    "steps_per_epoch": None,         # None: the whole training split
+    "val_steps": None,               # None: the whole evaluation split; 0: no validation
+    "top5": False,
+    "seed": 0,
+    "mixed_precision": False,
+    "xla": False,
+    "gpus": 0,
+    "histogram_every": 1,
+    "data_workers": 0,
+    "mean": "train",
+    "deterministic": False,
+}
+
+
+def resolve_config(recipe, **overrides):
+    """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes."""
+    unknown = set(recipe) - set(DEFAULTS) - {"description", "source", "depth"}
+    if unknown:
+        raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    from epsresnet_tf.models.registry import resolve
+    resolve(cfg["arch"])  # UserError for unknown architecture or depth
+    if cfg["epsilon"] < 0:
+        raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["steps_per_epoch"] is not None and cfg["steps_per_epoch"] < 1:
+        raise UserError(f"steps per epoch must be positive, got {cfg['steps_per_epoch']}")
+    if cfg["gpus"] < 0:
+        raise UserError(f"--gpus must be >= 0, got {cfg['gpus']}")
+    if cfg["optimizer"] not in ("momentum", "nesterov", "nadam"):
+        raise UserError(f"optimizer must be momentum, nesterov or nadam, got {cfg['optimizer']!r}")
+    if cfg["batch_per"] not in ("replica", "total"):
+        raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
+    from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
+    PiecewiseSchedule(cfg["lr_schedule"])
+    if cfg["adaptive_schedule"]:
+        PiecewiseSchedule(cfg["adaptive_schedule"])
+    epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
+
+
+# --- files -------------------------------------------------------------------------------
+
+def atomic_write_text(path, text):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """`runs/<name>/`: paths, config check, checkpoints."""
+
+    KEEP = 2  # checkpoints kept (the newest and one before, in case the newest is bad)
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.config = self.root / "config.json"
+        self.history = self.root / "history.jsonl"
+        self.tb = self.root / "tb"
+        self.ckpt = self.root / "ckpt"
+        self.model = self.root / "model.keras"
+
+    def check_or_create(self, cfg):
+        """True if this is a resume. A folder with another config is refused."""
+        if self.config.exists():
+            old = json.loads(self.config.read_text())
+            diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+            if diff:
+                shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
+                raise UserError(f"{self.root} holds a run with another config ({shown}); "
+                                f"choose another --out or name")
+            return True
+        if self.root.exists() and any(self.root.iterdir()):
+            raise UserError(f"{self.root} exists and is not a run folder (no config.json)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ckpt.mkdir(exist_ok=True)
+        atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        return False
+
+    def checkpoints(self):
+        return sorted(self.ckpt.glob("epoch-*.npz")) if self.ckpt.exists() else []
+
+    def save_checkpoint(self, epoch, arrays, state):
+        """One .npz (variables + JSON state), written to a temporary name and renamed."""
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt / f"epoch-{epoch:05d}.npz"
+        fd, tmp = tempfile.mkstemp(dir=self.ckpt, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, state=np.frombuffer(json.dumps(state).encode(), np.uint8),
+                     **{f"v{i:05d}": a for i, a in enumerate(arrays)})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in self.checkpoints()[:-self.KEEP]:
+            old.unlink()
+        return path
+
+    def load_latest(self):
+        """(arrays, state) of the newest readable checkpoint, or None."""
+        for path in reversed(self.checkpoints()):
+            try:
+                with np.load(path) as z:
+                    state = json.loads(bytes(z["state"]).decode())
+                    names = sorted(k for k in z.files if k.startswith("v"))
+                    return [z[k] for k in names], state
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("skipping unreadable checkpoint %s: %s", path, err)
+        return None
+
+
+# --- strategy and precision --------------------------------------------------------------
+
+def make_strategy(gpus):
+    """0: the default strategy (one device); N >= 1: MirroredStrategy over N GPUs."""
+    import tensorflow as tf
+    if os.environ.get("TF_CONFIG"):
+        raise UserError("TF_CONFIG is set, but multi-worker training is not supported: Keras 3 "
+                        "fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)")
+    if gpus == 0:
+        return tf.distribute.get_strategy()
+    visible = tf.config.list_physical_devices("GPU")
+    if gpus > len(visible):
+        raise UserError(f"--gpus {gpus} asks for more GPUs than the {len(visible)} visible")
+    return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
+
+
+# --- the training model ------------------------------------------------------------------
+
+def _training_model_class():
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    class TrainingModel(keras.Model):
+        """Wraps the network; owns the loss (SPEC §6) and the metrics. Not saved itself:
+        the run folder keeps `net` (model.keras) and the variables (checkpoints)."""
+
+        def __init__(self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False):
+            super().__init__()
+            self.net = net
+            self.side_weight = float(side_weight)
+            self.wd_every = int(wd_every or 0)
+            self.wd_factor = float(wd_factor)
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+            self.xent_tracker = keras.metrics.Mean(name="xent")
+            self.acc = keras.metrics.SparseCategoricalAccuracy(name="acc")
+            self.side_acc = keras.metrics.SparseCategoricalAccuracy(name="side_acc")
+            self.top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5") if top5 else None
+            self.has_side = isinstance(net.output, dict)
+
+        @property
+        def metrics(self):
+            ms = [self.loss_tracker, self.xent_tracker, self.acc]
+            if self.has_side:
+                ms.append(self.side_acc)
+            if self.top5 is not None:
+                ms.append(self.top5)
+            return ms
+
+        def call(self, x, training=False):
+            return self.net(x, training=training)
+
+        def epsilon_value(self):
+            from epsresnet_tf.layers import EpsilonGate
+            from epsresnet_tf.layers import gate_layers
+            gates = [g for g in gate_layers(self.net) if isinstance(g, EpsilonGate)]
+            return float(gates[0].epsilon.numpy()) if gates else None
+
+        def wd_scale(self):
+            """The staircase factor on the decay, from the optimizer's step, in the graph."""
+            if not self.wd_every:
+                return ops.cast(1.0, "float32")
+            k = ops.floor(ops.cast(self.optimizer.iterations, "float32") / float(self.wd_every))
+            return ops.power(ops.cast(self.wd_factor, "float32"), k)
+
+        def _forward(self, x, y, training):
+            out = self.net(x, training=training)
+            side = None
+            if isinstance(out, dict):
+                logits, side = out["logits"], out["side_logits"]
+            else:
+                logits = out
+            logits = ops.cast(logits, "float32")
+            xent = ops.mean(keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True))
+            loss = xent
+            if side is not None:
+                side = ops.cast(side, "float32")
+                loss = loss + self.side_weight * ops.mean(
+                    keras.losses.sparse_categorical_crossentropy(y, side, from_logits=True))
+            return loss, xent, logits, side
+
+        def _update(self, loss, xent, y, logits, side):
+            self.loss_tracker.update_state(loss)
+            self.xent_tracker.update_state(xent)
+            self.acc.update_state(y, logits)
+            if side is not None:
+                self.side_acc.update_state(y, side)
+            if self.top5 is not None:
+                self.top5.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+        def train_step(self, data):
+            x, y = data
+            with tf.GradientTape() as tape:
+                loss, xent, logits, side = self._forward(x, y, True)
+                reg = self.net.losses
+                if reg:
+                    loss = loss + self.wd_scale() * ops.cast(ops.sum(ops.stack(reg)), "float32")
+                # Gradients are summed over replicas: scale each replica's mean loss.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                scaled = self.optimizer.scale_loss(loss / replicas)
+            variables = self.net.trainable_variables
+            grads = tape.gradient(scaled, variables)
+            self.optimizer.apply(grads, variables)
+            return self._update(loss, xent, y, logits, side)
+
+        def test_step(self, data):
+            x, y = data
+            loss, xent, logits, side = self._forward(x, y, False)
+            return self._update(loss, xent, y, logits, side)
+
+    return TrainingModel
+
+
+# --- data --------------------------------------------------------------------------------
+
+def epochs_dataset(source, start, end, steps, global_batch=None):
+    """tf.data over epochs [start, end) of `source` (anything with `batches(epoch)`,
+    `normalise_np`, `image_shape`), the first `steps` batches of each: the batches depend
+    only on (seed, epoch, index), so a resumed run sees the data an uninterrupted one did."""
+    import tensorflow as tf
+
+    def gen():
+        for e in range(start, end):
+            for i, (x, y) in enumerate(source.batches(e)):
+                if steps is not None and i >= steps:
+                    break
+                yield source.normalise_np(x), np.asarray(y, np.int32)
+
+    sig = (tf.TensorSpec((global_batch,) + tuple(source.image_shape), tf.float32),
+           tf.TensorSpec((global_batch,), tf.int32))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(opts).prefetch(2)
+
+
+def default_sources(cfg, data_dir, global_batch):
+    from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
+    info = dataset_info(cfg["dataset"])
+    train = make_pipeline(cfg["dataset"], info.train_split, data_dir, global_batch, train=True,
+                          seed=cfg["seed"], mean=cfg["mean"], workers=cfg["data_workers"])
+    val = None
+    if cfg["val_steps"] != 0:
+        val = make_pipeline(cfg["dataset"], info.eval_split, data_dir, global_batch,
+                            train=False, seed=cfg["seed"], mean=cfg["mean"])
+    return train, val
+
+
+# --- the run -----------------------------------------------------------------------------
+
+def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, verbose=1):
+    """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
+    "status" ("done" or "nan"), "epochs", "history" rows and paths."""
+    import keras
+    import tensorflow as tf
+
+    from epsresnet_tf.models import build_model
+    from epsresnet_tf.train import callbacks as C
+    from epsresnet_tf.train.schedules import (AdaptiveResetSchedule, FixedSchedule,
+                                              ScheduledSetter, epsilon_schedule)
+
+    validate_config(cfg)
+    folder = RunFolder(run_dir)
+    if strategy is None:
+        strategy = make_strategy(cfg["gpus"])   # UserError before anything is written
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
+    if global_batch % replicas:
+        raise UserError(f"batch {global_batch} does not split over {replicas} replicas")
+    if sources is None:
+        sources = default_sources(cfg, data_dir, global_batch)   # missing data fails here
+    train_src, val_src = sources
+    resume = folder.check_or_create(cfg)
+
+    if cfg["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg["seed"])
+    keras.mixed_precision.set_global_policy("mixed_float16" if cfg["mixed_precision"]
+                                            else "float32")
+    steps = cfg["steps_per_epoch"] or train_src.num_batches
+    steps = min(steps, train_src.num_batches)
+
+    with strategy.scope():
+        options = dict(cfg["model_options"])
+        if cfg["gate"] == "eps":
+            options.update(epsilon=cfg["epsilon"] if cfg["epsilon_start_epoch"] == 0 else 0.0,
+                           gate_scope=cfg["gate_scope"])
+        net = build_model(cfg["arch"], classes=train_src.num_classes,
+                          input_shape=tuple(train_src.image_shape), gate=cfg["gate"],
+                          side_head=cfg["side_head"], weight_decay=cfg["weight_decay"],
+                          **options)
+        model = _training_model_class()(net, cfg["side_weight"], cfg["wd_decay_every"],
+                                        cfg["wd_decay_factor"], cfg["top5"])
+        first_lr = cfg["lr_schedule"][0][1]
+        if cfg["optimizer"] == "nadam":
+            opt = keras.optimizers.Nadam(first_lr)
+        else:
+            opt = keras.optimizers.SGD(first_lr, momentum=cfg["momentum"],
+                                       nesterov=cfg["optimizer"] == "nesterov")
+        model.compile(optimizer=opt, jit_compile=bool(cfg["xla"]))
+        model.optimizer.build(net.trainable_variables)
+
+    if cfg["adaptive_schedule"] and cfg["gate"] == "eps":
+        lr_sched = AdaptiveResetSchedule(cfg["lr_schedule"], cfg["adaptive_schedule"],
+                                         cfg["reset_threshold"], cfg["reset_window"])
+    else:
+        lr_sched = FixedSchedule(cfg["lr_schedule"])
+    eps_sched = FixedSchedule(epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"]))
+
+    def variables():
+        return list(net.variables) + list(model.optimizer.variables)
+
+    state = C.RunState()
+    start = 0
+    if resume:
+        loaded = folder.load_latest()
+        if loaded is not None:
+            arrays, saved = loaded
+            vs = variables()
+            if len(arrays) != len(vs):
+                raise UserError(f"checkpoint in {folder.ckpt} does not match the model")
+            for v, a in zip(vs, arrays):
+                v.assign(a)
+            lr_sched.set_state(saved["lr_schedule"])
+            state.rows = saved["history"]
+            start = saved["epoch"]
+            print(f"resuming {folder.root} after epoch {start}")
+        # the history file is rewritten from the checkpoint: rows of a killed epoch go
+        atomic_write_text(folder.history, "".join(json.dumps(r) + "\n" for r in state.rows))
+
+    def save(epoch):
+        st = {"epoch": epoch, "lr_schedule": lr_sched.get_state(), "history": state.rows}
+        folder.save_checkpoint(epoch, [np.asarray(v.numpy()) for v in variables()], st)
+
+    cbs = [
+        C.ScheduleCallback(ScheduledSetter(lr_sched, "learning rate"), C.set_learning_rate,
+                           lambda m: float(m.optimizer.learning_rate.numpy()), state),
+        C.ScheduleCallback(ScheduledSetter(eps_sched, "epsilon"), C.set_epsilon,
+                           lambda m: m.epsilon_value() or 0.0, state),
+        C.MonitorCallback(state),
+        C.HistoryCallback(folder.history, state),
+        C.TensorBoardCallback(str(folder.tb), state, cfg["histogram_every"]),
+        C.CheckpointCallback(save, state),
+    ]
+    if cfg["gate"] != "eps":
+        cbs.pop(1)
+    epochs = cfg["epochs"]
+    if start < epochs:
+        train_ds = epochs_dataset(train_src, start, epochs, steps, global_batch)
+        val_ds = val_steps = None
+        if val_src is not None:
+            val_steps = min(cfg["val_steps"] or val_src.num_batches, val_src.num_batches)
+            val_ds = epochs_dataset(val_src, 0, 1, val_steps, None)
+        model.fit(train_ds, epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
+                  validation_data=val_ds, validation_steps=val_steps, shuffle=False,
+                  callbacks=cbs, verbose=verbose)
+    if state.nan:
+        ckpts = folder.checkpoints()
+        kept = ckpts[-1].name if ckpts else "none"
+        msg = f"stopped: {state.nan}; last good checkpoint kept: {kept}"
+        print(msg)
+        return {"status": "nan", "message": msg, "history": state.rows, "run_dir": str(folder.root)}
+    tmp = folder.root / ".model.tmp.keras"
+    net.save(tmp)
+    os.replace(tmp, folder.model)
+    return {"status": "done", "epochs": len(state.rows), "history": state.rows,
+            "run_dir": str(folder.root), "model": str(folder.model)}

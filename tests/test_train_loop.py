@@ -1,0 +1,152 @@
+"""The training loop on real data (the CIFAR-10 subset in ../shared/data) and on tiny
+synthetic data: run folder, history, TensorBoard, ε schedule, NaN stop, refusals."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from epsresnet_tf.errors import UserError
+from epsresnet_tf.train.loop import resolve_config, run_training
+
+BIG_EPS = 1000.0   # every |F| stays below it: T = 0 in every block, every step
+STEPS = 6
+
+
+def read_events(tb_dir):
+    """{tag: [(step, value or None)]} from the event files, via TensorBoard's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    out = {}
+    for tag in tags.get("tensors", []):
+        events = acc.Tensors(tag)
+        out[tag] = events
+    return out, tags
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory, shared_data):
+    # ε = 0 for the first epoch (a plain ResNet, T = 1), then a huge ε (T = 0): the
+    # authors' warm-up schedule, with outcomes we can compute by hand.
+    cfg = resolve_config({"arch": "cifar-basic-14", "epochs": 2, "batch_size": 16,
+                          "steps_per_epoch": STEPS, "val_steps": 2, "epsilon": BIG_EPS,
+                          "epsilon_start_epoch": 1, "lr_schedule": [[0, 0.05], [1, 0.02]]})
+    run_dir = tmp_path_factory.mktemp("runs") / "c10"
+    result = run_training(cfg, run_dir, shared_data / "cifar10-subset", verbose=0)
+    return cfg, Path(run_dir), result
+
+
+def test_run_folder_layout(cifar_run):
+    cfg, run_dir, result = cifar_run
+    assert result["status"] == "done"
+    assert json.loads((run_dir / "config.json").read_text()) == cfg
+    assert (run_dir / "model.keras").is_file()
+    assert [p.name for p in sorted((run_dir / "ckpt").glob("*.npz"))] == \
+        ["epoch-00001.npz", "epoch-00002.npz"]
+    assert not list(run_dir.rglob(".tmp*")), "temporary checkpoint files left behind"
+
+
+def test_history_one_row_per_epoch_with_monitors(cifar_run):
+    _, run_dir, _ = cifar_run
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    blocks = [f"group{g}/block{b}" for g in range(3) for b in range(2)]   # 14 = 6*2 + 2
+    for r in rows:
+        assert list(r["blocks"]) == blocks
+        count = sum(b["discarded"] for b in r["blocks"].values())
+        assert r["discarded_count"] == pytest.approx(count)
+        assert r["discarded_ratio"] == pytest.approx(count / 6)
+        assert 0 <= r["val_error"] <= 1 and 0 <= r["val_side_error"] <= 1
+    # epoch 1: ε = 0, T = 1 in every step, the EMA of 1 - T stays 0
+    assert rows[0]["epsilon"] == 0.0 and rows[0]["discarded_count"] == 0.0
+    # epoch 2: ε = 1000, T = 0 in each of its STEPS steps: EMA = 1 - 0.95^STEPS
+    assert rows[1]["epsilon"] == BIG_EPS
+    for b in rows[1]["blocks"].values():
+        assert b["discarded"] == pytest.approx(1 - 0.95 ** STEPS, abs=1e-5)
+        assert b["gate"] == 0.0 and b["response_max"] <= BIG_EPS
+    # the lr schedule: 0.05 before the first epoch, 0.02 after it
+    assert rows[0]["lr"] == pytest.approx(0.05) and rows[1]["lr"] == pytest.approx(0.02)
+    assert rows[1]["step"] == 2 * STEPS
+
+
+def test_tensorboard_holds_scalars_blocks_histograms_strip(cifar_run):
+    _, run_dir, _ = cifar_run
+    events, tags = read_events(run_dir / "tb")
+    ratio = events["discarded_ratio"]
+    assert [e.step for e in ratio] == [1, 2]
+    values = [float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto)))
+              for e in ratio]
+    assert values[0] == 0.0 and values[1] == pytest.approx(1 - 0.95 ** STEPS, abs=1e-5)
+    for tag in ("lr", "epsilon", "val_error", "group2/block1/discarded",
+                "group0/block0/response_max", "group1/block0/conv1_kernel",
+                "discarded_blocks"):
+        assert tag in events, tag
+
+
+def test_final_model_reloads_and_predicts(cifar_run):
+    import keras
+    _, run_dir, _ = cifar_run
+    net = keras.saving.load_model(run_dir / "model.keras")
+    out = net(np.zeros((2, 32, 32, 3), np.float32))
+    assert out["logits"].shape == (2, 10)
+
+
+# --- synthetic sources: fast checks of failure paths ---------------------------------
+
+class Synthetic:
+    """A data source with the pipeline's interface; NaN images from epoch `nan_from`."""
+    image_shape, num_classes, num_batches = (8, 8, 3), 10, 4
+
+    def __init__(self, nan_from=None):
+        self.nan_from = nan_from
+
+    def batches(self, epoch):
+        rng = np.random.default_rng(epoch)
+        for _ in range(self.num_batches):
+            x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
+            if self.nan_from is not None and epoch >= self.nan_from:
+                x[:] = np.nan
+            yield x, rng.integers(0, 10, 8).astype(np.int32)
+
+    def normalise_np(self, x):
+        return x
+
+
+def tiny(**kw):
+    base = {"arch": "cifar-basic-8", "epochs": 3, "batch_size": 8, "val_steps": 0,
+            "histogram_every": 0}
+    base.update(kw)
+    return resolve_config(base)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "nan"
+    result = run_training(tiny(), run, sources=(Synthetic(nan_from=1), None), verbose=0)
+    assert result["status"] == "nan"
+    assert [p.name for p in (run / "ckpt").glob("*.npz")] == ["epoch-00001.npz"]
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1
+    assert not (run / "model.keras").exists()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stopped")]
+    assert lines == ["stopped: loss is nan in epoch 2; last good checkpoint kept: epoch-00001.npz"]
+
+
+def test_different_config_is_refused_and_nothing_overwritten(tmp_path):
+    run = tmp_path / "r"
+    run_training(tiny(epochs=1), run, sources=(Synthetic(), None), verbose=0)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="another config"):
+        run_training(tiny(epochs=1, epsilon=1.0), run, sources=(Synthetic(), None), verbose=0)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"epsilon": -1.0}, "epsilon"), ({"arch": "cifar-basic-13"}, "depth"),
+    ({"arch": "vgg-16"}, "unknown architecture"), ({"epochs": 0}, "epochs"),
+    ({"optimizer": "adam"}, "optimizer")])
+def test_bad_config_is_one_line_error(override, message, tmp_path):
+    with pytest.raises(UserError, match=message) as err:
+        tiny(**override)
+    assert "\n" not in str(err.value)
