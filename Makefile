@@ -40,3 +40,39 @@ data-cifar10 data-cifar100 data-svhn: data-%: install
 # CIFAR training-pipeline throughput on ../shared/data; updates BENCHMARKS.md "## Data pipeline".
 bench-data: install
 	$(BIN)/python benchmarks/bench_data.py
+
+# --- training (issue 4) ---
+# `make cifar10-eps DEPTH=200 EPS=2.5 GPUS=2 DATA=... OUT=...`; running a target again
+# resumes its run folder $(OUT)/<recipe>. DEPTH and EPS default to the recipe's values.
+.PHONY: cifar10-eps cifar100-eps svhn-eps imagenet-101 imagenet-152 tensorboard demo train-list
+
+DEPTH   ?=
+EPS     ?=
+TRAIN_FLAGS = --data-dir $(DATA) --out $(OUT) --gpus $(GPUS) \
+              $(if $(DEPTH),--depth $(DEPTH)) $(if $(EPS),--epsilon $(EPS))
+
+cifar10-eps: install
+	$(BIN)/epsresnet train cifar10-eps-110 $(TRAIN_FLAGS)
+
+cifar100-eps: install
+	$(BIN)/epsresnet train cifar100-eps-110 $(TRAIN_FLAGS)
+
+svhn-eps: install
+	$(BIN)/epsresnet train svhn-eps-110 $(TRAIN_FLAGS)
+
+imagenet-101: install
+	$(BIN)/epsresnet train imagenet-eps-101-e2.0 $(TRAIN_FLAGS)
+
+imagenet-152: install
+	$(BIN)/epsresnet train imagenet-eps-152-e1.8 $(TRAIN_FLAGS)
+
+train-list: install
+	@$(BIN)/epsresnet train --list
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir $(OUT) --bind_all
+
+# The whole loop on the CIFAR-10 subset beside the checkout: nothing to download.
+DEMO_DATA ?= ../shared/data/cifar10-subset
+demo: install
+	$(BIN)/epsresnet train demo --data-dir $(DEMO_DATA) --out $(OUT) --quiet

@@ -14,6 +14,7 @@ from epsresnet_tf.errors import UserError
 COMMAND_MODULES = (
     "epsresnet_tf.models.describe",
     "epsresnet_tf.data.check",
+    "epsresnet_tf.train.run",
 )
 
 

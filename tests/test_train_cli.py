@@ -1,0 +1,79 @@
+"""`epsresnet train`: recipes, --help, one-line errors that write nothing."""
+import json
+
+import pytest
+
+from epsresnet_tf import cli, recipes
+from epsresnet_tf.models.registry import resolve
+
+
+def test_every_recipe_resolves_to_a_valid_config():
+    names = recipes.available()
+    # the runs the issue lists, at least
+    for must in ("cifar10-eps-110", "cifar10-eps-752", "cifar100-eps-500", "cifar10-base-200",
+                 "cifar10-base-side-110", "svhn-eps-302", "imagenet-eps-101-e2.0",
+                 "imagenet-eps-101-e2.1", "imagenet-eps-152-e1.8",
+                 "gates-cifar10-resnet-32-gated", "gates-cifar10-wrn-28-10-dropout-gated",
+                 "sharesnet-cifar10-164-shared", "sharesnet-cifar100-wrn-28-10-shared",
+                 "gates-mnist-res-50-gated", "demo"):
+        assert must in names, must
+    for name in names:
+        _, cfg = recipes.resolve(name)
+        resolve(cfg["arch"])
+        assert cfg["epsilon"] >= 0
+
+
+def test_recipe_values_follow_the_spec():
+    c10 = recipes.resolve("cifar10-eps-110")[1]
+    assert c10["arch"] == "cifar-basic-110" and c10["epsilon"] == 2.5 and c10["side_head"]
+    assert c10["lr_schedule"] == [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]]
+    assert c10["adaptive_schedule"] == [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]]
+    assert c10["wd_decay_every"] == 480000 and c10["weight_decay"] == 2e-4
+    svhn = recipes.resolve("svhn-eps-302")[1]
+    assert svhn["epsilon"] == 1.5 and svhn["arch"] == "cifar-basic-302" and svhn["epochs"] == 150
+    inet = recipes.resolve("imagenet-eps-152-e1.8")[1]
+    assert (inet["optimizer"], inet["batch_size"], inet["batch_per"], inet["steps_per_epoch"],
+            inet["top5"], inet["epsilon"]) == ("nesterov", 256, "total", 5000, True, 1.8)
+    name, deeper = recipes.resolve("cifar10-eps-110", depth=200, epsilon=2.0)
+    assert deeper["arch"] == "cifar-basic-200" and deeper["epsilon"] == 2.0
+    assert name == "cifar10-eps-110_depth200_epsilon2.0"
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--depth", "--epsilon", "--epochs", "--data-dir", "--out", "--gpus", "--seed",
+                 "--batch-size", "--steps-per-epoch", "--val-steps", "--mixed-precision",
+                 "--xla", "--list", "--name", "--deterministic", "--quiet"):
+        assert flag in text, flag
+
+
+def test_list(capsys):
+    assert cli.main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10-eps-110" in out and "imagenet-eps-152-e1.8" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-recipe"], "unknown recipe"),
+    (["cifar10-eps-110", "--depth", "111"], "invalid depth"),
+    (["cifar10-eps-110", "--epsilon", "-1"], "--epsilon must be >= 0"),
+    (["cifar10-eps-110", "--epochs", "ten"], "--epochs expects an integer"),
+    (["cifar10-eps-110", "--gpus", "64"], "GPUs"),
+    (["sharesnet-cifar10-164", "--depth", "200"], "--depth does not apply"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "runs"
+    code = cli.main(["train", *argv, "--out", str(out), "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_recipe_from_a_path(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"arch": "cifar-basic-8", "epochs": 2}))
+    name, cfg = recipes.resolve(str(path))
+    assert name == "mine" and cfg["epochs"] == 2 and cfg["arch"] == "cifar-basic-8"
