@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "epsresnet_tf.models.describe",
     "epsresnet_tf.data.check",
     "epsresnet_tf.train.run",
+    "epsresnet_tf.compress",
 )
 
 
