@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "epsresnet_tf.data.check",
     "epsresnet_tf.train.run",
     "epsresnet_tf.compress",
+    "epsresnet_tf.evaluate",
 )
 
 

@@ -290,3 +290,29 @@ def test_compress_cli_on_a_run_folder(eps_run, capsys):
     assert "--force" in capsys.readouterr().err
     assert cli.main(["compress", str(run_dir / "nope"), "--data-dir", str(data)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_evaluate_and_ablate_cli_on_a_run_folder(eps_run, capsys):
+    run_dir, data = eps_run
+    assert cli.main(["evaluate", str(run_dir), "--data-dir", str(data), "--max-batches", "2",
+                     "--latency-batches", "1,8", "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 256 and 0 <= result["top1_error"] <= 1
+    assert result["layers"] == 14 and set(result["latency_per_image_s"]) == {"1", "8"}
+    args = ["ablate", str(run_dir), "--data-dir", str(data), "--order", "by-response",
+            "--max-batches", "1", "--max-removals", "3"]
+    assert cli.main(args) == 0
+    doc = json.loads((run_dir / "ablation" / "by-response.json").read_text())
+    assert [r["removed"] for r in doc["rows"]] == [0, 1, 2, 3]
+    # blocks that add exactly 0 go first (the two closed by hand, and any ε = 2.5 closed
+    # in training), and removing them leaves the error unchanged
+    from epsresnet_tf import evaluate as E
+    run = C.read_run(run_dir)
+    model = C.load_model(run.model_path)
+    contrib = E.block_contributions(model, C.run_datasets(run, data, ("test",), 1)["test"])
+    zero = {b for b, v in contrib.items() if v == 0.0}
+    assert {"group1/block0", "group2/block1"} <= zero
+    first = doc["rows"][1:1 + min(3, len(zero))]
+    assert all(r["block"] in zero and r["top1_error"] == doc["rows"][0]["top1_error"] for r in first)
+    assert cli.main(args) == 2 and "--force" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(run_dir / "missing.keras"), "--data-dir", str(data)]) == 2

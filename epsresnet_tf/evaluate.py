@@ -1,0 +1,245 @@
+"""`epsresnet evaluate` (error, size, latency of a saved net) and `epsresnet ablate`
+(remove blocks one at a time, error after each removal: the gates paper's Fig. 5, right).
+
+Library API::
+
+    error_rates(model, data, top5=False) -> {"top1_error", "top5_error"?, "images"}
+    latency(model, input_shape, batch, repeats=20, warmup=3) -> seconds per image
+    evaluate_model(model, data=None, batches=(1, 128), top5=False) -> dict
+    block_contributions(model, data) -> {block id: mean |what the block adds|}
+    removal_order(model, order, data=None, seed=0) -> [block ids]
+    ablate(model, arch, build_options, order_ids, data, top5=False) -> rows
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from epsresnet_tf import compress as C
+from epsresnet_tf.errors import UserError
+
+ORDERS = ("greedy-k", "random", "by-response")
+
+
+def _logits_fn(model):
+    import tensorflow as tf
+    return tf.function(lambda x: C.logits_of(model(x, training=False)), reduce_retracing=True)
+
+
+def error_rates(model, data, top5=False):
+    """Top-1 (and top-5) error over (images, labels) batches."""
+    f = _logits_fn(model)
+    wrong1 = wrong5 = n = 0
+    for x, y in data:
+        z = np.asarray(f(x), np.float32)
+        y = np.asarray(y)
+        wrong1 += int(np.sum(z.argmax(-1) != y))
+        if top5:
+            top = np.argsort(-z, axis=-1)[:, :5]
+            wrong5 += int(np.sum(~np.any(top == y[:, None], axis=-1)))
+        n += len(y)
+    if not n:
+        raise UserError("no images to evaluate on: check --data-dir and --max-batches")
+    out = {"top1_error": wrong1 / n, "images": n}
+    if top5:
+        out["top5_error"] = wrong5 / n
+    return out
+
+
+def latency(model, input_shape, batch, repeats=20, warmup=3):
+    """Median wall time per image of a compiled inference call at `batch` (random input,
+    result fetched to the host so asynchronous devices are timed to completion)."""
+    import tensorflow as tf
+    f = _logits_fn(model)
+    x = tf.random.normal((batch,) + tuple(input_shape), seed=0)
+    for _ in range(warmup):
+        np.asarray(f(x))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.asarray(f(x))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / batch
+
+
+def evaluate_model(model, data=None, batches=(1, 128), top5=False, repeats=20):
+    stats = C.model_size(model)
+    out = {"name": model.name, **stats}
+    if data is not None:
+        out.update(error_rates(model, data, top5))
+    shape = tuple(model.inputs[0].shape[1:])
+    out["latency_per_image_s"] = {str(b): latency(model, shape, b, repeats) for b in batches}
+    return out
+
+
+# --- removal curves --------------------------------------------------------------------
+
+def _contribution_tensors(model):
+    """{block id: (tensor the block adds to its shortcut, scale)}: the Add's residual input
+    (for ε-nets that is S(F), after the gate); for k-gates F with scale g(k)."""
+    from epsresnet_tf.blocks import block_id
+    out = {}
+    for g, count in C.block_layout(model).items():
+        for b in range(count):
+            p = f"group{g}_block{b}_"
+            names = {l.name: l for l in model.layers if l.name.startswith(p)}
+            if p + "k_gate" in names:
+                layer = names[p + "k_gate"]
+                out[block_id(g, b)] = (layer.input[0], max(C._value(layer.k), 0.0))
+            elif p + "add" in names:
+                out[block_id(g, b)] = (names[p + "add"].input[0], 1.0)
+    return out
+
+
+def block_contributions(model, data):
+    """Mean |contribution| of each block over the images of `data` (inference mode)."""
+    import keras
+    import tensorflow as tf
+    tensors = _contribution_tensors(model)
+    if not tensors:
+        raise UserError(f"{model.name}: no residual blocks found to measure")
+    ids = list(tensors)
+    probe = keras.Model(model.inputs, [tensors[b][0] for b in ids])
+
+    @tf.function(reduce_retracing=True)
+    def means(x):
+        return [tf.reduce_sum(tf.reduce_mean(tf.abs(tf.cast(o, tf.float32)),
+                                             axis=list(range(1, len(o.shape)))))
+                for o in probe(x, training=False)]
+
+    total, n = np.zeros(len(ids)), 0
+    for x in C._iter_batches(data):
+        total += np.asarray([float(v) for v in means(tf.convert_to_tensor(x))])
+        n += int(x.shape[0])
+    return {b: float(total[i] / max(n, 1) * tensors[b][1]) for i, b in enumerate(ids)}
+
+
+def removal_order(model, order, data=None, seed=0):
+    """Blocks in the order they are removed. greedy-k: smallest g(k) first (Savarese et al.);
+    random: a seeded permutation; by-response: smallest mean |contribution| first."""
+    ids = C._sort_ids(b for g, n in C.block_layout(model).items()
+                      for b in [f"group{g}/block{i}" for i in range(n)])
+    if order == "greedy-k":
+        gates = C._gate_by_block(model)
+        if not gates or not all(hasattr(gates.get(b), "k") for b in ids):
+            raise UserError("--order greedy-k needs a k-gated net (gate k); use by-response or random")
+        return sorted(ids, key=lambda b: (max(C._value(gates[b].k), 0.0), C.parse_block_id(b)))
+    if order == "random":
+        return [ids[i] for i in np.random.RandomState(seed).permutation(len(ids))]
+    if order == "by-response":
+        if data is None:
+            raise UserError("--order by-response needs data to measure responses on")
+        contrib = block_contributions(model, data)
+        return sorted(ids, key=lambda b: (contrib.get(b, 0.0), C.parse_block_id(b)))
+    raise UserError(f"unknown order {order!r}: choose {', '.join(ORDERS)}")
+
+
+def ablate(model, arch, build_options, order_ids, data, top5=False, max_removals=None):
+    """Error after removing the first 0, 1, 2, … blocks of `order_ids` (each removal rebuilds
+    the reduced net; kept blocks keep their gates, so only the removals change anything)."""
+    rows = []
+    steps = len(order_ids) if max_removals is None else min(max_removals, len(order_ids))
+    for i in range(steps + 1):
+        removed = order_ids[:i]
+        reduced, _ = C.reduce(model, arch, build_options, removed, gates="keep")
+        row = {"removed": i, "block": order_ids[i - 1] if i else None}
+        row.update(error_rates(reduced, data, top5))
+        rows.append(row)
+    return rows
+
+
+# --- command line ----------------------------------------------------------------------
+
+def _find_run(path):
+    """The run folder a model file belongs to (model.keras, or reduced/reduced.keras)."""
+    for parent in (path.parent, path.parent.parent):
+        if (parent / "config.json").is_file():
+            return parent
+    return None
+
+
+def _evaluate_cli(args):
+    from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
+    path = Path(args.model)
+    if path.is_dir():
+        path = path / ("model.keras" if (path / "model.keras").exists() else "reduced.keras")
+    model = C.load_model(path)
+    run_dir = _find_run(path)
+    dataset, mean, seed = args.dataset, "train", 0
+    if run_dir is not None:
+        run = C.read_run(run_dir)
+        dataset, mean, seed = dataset or run.dataset, run.mean, run.seed
+    if dataset is None:
+        raise UserError(f"cannot tell the dataset of {path}: pass --dataset (e.g. cifar10)")
+    info = dataset_info(dataset)
+    pipe = make_pipeline(dataset, info.eval_split, args.data_dir, args.batch_size, train=False,
+                         seed=seed, mean=mean)
+    data = C._NormalisedBatches(pipe, args.max_batches)
+    batches = [int(b) for b in args.latency_batches.split(",") if b]
+    result = evaluate_model(model, data, batches, top5=dataset == "imagenet", repeats=args.repeats)
+    result.update(model_path=str(path), dataset=dataset)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{path}: {dataset} {info.eval_split} ({result['images']} images)")
+    print(f"  top-1 error {100 * result['top1_error']:.2f}%" +
+          (f", top-5 error {100 * result['top5_error']:.2f}%" if "top5_error" in result else ""))
+    print(f"  params {result['trainable_params']:,} trainable ({result['params']:,} with BN "
+          f"statistics), MACs {result['macs']:,}, layers {result['layers']}, blocks {result['blocks']}")
+    for b, t in result["latency_per_image_s"].items():
+        print(f"  latency at batch {b}: {1e3 * t:.3f} ms per image")
+    return 0
+
+
+def _ablate_cli(args):
+    run = C.read_run(args.run_dir)
+    out = Path(args.out) if args.out else run.root / "ablation" / f"{args.order}.json"
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to replace it or --out another file")
+    model = C.load_model(run.model_path)
+    data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
+    order_ids = removal_order(model, args.order, data, args.seed)
+    rows = ablate(model, run.arch, run.build_options, order_ids, data,
+                  top5=run.dataset == "imagenet", max_removals=args.max_removals)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"run": str(run.root), "order": args.order, "seed": args.seed, "rows": rows}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    for r in rows:
+        print(f"{r['removed']:4d} {r['block'] or '-':>16s}  error {100 * r['top1_error']:.2f}%")
+    print(f"wrote {out}")
+    return 0
+
+
+def register(subparsers):
+    data_dir = os.environ.get("EPSRESNET_DATA", "data")
+    p = subparsers.add_parser(
+        "evaluate", help="error, parameters, MACs and latency of a saved net",
+        description="Evaluate a .keras net (a run folder's model.keras or reduced/reduced.keras, "
+                    "or any path) on the dataset's evaluation split.")
+    p.add_argument("model", help=".keras file, or a run folder / reduced folder")
+    p.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
+    p.add_argument("--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)")
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (128)")
+    p.add_argument("--max-batches", type=int, default=None, help="evaluate on the first N batches")
+    p.add_argument("--latency-batches", default="1,128", help="batch sizes to time (1,128)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per batch size (20)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate_cli)
+
+    a = subparsers.add_parser(
+        "ablate", help="remove blocks one at a time and record the error after each removal",
+        description="Removal-robustness curve (Savarese et al. Fig. 5, right) of a trained run: "
+                    "writes RUN_DIR/ablation/ORDER.json, which `epsresnet report` plots.")
+    a.add_argument("run_dir", help="run folder written by `epsresnet train`")
+    a.add_argument("--order", choices=ORDERS, default="by-response",
+                   help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
+                        "(smallest mean |contribution| first)")
+    a.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the random order")
+    a.add_argument("--max-batches", type=int, default=None, help="test on the first N batches")
+    a.add_argument("--max-removals", type=int, default=None, help="stop after N removals")
+    a.add_argument("--out", default=None, help="output JSON (default: RUN_DIR/ablation/ORDER.json)")
+    a.add_argument("--force", action="store_true", help="replace an existing output")
+    a.set_defaults(func=_ablate_cli)
