@@ -150,3 +150,19 @@ def test_bad_config_is_one_line_error(override, message, tmp_path):
     with pytest.raises(UserError, match=message) as err:
         tiny(**override)
     assert "\n" not in str(err.value)
+
+
+def test_weight_decay_factor_in_graph_follows_the_staircase():
+    """The ×0.2-every-480,000-steps factor is computed in the graph from the optimizer's
+    step; compare it with the pure-Python staircase at the boundaries."""
+    import keras
+    from epsresnet_tf.models import build_model
+    from epsresnet_tf.train.loop import _training_model_class
+    from epsresnet_tf.train.schedules import weight_decay_factor
+    net = build_model("cifar-basic-8", input_shape=(8, 8, 3), gate="eps", epsilon=1.0)
+    model = _training_model_class()(net, wd_every=480_000, wd_factor=0.2)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    model.optimizer.build(net.trainable_variables)
+    for step in (0, 479_999, 480_000, 960_000, 1_500_000):
+        model.optimizer.iterations.assign(step)
+        assert float(model.wd_scale()) == pytest.approx(weight_decay_factor(step), rel=1e-6)
