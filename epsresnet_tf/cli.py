@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "epsresnet_tf.train.run",
     "epsresnet_tf.compress",
     "epsresnet_tf.evaluate",
+    "epsresnet_tf.report",
+    "epsresnet_tf.sweep",
 )
 
 
