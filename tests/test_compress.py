@@ -284,6 +284,8 @@ def test_compress_cli_on_a_run_folder(eps_run, capsys):
     assert {"group1/block0", "group2/block1"} <= set(cert["removed"])
     assert cert["certified_on"]["images"] == {"train": 64, "test": 64}
     assert cert["equivalence"]["passed"] and cert["equivalence"]["images"] == 64
+    assert cert["equivalence"]["error_full"] == cert["equivalence"]["error_reduced"]
+    assert cert["equivalence"]["same_top1"] == 64
     assert (run_dir / "reduced" / "reduced.keras").is_file()
     assert (run_dir / "reduced" / "saved_model" / "saved_model.pb").is_file()
     assert cli.main(args) == 2                                   # never overwrites
