@@ -76,3 +76,33 @@ tensorboard: install
 DEMO_DATA ?= ../shared/data/cifar10-subset
 demo: install
 	$(BIN)/epsresnet train demo --data-dir $(DEMO_DATA) --out $(OUT) --quiet
+
+# --- compression and reports (issue 5) ---
+# RUN: one run folder; RUNS: every run folder under $(OUT) (those with a config.json).
+# Outputs are never replaced silently: pass FORCE=--force to redo them.
+RUN     ?= $(OUT)/demo
+RUNS    ?= $(patsubst %/config.json,%,$(wildcard $(OUT)/*/config.json))
+FORCE   ?=
+.PHONY: compress ablate report demo-report bench-inference
+
+compress: install
+	$(BIN)/epsresnet compress $(RUN) --data-dir $(DATA) $(FORCE)
+
+ablate: install
+	$(BIN)/epsresnet ablate $(RUN) --data-dir $(DATA) --order by-response $(FORCE)
+	$(BIN)/epsresnet ablate $(RUN) --data-dir $(DATA) --order random $(FORCE)
+
+# Tables and PNGs of every run under $(OUT) into $(OUT)/report (one run: its own report/).
+report: install
+	@test -n "$(RUNS)" || { echo "no run folders under $(OUT): train one first (make demo)"; exit 2; }
+	$(BIN)/epsresnet report $(RUNS) $(if $(word 2,$(RUNS)),--out $(OUT)/report) $(FORCE)
+
+# After `make demo`: certify and compress it, removal curves, report — all on the subset.
+demo-report: install
+	$(BIN)/epsresnet compress $(OUT)/demo --data-dir $(DEMO_DATA) $(FORCE)
+	$(BIN)/epsresnet ablate $(OUT)/demo --data-dir $(DEMO_DATA) --order by-response $(FORCE)
+	$(BIN)/epsresnet report $(OUT)/demo $(FORCE)
+
+# Full against reduced inference time; updates BENCHMARKS.md "## Inference: full vs reduced".
+bench-inference: install
+	$(BIN)/python benchmarks/bench_inference.py
