@@ -323,7 +323,7 @@ def fig_epsilon_sweep(summary, path):
     ax.set_ylabel("blocks discarded (%)")
     ax2 = ax.twinx()
     ax2.plot(eps, [np.nan if p[2] is None else 100 * p[2] for p in pts], "r--s", label="error (%)")
-    ax2.set_ylabel("validation error (%)", color="r")
+    ax2.set_ylabel("top-1 error (%)", color="r")
     ax.set_title("ε against compression and error")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
