@@ -7,8 +7,10 @@ under `MirroredStrategy` (one machine, several GPUs — every configuration of t
 The step is ours because the loss is not a Keras loss: cross-entropy + 0.1 × the side
 head's cross-entropy + the weight decay times a factor that drops ×0.2 every 480,000 steps,
 computed in the graph from the optimizer's step counter (SPEC §6). Keras 3's `fit` fails
-under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); several machines are
-therefore refused with a one-line error rather than half-supported.
+under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); with several machines
+(`TF_CONFIG` set) the same `train_step` and callbacks are driven by a loop of our own under
+`strategy.run` instead (`epsresnet_tf.train.multiworker`), and only the chief writes the
+run folder.
 
 Under `MirroredStrategy` each replica runs the step on its slice of the global batch, so
 every ε-gate computes T on its own replica's batch, as the authors' towers did. The
@@ -134,12 +136,7 @@ class RunFolder:
     def check_or_create(self, cfg):
         """True if this is a resume. A folder with another config is refused."""
         if self.config.exists():
-            old = json.loads(self.config.read_text())
-            diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
-            if diff:
-                shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
-                raise UserError(f"{self.root} holds a run with another config ({shown}); "
-                                f"choose another --out or name")
+            self.check_config(cfg)
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a run folder (no config.json)")
@@ -147,6 +144,15 @@ class RunFolder:
         self.ckpt.mkdir(exist_ok=True)
         atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         return False
+
+    def check_config(self, cfg):
+        """UserError unless config.json holds `cfg`."""
+        old = json.loads(self.config.read_text())
+        diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
+            raise UserError(f"{self.root} holds a run with another config ({shown}); "
+                            f"choose another --out or name")
 
     def checkpoints(self):
         return sorted(self.ckpt.glob("epoch-*.npz")) if self.ckpt.exists() else []
@@ -182,11 +188,12 @@ class RunFolder:
 # --- strategy and precision --------------------------------------------------------------
 
 def make_strategy(gpus):
-    """0: the default strategy (one device); N >= 1: MirroredStrategy over N GPUs."""
+    """0: the default strategy (one device); N >= 1: MirroredStrategy over N GPUs. With
+    TF_CONFIG set: MultiWorkerMirroredStrategy over each machine's first N GPUs (0: CPU)."""
     import tensorflow as tf
     if os.environ.get("TF_CONFIG"):
-        raise UserError("TF_CONFIG is set, but multi-worker training is not supported: Keras 3 "
-                        "fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)")
+        from epsresnet_tf.train.multiworker import make_multi_worker_strategy
+        return make_multi_worker_strategy(gpus)
     if gpus == 0:
         return tf.distribute.get_strategy()
     visible = tf.config.list_physical_devices("GPU")
@@ -339,6 +346,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
 
     from epsresnet_tf.models import build_model
     from epsresnet_tf.train import callbacks as C
+    from epsresnet_tf.train import multiworker
     from epsresnet_tf.train.schedules import (AdaptiveResetSchedule, FixedSchedule,
                                               ScheduledSetter, epsilon_schedule)
 
@@ -353,7 +361,12 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     if sources is None:
         sources = default_sources(cfg, data_dir, global_batch)   # missing data fails here
     train_src, val_src = sources
-    resume = folder.check_or_create(cfg)
+    multi = multiworker.is_multi_worker(strategy)
+    run_root, ckpt_source = folder.root, folder
+    if multi:   # only the chief writes the run folder; the others a temporary one
+        folder, ckpt_source, resume = multiworker.worker_folders(folder, cfg, strategy)
+    else:
+        resume = folder.check_or_create(cfg)
 
     if cfg["deterministic"]:
         tf.config.experimental.enable_op_determinism()
@@ -396,7 +409,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     state = C.RunState()
     start = 0
     if resume:
-        loaded = folder.load_latest()
+        loaded = ckpt_source.load_latest()
         if loaded is not None:
             arrays, saved = loaded
             vs = variables()
@@ -407,7 +420,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
             lr_sched.set_state(saved["lr_schedule"])
             state.rows = saved["history"]
             start = saved["epoch"]
-            print(f"resuming {folder.root} after epoch {start}")
+            print(f"resuming {run_root} after epoch {start}")
         # the history file is rewritten from the checkpoint: rows of a killed epoch go
         atomic_write_text(folder.history, "".join(json.dumps(r) + "\n" for r in state.rows))
 
@@ -427,6 +440,8 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     ]
     if cfg["gate"] != "eps":
         cbs.pop(1)
+    if multi:
+        multiworker.check_same_start(strategy, start)
     epochs = cfg["epochs"]
     if start < epochs:
         train_ds = epochs_dataset(train_src, start, epochs, steps, global_batch)
@@ -434,17 +449,27 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
         if val_src is not None:
             val_steps = min(cfg["val_steps"] or val_src.num_batches, val_src.num_batches)
             val_ds = epochs_dataset(val_src, 0, 1, val_steps, None)
-        model.fit(train_ds, epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
-                  validation_data=val_ds, validation_steps=val_steps, shuffle=False,
-                  callbacks=cbs, verbose=verbose)
+        if multi:   # Keras 3's fit fails under MultiWorkerMirroredStrategy
+            multiworker.fit(model, strategy, train_ds, epochs=epochs, initial_epoch=start,
+                            steps_per_epoch=steps, validation_data=val_ds,
+                            validation_steps=val_steps, callbacks=cbs, verbose=verbose)
+        else:
+            model.fit(train_ds, epochs=epochs, initial_epoch=start, steps_per_epoch=steps,
+                      validation_data=val_ds, validation_steps=val_steps, shuffle=False,
+                      callbacks=cbs, verbose=verbose)
     if state.nan:
         ckpts = folder.checkpoints()
         kept = ckpts[-1].name if ckpts else "none"
         msg = f"stopped: {state.nan}; last good checkpoint kept: {kept}"
         print(msg)
-        return {"status": "nan", "message": msg, "history": state.rows, "run_dir": str(folder.root)}
-    tmp = folder.root / ".model.tmp.keras"
-    net.save(tmp)
-    os.replace(tmp, folder.model)
-    return {"status": "done", "epochs": len(state.rows), "history": state.rows,
-            "run_dir": str(folder.root), "model": str(folder.model)}
+        result = {"status": "nan", "message": msg, "history": state.rows,
+                  "run_dir": str(run_root)}
+    else:
+        tmp = folder.root / ".model.tmp.keras"
+        net.save(tmp)
+        os.replace(tmp, folder.model)
+        result = {"status": "done", "epochs": len(state.rows), "history": state.rows,
+                  "run_dir": str(run_root), "model": str(RunFolder(run_root).model)}
+    if multi:
+        multiworker.remove_worker_folder(folder, strategy)
+    return result
