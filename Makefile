@@ -106,3 +106,16 @@ demo-report: install
 # Full against reduced inference time; updates BENCHMARKS.md "## Inference: full vs reduced".
 bench-inference: install
 	$(BIN)/python benchmarks/bench_inference.py
+
+# --- benchmarks (issue 6) ---
+# Training throughput (cifar-basic-20/56/110, gate none / eps / eps without monitor), the
+# speed levers, the data pipeline and (if its script exists) inference; rewrites only their
+# sections of BENCHMARKS.md. TORCH_PYTHON=/path/to/python (torch installed outside .venv)
+# adds the PyTorch reference. Takes about 15 minutes on 2 cores.
+.PHONY: bench
+TORCH_PYTHON ?=
+
+bench: install bench-data
+	@if [ -f benchmarks/bench_inference.py ]; then $(BIN)/python benchmarks/bench_inference.py; \
+	  else echo "bench: benchmarks/bench_inference.py not there yet; inference skipped"; fi
+	$(BIN)/python benchmarks/bench_train.py $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON))
