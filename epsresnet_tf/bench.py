@@ -103,7 +103,7 @@ def _quiet_gate_class():
         """An EpsilonGate with the discard monitor off: identical forward pass and
         gradient, no monitor-variable updates (benchmarks only; not registered)."""
 
-        def _update_monitors(self, f32, gate):
+        def _update_monitors(self, magnitude, peak, gate):
             return None
 
     del keras

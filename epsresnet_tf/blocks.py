@@ -98,7 +98,7 @@ class LayerFactory:
             kernel_regularizer=self.regularizer, name=name)
 
     def bn(self, name):
-        return keras.layers.BatchNormalization(
+        return L.FusedBatchNormalization(
             axis=self.channel_axis, momentum=self.config.bn_momentum,
             epsilon=self.config.bn_epsilon, name=name)
 

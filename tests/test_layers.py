@@ -183,3 +183,41 @@ def test_sigmoid_shortcut_gate_saturates_as_he_et_al_describe(mode, bias, expect
     out = gate([tf.constant(f), tf.constant(x)]).numpy()
     expected = {"x": x, "f": f, "f+x": f + x}[expect]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_fused_batchnorm_trains_like_keras_batchnorm(axis):
+    # the fused kernel is a speed-up only: outputs and gradients equal Keras BN's; the moving
+    # variance takes the Bessel-corrected batch variance, as tensorpack's BatchNorm did
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(1.5, 2.0, size=(4, 5, 6, 3) if axis == -1 else (4, 3, 5, 6)),
+                    tf.float32)
+    fused, plain = L.FusedBatchNormalization(axis=axis, momentum=0.9), \
+        keras.layers.BatchNormalization(axis=axis, momentum=0.9)
+    fused.build(x.shape)
+    plain.build(x.shape)
+    gamma, beta = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    for layer in (fused, plain):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    upstream = tf.constant(rng.normal(size=x.shape), tf.float32)
+    results = []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            objective = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(objective, [x, layer.gamma, layer.beta])
+        results.append([y.numpy()] + [g.numpy() for g in grads])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    n = x.shape.num_elements() // 3
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5)
+    fused_var = (fused.moving_variance.numpy() - 0.9) / 0.1
+    plain_var = (plain.moving_variance.numpy() - 0.9) / 0.1
+    np.testing.assert_allclose(fused_var, plain_var * n / (n - 1), rtol=1e-4)
+    # inference is Keras's own path, on the moving statistics
+    np.testing.assert_allclose(fused(x, training=False).numpy(),
+                               keras.layers.BatchNormalization.call(fused, x, training=False).numpy())
+    assert isinstance(keras.layers.deserialize(keras.layers.serialize(fused)),
+                      L.FusedBatchNormalization)
