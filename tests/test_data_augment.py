@@ -84,17 +84,61 @@ def test_svhn_list_is_spec():
 
 def test_imagenet_train_list_and_random_order():
     augs = augment.augmentor_list("imagenet", True).augmentors
-    assert [type(a).__name__ for a in augs] == ["RandomAreaCropResize", "RandomOrderAug",
-                                                "Clip", "Flip", "ToUint8"]
-    inner = [type(a).__name__ for a in augs[1].aug_lists]
-    assert inner == ["Brightness", "Contrast", "Saturation", "Lighting"]
-    assert augs[1].aug_lists[0].delta == 30 and augs[1].aug_lists[2].alpha == 0.4
-    assert augs[1].aug_lists[3].std == 0.1
+    assert [type(a).__name__ for a in augs] == ["RandomAreaCropResize", "ToFloat32",
+                                                "RandomOrderAug", "Clip", "Flip", "ToUint8"]
+    crop, _, jitter, clip, flip, _ = augs
+    assert crop.crop_area_fraction == (0.08, 1.0) and crop.aspect_ratio_range == (0.75, 1.333)
+    assert crop.target_shape == 224 and crop.interp == cv2.INTER_CUBIC
+    bright, contrast, sat, light = jitter.aug_lists
+    assert [type(a).__name__ for a in jitter.aug_lists] == ["Brightness", "Contrast",
+                                                           "Saturation", "Lighting"]
+    assert bright.delta == 30 and not bright.clip                  # clipped later by Clip
+    assert contrast.factor_range == (0.8, 1.2) and not contrast.clip
+    assert sat.alpha == 0.4 and sat.rgb and not sat.clip            # images are RGB here
+    assert light.std == 0.1 and not light.clip
+    np.testing.assert_allclose(light.eigval, np.array([0.2175, 0.0188, 0.0045]) * 255, rtol=1e-6)
+    np.testing.assert_allclose(light.eigvec, [[-0.5675, 0.7192, 0.4009],
+                                              [-0.5808, -0.0045, -0.8140],
+                                              [-0.5836, -0.6948, 0.4203]], rtol=1e-6)
+    assert (clip.min, clip.max) == (0, 255)
+    assert flip.horiz and flip.prob == 0.5
     # The AlexNet PCA basis is orthonormal.
     v = augment.IMAGENET_EIGVEC
     np.testing.assert_allclose(v.T @ v, np.eye(3), atol=2e-3)
     out = augment.augment_image(augment.augmentor_list("imagenet", True), _img((80, 100, 3)))
     assert out.dtype == np.uint8 and out.shape == (224, 224, 3)
+
+
+def _authors_crop_window(rng, h, w):
+    """The authors' ImageNet ``Resize._augment`` (imagenetEpsilonResnet.py), drawing from
+    `rng` in the same order: the window (y1, x1, hh, ww), or None for the whole image."""
+    for _ in range(10):
+        target_area = rng.uniform(0.08, 1.0) * h * w
+        aspect = rng.uniform(0.75, 1.333)
+        ww = int(np.sqrt(target_area * aspect))
+        hh = int(np.sqrt(target_area / aspect))
+        if rng.uniform() < 0.5:
+            ww, hh = hh, ww
+        if hh <= h and ww <= w:
+            x1 = 0 if w == ww else rng.randint(0, w - ww)
+            y1 = 0 if h == hh else rng.randint(0, h - hh)
+            return y1, x1, hh, ww
+    return None
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (500, 375), (64, 64), (40, 300)])
+def test_random_area_crop_draws_the_authors_windows(shape):
+    aug = augment.RandomAreaCropResize(224)
+    img = _img(shape + (3,), seed=7)
+    for seed in range(40):
+        aug.rng = np.random.RandomState(seed)
+        t = aug.get_transform(img)
+        want = _authors_crop_window(np.random.RandomState(seed), *shape)
+        if want is None:
+            assert not hasattr(t, "tfms")
+        else:
+            c = t.tfms[0]
+            assert (c.y0, c.x0, c.h, c.w) == want
 
 
 def test_random_area_crop_window_and_fallback():
@@ -137,3 +181,63 @@ def test_photometric_augmentors_match_numpy():
     r = np.float32(np.random.RandomState(2).uniform(0.8, 1.2))
     m = img.mean(axis=(0, 1), keepdims=True)
     np.testing.assert_allclose(c.augment(img), np.clip(img * r + m * (1 - r), 0, 255), rtol=1e-5)
+
+
+def test_lighting_and_saturation_match_numpy():
+    img = _img((6, 7, 3), seed=8).astype(np.float32)
+    light = augment.augmentor_list("imagenet", True).augmentors[2].aug_lists[3]
+    light.rng = np.random.RandomState(3)
+    alpha = np.random.RandomState(3).randn(3) * 0.1
+    shift = augment.IMAGENET_EIGVEC @ (alpha * augment.IMAGENET_EIGVAL)   # AlexNet PCA noise
+    np.testing.assert_allclose(light.augment(img), img + shift, rtol=1e-5, atol=1e-3)
+    sat = augment.augmentor_list("imagenet", True).augmentors[2].aug_lists[2]
+    sat.rng = np.random.RandomState(4)
+    v = 1 + np.random.RandomState(4).uniform(-0.4, 0.4)
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(sat.augment(img), img * v + grey[..., None] * (1 - v),
+                               rtol=1e-4, atol=1e-2)
+
+
+def test_ported_imgaug_coords_follow_the_pixels():
+    # Port of the apply_coords part of tensorpack's imgaug_test (test_augmentors,
+    # test_legacy_usage), with the check it leaves out: a pixel's centre, mapped by the
+    # transform, lands where that pixel's value went. tensorpack's CenterPaste and
+    # GaussianDeform have no coordinate transform, so the CIFAR list is taken after its
+    # CenterPaste (on the padded image) and SVHN's is not covered.
+    crop_flip = imgaug.AugmentorList(augment.augmentor_list("cifar10", True).augmentors[1:])
+    img = _img((40, 40, 3), seed=9)
+    rng = np.random.default_rng(0)
+    for key in range(20):
+        augment.reseed(crop_flip, (key,))
+        tfms = crop_flip.get_transform(img)
+        out = tfms.apply_image(img)
+        ys, xs = rng.integers(0, 40, 60), rng.integers(0, 40, 60)
+        coords = np.stack([xs + 0.5, ys + 0.5], 1).astype(np.float32)
+        moved = tfms.apply_coords(coords.copy())
+        inside = (moved >= 0).all(1) & (moved < 32).all(1)
+        assert inside.sum() > 10
+        for (x, y), i, j in zip(moved[inside], ys[inside], xs[inside]):
+            np.testing.assert_array_equal(out[int(y), int(x)], img[i, j])
+        augment.reseed(crop_flip, (key,))                       # legacy usage replays too
+        newimg, params = crop_flip.augment_return_params(img)
+        np.testing.assert_array_equal(newimg, out)
+        np.testing.assert_allclose(crop_flip.augment_coords(coords.copy(), params), moved)
+    # ImageNet random-area crop: x' = (x - x1) * 224 / ww, y' = (y - y1) * 224 / hh.
+    aug = augment.RandomAreaCropResize(224)
+    aug.rng = np.random.RandomState(1)
+    big = _img((150, 200, 3))
+    t = aug.get_transform(big)
+    assert t.apply_image(big).shape == (224, 224, 3)   # lazy transforms need an image first
+    c = t.tfms[0]
+    pts = np.array([[c.x0, c.y0], [c.x0 + c.w, c.y0 + c.h], [100.0, 75.0]], np.float32)
+    want = np.stack([(pts[:, 0] - c.x0) * 224 / c.w, (pts[:, 1] - c.y0) * 224 / c.h], 1)
+    np.testing.assert_allclose(t.apply_coords(pts.copy()), want, rtol=1e-5)
+    # ImageNet validation: scale by 256 / shortest edge, then shift by the centre crop.
+    val = augment.augmentor_list("imagenet", False)
+    big = _img((300, 400, 3))
+    t = val.get_transform(big)
+    assert t.apply_image(big).shape == (224, 224, 3)
+    pts = np.array([[200.0, 150.0], [0.0, 0.0]], np.float32)
+    s = 256 / 300
+    want = np.stack([pts[:, 0] * 341 / 400 - (341 - 224) // 2, pts[:, 1] * s - (256 - 224) // 2], 1)
+    np.testing.assert_allclose(t.apply_coords(pts.copy()), want, rtol=1e-5)

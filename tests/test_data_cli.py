@@ -3,6 +3,8 @@ import hashlib
 import io
 import json
 import pickle
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -117,3 +119,73 @@ def test_official_sources_and_checksums_are_well_formed():
             int(md5, 16)
     assert {r[1] for r in download.SOURCES["svhn"]} == {"train_32x32.mat", "test_32x32.mat",
                                                          "extra_32x32.mat"}
+
+
+@needs_shared
+def test_data_check_data_dir_defaults_to_epsresnet_data(capsys, monkeypatch):
+    monkeypatch.setenv("EPSRESNET_DATA", str(CIFAR))
+    assert cli.main(["data", "check", "cifar10", "--json", "--no-throughput"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["train"] == 5085 and out["data_dir"] == str(CIFAR)
+
+
+def test_data_check_cifar100_coarse_labels(tmp_path, capsys):
+    from test_data_readers import _write_cifar_batch
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    _, labels = _write_cifar_batch(folder / "train", 24, rng, ("fine_labels", "coarse_labels"), 100)
+    _write_cifar_batch(folder / "test", 9, rng, ("fine_labels", "coarse_labels"), 100)
+    rc = cli.main(["data", "check", "cifar100", "--data-dir", str(tmp_path), "--json",
+                   "--label", "coarse", "--batch-size", "8", "--batches", "2"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["classes"] == 20 and out["train"] == 24 and out["test"] == 9
+    assert out["splits"]["train"]["per_class"] == np.bincount(labels["coarse_labels"],
+                                                              minlength=20).tolist()
+    assert out["throughput_img_s"] > 0
+
+
+def test_data_check_imagenet_too_many_undecodable_is_one_line_exit_2(tmp_path, capsys):
+    from test_data_readers import write_imagenet_tree
+    _, _, bad = write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(12))
+    rc = cli.main(["data", "check", "imagenet", "--data-dir", str(tmp_path),
+                   "--batch-size", "4", "--batches", "4"])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "undecodable" in err and str(bad) in err
+    assert "1 undecodable" in captured.out          # the per-split sample says so too
+
+
+def test_download_offline_names_every_missing_file_and_leaves_no_folders(tmp_path, capsys,
+                                                                          monkeypatch):
+    rows = [(f"http://127.0.0.1:9/{n}", n, md5, None, "svhn")
+            for _, n, md5, _, _ in download.SOURCES["svhn"]]
+    monkeypatch.setitem(download.SOURCES, "svhn", rows)
+    root = tmp_path / "fresh" / "data"
+    rc = download.main(["svhn", "--data-dir", str(root), "--timeout", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    for _, name, md5, _, _ in rows:
+        assert f"{root / 'svhn' / name} (MD5 {md5})" in err
+    assert not (tmp_path / "fresh").exists()              # nothing half-made is left
+    # One file already there: only the others are asked for, and it stays.
+    (root / "svhn").mkdir(parents=True)
+    (root / "svhn" / "train_32x32.mat").write_bytes(b"x")
+    rows[0] = (rows[0][0], rows[0][1], hashlib.md5(b"x").hexdigest(), None, "svhn")
+    assert download.main(["svhn", "--data-dir", str(root), "--timeout", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "train_32x32.mat at" not in err and "test_32x32.mat at" in err
+    assert (root / "svhn" / "train_32x32.mat").read_bytes() == b"x"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_passes_data_as_data_dir():
+    root = Path(__file__).resolve().parents[1]
+    for target in ("data-cifar10", "data-cifar100", "data-svhn", "cifar10-eps"):
+        dry = subprocess.run(["make", "-n", target, "DATA=/some/where"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+        assert "--data-dir /some/where" in dry, (target, dry)
+    dry = subprocess.run(["make", "-n", "data-svhn"], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert "epsresnet_tf.data.download svhn --data-dir data" in dry

@@ -246,3 +246,68 @@ def test_distributed_dataset_fn_shards_per_input_pipeline():
         pipeline.distributed_dataset_fn("cifar10", "train", CIFAR, 64, train=True, seed=1))
     x, y = next(iter(dist))
     assert tuple(x.shape) == (64, 32, 32, 3)
+
+
+def test_too_many_undecodable_through_tf_data_is_the_one_line_user_error(tmp_path):
+    # tf.data turns the generator's exception into an OpError with a traceback;
+    # user_errors_from gives back the pipeline's own UserError.
+    import tensorflow as tf
+    _imagenet(tmp_path)
+    pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True, seed=0)
+    with pytest.raises(tf.errors.OpError):
+        list(pipe.dataset(0))
+    with pytest.raises(pipeline.TooManyBadImages) as err:
+        with pipeline.user_errors_from(pipe):
+            list(pipe.dataset(0))
+    assert "undecodable" in str(err.value) and "\n" not in str(err.value)
+    assert pipe.failure is err.value
+    with pytest.raises(tf.errors.OpError):          # other TF errors pass through untouched
+        with pipeline.user_errors_from(pipe):
+            pipe.failure = None
+            tf.debugging.assert_equal(tf.constant(1), tf.constant(2))
+
+
+def test_skipped_images_reported_when_the_consumer_stops_early(tmp_path, monkeypatch, caplog):
+    _, truth, bad = _imagenet(tmp_path)
+    monkeypatch.setattr(pipeline, "MAX_BAD_FRACTION", 0.5)
+    # In file order the corrupt file is the 6th: one batch of 6 holds it.
+    pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 6, train=False)
+    assert pipe.source.paths.index(str(bad)) < 6
+    with caplog.at_level("WARNING"):
+        gen = pipe.batches(0)
+        x, y = next(gen)          # a capped epoch (steps_per_epoch) stops here
+        gen.close()
+    assert len(y) == 6 and pipe.reports[-1].skipped == 1 and pipe.reports[-1].epoch == 0
+    assert str(bad) in caplog.text
+
+
+def test_imagenet_normalisation_is_spec(tmp_path):
+    from test_data_readers import write_imagenet_tree
+    write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(10), corrupt=False)
+    pipe = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False)
+    raw, _ = next(pipe.batches(0))
+    x, _ = next(iter(pipe.dataset(0)))
+    want = (raw / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(x.numpy(), want, atol=1e-5)
+
+
+@needs_shared
+def test_worker_processes_resume_mid_epoch_like_serial():
+    serial = pipeline.make_pipeline("cifar10", "train", CIFAR, 256, train=True, seed=3)
+    par = pipeline.make_pipeline("cifar10", "train", CIFAR, 256, train=True, seed=3, workers=2)
+    full = _take(serial, 4)
+    resumed = _take(par, 4, start=15)
+    assert len(resumed) == len(full) - 15 == 4
+    for (xa, ya), (xb, yb) in zip(full[15:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+@needs_shared
+def test_data_dir_defaults_to_epsresnet_data(monkeypatch):
+    monkeypatch.setenv("EPSRESNET_DATA", str(CIFAR))
+    pipe = pipeline.make_pipeline("cifar10", "test", batch_size=100, train=False)
+    assert len(pipe.source) == 1017
+    monkeypatch.setenv("EPSRESNET_DATA", str(CIFAR / "nowhere"))
+    with pytest.raises(UserError, match="nowhere"):
+        pipeline.make_pipeline("cifar10", "test", batch_size=100, train=False)

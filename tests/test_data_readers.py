@@ -220,3 +220,104 @@ def test_imagenet_val_by_folder(tmp_path):
     (root / "val" / "n99999999").mkdir()
     with pytest.raises(UserError, match="n99999999"):
         readers.read_split("imagenet", "val", root)
+
+
+def test_cifar_missing_batch_and_labels_out_of_range(tmp_path):
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in (1, 2, 4, 5):
+        _write_cifar_batch(folder / f"data_batch_{i}", 3, rng)
+    _write_cifar_batch(folder / "test_batch", 3, rng)
+    with pytest.raises(UserError) as err:
+        readers.read_split("cifar10", "train", tmp_path)
+    assert str(folder / "data_batch_3") in str(err.value) and "make data-cifar10" in str(err.value)
+    with open(folder / "test_batch", "wb") as f:          # a label 10 in CIFAR-10
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, f)
+    with pytest.raises(readers.DataFileError, match="test_batch.*0..9"):
+        readers.read_split("cifar10", "test", tmp_path)
+    c100 = tmp_path / "cifar-100-python"
+    c100.mkdir()
+    _write_cifar_batch(c100 / "test", 4, rng, ("fine_labels", "coarse_labels"), 100)
+    with open(c100 / "train", "wb") as f:                 # a fine label of 100
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [99, 100],
+                     b"coarse_labels": [19, 0]}, f)
+    with pytest.raises(readers.DataFileError, match="train.*0..99"):
+        readers.read_split("cifar100", "train", tmp_path)
+    assert readers.read_split("cifar100", "train", tmp_path, label="coarse").labels.tolist() == [19, 0]
+
+
+def test_svhn_truncated_mat_names_the_file(tmp_path):
+    (tmp_path / "svhn").mkdir()
+    path = tmp_path / "svhn" / "test_32x32.mat"
+    _write_svhn(path, 40, np.random.default_rng(7))
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])               # a download cut in half
+    with pytest.raises(readers.DataFileError) as err:
+        readers.read_split("svhn", "test", tmp_path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_imagenet_flat_val_with_a_missing_listed_file(tmp_path):
+    root = tmp_path / "imagenet"
+    write_imagenet_tree(root, np.random.default_rng(8), corrupt=False)
+    gone = root / "val" / "ILSVRC2012_val_00000002.JPEG"
+    gone.unlink()
+    with pytest.raises(UserError) as err:
+        readers.read_split("imagenet", "val", tmp_path)
+    msg = str(err.value)
+    assert "1 of the 4" in msg and str(gone) in msg and str(root / "val.txt") in msg
+    (root / "val.txt").unlink()
+    with pytest.raises(UserError, match="val.txt.*ILSVRC2012_validation_ground_truth.txt"):
+        readers.read_split("imagenet", "val", tmp_path)
+
+
+def _write_devkit_meta(path, leaves):
+    """The devkit's meta.mat: a 'synsets' struct array, leaves first with ILSVRC2012_ID 1..K
+    (in WordNet order, not sorted by wnid), then a non-leaf synset."""
+    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"),
+          ("num_children", "O"), ("children", "O"), ("wordnet_height", "O"),
+          ("num_train_images", "O")]
+    rows = [(i + 1, w, f"words {i}", "gloss", 0, np.zeros((1, 0)), 0, 1300)
+            for i, w in enumerate(leaves)]
+    rows.append((len(leaves) + 1, "n00001740", "entity", "gloss", len(leaves),
+                 np.arange(1, len(leaves) + 1), 18, 0))
+    arr = np.zeros((len(rows), 1), dtype=dt)
+    for k, r in enumerate(rows):
+        arr[k, 0] = r
+    scipy.io.savemat(str(path), {"synsets": arr})
+
+
+def test_imagenet_devkit_ground_truth_and_class_order(tmp_path):
+    # Official ILSVRC-2012: flat val/ + ILSVRC2012_devkit_t12/data/{meta.mat, ground truth}.
+    root = tmp_path / "imagenet"
+    wnids, _, _ = write_imagenet_tree(root, np.random.default_rng(9), corrupt=False)
+    (root / "val.txt").unlink()
+    data = root / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    devkit_order = [wnids[2], wnids[0], wnids[1]]           # ILSVRC2012_ID 1, 2, 3
+    _write_devkit_meta(data / "meta.mat", devkit_order)
+    ids = [3, 1, 2, 1]                                      # ground truth of val images 1..4
+    (data / readers.DEVKIT_GROUND_TRUTH).write_text("".join(f"{i}\n" for i in ids))
+    val = readers.read_split("imagenet", "val", tmp_path)
+    expect = [sorted(wnids).index(devkit_order[i - 1]) for i in ids]
+    assert val.labels.tolist() == expect and val.class_names == sorted(wnids)
+    assert [Path(p).name for p in val.paths] == [f"ILSVRC2012_val_{k:08d}.JPEG" for k in range(1, 5)]
+    # Without train/ and synsets.txt the class order is the devkit's sorted leaves: the same.
+    import shutil
+    shutil.rmtree(root / "train")
+    again = readers.read_split("imagenet", "val", tmp_path)
+    assert again.labels.tolist() == expect and again.num_classes == 3
+    (data / readers.DEVKIT_GROUND_TRUTH).write_text("1\n2\n7\n1\n")
+    with pytest.raises(readers.DataFileError, match=r"ground_truth.txt:3"):
+        readers.read_split("imagenet", "val", tmp_path)
+    (data / "meta.mat").write_bytes(b"not a mat file")
+    with pytest.raises(readers.DataFileError, match="meta.mat"):
+        readers.read_split("imagenet", "val", tmp_path)
+
+
+def test_default_data_dir_follows_epsresnet_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("EPSRESNET_DATA", raising=False)
+    assert readers.default_data_dir() == "data"
+    monkeypatch.setenv("EPSRESNET_DATA", str(tmp_path))
+    assert readers.default_data_dir() == str(tmp_path)

@@ -10,6 +10,12 @@ CenterPaste therefore becomes ``-mean`` exactly as in their code).
 ImageNet images are handled in RGB (decoded with OpenCV, then converted), so the AlexNet PCA
 constants and ``Saturation(rgb=True)`` take their published RGB order; the authors keep BGR
 and reverse the constants, which is the same transformation up to a channel permutation.
+One deliberate difference: the authors' script (tensorpack's 2017 ImageNet example) passes
+the AlexNet eigenvalues unscaled to pixels in [0, 255], which makes the lighting noise ~255×
+weaker than AlexNet's (a fraction of a grey level); we scale them by 255 as fb.resnet.torch
+intends and as tensorpack's later examples do. Everything else follows the authors' lists
+(the four colour augmentors unclipped in float before ``Clip``, as in the tensorpack they
+used; validation resize bilinear, as their ``ResizeShortestEdge(256)``).
 
 ``reseed(aug, key)`` gives every augmentor in the tree its own ``RandomState`` derived from
 `key` (e.g. (seed, epoch, batch)), which is what makes the pipeline deterministic.
@@ -33,9 +39,11 @@ SVHN_DEFORM_ANCHORS = [(0.2, 0.2), (0.2, 0.8), (0.8, 0.8), (0.8, 0.2)]
 class RandomAreaCropResize(imgaug.GoogleNetRandomCropAndResize):
     """Random area 8–100 %, aspect 3/4–4/3, 10 tries, bicubic resize to 224 (SPEC §10).
 
-    Written by hand because tensorpack's ``GoogleNetRandomCropAndResize`` falls back to
-    ResizeShortestEdge + CenterCrop after 10 failed tries, whereas the authors' ImageNet
-    script resizes the whole image to 224×224. The 10 tries are tensorpack's own code.
+    ``get_transform`` is written out because tensorpack's ``GoogleNetRandomCropAndResize``
+    rounds the window and, after 10 failed tries, falls back to ResizeShortestEdge +
+    CenterCrop; the authors' ImageNet script truncates the window size, draws the corner
+    with ``randint(0, w - ww)`` and resizes the whole image on failure. Their arithmetic is
+    kept; the result is a tensorpack ``TransformList`` so that images and coordinates replay.
     """
 
     def __init__(self, target_shape=224):
@@ -48,13 +56,13 @@ class RandomAreaCropResize(imgaug.GoogleNetRandomCropAndResize):
         for _ in range(10):
             target_area = self.rng.uniform(*self.crop_area_fraction) * area
             aspect = self.rng.uniform(*self.aspect_ratio_range)
-            ww = int(np.sqrt(target_area * aspect) + 0.5)
-            hh = int(np.sqrt(target_area / aspect) + 0.5)
+            ww = int(np.sqrt(target_area * aspect))
+            hh = int(np.sqrt(target_area / aspect))
             if self.rng.uniform() < 0.5:
                 ww, hh = hh, ww
-            if hh <= h and ww <= w:
-                x1 = self.rng.randint(0, w - ww + 1)
-                y1 = self.rng.randint(0, h - hh + 1)
+            if 0 < hh <= h and 0 < ww <= w:
+                x1 = 0 if w == ww else self.rng.randint(0, w - ww)
+                y1 = 0 if h == hh else self.rng.randint(0, h - hh)
                 return imgaug.TransformList([
                     CropTransform(y1, x1, hh, ww),
                     ResizeTransform(hh, ww, self.target_shape, self.target_shape, self.interp)])
@@ -76,12 +84,16 @@ def svhn_train():
 
 
 def imagenet_train():
+    # The colour jitter works in float32 and unclipped, as the authors' clip=False + Clip()
+    # intend (tensorpack 0.11's augmentors round and clip every step on uint8 input).
     return [RandomAreaCropResize(224),
+            imgaug.ToFloat32(),
             imgaug.RandomOrderAug([
                 imgaug.Brightness(30, clip=False),
                 imgaug.Contrast((0.8, 1.2), clip=False),
-                imgaug.Saturation(0.4, rgb=True),
-                imgaug.Lighting(0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC)]),
+                imgaug.Saturation(0.4, rgb=True, clip=False),
+                imgaug.Lighting(0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC,
+                                clip=False)]),
             imgaug.Clip(),
             imgaug.Flip(horiz=True),
             imgaug.ToUint8()]

@@ -1,9 +1,11 @@
 """`epsresnet data check DATASET --data-dir DIR [--json]`: what is on disk, and how fast it feeds.
 
 Per split: image count, classes, per-class counts, mean pixel value (0–255; ImageNet: over
-a sample of decoded images); then the measured throughput (images/s) of the augmented
-training pipeline through ``tf.data``. ``--json`` prints one object with at least
-``train``, ``test`` (counts), ``classes`` and ``throughput_img_s``.
+a sample of decoded images, with the number of undecodable ones in it); then the measured
+throughput (images/s) of the augmented training pipeline through ``tf.data``. ``--json``
+prints one object with at least ``train``, ``test`` (counts), ``classes`` and
+``throughput_img_s``. ``--data-dir`` defaults to ``$EPSRESNET_DATA`` or ``data``, as for
+every other command.
 """
 import json
 import time
@@ -26,69 +28,77 @@ def split_stats(name, split, data_dir, label="fine"):
     else:
         pick = np.random.default_rng(0).choice(len(data), min(len(data), IMAGENET_MEAN_SAMPLE),
                                                replace=False)
-        means = [img.mean(dtype=np.float64) for img in
-                 (pipeline._decode(data.paths[i]) for i in pick) if img is not None]
+        decoded = [pipeline._decode(data.paths[i]) for i in pick]
+        means = [img.mean(dtype=np.float64) for img in decoded if img is not None]
         stats["mean_pixel"] = float(np.mean(means)) if means else None
         stats["mean_pixel_sampled"] = len(means)
+        stats["sample_undecodable"] = len(decoded) - len(means)
     return stats
 
 
-def measure_throughput(name, data_dir, batch_size=128, batches=30, workers=0, seconds=10.0):
+def measure_throughput(name, data_dir, batch_size=128, batches=30, workers=0, seconds=10.0,
+                       label="fine"):
     """Images/s of the augmented training pipeline through tf.data, after one warm-up batch."""
     from epsresnet_tf.data import pipeline
     pipe = pipeline.make_pipeline(name, "train", data_dir, batch_size, train=True, seed=0,
-                                  workers=workers, drop_remainder=False)
-    it = iter(pipe.dataset(0, epochs=None))
-    next(it)
-    n, start = 0, time.perf_counter()
-    for _ in range(batches):
-        n += int(next(it)[1].shape[0])
-        if time.perf_counter() - start > seconds:
-            break
+                                  workers=workers, drop_remainder=False, label=label)
+    with pipeline.user_errors_from(pipe):
+        it = iter(pipe.dataset(0, epochs=None))
+        next(it)
+        n, start = 0, time.perf_counter()
+        for _ in range(batches):
+            n += int(next(it)[1].shape[0])
+            if time.perf_counter() - start > seconds:
+                break
     return n / (time.perf_counter() - start)
 
 
 def run_check(args):
     from epsresnet_tf.data import pipeline
     info = pipeline.dataset_info(args.dataset)
-    splits = [info.train_split, info.eval_split]
     result = {"dataset": args.dataset, "data_dir": str(args.data_dir), "splits": {}}
-    for s in splits:
-        result["splits"][s] = split_stats(args.dataset, s, args.data_dir)
+    for s in (info.train_split, info.eval_split):
+        result["splits"][s] = split_stats(args.dataset, s, args.data_dir, args.label)
     result["train"] = result["splits"][info.train_split]["count"]
     result["test"] = result["splits"][info.eval_split]["count"]
     result["classes"] = result["splits"][info.train_split]["classes"]
+    if not args.json:          # the counts first: they stay on screen if the pipeline fails
+        print_splits(result)
     result["throughput_img_s"] = (None if args.no_throughput else
                                   round(measure_throughput(args.dataset, args.data_dir,
                                                            args.batch_size, args.batches,
-                                                           args.workers), 1))
+                                                           args.workers, label=args.label), 1))
     if args.json:
         print(json.dumps(result))
-        return None
-    print(f"{args.dataset} in {args.data_dir}: {result['classes']} classes")
-    for s, st in result["splits"].items():
-        pc = st["per_class"]
-        per = (" ".join(str(c) for c in pc) if len(pc) <= 20 else
-               f"min {min(pc)}, median {int(np.median(pc))}, max {max(pc)}")
-        mp = "n/a" if st["mean_pixel"] is None else f"{st['mean_pixel']:.2f}"
-        extra = (f" (over {st['mean_pixel_sampled']} sampled images)"
-                 if "mean_pixel_sampled" in st else "")
-        print(f"  {s:<6} {st['count']:>8} images; per class: {per}; "
-              f"mean pixel {mp}{extra}")
-    if result["throughput_img_s"] is not None:
+    elif result["throughput_img_s"] is not None:
         print(f"  augmented train pipeline: {result['throughput_img_s']:.0f} images/s "
               f"(batch {args.batch_size}, workers {args.workers})")
     return None
 
 
+def print_splits(result):
+    print(f"{result['dataset']} in {result['data_dir']}: {result['classes']} classes")
+    for s, st in result["splits"].items():
+        pc = st["per_class"]
+        per = (" ".join(str(c) for c in pc) if len(pc) <= 20 else
+               f"min {min(pc)}, median {int(np.median(pc))}, max {max(pc)}")
+        mp = "n/a" if st["mean_pixel"] is None else f"{st['mean_pixel']:.2f}"
+        extra = (f" (over {st['mean_pixel_sampled']} sampled images, "
+                 f"{st['sample_undecodable']} undecodable)" if "mean_pixel_sampled" in st else "")
+        print(f"  {s:<6} {st['count']:>8} images; per class: {per}; mean pixel {mp}{extra}")
+
+
 def register(subparsers):
-    from epsresnet_tf.data.readers import DATASETS
+    from epsresnet_tf.data.readers import DATASETS, default_data_dir
     p = subparsers.add_parser("data", help="inspect datasets on disk")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     c = sub.add_parser("check", help="counts, classes, mean pixel and pipeline throughput")
     c.add_argument("dataset", choices=DATASETS)
-    c.add_argument("--data-dir", default="data", help="data root (default: data)")
+    c.add_argument("--data-dir", default=default_data_dir(),
+                   help="data root (default: $EPSRESNET_DATA or ./data)")
+    c.add_argument("--label", choices=("fine", "coarse"), default="fine",
+                   help="CIFAR-100 labels: the 100 fine classes or the 20 coarse ones")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--batch-size", type=int, default=128)
     c.add_argument("--batches", type=int, default=30, help="batches timed for throughput")

@@ -6,12 +6,14 @@
   reported (delete it yourself to fetch it again).
 * Downloads go to ``<name>.part`` beside the target and are renamed only once their MD5
   matches, so an interrupted download never leaves a file that looks complete.
-* Without a network the command fails in one line saying where to put the files by hand.
+* Without a network the command fails in one line naming every file still missing, with
+  where to put it and its MD5; folders it created for the download are removed again.
 
 ImageNet and MNIST are not fetched (ImageNet needs a login; MNIST's host is unreliable):
 ``data/README.md`` says where to put them.
 """
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
 
 # (url, file name, md5, what to extract into the data root or None, sub-folder for the file)
@@ -50,6 +53,10 @@ def md5sum(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+class Unreachable(UserError):
+    """The download could not start or broke off (no network, host down)."""
+
+
 def _fetch(url, dest, md5, timeout):
     part = dest.with_name(dest.name + ".part")
     try:
@@ -57,15 +64,34 @@ def _fetch(url, dest, md5, timeout):
             shutil.copyfileobj(resp, out, 1 << 20)
     except (urllib.error.URLError, OSError, ValueError) as err:
         part.unlink(missing_ok=True)
-        reason = getattr(err, "reason", err)
-        raise UserError(f"cannot download {url} ({reason}); no network? download it by hand "
-                        f"and put it at {dest} (MD5 {md5}), then run this again")
+        raise Unreachable(f"cannot download {url} ({getattr(err, 'reason', err)})")
     got = md5sum(part)
     if got != md5:
         part.unlink(missing_ok=True)
         raise UserError(f"{url} downloaded with MD5 {got}, expected {md5}; try again or "
                         f"download it by hand to {dest}")
     os.replace(part, dest)  # atomic: the target only ever appears complete
+
+
+def _by_hand(sources, root):
+    """'put <file> (MD5 …) at <path>' for each source whose result is not there yet."""
+    todo = []
+    for url, fname, md5, extracted, sub in sources:
+        folder = root / sub if sub else root
+        if not ((extracted and (root / extracted).is_dir()) or (folder / fname).exists()):
+            todo.append(f"{url} at {folder / fname} (MD5 {md5})")
+    return "; ".join(todo)
+
+
+def _make_dirs(folder):
+    """mkdir -p `folder`; returns the folders it created, deepest first."""
+    created = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        created.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def fetch(name, data_dir, *, timeout=30, sources=None):
@@ -75,29 +101,39 @@ def fetch(name, data_dir, *, timeout=30, sources=None):
         raise UserError(f"cannot download {name!r}: only {', '.join(SOURCES)} are fetched; "
                         "see data/README.md for the others")
     root = Path(data_dir)
-    done = []
-    for url, fname, md5, extracted, sub in sources:
-        folder = root / sub if sub else root
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / fname
-        if extracted and (root / extracted).is_dir():
-            print(f"{name}: {root / extracted} already there; not touched")
-            done.append(root / extracted)
-            continue
-        if target.exists():
-            got = md5sum(target)
-            if got != md5:
-                raise UserError(f"{target} exists with MD5 {got}, expected {md5}; it is not "
-                                "replaced: delete it to download it again")
-            print(f"{name}: {target} verified")
-        else:
-            print(f"{name}: downloading {url}")
-            _fetch(url, target, md5, timeout)
-        if extracted:
-            _extract(target, root, extracted)
-            done.append(root / extracted)
-        else:
-            done.append(target)
+    done, created = [], []
+    try:
+        for url, fname, md5, extracted, sub in sources:
+            folder = root / sub if sub else root
+            target = folder / fname
+            if extracted and (root / extracted).is_dir():
+                print(f"{name}: {root / extracted} already there; not touched")
+                done.append(root / extracted)
+                continue
+            created += _make_dirs(folder)
+            if target.exists():
+                got = md5sum(target)
+                if got != md5:
+                    raise UserError(f"{target} exists with MD5 {got}, expected {md5}; it is "
+                                    "not replaced: delete it to download it again")
+                print(f"{name}: {target} verified")
+            else:
+                print(f"{name}: downloading {url}")
+                try:
+                    _fetch(url, target, md5, timeout)
+                except Unreachable as err:
+                    raise UserError(f"{err}; no network? download by hand and put "
+                                    f"{_by_hand(sources, root)}, then run this again") from None
+            if extracted:
+                _extract(target, root, extracted)
+                done.append(root / extracted)
+            else:
+                done.append(target)
+    except BaseException:
+        for folder in created:        # deepest first; only the ones still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return done
 
 
@@ -119,7 +155,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m epsresnet_tf.data.download",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("dataset", choices=sorted(SOURCES))
-    ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--data-dir", default=default_data_dir(),
+                    help="data root (default: $EPSRESNET_DATA or ./data)")
     ap.add_argument("--timeout", type=float, default=30)
     args = ap.parse_args(argv)
     try:

@@ -47,11 +47,16 @@ Training drops the last incomplete batch (as the authors' ``BatchData(remainder=
 evaluation keeps it (``drop_remainder=None`` picks that; pass a bool to override).
 
 ImageNet JPEGs that OpenCV cannot decode are skipped and counted; the count is logged at
-the end of the epoch and kept in ``Pipeline.reports``. If more than 0.1 % of an epoch's
-images are undecodable, the pipeline raises :class:`TooManyBadImages` (a ``UserError``).
+the end of the epoch (also when the consumer stops early, e.g. after a fixed number of
+steps) and kept in ``Pipeline.reports``. If more than 0.1 % of an epoch's images are
+undecodable, the pipeline raises :class:`TooManyBadImages` (a ``UserError``).
+``tf.data.Dataset.from_generator`` turns any exception of the generator into a TensorFlow
+``InvalidArgumentError`` with a traceback, so the pipeline also keeps the error in
+``Pipeline.failure``; wrap the loop that consumes its dataset in
+``with user_errors_from(pipe): ...`` to get the one-line ``UserError`` back.
 """
+import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +68,6 @@ from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = os.environ.get("EPSRESNET_DATA", "data")
 MAX_BAD_FRACTION = 0.001
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
@@ -99,6 +103,20 @@ def dataset_info(name):
 
 class TooManyBadImages(UserError):
     """More than 0.1 % of an epoch's images could not be decoded."""
+
+
+@contextlib.contextmanager
+def user_errors_from(*pipes):
+    """Re-raise the ``UserError`` that stopped one of `pipes` inside ``tf.data`` (which
+    reports it as an ``OpError`` with a traceback) as itself, so the CLI prints one line."""
+    import tensorflow as tf
+    try:
+        yield
+    except tf.errors.OpError:
+        for pipe in pipes:
+            if getattr(pipe, "failure", None) is not None:
+                raise pipe.failure from None
+        raise
 
 
 @dataclass
@@ -157,6 +175,8 @@ class Pipeline:
         self.batch_size, self.num_shards, self.shard_index = batch_size, num_shards, shard_index
         self.drop_remainder = self.train if drop_remainder is None else bool(drop_remainder)
         self.workers = int(workers)
+        if data_dir is None:
+            data_dir = readers.default_data_dir()
         self.source = readers.read_split(name, split, data_dir, label=label)
         self.num_classes = self.source.num_classes
         self.image_shape = info.image_shape
@@ -166,6 +186,7 @@ class Pipeline:
         # Raw dtype handed from the workers to TF: SVHN's GaussianDeform yields floats.
         self.raw_dtype = np.float32 if (name == "svhn" and self.train) else np.uint8
         self.reports = []
+        self.failure = None   # the UserError that stopped the last epoch, if any
         n = len(self.source)
         self.shard_size = (n // num_shards if self.train
                            else len(range(shard_index, n, num_shards)))
@@ -268,6 +289,20 @@ class Pipeline:
     def batches(self, epoch, start_batch=0):
         """Yield (images, labels) numpy batches of `epoch`, raw (augmented, not normalised)."""
         report = EpochReport(int(epoch))
+        self.failure = None
+        try:
+            yield from self._rebatched(epoch, start_batch, report)
+        except UserError as err:
+            self.failure = err
+            raise
+        finally:    # also when the consumer stops early: the report is per epoch served
+            self.reports.append(report)
+            if report.skipped:
+                log.warning("%s %s epoch %d: skipped %d undecodable image(s) of %d: %s",
+                            self.name, self.split, epoch, report.skipped, report.seen,
+                            ", ".join(report.skipped_paths[:5]))
+
+    def _rebatched(self, epoch, start_batch, report):
         limit = MAX_BAD_FRACTION * self.shard_size
         run = self._run_parallel if self.workers > 0 else self._run_serial
         carry_x, carry_y = [], []
@@ -295,11 +330,6 @@ class Pipeline:
                 have -= self.batch_size
         if have and not self.drop_remainder:
             yield np.concatenate(carry_x), np.concatenate(carry_y)
-        self.reports.append(report)
-        if report.skipped:
-            log.warning("%s %s epoch %d: skipped %d undecodable image(s) of %d: %s",
-                        self.name, self.split, epoch, report.skipped, report.seen,
-                        ", ".join(report.skipped_paths[:5]))
 
     # -- normalisation (SPEC §6) -------------------------------------------------------
     def normalise_np(self, images):
@@ -344,16 +374,17 @@ class Pipeline:
         return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_pipeline(name, split, data_dir=DEFAULT_DATA_DIR, batch_size=128, *, train, seed=0,
+def make_pipeline(name, split, data_dir=None, batch_size=128, *, train, seed=0,
                   num_shards=1, shard_index=0, drop_remainder=None, mean="train", workers=0,
                   label="fine"):
-    """Build a :class:`Pipeline` (reads the split now, so missing files fail here)."""
+    """Build a :class:`Pipeline` (reads the split now, so missing files fail here);
+    `data_dir` None is :func:`readers.default_data_dir`."""
     return Pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
                     num_shards=num_shards, shard_index=shard_index,
                     drop_remainder=drop_remainder, mean=mean, workers=workers, label=label)
 
 
-def make_dataset(name, split, data_dir=DEFAULT_DATA_DIR, batch_size=128, *, train, seed=0,
+def make_dataset(name, split, data_dir=None, batch_size=128, *, train, seed=0,
                  epoch=0, epochs=1, start_batch=0, num_shards=1, shard_index=0,
                  drop_remainder=None, mean="train", workers=0, label="fine"):
     """``tf.data.Dataset`` of (float32 NHWC images, int32 labels) for `epoch`; see module doc."""

@@ -8,10 +8,16 @@ cifar10      ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch[,batches.m
 cifar100     ``<root>/cifar-100-python/{train,test[,meta]}`` (fine labels; coarse optional)
 svhn         ``<root>/svhn/{train,extra,test}_32x32.mat`` (label 10 is the digit 0)
 imagenet     ``<root>/imagenet/train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or flat
-             ``val/*.JPEG`` + ``val.txt`` ("<file> <index-or-wnid>" per line);
-             optional ``synsets.txt`` fixes the class order, else the sorted train folders
+             ``val/*.JPEG`` labelled by ``val.txt`` ("<file> <index-or-wnid>" per line,
+             caffe's) or by the official devkit's ``ILSVRC2012_validation_ground_truth.txt``
+             + ``meta.mat`` (in the folder or its ``ILSVRC2012_devkit_t12/data/``);
+             class order: ``synsets.txt`` if present, else the sorted train/ folders, else
+             the sorted leaf synsets of ``meta.mat`` (the same order on the full dataset)
 mnist        ``<root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
 ===========  ==========================================================================
+
+The data root defaults to ``$EPSRESNET_DATA`` or ``data`` (:func:`default_data_dir`), the
+same default for every command; ``make`` passes its ``DATA=`` as ``--data-dir``.
 
 Small datasets are read whole into :class:`ArrayData` (uint8 NHWC images, int32 labels);
 ImageNet into :class:`FileData` (paths + labels; JPEGs are decoded by the pipeline, where
@@ -33,6 +39,12 @@ import numpy as np
 from epsresnet_tf.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "svhn", "imagenet", "mnist")
+
+
+def default_data_dir():
+    """The data root when none is given: ``$EPSRESNET_DATA``, else ``data``."""
+    return os.environ.get("EPSRESNET_DATA") or "data"
+
 
 # How to get each dataset by hand (used in every "missing" message).
 HOW_TO_GET = {
@@ -113,7 +125,13 @@ def _key(d, name):
     raise KeyError(name)
 
 
-def _cifar_batch(path, label_key):
+def _check_labels(path, labels, classes):
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataFileError(f"cannot read {path}: labels span {labels.min()}..{labels.max()}, "
+                            f"expected 0..{classes - 1}; delete it and fetch it again")
+
+
+def _cifar_batch(path, label_key, classes):
     d = _load_pickle(path)
     try:
         data = np.asarray(_key(d, "data"), dtype=np.uint8)
@@ -124,6 +142,7 @@ def _cifar_batch(path, label_key):
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataFileError(f"cannot read {path}: data has shape {data.shape} with "
                             f"{len(labels)} labels, expected (N, 3072) with N labels")
+    _check_labels(path, labels, classes)
     # Official rows are channel-major (1024 R, 1024 G, 1024 B): -> N, 32, 32, 3.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -149,7 +168,7 @@ def read_cifar10(root, split):
     for f in files:
         if not f.exists():
             raise _missing("cifar10", f)
-    parts = [_cifar_batch(f, "labels") for f in files]
+    parts = [_cifar_batch(f, "labels", 10) for f in files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return ArrayData(images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder))
@@ -164,8 +183,9 @@ def read_cifar100(root, split, label="fine"):
     f = folder / split
     if not f.exists():
         raise _missing("cifar100", f)
-    images, labels = _cifar_batch(f, f"{label}_labels")
-    return ArrayData(images, labels, 100 if label == "fine" else 20,
+    classes = 100 if label == "fine" else 20
+    images, labels = _cifar_batch(f, f"{label}_labels", classes)
+    return ArrayData(images, labels, classes,
                      _names(folder / "meta", f"{label}_label_names"), str(folder))
 
 
@@ -251,6 +271,7 @@ def read_mnist(root, split):
     lpath, labels = _read_idx(folder, f"{prefix}-labels-idx1-ubyte", 2049, 1)
     if len(images) != len(labels):
         raise DataFileError(f"{ipath} holds {len(images)} images but {lpath} {len(labels)} labels")
+    _check_labels(lpath, labels, 10)
     return ArrayData(np.ascontiguousarray(images[..., None]), labels.astype(np.int32), 10,
                      [str(i) for i in range(10)], str(folder))
 
@@ -258,6 +279,7 @@ def read_mnist(root, split):
 # ----------------------------------------------------------------------------- ImageNet
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 
 
 def _images_in(folder):
@@ -265,8 +287,30 @@ def _images_in(folder):
                   if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def _devkit_file(folder, name):
+    """`name` from the official devkit, in the dataset folder or its unpacked devkit."""
+    for cand in (folder / name, folder / "ILSVRC2012_devkit_t12" / "data" / name):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _devkit_synsets(path):
+    """{ILSVRC2012_ID: wnid} of the 1,000 leaf synsets in the devkit's ``meta.mat``."""
+    import scipy.io
+    try:
+        synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
+        return {int(i): str(w) for i, w, c in zip(synsets["ILSVRC2012_ID"], synsets["WNID"],
+                                                   synsets["num_children"]) if int(c) == 0}
+    except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
+        raise DataFileError(f"cannot read {path}: not the devkit's meta.mat "
+                            f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again")
+
+
 def imagenet_synsets(folder):
-    """Class order: ``synsets.txt`` (first token per line) if present, else sorted train/."""
+    """Class order: ``synsets.txt`` (first token per line) if present, else the sorted train/
+    folders, else the sorted leaf synsets of the devkit's ``meta.mat`` — the last two agree
+    on the full dataset, and with the caffe/tensorpack order that ``val.txt`` indexes."""
     meta = folder / "synsets.txt"
     if meta.exists():
         wnids = [line.split()[0] for line in meta.read_text().splitlines() if line.strip()]
@@ -274,10 +318,70 @@ def imagenet_synsets(folder):
             raise DataFileError(f"cannot read {meta}: no synsets in it")
         return wnids
     train = folder / "train"
-    if not train.is_dir():
-        raise UserError(f"imagenet: need {meta} or the {train} folders to fix the class order; "
-                        f"{HOW_TO_GET['imagenet']}")
-    return sorted(p.name for p in train.iterdir() if p.is_dir())
+    if train.is_dir():
+        return sorted(p.name for p in train.iterdir() if p.is_dir())
+    devkit_meta = _devkit_file(folder, "meta.mat")
+    if devkit_meta is not None:
+        return sorted(_devkit_synsets(devkit_meta).values())
+    raise UserError(f"imagenet: need {meta}, the {train} folders or the devkit's meta.mat to "
+                    f"fix the class order; {HOW_TO_GET['imagenet']}")
+
+
+def _val_txt_labels(label_file, index, num_classes):
+    """caffe's ``val.txt``: "<file> <class index or wnid>" per line."""
+    names, labels = [], []
+    for n, line in enumerate(label_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise DataFileError(f"{label_file}:{n}: expected '<file> <label>', got {line!r}")
+        lab = int(parts[1]) if parts[1].isdigit() else index.get(parts[1])
+        if lab is None or not 0 <= lab < num_classes:
+            raise DataFileError(f"{label_file}:{n}: unknown label {parts[1]!r}")
+        names.append(parts[0])
+        labels.append(lab)
+    return names, labels
+
+
+def _devkit_val_labels(truth_file, meta_file, index):
+    """The devkit's ground truth: line i holds the ILSVRC2012_ID of ILSVRC2012_val_<i>.JPEG."""
+    wnid_of = _devkit_synsets(meta_file)
+    names, labels = [], []
+    for n, line in enumerate(truth_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        wnid = wnid_of.get(int(line)) if line.strip().isdigit() else None
+        if wnid not in index:
+            raise DataFileError(f"{truth_file}:{n}: {line.strip()!r} is not the ILSVRC2012_ID "
+                                f"of one of the {len(index)} classes")
+        names.append(f"ILSVRC2012_val_{n:08d}.JPEG")
+        labels.append(index[wnid])
+    return names, labels
+
+
+def _flat_split_labels(folder, split_dir, index, num_classes):
+    """(paths, labels) of a flat split from its label file; every listed file must exist."""
+    val_txt = next((p for p in (folder / "val.txt", split_dir / "val.txt") if p.exists()), None)
+    truth = _devkit_file(folder, DEVKIT_GROUND_TRUTH)
+    devkit_meta = _devkit_file(folder, "meta.mat")
+    if val_txt is not None:
+        label_file = val_txt
+        names, labels = _val_txt_labels(val_txt, index, num_classes)
+    elif truth is not None and devkit_meta is not None:
+        label_file = truth
+        names, labels = _devkit_val_labels(truth, devkit_meta, index)
+    else:
+        raise UserError(f"imagenet: {split_dir} is flat, so it needs a label file: "
+                        f"{folder / 'val.txt'} ('<file> <class index or wnid>' per line) or the "
+                        f"devkit's {DEVKIT_GROUND_TRUTH} and meta.mat in {folder}")
+    paths = [str(split_dir / name) for name in names]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise UserError(f"imagenet: {len(missing)} of the {len(paths)} images listed in "
+                        f"{label_file} are missing, e.g. {missing[0]}; put them there or "
+                        "remove their lines")
+    return paths, labels
 
 
 def read_imagenet(root, split):
@@ -302,22 +406,7 @@ def read_imagenet(root, split):
             paths += files
             labels += [index[d.name]] * len(files)
     else:
-        label_file = next((p for p in (folder / "val.txt", split_dir / "val.txt") if p.exists()), None)
-        if label_file is None:
-            raise UserError(f"imagenet: {split_dir} is flat, so it needs a label file "
-                            f"{folder / 'val.txt'} with '<file> <class index or wnid>' per line")
-        for n, line in enumerate(label_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) < 2:
-                raise DataFileError(f"{label_file}:{n}: expected '<file> <label>', got {line!r}")
-            name, lab = parts[0], parts[1]
-            lab = index.get(lab) if not lab.isdigit() else int(lab)
-            if lab is None or not 0 <= lab < len(wnids):
-                raise DataFileError(f"{label_file}:{n}: unknown label {parts[1]!r}")
-            paths.append(str(split_dir / name))
-            labels.append(lab)
+        paths, labels = _flat_split_labels(folder, split_dir, index, len(wnids))
     if not paths:
         raise UserError(f"imagenet: no images under {split_dir}; {HOW_TO_GET['imagenet']}")
     return FileData(paths, np.asarray(labels, np.int32), len(wnids), wnids, str(split_dir))
