@@ -177,10 +177,12 @@ def pct(a, b):
 
 
 def header_body(machine, vers, peak, today):
-    name, cores, ghz = machine
+    from epsresnet_tf import bench
+    name, cores, ghz, isa = machine
+    per_cycle = bench.FLOP_PER_CYCLE[isa]
     return f"""
-Last full `make bench`: {today}, on {name}, {cores} cores at {ghz:.3f} GHz (AVX2 + FMA,
-FP32 peak {cores} × 32 FLOP/cycle × {ghz:.3f} GHz = **{peak:.1f} GFLOP/s**); Python
+Last full `make bench`: {today}, on {name}, {cores} cores at {ghz:.3f} GHz ({isa.upper()} FMA,
+FP32 peak {cores} × {per_cycle} FLOP/cycle × {ghz:.3f} GHz = **{peak:.1f} GFLOP/s**); Python
 {vers['python']}, TensorFlow {vers['tensorflow']}, Keras {vers['keras']}, CPU only. Each section
 says how it was measured. The machine is shared with other work: figures carry the 1-minute
 load average and the best/median of several rounds.
@@ -303,7 +305,7 @@ def main(argv=None):
     archs = [int(a) for a in args.archs.split(",") if a]
 
     from epsresnet_tf import bench
-    machine = bench.cpu_info()
+    machine = bench.cpu_details()
     peak = bench.peak_gflops()
     if args.from_json:   # re-render BENCHMARKS.md from a saved --json-out, no measuring
         saved = json.loads(Path(args.from_json).read_text())

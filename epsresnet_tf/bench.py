@@ -11,7 +11,8 @@ pipeline is not part of the figure), warmed up (tracing, XLA compilation, oneDNN
 creation), then timed over `--steps` steps; the figure is images per second of the
 steady state. Achieved GFLOP/s come from `model_stats(model)["macs"]`: a training step
 costs about 3 forward passes, and a MAC is 2 FLOPs, so 6 x MACs FLOPs per image. The peak
-is cores x 32 FP32 FLOP/cycle (two 256-bit FMA pipes) x the clock in /proc/cpuinfo.
+is cores x FP32 FLOP/cycle x the clock in /proc/cpuinfo, the FLOP/cycle from the widest
+FMA the CPU reports (two FMA pipes: AVX-512 64, AVX2 32, SSE 16).
 
 The discard monitor is the in-graph `.assign` of each EpsilonGate's monitor variables.
 `monitor=False` swaps the gates' class for `QuietEpsilonGate`, whose `_update_monitors`
@@ -37,17 +38,32 @@ CPU_DEFAULTS = {
     "steps_per_execution": 1,
     "data_format": "channels_last",
 }
-#: FP32 FLOP per cycle per core with AVX2 + FMA: 2 FMA pipes x 8 lanes x 2 FLOP.
-FLOP_PER_CYCLE = 32
+#: FP32 FLOP per cycle per core by vector ISA: 2 FMA pipes x lanes x 2 FLOP (an FMA is a
+#: multiply and an add). oneDNN dispatches to the widest one at run time.
+FLOP_PER_CYCLE = {"avx512": 64, "avx2": 32, "sse": 16}
 GATES = ("none", "eps")
 LOOPS = ("fit", "custom")
 
 
 # --- machine ------------------------------------------------------------------------------
 
+def vector_isa(flags):
+    """The widest FP32 FMA instruction set in a /proc/cpuinfo flags list."""
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    return "sse"
+
+
 def cpu_info():
     """(model name, cores usable by this process, clock in GHz or None)."""
-    name, mhz = platform.processor() or "unknown CPU", None
+    return cpu_details()[:3]
+
+
+def cpu_details():
+    """(model name, usable cores, clock in GHz or None, vector ISA name)."""
+    name, mhz, flags = platform.processor() or "unknown CPU", None, []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -55,20 +71,23 @@ def cpu_info():
                     name = line.split(":", 1)[1].strip()
                 elif line.startswith("cpu MHz") and mhz is None:
                     mhz = float(line.split(":", 1)[1])
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
     except OSError:
         pass
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return name, cores, (mhz / 1000.0 if mhz else None)
+    return name, cores, (mhz / 1000.0 if mhz else None), vector_isa(flags)
 
 
-def peak_gflops(cores=None, ghz=None, flop_per_cycle=FLOP_PER_CYCLE):
+def peak_gflops(cores=None, ghz=None, flop_per_cycle=None):
     """FP32 peak of this CPU in GFLOP/s: cores x FLOP/cycle x clock (None if unknown)."""
-    _, c, g = cpu_info()
+    _, c, g, isa = cpu_details()
     cores = cores or c
     ghz = ghz or g
+    flop_per_cycle = flop_per_cycle or FLOP_PER_CYCLE[isa]
     return None if ghz is None else cores * flop_per_cycle * ghz
 
 

@@ -18,6 +18,9 @@ ORDERS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_pr
 #: He et al. 2016 Fig. 2 shortcut variants on identity-shaped units.
 SHORTCUTS = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
              "conv1x1", "dropout")
+#: The variants that merge the two branches themselves (Fig. 2(b–d)); a k gate, which is a
+#: merge of its own (g(k) F + x), cannot combine with them.
+MERGING_SHORTCUTS = ("constant_scaling", "exclusive_gating", "shortcut_only_gating")
 INITS = ("he_fan_out", "gaussian")
 SCOPES = ("batch", "sample")
 
@@ -39,7 +42,8 @@ class NetConfig:
     data_format: str = "channels_last"
     order: str = "full_preact"
     shortcut: str = "identity"
-    shortcut_scale: float = 0.5
+    shortcut_scale: float = 0.5   # constant scaling: λ on the shortcut ...
+    residual_scale: float = 0.5   # ... and the scale of F (He et al. Table 1: 1 or 1 - λ)
     gate_bias: float = 0.0
     shortcut_dropout: float = 0.5
     dropout: float = 0.0
@@ -59,6 +63,10 @@ class NetConfig:
             raise ValueError(f"classes must be >= 1; got {self.classes}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.gate == "k" and self.shortcut in MERGING_SHORTCUTS:
+            raise ValueError(f"gate 'k' merges the branches itself (g(k) F + x); it cannot "
+                             f"combine with shortcut {self.shortcut!r}: use gate eps or none, "
+                             "or shortcut identity, conv1x1 or dropout")
 
     @property
     def preact(self):
@@ -129,13 +137,15 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
     """
     cfg = factory.config
     p = layer_prefix(group, block)
+    if bottleneck and cfg.dropout:
+        raise ValueError("dropout between the two convs is an option of basic units "
+                         "(cifar-basic, wrn, imagenet-18/34), not of bottleneck units")
     out_channels = filters * expansion if bottleneck else filters
     if bottleneck:
         specs = [(filters, 1, 1), (filters, 3, stride), (out_channels, 1, 1)]
-        shared_index = 1
     else:
         specs = [(filters, 3, stride), (filters, 3, 1)]
-        shared_index = 1
+    shared_index = 1  # basic: the second 3x3; bottleneck: the 3x3 (SPEC §4)
 
     shortcut_input = x
     residual = x
@@ -173,10 +183,8 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
     if cfg.order == "relu_before_add":
         residual = keras.layers.ReLU(name=p + "out_relu")(residual)
 
-    shortcut, merged = _shortcut(shortcut_input, residual, factory, p, shortcut_kind,
-                                 out_channels, stride)
-    if merged is None:
-        merged = merge_branch(residual, shortcut, cfg, p)
+    merged = _merge_with_shortcut(shortcut_input, residual, factory, p, shortcut_kind,
+                                  out_channels, stride)
     if cfg.order == "original":
         merged = keras.layers.ReLU(name=p + "out_relu")(merged)
     elif cfg.order == "bn_after_add":
@@ -184,39 +192,49 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
     return merged
 
 
-def _shortcut(x, residual, factory, p, kind, out_channels, stride):
-    """The shortcut tensor, or (None, merged) where the variant merges by itself."""
+def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
+    """The unit's output before any after-addition activation: the residual branch (gated
+    as NetConfig says) merged with the shortcut of `kind` (He et al. Fig. 2 variants on
+    identity-shaped units)."""
     cfg = factory.config
     if kind == "projection":
-        return factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x), None
+        return merge_branch(residual, factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x), cfg, p)
     if kind == "pool_pad":
-        return L.PoolPadShortcut(out_channels, stride, cfg.data_format, name=p + "shortcut_pool_pad")(x), None
+        pool_pad = L.PoolPadShortcut(out_channels, stride, cfg.data_format, name=p + "shortcut_pool_pad")
+        return merge_branch(residual, pool_pad(x), cfg, p)
     if factory.channels(x) != out_channels or stride != 1:
         raise ValueError(f"{p}: an identity shortcut needs equal shapes; use a projection")
     variant = cfg.shortcut
-    if variant == "constant_scaling":
-        scale = keras.layers.Rescaling(cfg.shortcut_scale, name=p + "shortcut_scale")
-        return scale(x), keras.layers.Add(name=p + "add")(
-            [keras.layers.Rescaling(cfg.shortcut_scale, name=p + "residual_scale")(residual), scale(x)])
-    if variant in ("exclusive_gating", "shortcut_only_gating"):
+    if variant == "constant_scaling":  # Fig. 2(b): (1 - λ) F + λ x, or F + λ x
+        f = keras.layers.Rescaling(cfg.residual_scale, name=p + "residual_scale")(
+            gated_residual(residual, cfg, p))
+        h = keras.layers.Rescaling(cfg.shortcut_scale, name=p + "shortcut_scale")(x)
+        return keras.layers.Add(name=p + "add")([f, h])
+    if variant in ("exclusive_gating", "shortcut_only_gating"):  # Fig. 2(c, d)
         mode = "exclusive" if variant == "exclusive_gating" else "shortcut_only"
         gate = L.SigmoidShortcutGate(mode, cfg.gate_bias, cfg.data_format,
                                      factory.kernel_initializer(), factory.regularizer,
                                      name=p + "shortcut_gate")
-        return x, gate([residual, x])
-    if variant == "conv1x1":
-        return factory.conv(out_channels, 1, 1, name=p + "shortcut_conv")(x), None
-    if variant == "dropout":
-        return keras.layers.Dropout(cfg.shortcut_dropout, name=p + "shortcut_dropout")(x), None
-    return x, None
+        return gate([gated_residual(residual, cfg, p), x])
+    if variant == "conv1x1":  # Fig. 2(e)
+        x = factory.conv(out_channels, 1, 1, name=p + "shortcut_conv")(x)
+    elif variant == "dropout":  # Fig. 2(f)
+        x = keras.layers.Dropout(cfg.shortcut_dropout, name=p + "shortcut_dropout")(x)
+    return merge_branch(residual, x, cfg, p)
+
+
+def gated_residual(residual, cfg, p):
+    """S(F) under the epsilon gate (SPEC §1); F itself otherwise."""
+    if cfg.gate == "eps":
+        return L.EpsilonGate(cfg.epsilon, cfg.gate_scope, name=p + "eps_gate")(residual)
+    return residual
 
 
 def merge_branch(residual, shortcut, cfg, p):
-    if cfg.gate == "eps":
-        residual = L.EpsilonGate(cfg.epsilon, cfg.gate_scope, name=p + "eps_gate")(residual)
-    elif cfg.gate == "k":
+    """S(F) + x (eps gate), g(k) F + x (k gate, SPEC §3) or F + x."""
+    if cfg.gate == "k":
         return L.ResidualGate("residual", cfg.k_decay, name=p + "k_gate")([residual, shortcut])
-    return keras.layers.Add(name=p + "add")([residual, shortcut])
+    return keras.layers.Add(name=p + "add")([gated_residual(residual, cfg, p), shortcut])
 
 
 def shared_kernel(factory, group, filters):

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 
 from epsresnet_tf.errors import UserError
 
@@ -23,15 +24,43 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line like our other errors: the cause and where
+    the valid forms are (argparse would print the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def import_quietly(names):
+    """Import the subcommand modules with file descriptor 2 held back: TensorFlow's C++
+    start-up notices (oneDNN, CUDA) are written there before TF_CPP_MIN_LOG_LEVEL takes
+    effect and would bury a one-line error. A failed import replays what was held back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            return [importlib.import_module(name) for name in names]
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            os.write(2, held.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="epsresnet",
         description="epsilon-ResNet: train deep ResNets that discard their own blocks, "
                     "then compress them into smaller standard ResNets.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in import_quietly(COMMAND_MODULES):
+        module.register(subparsers)
     return parser
 
 

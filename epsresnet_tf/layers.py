@@ -130,8 +130,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     over each activation forward and more backward; `FusedBatchNormV3` and its gradient are
     one kernel each (oneDNN on CPU, cuDNN on GPU), the largest single speed-up of a CPU
     training step here (docs/PROFILE.md). Inference, non-4-D inputs and other backends use
-    the Keras layer unchanged. The moving variance is updated with the kernel's
-    Bessel-corrected batch variance, as tensorpack did; weights and config are Keras's.
+    the Keras layer unchanged. Moving statistics, weights and config are Keras's, so the
+    two layers are interchangeable in a saved model.
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -146,6 +146,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"),
             epsilon=self.epsilon, data_format=data_format, is_training=True)
+        # The kernel returns the Bessel-corrected variance; Keras's moving variance (and so
+        # a run's agreement across replica counts) uses the plain batch variance.
+        count = ops.cast(ops.size(x) // ops.shape(x)[axis], "float32")
+        variance = variance * (count - 1.0) / count
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))

@@ -1,6 +1,9 @@
 """The model zoo against the papers: parameter counts (SPEC §11), structure (SPEC §2–§5),
 shared kernels, gated blocks, training steps and `.keras` round trips."""
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -164,8 +167,9 @@ def test_a_k_gated_block_with_non_positive_k_is_the_identity():
 
 def test_shared_kernel_is_one_variable_receiving_the_sum_of_its_gradients():
     rng = np.random.default_rng(2)
-    shared = build_model("cifar-basic-14", share=True, weight_decay=0)
-    untied = build_model("cifar-basic-14", share=False, weight_decay=0)
+    n = 3  # cifar-basic-20: three units per stage, all of them sharing (the basic-net default)
+    shared = build_model("cifar-basic-20", share=True, weight_decay=0)
+    untied = build_model("cifar-basic-20", share=False, weight_decay=0)
     # copy weights; each untied second conv gets the stage's shared kernel
     for layer in untied.layers:
         if not layer.weights:
@@ -183,17 +187,22 @@ def test_shared_kernel_is_one_variable_receiving_the_sum_of_its_gradients():
     def grads(model, variables):
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, model(images, training=True))
-        return tape.gradient(loss, variables)
+        return [g.numpy() for g in tape.gradient(loss, variables)]
 
+    # the two nets compute the same function
+    np.testing.assert_allclose(shared(images).numpy(), untied(images).numpy(), rtol=1e-5, atol=1e-5)
     for g in range(3):
         kernel_layer = shared.get_layer(f"group{g}_shared_conv3x3")
         uses = sum(1 for node in kernel_layer._inbound_nodes)
-        assert uses == 2, "one kernel used by both units of the stage"
+        assert uses == n, "one kernel used by every unit of the stage"
         assert sum(1 for w in shared.trainable_weights if w is kernel_layer.kernel) == 1
         (shared_grad,) = grads(shared, [kernel_layer.kernel])
-        per_use = grads(untied, [untied.get_layer(f"group{g}_block{b}_conv2").kernel for b in range(2)])
-        np.testing.assert_allclose(shared_grad.numpy(), per_use[0].numpy() + per_use[1].numpy(),
-                                   rtol=1e-4, atol=1e-6)
+        per_use = grads(untied, [untied.get_layer(f"group{g}_block{b}_conv2").kernel for b in range(n)])
+        np.testing.assert_allclose(shared_grad, sum(per_use), rtol=1e-4, atol=1e-6)
+        # the uses' gradients differ, so no single one (nor n times one) would pass for the sum
+        for one in per_use:
+            assert not np.allclose(shared_grad, one, rtol=1e-2, atol=1e-6)
+            assert not np.allclose(shared_grad, n * one, rtol=1e-2, atol=1e-6)
 
 
 def test_weight_decay_is_half_l2_on_conv_and_fc_kernels_only():
@@ -247,7 +256,9 @@ def test_every_family_runs_forward_and_one_training_step(arch, options, shape):
 
 @pytest.mark.parametrize("arch, options", [
     ("cifar-basic-14", dict(gate="eps", epsilon=0.8, side_head=True, share=True)),
-    ("cifar-basic-8", dict(gate="k", shortcut="exclusive_gating", gate_bias=-2.0)),
+    ("cifar-basic-8", dict(gate="eps", epsilon=0.3, gate_scope="sample",
+                           shortcut="exclusive_gating", gate_bias=-2.0)),
+    ("cifar-basic-14", dict(gate="k", share=True, shortcut="conv1x1")),
     ("mnist-plain-4", dict(gate="k")),
 ])
 def test_gated_models_round_trip_through_dot_keras(tmp_path, arch, options):
@@ -255,47 +266,29 @@ def test_gated_models_round_trip_through_dot_keras(tmp_path, arch, options):
     model = build_model(arch, **options)
     x = rng.normal(size=(3,) + tuple(model.input.shape[1:])).astype(np.float32)
     model(x, training=True)  # move BN statistics and the gate monitors off their initial values
+    for i, gate in enumerate(L.gate_layers(model)):
+        if isinstance(gate, L.ResidualGate):  # k off its initial 1, one of them closed
+            gate.k.assign(-0.5 if i == 1 else 0.3 + 0.2 * i)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     expected, actual = model(x), loaded(x)
     for a, b in zip(tf.nest.flatten(expected), tf.nest.flatten(actual)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert len(L.gate_layers(loaded)) == len(L.gate_layers(model)) > 0
     for a, b in zip(L.gate_layers(model), L.gate_layers(loaded)):
-        assert type(a) is type(b)
+        assert type(a) is type(b) and a.name == b.name
         if isinstance(a, L.EpsilonGate):
             assert float(b.epsilon.numpy()) == float(a.epsilon.numpy())
             assert float(b.discarded_ema.numpy()) == float(a.discarded_ema.numpy())
-
-
-@pytest.mark.parametrize("order", blocks.ORDERS)
-def test_he_et_al_unit_orders(order):
-    rng = np.random.default_rng(5)
-    model = build_model("cifar-basic-8", order=order)
-    unit = model.get_layer("group0_block0_add")
-    probe = keras.Model(model.input, [unit.input[0], model.get_layer("logits").input])
-    residual, features = probe(rng.normal(size=(2, 32, 32, 3)).astype(np.float32))
-    residual_layer = unit.input[0]._keras_history.operation
-    if order in ("original", "relu_preact"):
-        assert isinstance(residual_layer, keras.layers.BatchNormalization)
-    elif order == "relu_before_add":
-        assert isinstance(residual_layer, keras.layers.ReLU)
-        assert residual.numpy().min() >= 0
-    else:  # full pre-activation and BN-after-addition end the residual in a conv
-        assert isinstance(residual_layer, keras.layers.Conv2D)
-    if order == "bn_after_add":
-        assert "group0_block0_out_bn" in [layer.name for layer in model.layers]
-    assert features.shape == (2, 64)
-
-
-def test_constant_scaling_halves_both_branches():
-    rng = np.random.default_rng(6)
-    model = build_model("cifar-basic-8", shortcut="constant_scaling")
-    add = model.get_layer("group0_block0_add")
-    conv2 = model.get_layer("group0_block0_conv2")
-    probe = keras.Model(model.input, [conv2.output, model.get_layer("stem_relu").output, add.output])
-    f, x, out = (t.numpy() for t in probe(rng.normal(size=(2, 32, 32, 3)).astype(np.float32)))
-    np.testing.assert_allclose(out, 0.5 * f + 0.5 * x, rtol=1e-5, atol=1e-6)
+            assert b.scope == a.scope
+        else:
+            assert float(b.k.numpy()) == float(a.k.numpy())
+    # a shared kernel stays one variable used by several units
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
+    for layer in model.layers:
+        if layer.name.endswith("_shared_conv3x3"):
+            assert len(loaded.get_layer(layer.name)._inbound_nodes) == len(layer._inbound_nodes) > 1
 
 
 def test_channels_first_model_agrees_with_channels_last():
@@ -404,3 +397,333 @@ def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(arch, count
             assert not any(n.startswith(f"group{g}_block0_shortcut") for n in names)
     x = np.zeros((1, 32, 32, 3), np.float32)
     assert model(x).shape == (1, 10)
+
+
+# --- ShaResNet sharing defaults (SPEC §4: the parameter counts decide them) ------------
+
+@pytest.mark.parametrize("arch, options, millions", [
+    ("wrn-40-4", {}, 5.85),                   # wide nets: every block but the stage's first
+    ("imagenet-34", {"classes": 1000}, 13.6),  # ImageNet basic nets: every block
+])
+def test_the_other_sharing_setting_misses_the_published_count(arch, options, millions):
+    key, family, args = resolve(arch)
+    default = family.share_first if family.share_first is not None else arch == "imagenet-34"
+    other = trainable(build_model(arch, share=True, share_first=not default, **options))
+    assert not matches_published(other, millions, 0.01), f"{arch}: {other:,} also matches"
+
+
+def test_bottleneck_nets_cannot_share_the_strided_first_3x3():
+    for arch in ("cifar-bottleneck-20", "imagenet-50"):
+        with pytest.raises(UserError, match="all but|every block but"):
+            build_model(arch, share=True, share_first=True, input_shape=(32, 32, 3))
+
+
+# --- side head placement (SPEC §5) -----------------------------------------------------
+
+def _layer_of(tensor):
+    return tensor._keras_history.operation
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_cifar_side_head_is_after_res2_n_over_2_which_is_block_floor_n_over_2(n):
+    # The authors' code attaches it after `res2.{n//2}` (second group, 1-based names): the
+    # 0-based global unit n + n//2, which is ⌊3n/2⌋ = ⌊N/2⌋ for odd and even n alike.
+    model = build_model(f"cifar-basic-{6 * n + 2}", side_head=True)
+    assert _layer_of(model.get_layer("side_head_bn").input).name == f"group1_block{n // 2}_add"
+    assert n + n // 2 == blocks.side_head_index([n] * 3) == (3 * n) // 2
+    assert model.get_layer("side_head_fc").units == 10
+
+
+def test_imagenet_side_head_sits_inside_group_2_at_the_middle_block():
+    from epsresnet_tf.models.imagenet import DEPTHS
+    for depth, (counts, _) in DEPTHS.items():
+        index = blocks.side_head_index(counts)
+        assert index == sum(counts) // 2
+        starts = np.cumsum([0] + counts)
+        group = int(np.searchsorted(starts, index, side="right") - 1)
+        assert group == 2, f"imagenet-{depth}: middle unit {index} is in group {group}"
+    model = build_model("imagenet-34", side_head=True, classes=10, input_shape=(32, 32, 3))
+    # [3, 4, 6, 3]: N = 16, unit 8 = group 2, block 1
+    assert _layer_of(model.get_layer("side_head_bn").input).name == "group2_block1_add"
+
+
+def test_side_head_is_off_by_default_and_costs_a_bn_and_fc_at_its_width():
+    plain = trainable(build_model("cifar-basic-20"))
+    with_side = trainable(build_model("cifar-basic-20", side_head=True))
+    # after group 1 (32 channels): BN γ, β and FC(32 → 10) with bias
+    assert with_side - plain == 2 * 32 + 32 * 10 + 10
+
+
+# --- He et al. 2016 variants against their definitions (seed §3–§4) --------------------
+
+def _randomise_batchnorm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.5, c),
+                               rng.normal(0, 0.5, c), rng.uniform(0.5, 2.0, c)])
+
+
+def _np_bn(layer, v):
+    gamma, beta, mean, var = layer.get_weights()
+    return gamma * (v - mean) / np.sqrt(var + layer.epsilon) + beta
+
+
+def _np_conv(layer, v):
+    return tf.nn.conv2d(v, layer.kernel, 1, "SAME").numpy()
+
+
+def _relu(v):
+    return np.maximum(v, 0)
+
+
+def _unit_probe(model, p, output_layer):
+    """Model from the input to (unit input x, unit output) of an identity-shaped unit."""
+    x = model.get_layer(p + "conv1").input
+    while _layer_of(x).name.startswith(p):  # walk back over the unit's own pre-activation
+        x = _layer_of(x).input
+    return keras.Model(model.input, [x, model.get_layer(output_layer).output])
+
+
+@pytest.mark.parametrize("order", blocks.ORDERS)
+def test_he_et_al_unit_orders_follow_their_definitions(order):
+    """Fig. 4: (a) x_{l+1} = ReLU(x + BN(W2 ReLU(BN(W1 x)))); (b) ReLU(BN(x + W2 ReLU(BN(W1 x))));
+    (c) x + ReLU(BN(W2 ReLU(BN(W1 x)))); (d) x + BN(W2 ReLU(BN(W1 ReLU(x))));
+    (e) x + W2 ReLU(BN(W1 ReLU(BN(x))))."""
+    rng = np.random.default_rng(10)
+    model = build_model("cifar-basic-14", order=order)
+    _randomise_batchnorm(model, rng)
+    p = "group0_block1_"
+    out_name = {"original": "out_relu", "bn_after_add": "out_relu"}.get(order, "add")
+    x, out = (t.numpy() for t in _unit_probe(model, p, p + out_name)(
+        rng.normal(size=(2, 32, 32, 3)).astype(np.float32)))
+    get = model.get_layer
+    w1, w2 = (lambda v: _np_conv(get(p + "conv1"), v)), (lambda v: _np_conv(get(p + "conv2"), v))
+    bn1, bn2 = (lambda v: _np_bn(get(p + "1_bn"), v)), (lambda v: _np_bn(get(p + "2_bn"), v))
+    expected = {
+        "original": lambda: _relu(x + bn2(w2(_relu(bn1(w1(x)))))),
+        "bn_after_add": lambda: _relu(_np_bn(get(p + "out_bn"), x + w2(_relu(bn1(w1(x)))))),
+        "relu_before_add": lambda: x + _relu(bn2(w2(_relu(bn1(w1(x)))))),
+        "relu_preact": lambda: x + bn2(w2(_relu(bn1(w1(_relu(x)))))),
+        "full_preact": lambda: x + w2(_relu(bn1(w1(_relu(_np_bn(get(p + "preact_bn"), x)))))),
+    }[order]()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # the unit has exactly the BNs its definition names: no more, no fewer
+    unit_bns = {layer.name[len(p):] for layer in model.layers
+                if layer.name.startswith(p) and isinstance(layer, keras.layers.BatchNormalization)}
+    assert unit_bns == {"original": {"1_bn", "2_bn"}, "bn_after_add": {"1_bn", "out_bn"},
+                        "relu_before_add": {"1_bn", "2_bn"}, "relu_preact": {"1_bn", "2_bn"},
+                        "full_preact": {"preact_bn", "1_bn"}}[order]
+
+
+def _shortcut_probe(model, p, merge_layer):
+    residual = model.get_layer(p + "conv2").output
+    return _unit_probe(model, p, merge_layer), keras.Model(model.input, residual)
+
+
+@pytest.mark.parametrize("shortcut_scale, residual_scale", [(0.5, 0.5), (0.5, 1.0), (0.0, 1.0)])
+def test_constant_scaling_rows_of_he_et_al_table_1(shortcut_scale, residual_scale):
+    rng = np.random.default_rng(11)
+    model = build_model("cifar-basic-14", shortcut="constant_scaling", order="original",
+                        shortcut_scale=shortcut_scale, residual_scale=residual_scale)
+    p = "group0_block1_"
+    unit, branch = _shortcut_probe(model, p, p + "add")
+    images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    (x, out), f = [t.numpy() for t in unit(images)], branch(images).numpy()
+    f = _np_bn(model.get_layer(p + "2_bn"), f)  # original unit: F ends in BN
+    np.testing.assert_allclose(out, residual_scale * f + shortcut_scale * x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["exclusive_gating", "shortcut_only_gating"])
+def test_sigmoid_gated_shortcuts_in_a_unit(variant):
+    rng = np.random.default_rng(12)
+    model = build_model("cifar-basic-14", shortcut=variant, gate_bias=-6.0)
+    p = "group0_block1_"
+    gate = model.get_layer(p + "shortcut_gate")
+    # every identity-shaped unit is gated, each with the bias initialised to b_g
+    gated = [layer for layer in model.layers if isinstance(layer, L.SigmoidShortcutGate)]
+    assert len(gated) == 4  # 6 units, two of them change shape (option A)
+    for layer in gated:
+        np.testing.assert_array_equal(layer.gate_conv.bias.numpy(), -6.0)
+    w = rng.normal(0, 0.3, size=gate.gate_conv.kernel.shape).astype(np.float32)
+    gate.gate_conv.set_weights([w, rng.normal(0, 0.5, w.shape[-1]).astype(np.float32)])
+    unit, branch = _shortcut_probe(model, p, p + "shortcut_gate")
+    images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    (x, out), f = [t.numpy() for t in unit(images)], branch(images).numpy()
+    _, bias = gate.gate_conv.get_weights()
+    g = 1 / (1 + np.exp(-(_np_conv(gate.gate_conv, x) + bias)))
+    expected = g * f + (1 - g) * x if variant == "exclusive_gating" else f + (1 - g) * x
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv1x1_and_dropout_shortcuts():
+    rng = np.random.default_rng(13)
+    images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    p = "group0_block1_"
+    conv_net = build_model("cifar-basic-14", shortcut="conv1x1")
+    unit, branch = _shortcut_probe(conv_net, p, p + "add")
+    (x, out), f = [t.numpy() for t in unit(images)], branch(images).numpy()
+    np.testing.assert_allclose(out, f + _np_conv(conv_net.get_layer(p + "shortcut_conv"), x),
+                               rtol=1e-4, atol=1e-4)
+
+    drop_net = build_model("cifar-basic-14", shortcut="dropout")
+    assert drop_net.get_layer(p + "shortcut_dropout").rate == 0.5
+    unit, branch = _shortcut_probe(drop_net, p, p + "add")
+    x, out = (t.numpy() for t in unit(images))  # inference: the identity
+    np.testing.assert_allclose(out, branch(images).numpy() + x, rtol=1e-5, atol=1e-5)
+    probe = keras.Model(drop_net.input, [drop_net.get_layer(p + "shortcut_dropout").input,
+                                         drop_net.get_layer(p + "shortcut_dropout").output])
+    x, dropped = (t.numpy() for t in probe(images, training=True))
+    kept = dropped != 0
+    assert 0.4 < kept[x != 0].mean() < 0.6  # each element dropped with probability 0.5 ...
+    np.testing.assert_allclose(dropped[kept], 2 * x[kept], rtol=1e-5)  # ... Keras scales by 1/(1-p)
+
+
+@pytest.mark.parametrize("variant", blocks.SHORTCUTS)
+def test_the_epsilon_gate_stays_on_every_unit_whatever_the_shortcut(variant):
+    model = build_model("cifar-basic-14", gate="eps", epsilon=1e9, shortcut=variant)
+    gates = L.gate_layers(model)
+    assert [g.name for g in gates] == [f"group{g}_block{b}_eps_gate" for g in range(3) for b in range(2)]
+    # a closed gate removes the branch: for identity-shaped units the shortcut variant alone
+    p = "group0_block1_"
+    merge = {"exclusive_gating": "shortcut_gate", "shortcut_only_gating": "shortcut_gate"}.get(variant, "add")
+    probe = keras.Model(model.input, [model.get_layer(p + "eps_gate").output, model.get_layer(p + merge).output])
+    gated, _ = probe(np.ones((1, 32, 32, 3), np.float32), training=True)
+    assert not gated.numpy().any()
+
+
+def test_k_gates_refuse_the_shortcut_variants_that_merge_by_themselves():
+    for variant in blocks.MERGING_SHORTCUTS:
+        with pytest.raises(UserError, match="gate 'k'"):
+            build_model("cifar-basic-8", gate="k", shortcut=variant)
+    for variant in ("conv1x1", "dropout"):
+        assert len(L.gate_layers(build_model("cifar-basic-8", gate="k", shortcut=variant))) == 3
+
+
+# --- wide nets and the MNIST nets ------------------------------------------------------
+
+def test_wide_resnet_dropout_sits_between_the_two_convs():
+    model = build_model("wrn-16-2", dropout=0.3)
+    for g in range(3):
+        for b in range(2):
+            p = f"group{g}_block{b}_"
+            drop = model.get_layer(p + "dropout")
+            assert drop.rate == 0.3
+            assert _layer_of(drop.input).name == p + "1_relu"  # after the second BN-ReLU ...
+            assert model.get_layer(p + "conv2").input is drop.output  # ... before the second conv
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in build_model("wrn-16-2").layers)
+    with pytest.raises(UserError, match="basic units"):
+        build_model("cifar-bottleneck-11", dropout=0.3)
+
+
+def test_mnist_nets_follow_the_gates_paper():
+    plain = build_model("mnist-plain-50")
+    dense = [layer for layer in plain.layers if isinstance(layer, keras.layers.Dense)]
+    assert [d.units for d in dense] == [50] * 51 + [10]
+    stem = plain.get_layer("stem_dense")
+    assert stem.activation is keras.activations.linear  # "a 50-unit linear layer"
+    assert _layer_of(plain.get_layer("group0_block0_1_dense").input) is stem
+    for b in (0, 49):  # plain layers: Dot-BN-ReLU
+        p = f"group0_block{b}_1_"
+        assert _layer_of(plain.get_layer(p + "bn").input).name == p + "dense"
+        assert _layer_of(plain.get_layer(p + "relu").input).name == p + "bn"
+    res = build_model("mnist-res-50")
+    assert model_stats(res)["blocks"] == 25 and model_stats(plain)["blocks"] == 50
+    assert sum(isinstance(layer, keras.layers.Dense) for layer in res.layers) == 52
+    # residual blocks of two such layers: u = F(x) + x
+    rng = np.random.default_rng(14)
+    _randomise_batchnorm(res, rng)
+    images = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
+    add = res.get_layer("group0_block3_add")
+    x, f, out = (t.numpy() for t in keras.Model(res.input, [add.input[1], res.get_layer("group0_block3_2_relu").output, add.output])(images))
+    assert _layer_of(add.input[0]).name == "group0_block3_2_relu"
+    np.testing.assert_allclose(out, f + x, rtol=1e-5, atol=1e-5)
+
+
+def test_mnist_plain_gated_layer_is_g_k_f_plus_one_minus_g_k_x():
+    rng = np.random.default_rng(15)
+    model = build_model("mnist-plain-4", gate="k")
+    gate = model.get_layer("group0_block2_k_gate")
+    gate.k.assign(0.3)
+    probe = keras.Model(model.input, [gate.input[1], gate.input[0], gate.output])
+    x, f, out = (t.numpy() for t in probe(rng.normal(size=(3, 28, 28, 1)).astype(np.float32)))
+    assert _layer_of(gate.input[0]).name == "group0_block2_1_relu"
+    np.testing.assert_allclose(out, 0.3 * f + 0.7 * x, rtol=1e-5, atol=1e-6)
+    gate.k.assign(-1.0)  # g(k) = 0: the layer passes x through
+    np.testing.assert_array_equal(probe(np.ones((1, 28, 28, 1), np.float32))[2].numpy(),
+                                  probe(np.ones((1, 28, 28, 1), np.float32))[0].numpy())
+
+
+# --- weight decay on k, ε changed during fit -------------------------------------------
+
+@pytest.mark.parametrize("k_decay", [0.0, 0.01])
+def test_k_gets_weight_decay_only_when_asked(k_decay):
+    model = build_model("cifar-basic-8", gate="k", weight_decay=2e-4, k_decay=k_decay)
+    model(np.zeros((1, 32, 32, 3), np.float32))
+    gates = L.gate_layers(model)
+    for i, gate in enumerate(gates):
+        gate.k.assign(2.0 + i)
+    kernels = [layer.kernel for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    expected = 2e-4 * 0.5 * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
+    expected += k_decay * sum((2.0 + i) ** 2 for i in range(len(gates)))
+    np.testing.assert_allclose(float(sum(model.losses)), expected, rtol=1e-5)
+
+
+def test_a_callback_changes_epsilon_between_steps_of_one_fit():
+    class CloseGatesAfterFirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                for gate in L.gate_layers(self.model):
+                    gate.epsilon.assign(1e9)
+
+    model = build_model("cifar-basic-8", gate="eps", epsilon=0.0)  # T = 1 at first
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(16).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    model.fit(x, np.arange(8), batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[CloseGatesAfterFirstStep()])
+    for gate in L.gate_layers(model):
+        assert float(gate.gate_value.numpy()) == 0.0  # the second step saw the new ε ...
+        np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05, rtol=1e-5)  # ... the first did not
+
+
+# --- the command line ------------------------------------------------------------------
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("describe", "data", "train", "compress", "evaluate", "report"):
+        assert f"\n    {command} " in text, command
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["describe", "cifar-basic-111"], "6n+2"),
+    (["describe", "wrn-41-4"], "6n+4"),
+    (["describe", "cifar-basic-20", "--gate", "maybe"], "choose from"),
+    (["describe", "cifar-basic-20", "--classes", "0"], "classes must be >= 1"),
+    (["describe"], "arch"),
+])
+def test_describe_bad_input_is_one_line_exit_2(capsys, argv, fragment):
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2 and captured.out == ""
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in captured.err
+
+
+def test_the_installed_command_prints_only_the_one_line_error():
+    # TensorFlow's C++ start-up notices go to stderr before logging is configured; the
+    # command holds them back so the error stays alone.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "epsresnet_tf.cli", "describe", "imagenet-77"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "epsresnet describe: error: invalid depth in 'imagenet-77': "
+        "use imagenet-D with D in 18, 34, 50, 101, 152, 200"]

@@ -112,8 +112,8 @@ def augmentor_list(name, train):
         augs = svhn_train() if train else None
     elif name == "imagenet":
         augs = imagenet_train() if train else imagenet_val()
-    elif name == "mnist":
-        augs = None  # the gates paper trains its MNIST nets on raw pixels
+    elif name in ("mnist", "digits"):
+        augs = None  # the gates paper trains its MNIST nets on raw pixels; digits likewise
     else:
         raise ValueError(name)
     return imgaug.AugmentorList(augs) if augs else None

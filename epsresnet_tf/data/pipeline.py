@@ -18,7 +18,8 @@ Public API (what the training loop calls)::
 The datasets yield ``(images, labels)``: images float32 NHWC (channels last; a
 channels-first model transposes), normalised per SPEC §6 — CIFAR/SVHN ``(x - mean) / 128``
 with the per-pixel mean image, ImageNet ``(x / 255 - (0.485, 0.456, 0.406)) / (0.229,
-0.224, 0.225)`` in RGB, MNIST ``x / 255`` (28×28×1, never augmented); labels int32.
+0.224, 0.225)`` in RGB, MNIST ``x / 255`` (28×28×1, never augmented), scikit-learn's digits
+likewise (8×8×1); labels int32.
 
 Mean image (``mean=``): ``"train"`` (default) is the per-pixel mean of the training split
 (SVHN: train+extra); ``"train+test"`` adds the test split, as tensorpack's
@@ -91,6 +92,7 @@ _INFO = {
     "imagenet": DatasetInfo("imagenet", (224, 224, 3), 1000,
                             {"train": 1281167, "val": 50000}, eval_split="val"),
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10, {"train": 60000, "test": 10000}),
+    "digits": DatasetInfo("digits", (8, 8, 1), 10, {"train": 1437, "test": 360}),
 }
 
 

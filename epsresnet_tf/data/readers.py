@@ -14,6 +14,7 @@ imagenet     ``<root>/imagenet/train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or f
              class order: ``synsets.txt`` if present, else the sorted train/ folders, else
              the sorted leaf synsets of ``meta.mat`` (the same order on the full dataset)
 mnist        ``<root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
+digits       none: scikit-learn's 8×8 handwritten digits ship inside that package
 ===========  ==========================================================================
 
 The data root defaults to ``$EPSRESNET_DATA`` or ``data`` (:func:`default_data_dir`), the
@@ -38,7 +39,7 @@ import numpy as np
 
 from epsresnet_tf.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "svhn", "imagenet", "mnist")
+DATASETS = ("cifar10", "cifar100", "svhn", "imagenet", "mnist", "digits")
 
 
 def default_data_dir():
@@ -57,6 +58,7 @@ HOW_TO_GET = {
     "imagenet": "put the ILSVRC-2012 train/ and val/ folders there by hand (see data/README.md)",
     "mnist": "put the four MNIST IDX files (train-/t10k- images/labels, gzipped or not) there "
              "(see data/README.md)",
+    "digits": "it ships with scikit-learn: pip install scikit-learn",
 }
 
 
@@ -276,6 +278,30 @@ def read_mnist(root, split):
                      [str(i) for i in range(10)], str(folder))
 
 
+# ----------------------------------------------------------------------------- digits
+
+#: scikit-learn's digits have no official split: the first 1,437 images (80 %) train, the
+#: last 360 test (the classes cycle through the file, so both splits hold every digit).
+DIGITS_TRAIN = 1437
+
+
+def read_digits(split):
+    """scikit-learn's 1,797 handwritten digits (8×8, UCI optdigits), read from the copy the
+    package ships, so `make demo` needs no download. Pixels 0–16 are scaled to uint8 0–255."""
+    if split not in ("train", "test"):
+        raise UserError(f"digits has splits train and test, not {split!r}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError(f"digits: scikit-learn is not installed; {HOW_TO_GET['digits']}") from None
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int32)
+    part = slice(None, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return ArrayData(np.ascontiguousarray(images[part]), labels[part], 10,
+                     [str(i) for i in range(10)], "sklearn.datasets.load_digits")
+
+
 # ----------------------------------------------------------------------------- ImageNet
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
@@ -418,6 +444,8 @@ def read_split(name, split, data_dir, *, label="fine"):
     """Read one split of dataset `name` under `data_dir` (see the module docstring)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":          # embedded: `data_dir` plays no part
+        return read_digits(split)
     data_dir = Path(os.path.expanduser(str(data_dir)))
     if not data_dir.exists():
         raise _missing(name, data_dir)

@@ -202,6 +202,26 @@ def make_strategy(gpus):
     return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
 
 
+def global_batch_size(cfg, replicas):
+    """SPEC §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
+    split over the GPUs). UserError if the total does not split evenly."""
+    total = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
+    if total % replicas:
+        raise UserError(f"batch {total} does not split over {replicas} replicas")
+    return total
+
+
+def make_optimizer(cfg):
+    """SGD with momentum 0.9 (Nesterov on ImageNet), or Nadam for the gates paper's MNIST
+    nets (SPEC §3, §6); the lr starts at the schedule's first value."""
+    import keras
+    first_lr = cfg["lr_schedule"][0][1]
+    if cfg["optimizer"] == "nadam":
+        return keras.optimizers.Nadam(first_lr)
+    return keras.optimizers.SGD(first_lr, momentum=cfg["momentum"],
+                                nesterov=cfg["optimizer"] == "nesterov")
+
+
 # --- the training model ------------------------------------------------------------------
 
 def _training_model_class():
@@ -354,10 +374,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     folder = RunFolder(run_dir)
     if strategy is None:
         strategy = make_strategy(cfg["gpus"])   # UserError before anything is written
-    replicas = strategy.num_replicas_in_sync
-    global_batch = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
-    if global_batch % replicas:
-        raise UserError(f"batch {global_batch} does not split over {replicas} replicas")
+    global_batch = global_batch_size(cfg, strategy.num_replicas_in_sync)
     if sources is None:
         sources = default_sources(cfg, data_dir, global_batch)   # missing data fails here
     train_src, val_src = sources
@@ -387,13 +404,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
                           **options)
         model = _training_model_class()(net, cfg["side_weight"], cfg["wd_decay_every"],
                                         cfg["wd_decay_factor"], cfg["top5"])
-        first_lr = cfg["lr_schedule"][0][1]
-        if cfg["optimizer"] == "nadam":
-            opt = keras.optimizers.Nadam(first_lr)
-        else:
-            opt = keras.optimizers.SGD(first_lr, momentum=cfg["momentum"],
-                                       nesterov=cfg["optimizer"] == "nesterov")
-        model.compile(optimizer=opt, jit_compile=bool(cfg["xla"]))
+        model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]))
         model.optimizer.build(net.trainable_variables)
 
     if cfg["adaptive_schedule"] and cfg["gate"] == "eps":

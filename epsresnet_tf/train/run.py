@@ -5,6 +5,9 @@ from pathlib import Path
 
 from epsresnet_tf.errors import UserError
 
+#: Datasets that ship inside a dependency: --data-dir plays no part.
+EMBEDDED = ("digits",)
+
 
 def _number(text, flag, kind, low):
     """Flags are parsed here rather than by argparse, so a bad value is one UserError line."""
@@ -45,7 +48,8 @@ def register(subparsers):
     p.add_argument("--val-steps", 
                    help="cap on validation batches per epoch; 0 skips validation")
     p.add_argument("--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"),
-                   help="folder with the dataset files (default: $EPSRESNET_DATA or ./data)")
+                   help="folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
+                        "unused by the demo's digits, which scikit-learn ships)")
     p.add_argument("--out", default="runs", help="parent of the run folder (default: runs)")
     p.add_argument("--name", help="run folder name (default: recipe name + overrides)")
     p.add_argument("--gpus", default="0",
@@ -81,7 +85,7 @@ def main(args):
     if args.name:
         name = cfg["name"] = args.name
     data_dir = Path(args.data_dir)
-    if not data_dir.exists():
+    if cfg["dataset"] not in EMBEDDED and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
     from epsresnet_tf.train.loop import run_training
     result = run_training(cfg, Path(args.out) / name, data_dir, verbose=2 if args.quiet else 1)
