@@ -37,17 +37,22 @@ sys.path.insert(0, str(ROOT))
 
 STEPS = {20: 10, 56: 4, 110: 3}     # timed steps per round at batch 128
 LEVERS = [  # (label, extra environment, extra `bench train` arguments)
-    ("fit (Keras default step)", {}, ["--loop", "fit", "--no-jit"]),
-    ("fit, jit_compile=True", {}, ["--loop", "fit", "--jit"]),
+    ("fit, graph (the default)", {}, ["--loop", "fit", "--no-jit"]),
+    ("fit, Keras BatchNormalization (not fused)", {}, ["--loop", "fit", "--no-jit", "--keras-bn"]),
+    ("fit, jit_compile=True (XLA)", {}, ["--loop", "fit", "--jit"]),
+    ("fit, XLA, Keras BatchNormalization", {}, ["--loop", "fit", "--jit", "--keras-bn"]),
     ("fit, steps_per_execution=5", {}, ["--loop", "fit", "--no-jit", "--steps-per-execution", "5"]),
-    ("fit, jit, steps_per_execution=5", {}, ["--loop", "fit", "--jit", "--steps-per-execution", "5"]),
     ("custom tf.function step", {}, ["--loop", "custom", "--no-jit"]),
-    ("custom tf.function step, jit", {}, ["--loop", "custom", "--jit"]),
+    ("custom tf.function step, XLA", {}, ["--loop", "custom", "--jit"]),
     ("fit, TF_ENABLE_ONEDNN_OPTS=0", {"TF_ENABLE_ONEDNN_OPTS": "0"}, ["--loop", "fit", "--no-jit"]),
-    ("custom, jit, TF_ENABLE_ONEDNN_OPTS=0", {"TF_ENABLE_ONEDNN_OPTS": "0"}, ["--loop", "custom", "--jit"]),
+    ("fit, oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)", {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+     ["--loop", "fit", "--no-jit"]),
     ("default, inter-op threads 1", {}, ["--inter-threads", "1"]),
     ("default, intra-op threads 1", {}, ["--intra-threads", "1"]),
     ("default, channels_first (needs --jit on CPU)", {}, ["--data-format", "channels_first", "--jit"]),
+    # the plain Keras `fit` of issue 6's PyTorch comparison, on the network compared
+    ("cifar-basic-110: fit, Keras BatchNormalization", {},
+     ["cifar-basic-110", "--loop", "fit", "--no-jit", "--keras-bn"]),
 ]
 
 
@@ -117,7 +122,9 @@ def lever_rows(quiet_wait, steps=10):
     for label, env, extra in LEVERS:
         idle = wait_quiet(quiet_wait)
         load = load1()
-        res = bench_cli(["cifar-basic-20", "--steps", str(steps), "--warmup", "3",
+        arch, extra = (extra[0], extra[1:]) if not extra[0].startswith("--") else ("cifar-basic-20", extra)
+        n = steps if arch == "cifar-basic-20" else 3
+        res = bench_cli([arch, "--steps", str(n), "--warmup", "2",
                          "--repeats", "2", *extra], env)
         log(f"lever {label}: " + (f"{res['img_s_best']:.1f} img/s" if isinstance(res, dict) else res))
         rows.append((label, env, extra, res, idle, load))
@@ -246,16 +253,22 @@ includes this suite's own previous measurement.
                     f"peak; load {torch['load_before']:.2f}).")
             if tf110:
                 ours = tf110["none"]["img_s_best"]
-                line += (f" Keras here: {ours:.1f} img/s, {100 * ours / torch['img_s']:.0f}% "
-                         f"of PyTorch.")
+                line += (f" Keras here (the table above, no gate): {ours:.1f} img/s, "
+                         f"**{100 * ours / torch['img_s']:.0f}% of PyTorch**.")
+            plain = [r for label, _, extra, r, _, _ in levers
+                     if extra and extra[0] == "cifar-basic-110" and isinstance(r, dict)]
+            if plain:
+                line += (f" A plain Keras `fit` of it (Keras's unfused BatchNormalization): "
+                         f"{plain[0]['img_s_best']:.1f} img/s.")
             out.append(line)
     else:
         out.append("\nPyTorch reference: not run (`make bench TORCH_PYTHON=/path/to/python` "
                    "with torch installed outside the project's venv).")
     if levers:
         out.append("""
-Levers on cifar-basic-20, batch 128, each its own `epsresnet bench train --json` process
-(10 timed steps after 3 warm-up, best of 2 rounds):
+Levers on cifar-basic-20 (the last row: cifar-basic-110), batch 128, no gate, each its own
+`epsresnet bench train --json` process (10 timed steps, 3 on -110, after 2 warm-up; best of
+2 rounds):
 
 | configuration | arguments | img/s | speed vs first row | load |
 |---|---|---|---|---|""")
@@ -263,9 +276,11 @@ Levers on cifar-basic-20, batch 128, each its own `epsresnet bench train --json`
         for label, env, extra, res, idle, load in levers:
             args = " ".join([f"{k}={v}" for k, v in env.items()] + extra)
             if isinstance(res, dict):
+                other_net = extra and not extra[0].startswith("--")
                 first = first or res["img_s_best"]
+                ratio = "—" if other_net else f"{res['img_s_best'] / first:.2f}×"
                 out.append(f"| {label} | `{args}` | {res['img_s_best']:.1f} | "
-                           f"{res['img_s_best'] / first:.2f}× | {load:.2f} |")
+                           f"{ratio} | {load:.2f} |")
             else:
                 out.append(f"| {label} | `{args}` | fails: {res} | | {load:.2f} |")
     out.append("\nWhere the time goes: docs/PROFILE.md.")

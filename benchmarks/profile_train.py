@@ -12,6 +12,9 @@ best of `repeats`) the following compiled functions:
   fwd_infer forward with training=False
   conv_only the same convolutions in a plain chain (no BN, ReLU, shortcuts, gates):
             forward + backward + update; the floor the convolutions set
+  full_keras_bn, fwd_train_keras_bn
+            the same network with Keras's own (unfused) BatchNormalization instead of
+            the fused kernel the models use
 
 Differences give the optimizer's share (full - grads), the backward pass (grads -
 fwd_train) and the non-convolution work (full - conv_only). Each is reported as ms/step,
@@ -102,6 +105,7 @@ def main(argv=None):
 
     jits = {"both": (True, False), "on": (True,), "off": (False,)}[args.jit]
     model = bench.build(args.arch, "eps")
+    unfused = bench.build(args.arch, "eps", fused_bn=False)
     chain = conv_chain(args.arch)
     macs = model_stats(model)["macs"]
     x, y = bench.synthetic_batch(model, args.batch)
@@ -111,6 +115,9 @@ def main(argv=None):
         for name, fn in functions(model, x, y, jit).items():
             fns[f"{tag}/{name}"] = fn
         fns[f"{tag}/conv_only"] = functions(chain, x, y, jit)["full"]
+        keras_bn = functions(unfused, x, y, jit)
+        fns[f"{tag}/full_keras_bn"] = keras_bn["full"]
+        fns[f"{tag}/fwd_train_keras_bn"] = keras_bn["fwd_train"]
     for name, fn in fns.items():      # trace, compile, warm up
         fn().numpy()
         fn().numpy()

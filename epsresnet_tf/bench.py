@@ -33,8 +33,8 @@ from epsresnet_tf.errors import UserError
 #: The fastest combination measured on the 2-core CPU this project benchmarks on
 #: (BENCHMARKS.md "## Training throughput", docs/PROFILE.md); `bench train` defaults.
 CPU_DEFAULTS = {
-    "loop": "custom",
-    "jit_compile": True,
+    "loop": "fit",
+    "jit_compile": False,   # XLA's CPU convolutions are AVX2 Eigen; oneDNN's use AVX-512/AMX
     "steps_per_execution": 1,
     "data_format": "channels_last",
 }
@@ -122,7 +122,7 @@ def _quiet_gate_class():
         """An EpsilonGate with the discard monitor off: identical forward pass and
         gradient, no monitor-variable updates (benchmarks only; not registered)."""
 
-        def _update_monitors(self, magnitude, peak, gate):
+        def _update_monitors(self, f, peak, gate):
             return None
 
     del keras
@@ -156,10 +156,26 @@ def configure_threads(intra=None, inter=None):
         raise UserError(f"thread settings must come before TensorFlow starts: {err}") from err
 
 
+def unfuse_batchnorm(model):
+    """Turn every FusedBatchNormalization of `model` back into Keras's own
+    BatchNormalization, in place (weights kept), to measure what the fused kernel buys.
+    Must run before the model is traced. Returns the number of layers changed."""
+    import keras
+
+    from epsresnet_tf.layers import FusedBatchNormalization
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, FusedBatchNormalization):
+            layer.__class__ = keras.layers.BatchNormalization
+            n += 1
+    return n
+
+
 def build(arch, gate="none", *, epsilon=2.5, monitor=True, data_format="channels_last",
-          mixed_precision=False, input_shape=None, classes=10, seed=0):
+          mixed_precision=False, input_shape=None, classes=10, seed=0, fused_bn=True):
     """The network to time: `build_model` with the gate, the monitor possibly off, under
-    the mixed_float16 policy if asked (the global policy is restored afterwards)."""
+    the mixed_float16 policy if asked (the global policy is restored afterwards), with
+    Keras's unfused BatchNormalization if `fused_bn` is False."""
     import keras
 
     from epsresnet_tf.models import build_model
@@ -176,6 +192,8 @@ def build(arch, gate="none", *, epsilon=2.5, monitor=True, data_format="channels
         keras.mixed_precision.set_global_policy(old)
     if gate == "eps" and not monitor:
         disable_monitors(model)
+    if not fused_bn:
+        unfuse_batchnorm(model)
     return model
 
 
@@ -308,7 +326,8 @@ def _checked(run, steps):
 
 def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop=None,
                      jit_compile=None, steps_per_execution=None, data_format=None,
-                     mixed_precision=False, input_shape=None, classes=10, log=None):
+                     mixed_precision=False, input_shape=None, classes=10, fused_bn=True,
+                     log=None):
     """Time several network variants in one process, interleaved round by round (so slow
     drifts of a shared machine hit each alike). `variants` maps a label to
     dict(arch=, gate=, monitor=) and optionally loop=, jit_compile=, steps_per_execution=
@@ -326,7 +345,7 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
         model = build(v["arch"], v.get("gate", "none"), monitor=v.get("monitor", True),
                       epsilon=v.get("epsilon", 2.5), data_format=data_format,
                       mixed_precision=mixed_precision, input_shape=input_shape,
-                      classes=classes)
+                      classes=classes, fused_bn=fused_bn)
         stats[label] = model_stats(model)
         opts[label] = dict(loop=v.get("loop", loop),
                            jit_compile=bool(v.get("jit_compile", jit_compile)),
@@ -359,6 +378,7 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
             "batch": batch, "steps": steps, "warmup": warmup, "repeats": repeats,
             **opts[label],
             "data_format": data_format, "mixed_precision": bool(mixed_precision),
+            "fused_bn": bool(fused_bn),
             "img_s": img_s, "img_s_best": max(rates[label]), "img_s_runs": rates[label],
             "step_ms": 1000.0 * batch / img_s,
             "macs": macs, "train_gflop_per_img": gflop_img, "gflop_s": img_s * gflop_img,
@@ -393,7 +413,7 @@ def bench_train(args):
         args.arch, args.gate, monitor=not args.no_monitor, batch=args.batch, steps=args.steps,
         warmup=args.warmup, repeats=args.repeats, loop=args.loop, jit_compile=args.jit,
         steps_per_execution=args.steps_per_execution, data_format=args.data_format,
-        mixed_precision=args.mixed_precision)
+        mixed_precision=args.mixed_precision, fused_bn=not args.keras_bn)
     result.update(intra_threads=args.intra_threads, inter_threads=args.inter_threads,
                   onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"), **versions())
     if args.json:
@@ -407,7 +427,8 @@ def bench_train(args):
               f"({result['step_ms']:.0f} ms/step), {result['gflop_s']:.1f} GFLOP/s{peak} "
               f"[loop={result['loop']} jit={result['jit_compile']} "
               f"spe={result['steps_per_execution']} {result['data_format']}"
-              + (" mixed_float16" if args.mixed_precision else "") + "]")
+              + (" mixed_float16" if args.mixed_precision else "")
+              + (" keras-bn" if args.keras_bn else "") + "]")
 
 
 def register(subparsers):
@@ -443,6 +464,9 @@ def register(subparsers):
                    help=f"conv layout (default {CPU_DEFAULTS['data_format']}; channels_first is for GPUs)")
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 policy (float16 compute, float32 variables, loss scaling)")
+    p.add_argument("--keras-bn", action="store_true",
+                   help="Keras's own BatchNormalization instead of the fused kernel the "
+                        "models use (to measure what fusing buys)")
     p.add_argument("--intra-threads", type=_positive, default=None,
                    help="TensorFlow intra-op threads (default: TensorFlow's, = cores)")
     p.add_argument("--inter-threads", type=_positive, default=None,
