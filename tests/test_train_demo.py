@@ -17,8 +17,12 @@ def demo_commands(out):
     """The `epsresnet` command lines `make demo OUT=out` runs, read from the Makefile."""
     text = subprocess.run(["make", "-n", "-o", "install", "demo", f"OUT={out}"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout
-    return [shlex.split(line)[1:] for line in text.splitlines()
-            if shlex.split(line or "x")[0].endswith("bin/epsresnet")]
+    commands = []
+    for line in text.splitlines():
+        words = [w for w in shlex.split(line) if "=" not in w or w.startswith("-")]  # no VAR=value
+        if words and words[0].endswith("bin/epsresnet"):
+            commands.append(words[1:])
+    return commands
 
 
 def test_make_demo_is_train_compress_ablate_report_with_nothing_to_download(tmp_path):
