@@ -166,3 +166,47 @@ def test_weight_decay_factor_in_graph_follows_the_staircase():
     for step in (0, 479_999, 480_000, 960_000, 1_500_000):
         model.optimizer.iterations.assign(step)
         assert float(model.wd_scale()) == pytest.approx(weight_decay_factor(step), rel=1e-6)
+
+
+class _Synthetic:
+    """A tiny in-memory source (the loop's source interface), the same batches every epoch."""
+    image_shape, num_classes, num_batches = (8, 8, 3), 10, 3
+
+    def batches(self, epoch):
+        rng = np.random.default_rng(0)
+        for _ in range(self.num_batches):
+            yield (rng.normal(size=(8, 8, 8, 3)).astype(np.float32) * 2,
+                   rng.integers(0, 10, 8).astype(np.int32))
+
+    def normalise_np(self, x):
+        return x
+
+
+def test_the_gpu_settings_train_on_cpu_with_float32_gates(tmp_path):
+    # --mixed-precision and --xla are the GPU path (issue 6); on CPU the same code runs:
+    # mixed_float16 layers, float32 gates and logits, an XLA-compiled step, finite losses.
+    import keras
+    import tensorflow as tf
+
+    from epsresnet_tf import layers as L
+    cfg = resolve_config({"arch": "cifar-basic-8", "epochs": 2, "batch_size": 8, "val_steps": 0,
+                          "histogram_every": 0, "epsilon": 0.5, "mixed_precision": True,
+                          "xla": True, "lr_schedule": [[0, 0.02]]})
+    try:
+        result = run_training(cfg, tmp_path / "gpu-settings", sources=(_Synthetic(), None),
+                              strategy=tf.distribute.get_strategy(), verbose=0)
+        assert result["status"] == "done"
+        rows = result["history"]
+        assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+        model = keras.saving.load_model(tmp_path / "gpu-settings" / "model.keras")
+        convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+        assert convs and all(c.compute_dtype == "float16" for c in convs)
+        gates = [g for g in L.gate_layers(model) if isinstance(g, L.EpsilonGate)]
+        # the gate computes T in float32 (test_layers checks the arithmetic); its ε and
+        # monitors are float32 variables, and they moved during the mixed-precision run
+        assert gates and all(g.epsilon.dtype == g.gate_value.dtype == "float32" for g in gates)
+        assert all(np.isfinite(float(g.response_max.numpy())) and float(g.response_max.numpy()) > 0
+                   for g in gates)
+        assert model.get_layer("logits").compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
