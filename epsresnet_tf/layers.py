@@ -140,14 +140,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Why: Keras 3 builds training-mode BN from `moments` and elementwise ops, several passes
     over each activation forward and more backward; `FusedBatchNormV3` and its gradient are
     one kernel each (oneDNN on CPU, cuDNN on GPU), the largest single speed-up of a CPU
-    training step here (docs/PROFILE.md). Inference, non-4-D inputs and other backends use
-    the Keras layer unchanged. Moving statistics, weights and config are Keras's, so the
+    training step here (docs/PROFILE.md). Inference, non-4-D inputs, a BN without scale or
+    centre, and other backends use the Keras layer unchanged. Moving statistics, weights and config are Keras's, so the
     two layers are interchangeable in a saved model.
     """
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
-                or keras.backend.backend() != "tensorflow":
+                or not (self.scale and self.center) or keras.backend.backend() != "tensorflow":
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
         axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
