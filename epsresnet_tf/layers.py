@@ -104,13 +104,9 @@ class EpsilonGate(keras.layers.Layer):
             gate = ops.stop_gradient(gate)
         if training:
             self._update_monitors(f32, peak, gate)
-        if self.scope == "batch":
-            # S(F) = T F with a scalar T that is almost always exactly 1 (open) or 0: an
-            # open gate passes F through instead of multiplying it by 1.0 (the same values,
-            # one pass over F less forward and backward). At T = 1 dT/dF is 0, so the
-            # gradient is T's in either branch.
-            return ops.cond(ops.equal(gate, 1.0), lambda: ops.copy(residual),
-                            lambda: ops.cast(gate, residual.dtype) * residual)
+        # A plain product even though T is almost always exactly 0 or 1: passing F through
+        # under `cond` when T = 1 was measured slower on CPU (cond's gradient makes the
+        # untaken branch emit zeros the size of F; docs/PROFILE.md).
         return ops.cast(gate, residual.dtype) * residual
 
     def _update_monitors(self, f, peak, gate):
