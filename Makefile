@@ -113,7 +113,7 @@ bench-inference: install
 # Training throughput (cifar-basic-20/56/110, gate none / eps / eps without monitor), the
 # speed levers, the data pipeline and (if its script exists) inference; rewrites only their
 # sections of BENCHMARKS.md. TORCH_PYTHON=/path/to/python (torch installed outside .venv)
-# adds the PyTorch reference. Takes about 20 minutes on 2 cores (it waits for an idle CPU).
+# adds the PyTorch reference. Takes about 25 minutes on 2 cores (it waits for an idle CPU).
 .PHONY: bench
 TORCH_PYTHON ?=
 

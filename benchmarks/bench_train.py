@@ -1,7 +1,7 @@
 """Training throughput suite of `make bench`; writes BENCHMARKS.md's header block,
 "## Training throughput" and "## GPU" (issue 6).
 
-    .venv/bin/python benchmarks/bench_train.py [--archs 20,56,110] [--repeats 3]
+    .venv/bin/python benchmarks/bench_train.py [--archs 20,56,110] [--repeats 5]
         [--no-levers] [--torch-python PATH] [--quiet-wait 300] [--no-write]
         [--json-out PATH] [--from-json PATH]
 
@@ -183,6 +183,12 @@ def pct(a, b):
     return f"{100 * (a / b - 1):+.1f}%"
 
 
+def round_pct(faster, slower):
+    """Median over rounds of the step-time ratio of two variants timed in the same round."""
+    import statistics
+    return pct(statistics.median(f / s for f, s in zip(faster, slower)), 1.0)
+
+
 def header_body(machine, vers, peak, today):
     from epsresnet_tf import bench
     name, cores, ghz, isa = machine
@@ -226,13 +232,18 @@ includes this suite's own previous measurement.
                        f"{100 * share:.0f}% | {'—' if key == 'none' else pct(base, best)} | "
                        f"{r['load_before']:.2f} |")
     out.append("")
-    out.append("Overheads as step-time ratios (best rounds; target ≤ 2% each). Rounds of "
-               "one variant differ by a few percent on this shared machine, so differences "
-               "of 1–3% are at the level of the noise:")
+    out.append("Overheads as step-time ratios (target ≤ 2% each): first from the best rounds, "
+               "then [in brackets] the median over rounds of the ratio within one round — "
+               "the variants of a round run back to back, so this one is less exposed to the "
+               "shared machine's drift. Rounds of one variant differ by a few percent here, "
+               "so differences of 1–3% are at the level of the noise:")
     for depth, res in rows.items():
         none, quiet, eps = (res[k]["img_s_best"] for k in ("none", "eps_quiet", "eps"))
-        out.append(f"- cifar-basic-{depth}: ε-gate without monitor {pct(none, quiet)} step "
-                   f"time, monitor on top {pct(quiet, eps)}, together {pct(none, eps)}.")
+        r_none, r_quiet, r_eps = (res[k]["img_s_runs"] for k in ("none", "eps_quiet", "eps"))
+        out.append(f"- cifar-basic-{depth}: ε-gate without monitor {pct(none, quiet)} "
+                   f"[{round_pct(r_none, r_quiet)}] step time, monitor on top "
+                   f"{pct(quiet, eps)} [{round_pct(r_quiet, r_eps)}], together "
+                   f"{pct(none, eps)} [{round_pct(r_none, r_eps)}].")
     if pipeline and 20 in rows:
         use = rows[20]["eps"]["img_s_best"]
         out.append(f"\nData pipeline (\"## Data pipeline\", `make bench-data`): "
@@ -304,14 +315,16 @@ say nothing about GPU speed. To fill this section, run on a GPU machine:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="20,56,110")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-levers", action="store_true")
     ap.add_argument("--torch-python", default=os.environ.get("TORCH_PYTHON") or None)
     ap.add_argument("--quiet-wait", type=float, default=300,
                     help="seconds to wait for an idle CPU before each measurement")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--json-out", default=None, help="also dump the raw results here")
+    ap.add_argument("--json-out", default=str(ROOT / "benchmarks" / "last-train.json"),
+                    help="also dump the raw results here (default benchmarks/last-train.json, "
+                         "git-ignored; --from-json re-renders BENCHMARKS.md from it)")
     ap.add_argument("--from-json", default=None,
                     help="write BENCHMARKS.md from a saved --json-out instead of measuring")
     args = ap.parse_args(argv)
