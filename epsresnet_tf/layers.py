@@ -104,9 +104,9 @@ class EpsilonGate(keras.layers.Layer):
             gate = ops.stop_gradient(gate)
         if training:
             self._update_monitors(f32, peak, gate)
-        # A plain product even though T is almost always exactly 0 or 1: passing F through
-        # under `cond` when T = 1 was measured slower on CPU (cond's gradient makes the
-        # untaken branch emit zeros the size of F; docs/PROFILE.md).
+        if self.scope == "batch" and not self.gate_gradient \
+                and keras.backend.backend() == "tensorflow":
+            return _scaled_by_scalar_gate(residual, gate)
         return ops.cast(gate, residual.dtype) * residual
 
     def _update_monitors(self, f, peak, gate):
@@ -126,6 +126,27 @@ class EpsilonGate(keras.layers.Layer):
         config.update(epsilon=self.initial_epsilon, scope=self.scope, sharpness=self.sharpness,
                       gate_gradient=self.gate_gradient, monitor_decay=self.monitor_decay)
         return config
+
+
+def _scaled_by_scalar_gate(residual, gate):
+    """T F for a scalar T (constant for differentiation, so dS/dF = T), without a pass over
+    F when T is exactly 1 — an open gate, almost every step of almost every block: forward
+    and backward each pass the tensor through instead of multiplying it by 1.0 (the same
+    values). The gradient is our own because the gradient of a plain `cond` makes its
+    untaken branch emit zeros the size of F, which costs what it saves (docs/PROFILE.md)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def scaled(f):
+        is_open = tf.equal(gate, 1.0)
+        t = tf.cast(gate, f.dtype)
+
+        def grad(upstream):
+            return tf.cond(is_open, lambda: tf.identity(upstream), lambda: t * upstream)
+
+        return tf.cond(is_open, lambda: tf.identity(f), lambda: t * f), grad
+
+    return scaled(residual)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
