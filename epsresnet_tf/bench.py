@@ -22,6 +22,7 @@ Two training loops: "fit" is Keras `compile`/`fit` (a compiled train function; t
 taken between batch-end callbacks, so fit's start-up is not counted) and "custom" is a
 hand-written `tf.function` step over the same Keras 3 layers, loss and optimizer.
 """
+import functools
 import json
 import os
 import platform
@@ -54,11 +55,6 @@ def vector_isa(flags):
     if "avx2" in flags and "fma" in flags:
         return "avx2"
     return "sse"
-
-
-def cpu_info():
-    """(model name, cores usable by this process, clock in GHz or None)."""
-    return cpu_details()[:3]
 
 
 def cpu_details():
@@ -113,9 +109,8 @@ def versions():
 
 # --- the monitor-off gate -----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def _quiet_gate_class():
-    import keras
-
     from epsresnet_tf.layers import EpsilonGate
 
     class QuietEpsilonGate(EpsilonGate):
@@ -125,21 +120,34 @@ def _quiet_gate_class():
         def _update_monitors(self, f, peak, gate):
             return None
 
-    del keras
     return QuietEpsilonGate
 
 
-def disable_monitors(model):
-    """Turn every EpsilonGate of `model` into a QuietEpsilonGate, in place (weights kept).
-    Must run before the model is traced. Returns the number of gates changed."""
-    from epsresnet_tf.layers import EpsilonGate
-    quiet = _quiet_gate_class()
+def _swap_layer_class(model, old, new):
+    """Give every `old` layer of `model` (not already a `new`) the class `new`, in place:
+    weights and config are kept, only `call` changes. Must run before the model is traced
+    (benchmark variants only). Returns the number of layers changed."""
     n = 0
     for layer in model.layers:
-        if isinstance(layer, EpsilonGate) and not isinstance(layer, quiet):
-            layer.__class__ = quiet
+        if isinstance(layer, old) and not isinstance(layer, new):
+            layer.__class__ = new
             n += 1
     return n
+
+
+def disable_monitors(model):
+    """Turn every EpsilonGate of `model` into a QuietEpsilonGate (see _swap_layer_class)."""
+    from epsresnet_tf.layers import EpsilonGate
+    return _swap_layer_class(model, EpsilonGate, _quiet_gate_class())
+
+
+def unfuse_batchnorm(model):
+    """Turn every FusedBatchNormalization of `model` back into Keras's own
+    BatchNormalization, to measure what the fused kernel buys (see _swap_layer_class)."""
+    import keras
+
+    from epsresnet_tf.layers import FusedBatchNormalization
+    return _swap_layer_class(model, FusedBatchNormalization, keras.layers.BatchNormalization)
 
 
 # --- one configuration --------------------------------------------------------------------
@@ -154,21 +162,6 @@ def configure_threads(intra=None, inter=None):
             tf.config.threading.set_inter_op_parallelism_threads(int(inter))
     except RuntimeError as err:  # the runtime is already initialised
         raise UserError(f"thread settings must come before TensorFlow starts: {err}") from err
-
-
-def unfuse_batchnorm(model):
-    """Turn every FusedBatchNormalization of `model` back into Keras's own
-    BatchNormalization, in place (weights kept), to measure what the fused kernel buys.
-    Must run before the model is traced. Returns the number of layers changed."""
-    import keras
-
-    from epsresnet_tf.layers import FusedBatchNormalization
-    n = 0
-    for layer in model.layers:
-        if isinstance(layer, FusedBatchNormalization):
-            layer.__class__ = keras.layers.BatchNormalization
-            n += 1
-    return n
 
 
 def build(arch, gate="none", *, epsilon=2.5, monitor=True, data_format="channels_last",
