@@ -253,8 +253,20 @@ def classifier(x, factory, name, activate=True):
 
 
 def side_head_index(blocks_per_group):
-    """Global 0-based index of the unit after which the side head sits: ⌊N/2⌋ (SPEC §5)."""
+    """Global 0-based index of the unit after which the side head sits in the CIFAR/SVHN
+    nets: the authors' `res2.{n//2}`, i.e. unit n + n//2 = ⌊N/2⌋ (docs/semantics.md,
+    "Side head")."""
     return sum(blocks_per_group) // 2
+
+
+def imagenet_side_head_index(blocks_per_group):
+    """The ImageNet script's place: block `sum(defs)//2 - sum(defs[:2]) - 1` of group 2
+    (Python 2 integer division), so the global unit ⌊N/2⌋ − 1: group2/block8 of
+    ResNet-101, group2/block13 of ResNet-152 (docs/semantics.md, "Side head"). None where
+    that block index is negative (ResNet-18: 8//2 - 4 - 1 = -1): the script attaches no
+    side head there, and neither do we."""
+    in_group = sum(blocks_per_group) // 2 - sum(blocks_per_group[:2]) - 1
+    return sum(blocks_per_group[:2]) + in_group if in_group >= 0 else None
 
 
 def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, preact):
@@ -274,7 +286,8 @@ def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, p
 
 
 def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_stride,
-                   dim_shortcut, first_unit_activated, share_first, first_removed=()):
+                   dim_shortcut, first_unit_activated, share_first, first_removed=(),
+                   side_head_at=side_head_index):
     """All groups of units. Returns (output, side_tensor or None).
 
     dim_shortcut: shortcut where shapes change ("projection" or "pool_pad").
@@ -283,9 +296,10 @@ def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_st
     first_removed: groups whose original first unit was removed by compression; such a
     group starts with its transition (the old shortcut path) and its remaining units are
     numbered from 0, all of them former non-first units.
+    side_head_at: blocks_per_group -> global index of the unit the side head follows.
     """
     cfg = factory.config
-    side_at = side_head_index(blocks_per_group) if cfg.side_head else None
+    side_at = side_head_at(blocks_per_group) if cfg.side_head else None
     side = None
     index = 0
     expansion = 4 if bottleneck else 1

@@ -111,7 +111,6 @@ def test_side_head_sits_after_the_middle_block():
     # N = 54 units, ⌊N/2⌋ = 27 → group 1 (0-based), block 9 = n // 2 as in the authors' res2.{n//2}
     side_bn = model.get_layer("side_head_bn")
     assert side_bn.input is model.get_layer("group1_block9_add").output
-    assert blocks.side_head_index([3, 4, 23, 3]) == 16  # ImageNet-101: inside group 2
 
 
 def test_group_first_units_use_the_faithful_shortcuts():
@@ -434,17 +433,40 @@ def test_cifar_side_head_is_after_res2_n_over_2_which_is_block_floor_n_over_2(n)
     assert model.get_layer("side_head_fc").units == 10
 
 
-def test_imagenet_side_head_sits_inside_group_2_at_the_middle_block():
+def _authors_imagenet_side_block(defs):
+    # imagenetEpsilonResnet.py: SIDE_POSITION = sum(defs)/2 - sum(defs[:2]) - 1 under
+    # Python 2 (integer division), the block index inside group 2.
+    return sum(defs) // 2 - sum(defs[:2]) - 1
+
+
+@pytest.mark.parametrize("depth,expected", [(101, "group2_block8_add"),
+                                            (152, "group2_block13_add"),
+                                            (50, "group2_block0_add")])
+def test_imagenet_side_head_follows_the_authors_block_of_group_2(depth, expected):
+    from epsresnet_tf.models.imagenet import DEPTHS
+    counts = DEPTHS[depth][0]
+    assert expected == f"group2_block{_authors_imagenet_side_block(counts)}_add"
+    model = build_model(f"imagenet-{depth}", side_head=True, classes=10,
+                        input_shape=(32, 32, 3))
+    assert _layer_of(model.get_layer("side_head_bn").input).name == expected
+
+
+def test_imagenet_side_head_sits_inside_group_2_for_every_depth():
     from epsresnet_tf.models.imagenet import DEPTHS
     for depth, (counts, _) in DEPTHS.items():
-        index = blocks.side_head_index(counts)
-        assert index == sum(counts) // 2
+        index = blocks.imagenet_side_head_index(counts)
+        if depth == 18:  # the script's block index is -1: it attaches no side head
+            assert _authors_imagenet_side_block(counts) == -1 and index is None
+            continue
+        assert index == sum(counts[:2]) + _authors_imagenet_side_block(counts)
         starts = np.cumsum([0] + counts)
         group = int(np.searchsorted(starts, index, side="right") - 1)
-        assert group == 2, f"imagenet-{depth}: middle unit {index} is in group {group}"
+        assert group == 2, f"imagenet-{depth}: side unit {index} is in group {group}"
     model = build_model("imagenet-34", side_head=True, classes=10, input_shape=(32, 32, 3))
-    # [3, 4, 6, 3]: N = 16, unit 8 = group 2, block 1
-    assert _layer_of(model.get_layer("side_head_bn").input).name == "group2_block1_add"
+    # [3, 4, 6, 3]: 16 // 2 - 7 - 1 = 0 → group 2, block 0
+    assert _layer_of(model.get_layer("side_head_bn").input).name == "group2_block0_add"
+    no_side = build_model("imagenet-18", side_head=True, classes=10, input_shape=(32, 32, 3))
+    assert not isinstance(no_side.output, dict)
 
 
 def test_side_head_is_off_by_default_and_costs_a_bn_and_fc_at_its_width():

@@ -30,13 +30,25 @@ def test_recipe_values_follow_the_spec():
     assert c10["adaptive_schedule"] == [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]]
     assert c10["wd_decay_every"] == 480000 and c10["weight_decay"] == 2e-4
     svhn = recipes.resolve("svhn-eps-302")[1]
-    assert svhn["epsilon"] == 1.5 and svhn["arch"] == "cifar-basic-302" and svhn["epochs"] == 150
+    assert svhn["epsilon"] == 1.5 and svhn["arch"] == "cifar-basic-302"
     inet = recipes.resolve("imagenet-eps-152-e1.8")[1]
     assert (inet["optimizer"], inet["batch_size"], inet["batch_per"], inet["steps_per_epoch"],
             inet["top5"], inet["epsilon"]) == ("nesterov", 256, "total", 5000, True, 1.8)
     name, deeper = recipes.resolve("cifar10-eps-110", depth=200, epsilon=2.0)
     assert deeper["arch"] == "cifar-basic-200" and deeper["epsilon"] == 2.0
     assert name == "cifar10-eps-110_depth200_epsilon2.0"
+
+
+@pytest.mark.parametrize("name", ["svhn-eps-110", "svhn-eps-200", "svhn-eps-302",
+                                  "svhn-base-110", "svhn-eps-paper-110"])
+def test_svhn_recipes_run_the_cifar_model_with_its_weight_decay_staircase(name):
+    # The SVHN script reuses the CIFAR model and so its decay ×0.2 every 480,000 steps; it
+    # trains ε-ResNets 200 epochs (the paper says 150: the svhn-eps-paper variant).
+    cfg = recipes.resolve(name)[1]
+    assert (cfg["wd_decay_every"], cfg["wd_decay_factor"]) == (480000, 0.2)
+    if "-eps-" in name:
+        assert cfg["epochs"] == (150 if "paper" in name else 200)
+        assert cfg["adaptive_schedule"] == [[1, 0.1], [10, 0.01], [14, 0.001], [25, 0.0001]]
 
 
 def test_help_documents_every_option(capsys):

@@ -30,6 +30,6 @@ def imagenet_resnet(depth, config, input_shape=(224, 224, 3), blocks_per_group=N
     x, side = blocks.residual_stack(
         x, factory, blocks_per_group, WIDTHS, bottleneck=bottleneck, first_stride=1,
         dim_shortcut="projection", first_unit_activated=True, share_first=config.share_first,
-        first_removed=first_removed)
+        first_removed=first_removed, side_head_at=blocks.imagenet_side_head_index)
     return blocks.finish_model(inputs, x, side, factory, f"imagenet_resnet_{depth}",
                                activate=config.preact)
