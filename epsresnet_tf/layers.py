@@ -11,8 +11,24 @@ PACKAGE = "epsresnet_tf"
 
 #: L of SPEC §1: T jumps from 0 to 1 within about 1/L of the threshold.
 GATE_SHARPNESS = 1e6
-#: tensorpack's default decay for moving summaries (SPEC §8).
+#: tensorpack's default decay for moving summaries (docs/semantics.md, "Monitors").
 MONITOR_DECAY = 0.95
+
+
+def moving_average(average, value, step, decay=MONITOR_DECAY):
+    """One update of a tensorpack moving summary, in float32 as TF1 computed it.
+
+    tensorpack's `add_moving_summary` is `tf.train.ExponentialMovingAverage(decay,
+    num_updates=global_step)`: the decay in effect is min(decay, (1 + n) / (10 + n)) for
+    n finished steps, and the update is `average -= (average - value) * (1 - decay)`,
+    starting from 0 (no zero-debiasing). The same arithmetic in the same order gives the
+    authors' float32 values, stalls included (docs/semantics.md, "Monitors"). Written by
+    hand because Keras has no moving average with TF1's num_updates warm-up.
+    Returns the assign op's result."""
+    n = ops.cast(step, "float32")
+    d = ops.minimum(ops.cast(decay, "float32"), (1.0 + n) / (10.0 + n))
+    value = ops.cast(value, "float32")
+    return average.assign(average - (average - value) * (1.0 - d))
 
 
 def _channel_axis(data_format):

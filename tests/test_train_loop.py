@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _reference import tensorpack_ema
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.train.loop import resolve_config, run_training
 
@@ -55,12 +56,17 @@ def test_history_one_row_per_epoch_with_monitors(cifar_run):
     blocks = [f"group{g}/block{b}" for g in range(3) for b in range(2)]   # 14 = 6*2 + 2
     for r in rows:
         assert list(r["blocks"]) == blocks
-        count = sum(b["discarded"] for b in r["blocks"].values())
-        assert r["discarded_count"] == pytest.approx(count)
-        assert r["discarded_ratio"] == pytest.approx(count / 6)
+        assert r["blocks_discarded_sum"] == pytest.approx(
+            sum(b["discarded"] for b in r["blocks"].values()))
+        assert r["discarded_ratio"] == pytest.approx(r["discarded_count"] / 6)
+        assert r["discarded_ratio_authors"] == pytest.approx(r["discarded_count"] / 8)  # 3n+2
         assert 0 <= r["val_error"] <= 1 and 0 <= r["val_side_error"] <= 1
     # epoch 1: ε = 0, T = 1 in every step, the EMA of 1 - T stays 0
     assert rows[0]["epsilon"] == 0.0 and rows[0]["discarded_count"] == 0.0
+    # epoch 2: all 6 blocks discarded in each step; the count is ONE tensorpack moving
+    # average (decay 0.95 with its num_updates warm-up) of the per-step count 6
+    expected = tensorpack_ema([6] * STEPS, start_step=STEPS)[-1]
+    assert rows[1]["discarded_count"] == pytest.approx(float(expected), rel=1e-6)
     # epoch 2: ε = 1000, T = 0 in each of its STEPS steps: EMA = 1 - 0.95^STEPS
     assert rows[1]["epsilon"] == BIG_EPS
     for b in rows[1]["blocks"].values():
@@ -78,8 +84,10 @@ def test_tensorboard_holds_scalars_blocks_histograms_strip(cifar_run):
     assert [e.step for e in ratio] == [1, 2]
     values = [float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto)))
               for e in ratio]
-    assert values[0] == 0.0 and values[1] == pytest.approx(1 - 0.95 ** STEPS, abs=1e-5)
+    expected = float(tensorpack_ema([6] * STEPS, start_step=STEPS)[-1])
+    assert values[0] == 0.0 and values[1] == pytest.approx(expected / 6, rel=1e-6)
     for tag in ("lr", "epsilon", "val_error", "group2/block1/discarded",
+                "discarded_count", "discarded_ratio_authors",
                 "group0/block0/response_max", "group1/block0/conv1_kernel",
                 "discarded_blocks"):
         assert tag in events, tag

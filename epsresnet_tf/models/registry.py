@@ -55,6 +55,15 @@ FAMILIES = {
 }
 
 
+def authors_block_count(name):
+    """The denominator of the authors' `discarded_ratio` where it is not the number of
+    gated blocks: their CIFAR script divides by `all_cnt = 3n + 2` (n units per group),
+    two more than the blocks. None elsewhere (their ImageNet script divides by the number
+    of blocks) (docs/semantics.md, "Monitors")."""
+    key, _, args = resolve(name)
+    return 3 * ((args[0] - 2) // 6) + 2 if key == "cifar-basic" else None
+
+
 def available():
     """The valid name forms, one string each."""
     return [family.form for family in FAMILIES.values()]

@@ -75,11 +75,18 @@ class ScheduleCallback(keras.callbacks.Callback):
 class MonitorCallback(keras.callbacks.Callback):
     """Builds the epoch's history row from the logs and the gates' variables; stops the
     run on a non-finite loss (checked per epoch: the epoch mean is NaN/Inf as soon as one
-    step's loss was)."""
+    step's loss was).
 
-    def __init__(self, state: RunState):
+    `discarded_count` is the training model's one moving average of the per-step count
+    (what the adaptive reset reads, docs/semantics.md "Adaptive reset");
+    `discarded_ratio` divides it by the number of gated blocks and
+    `discarded_ratio_authors` by the authors' denominator (3n+2 on CIFAR), so their
+    Fig. 9 curves can be overlaid."""
+
+    def __init__(self, state: RunState, authors_blocks=None):
         super().__init__()
         self.state = state
+        self.authors_blocks = authors_blocks
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -99,8 +106,12 @@ class MonitorCallback(keras.callbacks.Callback):
                 row[name] = 1.0 - float(value)
             elif key in ("loss", "xent", "val_loss", "val_xent", "wd", "wd_factor"):
                 row[key] = float(value)
-        row.update(discarded_count=snap["discarded_count"],
-                   discarded_ratio=snap["discarded_ratio"], blocks=snap["blocks"])
+        n = snap["num_blocks"]
+        count = self.model.discarded_count_value()
+        authors = self.authors_blocks or n
+        row.update(discarded_count=count, discarded_ratio=count / n if n else 0.0,
+                   discarded_ratio_authors=count / authors if authors else 0.0,
+                   blocks_discarded_sum=snap["blocks_discarded_sum"], blocks=snap["blocks"])
         self.state.rows.append(row)
 
 

@@ -55,6 +55,7 @@ DEFAULTS = {
     "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
     "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
     "reset_threshold": 1.0,
+    "reset_tolerance": 0.01,         # above float32 rounding of the count's average (docs/semantics.md)
     "reset_window": 1,
     "weight_decay": 2e-4,
     "wd_decay_every": 480000,
@@ -90,6 +91,9 @@ def validate_config(cfg):
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
     if cfg["epsilon"] < 0:
         raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
+    if not 0 <= cfg["reset_tolerance"] < cfg["reset_threshold"]:
+        raise UserError(f"reset_tolerance must be >= 0 and below reset_threshold "
+                        f"({cfg['reset_threshold']}), got {cfg['reset_tolerance']}")
     for key in ("epochs", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
@@ -235,7 +239,15 @@ def _training_model_class():
 
         def __init__(self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False):
             super().__init__()
+            from epsresnet_tf.layers import gate_layers
             self.net = net
+            self.gates = gate_layers(net)
+            # The authors' `discarded_cnt` summary: ONE moving average of the per-step
+            # count of discarded blocks, the statistic the adaptive reset reads
+            # (docs/semantics.md, "Adaptive reset"); "mean" over replicas like the gates'.
+            self.discarded_count = self.add_weight(
+                name="discarded_count", shape=(), dtype="float32", trainable=False,
+                initializer="zeros", aggregation="mean", autocast=False)
             self.side_weight = float(side_weight)
             self.wd_every = int(wd_every or 0)
             self.wd_factor = float(wd_factor)
@@ -257,6 +269,21 @@ def _training_model_class():
 
         def call(self, x, training=False):
             return self.net(x, training=training)
+
+        @property
+        def monitor_variables(self):
+            """Variables of the training model itself that a checkpoint must keep."""
+            return [self.discarded_count]
+
+        def discarded_count_value(self):
+            return float(self.discarded_count.numpy())
+
+        def _update_discarded_count(self):
+            from epsresnet_tf.layers import moving_average
+            from epsresnet_tf.train.monitor import discarded_now
+            if self.gates:
+                now = ops.sum(ops.stack([discarded_now(g) for g in self.gates]))
+                moving_average(self.discarded_count, now, self.optimizer.iterations)
 
         def epsilon_value(self):
             from epsresnet_tf.layers import EpsilonGate
@@ -308,6 +335,8 @@ def _training_model_class():
                 # Gradients are summed over replicas: scale each replica's mean loss.
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 scaled = self.optimizer.scale_loss(loss / replicas)
+            # after the forward pass (the gates' T of this step), before the step counter moves
+            self._update_discarded_count()
             variables = self.net.trainable_variables
             grads = tape.gradient(scaled, variables)
             self.optimizer.apply(grads, variables)
@@ -358,13 +387,16 @@ def default_sources(cfg, data_dir, global_batch):
 
 # --- the run -----------------------------------------------------------------------------
 
-def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, verbose=1):
+def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, verbose=1,
+                 extra_callbacks=()):
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
-    "status" ("done" or "nan"), "epochs", "history" rows and paths."""
+    "status" ("done" or "nan"), "epochs", "history" rows and paths. `extra_callbacks`
+    (Keras callbacks) run after the loop's own."""
     import keras
     import tensorflow as tf
 
     from epsresnet_tf.models import build_model
+    from epsresnet_tf.models.registry import authors_block_count
     from epsresnet_tf.train import callbacks as C
     from epsresnet_tf.train import multiworker
     from epsresnet_tf.train.schedules import (AdaptiveResetSchedule, FixedSchedule,
@@ -409,13 +441,14 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
 
     if cfg["adaptive_schedule"] and cfg["gate"] == "eps":
         lr_sched = AdaptiveResetSchedule(cfg["lr_schedule"], cfg["adaptive_schedule"],
-                                         cfg["reset_threshold"], cfg["reset_window"])
+                                         cfg["reset_threshold"], cfg["reset_window"],
+                                         cfg["reset_tolerance"])
     else:
         lr_sched = FixedSchedule(cfg["lr_schedule"])
     eps_sched = FixedSchedule(epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"]))
 
     def variables():
-        return list(net.variables) + list(model.optimizer.variables)
+        return list(net.variables) + list(model.optimizer.variables) + model.monitor_variables
 
     state = C.RunState()
     start = 0
@@ -444,10 +477,11 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
                            lambda m: float(m.optimizer.learning_rate.numpy()), state),
         C.ScheduleCallback(ScheduledSetter(eps_sched, "epsilon"), C.set_epsilon,
                            lambda m: m.epsilon_value() or 0.0, state),
-        C.MonitorCallback(state),
+        C.MonitorCallback(state, authors_block_count(cfg["arch"])),
         C.HistoryCallback(folder.history, state),
         C.TensorBoardCallback(str(folder.tb), state, cfg["histogram_every"]),
         C.CheckpointCallback(save, state),
+        *extra_callbacks,
     ]
     if cfg["gate"] != "eps":
         cbs.pop(1)

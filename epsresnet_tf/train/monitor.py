@@ -26,10 +26,22 @@ def _value(v):
     return float(np.asarray(v.numpy() if hasattr(v, "numpy") else v))
 
 
+def discarded_now(layer):
+    """A gate's is_discarded in the training step just run, as a float32 tensor in [0, 1]:
+    1 − T for an ε-gate (the mean over images or gate groups where T is not one number),
+    1 where g(k) = 0 for a k-gate. Summed over blocks it is the per-step discarded count
+    that the adaptive reset's moving average follows (docs/semantics.md, "Adaptive reset")."""
+    from keras import ops
+    if isinstance(layer, EpsilonGate):
+        return 1.0 - ops.convert_to_tensor(layer.gate_value)
+    return ops.cast(ops.less_equal(layer.k, 0.0), "float32")
+
+
 def gate_snapshot(net):
-    """Per-block monitor values and their sums: {"blocks": {id: {...}}, "discarded_count",
-    "discarded_ratio", "num_blocks"}. Under tf.distribute the variables hold the mean over
-    replicas (their aggregation is "mean")."""
+    """Per-block monitor values: {"blocks": {id: {...}}, "blocks_discarded_sum" (the sum
+    of the per-block averages, for dashboards; not what the reset reads), "num_blocks"}.
+    Under tf.distribute the variables hold the mean over replicas (their aggregation is
+    "mean")."""
     blocks = {}
     for layer in gate_layers(net):
         entry = {"discarded": _value(layer.discarded_ema)}
@@ -39,10 +51,8 @@ def gate_snapshot(net):
         else:
             entry.update(k=_value(layer.k))
         blocks[gate_block_id(layer)] = entry
-    count = sum(e["discarded"] for e in blocks.values())
-    n = len(blocks)
-    return {"blocks": blocks, "discarded_count": count,
-            "discarded_ratio": count / n if n else 0.0, "num_blocks": n}
+    return {"blocks": blocks, "num_blocks": len(blocks),
+            "blocks_discarded_sum": sum(e["discarded"] for e in blocks.values())}
 
 
 def block_kernels(net):

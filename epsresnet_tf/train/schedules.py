@@ -113,18 +113,28 @@ class AdaptiveResetSchedule:
 
     1. fewer than k+1 values, or fewer than k epochs since the last reset: follow the
        current schedule;
-    2. else if max(last k+1 values) >= first of them + `threshold`: reset — the current
-       schedule becomes `adaptive` shifted by e, its first value is returned, and e is
-       remembered as the last reset;
+    2. else if max(last k+1 values) >= first of them + `threshold` − `tolerance`: reset —
+       the current schedule becomes `adaptive` shifted by e, its first value is returned,
+       and e is remembered as the last reset;
     3. else follow the current schedule.
+
+    The history is one float32 moving average of an integer count: after one more block
+    is discarded it approaches the next integer from below and stalls short of it by
+    float32 rounding, so the authors' exact comparison (tolerance 0) fires or not by
+    rounding. A tolerance well above that rounding makes one more discarded block reset
+    the lr whenever it was discarded long enough before the epoch ended for the average
+    to rise by 1 − tolerance (docs/semantics.md, "Adaptive reset").
     """
 
-    def __init__(self, standard, adaptive, threshold=1.0, window=1):
+    def __init__(self, standard, adaptive, threshold=1.0, window=1, tolerance=0.0):
         self.standard = _as_schedule(standard)
         self.adaptive = _as_schedule(adaptive)
         if window < 1:
             raise UserError(f"reset window must be >= 1, got {window}")
+        if not 0 <= tolerance < threshold:
+            raise UserError(f"reset tolerance must be in [0, {threshold}), got {tolerance}")
         self.threshold = float(threshold)
+        self.tolerance = float(tolerance)
         self.window = int(window)
         self.current = self.standard
         self.last_reset = None
@@ -137,7 +147,7 @@ class AdaptiveResetSchedule:
         if len(history) < k + 1 or too_soon:
             return self.current.value_at(epoch)
         recent = history[-(k + 1):]
-        if max(recent) >= recent[0] + self.threshold:
+        if max(recent) >= recent[0] + self.threshold - self.tolerance:
             self.current = self.adaptive.shifted(epoch)
             self.last_reset = epoch
             self.resets.append(epoch)

@@ -1,0 +1,151 @@
+"""The adaptive lr reset on real training runs (docs/semantics.md, "Adaptive reset"): the
+statistic is ONE float32 moving average of the per-step discarded count, and one more
+discarded block resets the lr to the adaptive schedule's first value."""
+import keras
+import numpy as np
+import pytest
+
+from _reference import tensorpack_ema
+from epsresnet_tf.layers import gate_layers
+from epsresnet_tf.models import build_model
+from epsresnet_tf.train.loop import resolve_config, run_training
+from epsresnet_tf.train.schedules import AdaptiveResetSchedule
+
+STEPS = 60          # enough steps for the average to rise by more than 1 - tolerance
+SEED = 3
+STANDARD = [[0, 0.0], [2, 0.001]]   # lr 0: weights (and so every block's |F|) stay put
+ADAPTIVE = [[0, 0.5], [10, 0.05]]
+
+
+class FixedBatch:
+    """The same batch every step: with lr 0 each block's max |F| is the same every step."""
+    image_shape, num_classes, num_batches = (8, 8, 3), 10, STEPS
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.x = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+        self.y = rng.integers(0, 10, 4).astype(np.int32)
+
+    def batches(self, epoch):
+        for _ in range(self.num_batches):
+            yield self.x, self.y
+
+    def normalise_np(self, x):
+        return x
+
+
+def config(**kw):
+    base = {"arch": "cifar-basic-8", "epochs": 3, "batch_size": 4, "val_steps": 0,
+            "histogram_every": 0, "seed": SEED, "side_head": False,
+            "lr_schedule": STANDARD, "adaptive_schedule": ADAPTIVE}
+    base.update(kw)
+    return resolve_config(base)
+
+
+def block_peaks(cfg, source):
+    """Each block's max |F| on the fixed batch in training mode, for the weights the run
+    starts from (run_training seeds Keras with cfg["seed"] before building the net)."""
+    keras.utils.set_random_seed(cfg["seed"])
+    net = build_model(cfg["arch"], classes=source.num_classes, input_shape=source.image_shape,
+                      gate="eps", side_head=cfg["side_head"], weight_decay=cfg["weight_decay"],
+                      epsilon=0.0)
+    gates = gate_layers(net)
+    probe = keras.Model(net.inputs, [g.input for g in gates])
+    return [float(np.max(np.abs(f))) for f in probe([source.x], training=True)]
+
+
+@pytest.fixture(scope="module")
+def one_block_epsilon():
+    source = FixedBatch()
+    peaks = sorted(block_peaks(config(), source))
+    assert peaks[0] < peaks[1], peaks
+    return (peaks[0] + peaks[1]) / 2       # between the smallest block and the others
+
+
+def test_one_more_discarded_block_resets_the_lr(tmp_path, one_block_epsilon):
+    # ε = 0 in epoch 1 (nothing discarded), then ε between the smallest block's max |F| and
+    # the others': exactly one block is discarded from epoch 2's first step on.
+    cfg = config(epsilon=one_block_epsilon, epsilon_start_epoch=1)
+    rows = run_training(cfg, tmp_path / "reset", sources=(FixedBatch(), None), verbose=0)["history"]
+    closed = [[b for b, v in r["blocks"].items() if v["gate"] == 0.0] for r in rows]
+    assert closed[0] == [] and len(closed[1]) == 1, closed
+    assert rows[0]["discarded_count"] == 0.0
+    assert 1 - cfg["reset_tolerance"] <= rows[1]["discarded_count"] < 1.0
+    # reset after epoch 2: epoch 3 runs at the adaptive schedule's first value, where the
+    # standard schedule would have set 0.001
+    assert rows[0]["lr"] == 0.0 and rows[1]["lr"] == 0.0
+    assert rows[2]["lr"] == pytest.approx(ADAPTIVE[0][1])
+
+
+def test_authors_exact_comparison_misses_that_block(tmp_path, one_block_epsilon):
+    # The same run with tolerance 0 (the authors' float comparison): the average of the
+    # count stays below 1 and the lr follows the standard schedule.
+    cfg = config(epsilon=one_block_epsilon, epsilon_start_epoch=1, reset_tolerance=0.0)
+    rows = run_training(cfg, tmp_path / "exact", sources=(FixedBatch(), None), verbose=0)["history"]
+    assert rows[1]["discarded_count"] < 1.0
+    assert rows[2]["lr"] == pytest.approx(STANDARD[1][1])
+
+
+def test_no_rise_in_the_count_no_reset(tmp_path, one_block_epsilon):
+    # The block is discarded from the first step: the count is flat from epoch 1 to 2, and
+    # a block discarded in epoch 1 has no earlier value to rise from (two values needed).
+    cfg = config(epsilon=one_block_epsilon)
+    rows = run_training(cfg, tmp_path / "flat", sources=(FixedBatch(), None), verbose=0)["history"]
+    assert rows[0]["discarded_count"] > 0.99
+    assert abs(rows[1]["discarded_count"] - rows[0]["discarded_count"]) < 0.01
+    assert [r["lr"] for r in rows] == [0.0, 0.0, pytest.approx(STANDARD[1][1])]
+
+
+class GateRecorder(keras.callbacks.Callback):
+    """Each training step's gate values (1 - T per block) as the layers hold them."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([1.0 - float(g.gate_value.numpy()) for g in gate_layers(self.model.net)])
+
+
+def test_count_is_one_float32_moving_average_of_the_integer_count(tmp_path):
+    # A real subset-free run whose gates open and close from step to step (ε near the
+    # blocks' responses, lr > 0): the history's count equals an independent float32
+    # re-computation of one tensorpack moving average of the per-step integer count.
+    class Noisy(FixedBatch):
+        def batches(self, epoch):
+            rng = np.random.default_rng(epoch)
+            for _ in range(self.num_batches):
+                yield (self.x * rng.uniform(0.2, 3.0)).astype(np.float32), self.y
+
+    peaks = sorted(block_peaks(config(), FixedBatch()))
+    cfg = config(epochs=2, epsilon=peaks[1], lr_schedule=[[0, 0.01]], adaptive_schedule=None)
+    recorder = GateRecorder()
+    rows = run_training(cfg, tmp_path / "noisy", sources=(Noisy(), None), verbose=0,
+                        extra_callbacks=[recorder])["history"]
+    counts = [sum(step) for step in recorder.steps]
+    assert len(counts) == 2 * STEPS
+    assert all(float(c).is_integer() for c in counts)
+    assert len(set(counts)) > 1, "the gates never changed: the test would prove nothing"
+    ema = tensorpack_ema(counts)
+    assert rows[0]["discarded_count"] == pytest.approx(float(ema[STEPS - 1]), rel=1e-6, abs=1e-7)
+    assert rows[1]["discarded_count"] == pytest.approx(float(ema[-1]), rel=1e-6, abs=1e-7)
+    # and it is not the sum of the per-block averages the dashboards show
+    assert rows[1]["blocks_discarded_sum"] != pytest.approx(rows[1]["discarded_count"], rel=1e-3)
+
+
+def test_float32_stall_needs_the_tolerance():
+    # A block discarded for good: its float32 average stalls just below 1, and so does the
+    # count, a little below each integer. The authors' exact comparison misses the rise.
+    stalled = tensorpack_ema([1] * 2000)[-1]
+    assert stalled < 1.0
+    two = tensorpack_ema([1] * 2000 + [2] * 2000)[-1]
+    history = [float(stalled), float(two)]
+    assert history[1] < 2.0 and history[1] - history[0] < 1.0
+    exact = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.0)
+    ours = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.01)
+    assert ours.lr_for_epoch(2, history) == 0.5
+    # and a rise short of 1 - tolerance (a block discarded in the epoch's last steps) does not
+    late = [0.0, float(tensorpack_ema([0] * 300 + [1] * 50)[-1])]
+    fresh = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.01)
+    assert late[1] < 0.99 and fresh.lr_for_epoch(2, late) is None
+    assert exact.lr_for_epoch(2, history) is None
