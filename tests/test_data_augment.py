@@ -1,4 +1,4 @@
-"""Augmentation lists of SPEC §10, incl. tensorpack's imgaug_test.py behaviour on our lists."""
+"""Augmentation lists (docs/semantics.md), incl. tensorpack's imgaug_test.py on our lists."""
 import pickle
 from pathlib import Path
 
@@ -220,7 +220,7 @@ def test_imagenet_val_shortest_edge_256_centre_crop_224():
 
 
 def test_photometric_augmentors_match_numpy():
-    # The tensorpack augmentors we rely on do what SPEC §10 names, per independent numpy.
+    # The tensorpack augmentors we rely on do what docs/semantics.md names, per independent numpy.
     img = _img((8, 8, 3), seed=6).astype(np.float32)
     b = imgaug.Brightness(10)
     b.rng = np.random.RandomState(1)

@@ -1,7 +1,7 @@
-"""The augmentation lists of SPEC §10, built from tensorpack imgaug, and their reseeding.
+"""The augmentation lists (docs/semantics.md), built from tensorpack imgaug, and their reseeding.
 
 ``augmentors(name, train)`` returns a tensorpack ``AugmentorList`` (or ``None`` where the
-split has no augmentation: CIFAR/SVHN test, MNIST). The input normalisation of SPEC §6
+split has no augmentation: CIFAR/SVHN test, MNIST). The input normalisation
 (mean image subtraction and /128; ImageNet /255, mean, std) is *not* in these lists: it is
 one vectorised step per batch in the pipeline, which gives the same numbers as the authors'
 per-image ``MapImage(lambda x: x - pp_mean)`` applied after the crop (the zero padding of
@@ -44,7 +44,7 @@ Validation resize is bilinear, as their ``ResizeShortestEdge(256)``.
 import cv2
 import numpy as np
 from tensorpack.dataflow import imgaug
-# GaussianDeform is deprecated in tensorpack 0.11 and not exported from imgaug (SPEC §13).
+# GaussianDeform is deprecated in tensorpack 0.11 and not exported from imgaug (docs/semantics.md).
 from tensorpack.dataflow.imgaug.deform import GaussianDeform
 from tensorpack.dataflow.imgaug.transform import (CropTransform, ResizeTransform,
                                                   TransformFactory)
@@ -115,7 +115,7 @@ class SaturationWrap(imgaug.Saturation):
 
 
 class RandomAreaCropResize(imgaug.GoogleNetRandomCropAndResize):
-    """Random area 8–100 %, aspect 3/4–4/3, 10 tries, bicubic resize to 224 (SPEC §10).
+    """Random area 8–100 %, aspect 3/4–4/3, 10 tries, bicubic resize to 224 (docs/semantics.md).
 
     ``get_transform`` is written out because tensorpack's ``GoogleNetRandomCropAndResize``
     rounds the window and, after 10 failed tries, falls back to ResizeShortestEdge +
@@ -172,7 +172,8 @@ def imagenet_train(saturation="clip"):
     if saturation not in SATURATION_MODES:
         raise ValueError(f"imagenet_saturation must be one of {SATURATION_MODES}, "
                          f"not {saturation!r}")
-    # clip=False: as 0.2.0, clip only because the input is uint8 (0.11 clips uint8 always).
+    # clip=False as in 0.2.0 (no clip argument there; only uint8 input was clipped). On our
+    # uint8 images 0.11's Saturation still clips; SaturationWrap wraps as 0.2.0 did.
     sat = (SaturationWrap(0.4, rgb=True, clip=False) if saturation == "authors-wrap"
            else imgaug.Saturation(0.4, rgb=True, clip=False))
     return [RandomAreaCropResize(224),
@@ -193,7 +194,7 @@ def imagenet_val():
 
 
 def augmentor_list(name, train, imagenet_saturation="clip"):
-    """The SPEC §10 list for dataset `name`, as an ``AugmentorList``, or None for identity.
+    """The augmentation list for dataset `name`, as an ``AugmentorList``, or None for identity.
     `imagenet_saturation`: "clip" (default) or "authors-wrap" (0.2.0's uint8 overflow)."""
     if name in ("cifar10", "cifar100"):
         augs = cifar_train() if train else None

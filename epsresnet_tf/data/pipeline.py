@@ -17,7 +17,7 @@ Public API (what the training loop calls)::
         -> fn(tf.distribute.InputContext) for strategy.distribute_datasets_from_function
 
 The datasets yield ``(images, labels)``: images float32 NHWC (channels last; a
-channels-first model transposes), normalised per SPEC §6 — CIFAR/SVHN ``(x - mean) / 128``
+channels-first model transposes), normalised (docs/semantics.md) — CIFAR/SVHN ``(x - mean) / 128``
 with the per-pixel mean image, ImageNet ``(x / 255 - (0.485, 0.456, 0.406)) / (0.229,
 0.224, 0.225)`` in RGB, MNIST ``x / 255`` (28×28×1, never augmented), scikit-learn's digits
 likewise (8×8×1); labels int32.
@@ -48,7 +48,7 @@ How it works, per epoch:
 2. The order is cut into batch-sized *jobs*; a tensorpack ``DataFromGenerator`` emits
    them and ``MapData`` (``workers=0``) or ``MultiProcessMapDataZMQ`` (``workers>0``)
    runs each one: read/decode the images, reseed every augmentor from
-   ``(seed, epoch, shard, batch)``, apply the SPEC §10 imgaug list, stack.
+   ``(seed, epoch, shard, batch)``, apply the imgaug list, stack.
 3. Results are put back in job order and re-cut into exact batches (only needed when
    undecodable JPEGs were skipped), then fed to ``tf.data`` (normalise, prefetch).
 
@@ -363,7 +363,7 @@ class Pipeline:
         if have and not self.drop_remainder:
             yield np.concatenate(carry_x), np.concatenate(carry_y)
 
-    # -- normalisation (SPEC §6) -------------------------------------------------------
+    # -- normalisation (docs/semantics.md) ---------------------------------------------------
     def normalise_np(self, images):
         x = images.astype(np.float32)
         if self.mean is not None:
