@@ -53,6 +53,25 @@ def test_mean_image_matches_numpy_train_and_train_plus_test():
 
 
 @needs_shared
+def test_default_mean_is_train_plus_test_from_the_readers_arrays():
+    # tensorpack's get_per_pixel_mean (the authors' scripts) averages train and test; that
+    # is the default. Computed here from the reader's own arrays, in float64.
+    pipeline._MEAN_CACHE.clear()
+    tr = readers.read_split("cifar10", "train", CIFAR).images.astype(np.float64)
+    te = readers.read_split("cifar10", "test", CIFAR).images.astype(np.float64)
+    assert len(tr) == 5085 and len(te) == 1017
+    want = np.concatenate([tr, te]).mean(axis=0)
+    pipe = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False)
+    np.testing.assert_allclose(pipe.mean, want, rtol=1e-6)
+    np.testing.assert_allclose(pipeline.mean_image("cifar10", CIFAR), want, rtol=1e-6)
+    only = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False, mean="train")
+    np.testing.assert_allclose(only.mean, tr.mean(axis=0), rtol=1e-6)
+    assert np.abs(pipe.mean - only.mean).max() > 0.1     # the option really differs
+    x, _ = next(iter(pipe.dataset(0)))
+    np.testing.assert_allclose(x.numpy(), (te[:100] - want) / 128.0, atol=1e-5)
+
+
+@needs_shared
 def test_same_seed_epoch_identical_other_epoch_or_seed_differs():
     a = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=11)
     b = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=11)
@@ -89,8 +108,9 @@ def test_training_batches_are_augmented_windows_of_the_served_images():
     for k in range(0, 100, 9):
         padded = np.zeros((40, 40, 3), np.uint8)
         padded[4:36, 4:36] = x[order[k]]
+        # Offsets 0..7 (tensorpack 0.2.0's RandomCrop), not 0..8.
         ok = any(np.array_equal(images[k], w) or np.array_equal(images[k], w[:, ::-1])
-                 for w in (padded[dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)))
+                 for w in (padded[dy:dy + 32, dx:dx + 32] for dy in range(8) for dx in range(8)))
         assert ok
 
 
@@ -130,7 +150,8 @@ def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
     x0, y0 = batches[0]
     assert x0.dtype == tf.float32 and y0.dtype == tf.int32 and tuple(x0.shape) == (256, 32, 32, 3)
     t = _numpy_cifar_test().astype(np.float64)
-    mean = _numpy_cifar_train().astype(np.float64).mean(axis=0)
+    # The default mean is now train+test (tensorpack's get_per_pixel_mean), was train.
+    mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)
     np.testing.assert_allclose(x0.numpy(), (t[:256] - mean) / 128.0, atol=1e-5)
     tr1 = next(iter(pipeline.make_dataset("cifar10", "train", CIFAR, 128, train=True, seed=4,
                                           epoch=2)))
@@ -217,14 +238,19 @@ def test_svhn_pipeline_on_written_mat(tmp_path):
     (tmp_path / "svhn").mkdir()
     xt, _ = _write_svhn(tmp_path / "svhn" / "train_32x32.mat", 20, rng)
     xe, _ = _write_svhn(tmp_path / "svhn" / "extra_32x32.mat", 12, rng)
-    _write_svhn(tmp_path / "svhn" / "test_32x32.mat", 5, rng)
+    xs, _ = _write_svhn(tmp_path / "svhn" / "test_32x32.mat", 5, rng)
     pipe = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1)
     assert pipe.num_batches == 4                            # train + extra mixed
-    allx = np.concatenate([np.transpose(xt, (3, 0, 1, 2)), np.transpose(xe, (3, 0, 1, 2))])
+    # Default mean as tensorpack's SVHNDigit.get_per_pixel_mean: train, test and extra.
+    allx = np.concatenate([np.transpose(v, (3, 0, 1, 2)) for v in (xt, xe, xs)])
     np.testing.assert_allclose(pipe.mean, allx.astype(np.float64).mean(axis=0), rtol=1e-6)
+    only = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1,
+                                  mean="train")
+    np.testing.assert_allclose(only.mean, allx[:32].astype(np.float64).mean(axis=0), rtol=1e-6)
     assert (pipe.order(0) >= 20).any() and (pipe.order(0) < 20).any()
     x, y = next(pipe.batches(0))
     assert x.shape == (8, 32, 32, 3) and x.dtype == np.float32 and (y < 10).all()
+    assert (x != np.round(x)).any()          # float canvas: not truncated to uint8 (0.2.0)
     x2, _ = next(pipe.batches(0))
     np.testing.assert_array_equal(x, x2)
 
@@ -239,7 +265,7 @@ def test_distributed_dataset_fn_shards_per_input_pipeline():
     assert int(batches[0][1].shape[0]) == 100                # per-replica batch
     assert sum(int(b[1].shape[0]) for b in batches) == len(range(1, 1017, 2))
     t = _numpy_cifar_test().astype(np.float64)
-    mean = _numpy_cifar_train().astype(np.float64).mean(axis=0)
+    mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)  # default
     np.testing.assert_allclose(batches[0][0].numpy()[0], (t[1] - mean) / 128.0, atol=1e-5)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     dist = strategy.distribute_datasets_from_function(
@@ -289,6 +315,45 @@ def test_imagenet_normalisation_is_spec(tmp_path):
     x, _ = next(iter(pipe.dataset(0)))
     want = (raw / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(x.numpy(), want, atol=1e-5)
+
+
+def test_imagenet_authors_bgr_option_normalises_bgr_with_rgb_constants(tmp_path):
+    # The authors' bug: cv2.imread's BGR image normalised with the RGB mean/std in RGB
+    # order. Same raw (RGB) batch; the option reverses the channels before normalising.
+    from test_data_readers import write_imagenet_tree
+    write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(10), corrupt=False)
+    rgb = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False)
+    bgr = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
+                                 imagenet_channel_order="authors-bgr")
+    raw, _ = next(rgb.batches(0))
+    raw2, _ = next(bgr.batches(0))
+    np.testing.assert_array_equal(raw, raw2)                 # augmentation unchanged
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x_rgb = next(iter(rgb.dataset(0)))[0].numpy()
+    x_bgr = next(iter(bgr.dataset(0)))[0].numpy()
+    want = (raw[..., ::-1] / 255.0 - mean) / std
+    np.testing.assert_allclose(x_bgr, want, atol=1e-5)
+    np.testing.assert_allclose(bgr.normalise_np(raw), want, atol=1e-5)
+    # Channel 0 of the authors' input is blue, normalised with red's mean and std.
+    np.testing.assert_allclose(x_bgr[..., 0], (raw[..., 2] / 255.0 - 0.485) / 0.229, atol=1e-5)
+    # The green channel is shared; the outer two differ from the correct RGB input.
+    np.testing.assert_allclose(x_bgr[..., 1], x_rgb[..., 1], atol=1e-5)
+    assert np.abs(x_bgr[..., 0] - x_rgb[..., 2]).max() > 0.05
+    # Other datasets ignore it; unknown values are a UserError.
+    if CIFAR.is_dir():
+        cifar = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False,
+                                       imagenet_channel_order="authors-bgr")
+        assert cifar.channel_order == "rgb"
+    with pytest.raises(UserError, match="imagenet_channel_order"):
+        pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
+                               imagenet_channel_order="bgr")
+    with pytest.raises(UserError, match="imagenet_saturation"):
+        pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
+                               imagenet_saturation="wrap")
+    wrap = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True,
+                                  imagenet_saturation="authors-wrap")
+    sat = wrap.augmentors.augmentors[1].aug_lists[2]
+    assert type(sat).__name__ == "SaturationWrap"
 
 
 @needs_shared

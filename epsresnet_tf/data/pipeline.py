@@ -6,7 +6,8 @@ Public API (what the training loop calls)::
                                       train_split, eval_split)
     make_dataset(name, split, data_dir, batch_size, *, train, seed, epoch, epochs=1,
                  start_batch=0, num_shards=1, shard_index=0, drop_remainder=None,
-                 mean="train", workers=0, label="fine") -> tf.data.Dataset
+                 mean="train+test", workers=0, label="fine", imagenet_channel_order="rgb",
+                 imagenet_saturation="clip") -> tf.data.Dataset
     make_pipeline(...same arguments, no epoch...) -> Pipeline
         .dataset(epoch, epochs=1, start_batch=0) -> tf.data.Dataset
         .batches(epoch, start_batch=0)           -> iterator of raw numpy (images, labels)
@@ -16,14 +17,28 @@ Public API (what the training loop calls)::
         -> fn(tf.distribute.InputContext) for strategy.distribute_datasets_from_function
 
 The datasets yield ``(images, labels)``: images float32 NHWC (channels last; a
-channels-first model transposes), normalised per SPEC §6 — CIFAR/SVHN ``(x - mean) / 128``
+channels-first model transposes), normalised (docs/semantics.md) — CIFAR/SVHN ``(x - mean) / 128``
 with the per-pixel mean image, ImageNet ``(x / 255 - (0.485, 0.456, 0.406)) / (0.229,
 0.224, 0.225)`` in RGB, MNIST ``x / 255`` (28×28×1, never augmented), scikit-learn's digits
 likewise (8×8×1); labels int32.
 
-Mean image (``mean=``): ``"train"`` (default) is the per-pixel mean of the training split
-(SVHN: train+extra); ``"train+test"`` adds the test split, as tensorpack's
-``Cifar10.get_per_pixel_mean()`` and hence the authors' scripts did.
+Mean image (``mean=``): ``"train+test"`` (default) is the per-pixel mean over the training
+and test splits, as the authors' scripts used it: tensorpack's ``Cifar10/Cifar100
+.get_per_pixel_mean()`` averages all five training batches and the test batch, and
+``SVHNDigit.get_per_pixel_mean()`` averages train, test and extra (our SVHN "train" split
+is train+extra, so "train+test" is exactly those three). ``"train"`` is the training split
+alone (SVHN: train+extra), which keeps test images out of the preprocessing; see
+docs/semantics.md.
+
+ImageNet channel order (``imagenet_channel_order=``): ``"rgb"`` (default) feeds RGB images
+normalised with the RGB ImageNet mean/std. ``"authors-bgr"`` reproduces the authors' bug:
+their images come from ``cv2.imread`` (BGR) and are normalised with the RGB constants in
+RGB order (their script even says "Wrong mean/std are used ... Should actually add a
+RGB-BGR conversion here"), so the model sees channels (B, G, R) with B normalised by R's
+mean 0.485 / std 0.229 and R by B's 0.406 / 0.225. The augmentation is the same either way
+(the authors' BGR constants are the RGB ones reversed); only the normalisation step
+reverses the channels. ``imagenet_saturation=`` is passed to
+:func:`augment.augmentor_list` ("clip" or the authors' "authors-wrap").
 
 How it works, per epoch:
 
@@ -33,7 +48,7 @@ How it works, per epoch:
 2. The order is cut into batch-sized *jobs*; a tensorpack ``DataFromGenerator`` emits
    them and ``MapData`` (``workers=0``) or ``MultiProcessMapDataZMQ`` (``workers>0``)
    runs each one: read/decode the images, reseed every augmentor from
-   ``(seed, epoch, shard, batch)``, apply the SPEC §10 imgaug list, stack.
+   ``(seed, epoch, shard, batch)``, apply the imgaug list, stack.
 3. Results are put back in job order and re-cut into exact batches (only needed when
    undecodable JPEGs were skipped), then fed to ``tf.data`` (normalise, prefetch).
 
@@ -133,10 +148,15 @@ class EpochReport:
 _MEAN_CACHE = {}
 
 
-def mean_image(name, data_dir, mean="train", label="fine"):
-    """Per-pixel mean (H, W, C) float32 of the training split, or of train+test."""
-    if mean not in ("train", "train+test"):
-        raise UserError(f"mean must be 'train' or 'train+test', not {mean!r}")
+MEAN_MODES = ("train+test", "train")
+CHANNEL_ORDERS = ("rgb", "authors-bgr")
+
+
+def mean_image(name, data_dir, mean="train+test", label="fine"):
+    """Per-pixel mean (H, W, C) float32 over train+test (default, as tensorpack's
+    ``get_per_pixel_mean``) or over the training split alone."""
+    if mean not in MEAN_MODES:
+        raise UserError(f"mean must be 'train+test' or 'train', not {mean!r}")
     key = (name, str(Path(data_dir).resolve()), mean)
     if key not in _MEAN_CACHE:
         splits = ["train"] + (["test"] if mean == "train+test" else [])
@@ -167,8 +187,17 @@ class Pipeline:
     """One dataset split with its augmentation, batching, sharding and seeding; see module doc."""
 
     def __init__(self, name, split, data_dir, batch_size, *, train, seed, num_shards=1,
-                 shard_index=0, drop_remainder=None, mean="train", workers=0, label="fine"):
+                 shard_index=0, drop_remainder=None, mean="train+test", workers=0, label="fine",
+                 imagenet_channel_order="rgb", imagenet_saturation="clip"):
         info = dataset_info(name)
+        if imagenet_channel_order not in CHANNEL_ORDERS:
+            raise UserError(f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, "
+                            f"not {imagenet_channel_order!r}")
+        if imagenet_saturation not in augment.SATURATION_MODES:
+            raise UserError(f"imagenet_saturation must be one of {augment.SATURATION_MODES}, "
+                            f"not {imagenet_saturation!r}")
+        # Only ImageNet has these quirks; other datasets ignore them.
+        self.channel_order = imagenet_channel_order if name == "imagenet" else "rgb"
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         if not 0 <= shard_index < num_shards:
@@ -182,10 +211,11 @@ class Pipeline:
         self.source = readers.read_split(name, split, data_dir, label=label)
         self.num_classes = self.source.num_classes
         self.image_shape = info.image_shape
-        self.augmentors = augment.augmentor_list(name, self.train)
+        self.augmentors = augment.augmentor_list(name, self.train,
+                                                 imagenet_saturation=imagenet_saturation)
         self.mean = (mean_image(name, data_dir, mean, label)
                      if name in ("cifar10", "cifar100", "svhn") else None)
-        # Raw dtype handed from the workers to TF: SVHN's GaussianDeform yields floats.
+        # Raw dtype handed from the workers to TF: SVHN's float canvas yields floats.
         self.raw_dtype = np.float32 if (name == "svhn" and self.train) else np.uint8
         self.reports = []
         self.failure = None   # the UserError that stopped the last epoch, if any
@@ -333,12 +363,14 @@ class Pipeline:
         if have and not self.drop_remainder:
             yield np.concatenate(carry_x), np.concatenate(carry_y)
 
-    # -- normalisation (SPEC §6) -------------------------------------------------------
+    # -- normalisation (docs/semantics.md) ---------------------------------------------------
     def normalise_np(self, images):
         x = images.astype(np.float32)
         if self.mean is not None:
             return (x - self.mean) / 128.0
         if self.name == "imagenet":
+            if self.channel_order == "authors-bgr":
+                x = x[..., ::-1]      # the authors' BGR image, RGB constants (their bug)
             return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         return x / 255.0
 
@@ -348,6 +380,8 @@ class Pipeline:
         if self.mean is not None:
             x = (x - tf.constant(self.mean)) / 128.0
         elif self.name == "imagenet":
+            if self.channel_order == "authors-bgr":
+                x = tf.reverse(x, axis=[-1])   # the authors' BGR image, RGB constants
             x = (x / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
         else:
             x = x / 255.0
@@ -377,22 +411,27 @@ class Pipeline:
 
 
 def make_pipeline(name, split, data_dir=None, batch_size=128, *, train, seed=0,
-                  num_shards=1, shard_index=0, drop_remainder=None, mean="train", workers=0,
-                  label="fine"):
+                  num_shards=1, shard_index=0, drop_remainder=None, mean="train+test", workers=0,
+                  label="fine", imagenet_channel_order="rgb", imagenet_saturation="clip"):
     """Build a :class:`Pipeline` (reads the split now, so missing files fail here);
     `data_dir` None is :func:`readers.default_data_dir`."""
     return Pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
                     num_shards=num_shards, shard_index=shard_index,
-                    drop_remainder=drop_remainder, mean=mean, workers=workers, label=label)
+                    drop_remainder=drop_remainder, mean=mean, workers=workers, label=label,
+                    imagenet_channel_order=imagenet_channel_order,
+                    imagenet_saturation=imagenet_saturation)
 
 
 def make_dataset(name, split, data_dir=None, batch_size=128, *, train, seed=0,
                  epoch=0, epochs=1, start_batch=0, num_shards=1, shard_index=0,
-                 drop_remainder=None, mean="train", workers=0, label="fine"):
+                 drop_remainder=None, mean="train+test", workers=0, label="fine",
+                 imagenet_channel_order="rgb", imagenet_saturation="clip"):
     """``tf.data.Dataset`` of (float32 NHWC images, int32 labels) for `epoch`; see module doc."""
     pipe = make_pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
                          num_shards=num_shards, shard_index=shard_index,
-                         drop_remainder=drop_remainder, mean=mean, workers=workers, label=label)
+                         drop_remainder=drop_remainder, mean=mean, workers=workers, label=label,
+                         imagenet_channel_order=imagenet_channel_order,
+                         imagenet_saturation=imagenet_saturation)
     return pipe.dataset(epoch, epochs=epochs, start_batch=start_batch)
 
 

@@ -69,7 +69,12 @@ DEFAULTS = {
     "gpus": 0,
     "histogram_every": 1,
     "data_workers": 0,
-    "mean": "train",
+    "mean": "train+test",            # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
+    # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
+    # (BGR images normalised with the RGB mean/std); "clip" or "authors-wrap" (tensorpack
+    # 0.2.0's Saturation overflowing uint8). Passed to data.pipeline.make_pipeline.
+    "imagenet_channel_order": "rgb",
+    "imagenet_saturation": "clip",
     "deterministic": False,
 }
 
