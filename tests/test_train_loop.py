@@ -218,3 +218,47 @@ def test_the_gpu_settings_train_on_cpu_with_float32_gates(tmp_path):
         assert model.get_layer("logits").compute_dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# --- epochs as tensorpack counted them (docs/semantics.md, "Epochs") -------------------
+
+class Counted:
+    """Batches that say which pass and index they are: image value = 100·pass + index."""
+    image_shape, num_batches = (1, 1, 1), 3
+
+    def batches(self, data_pass):
+        for i in range(self.num_batches):
+            yield np.full((2, 1, 1, 1), 100 * data_pass + i, np.float32), np.zeros(2, np.int32)
+
+    def normalise_np(self, x):
+        return x
+
+
+def stream(start, end, steps):
+    from epsresnet_tf.train.loop import epochs_dataset
+    return [int(x[0, 0, 0, 0]) for x, _ in epochs_dataset(Counted(), start, end, steps, 2)]
+
+
+def test_epochs_are_cut_from_one_stream_of_passes():
+    # 2 GPUs × per-GPU batch: an epoch of dataflow.size() = 6 steps is two passes
+    assert stream(0, 2, 6) == [0, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 302]
+    # a resumed run (start at epoch 1) sees what the uninterrupted one saw
+    assert stream(1, 2, 6) == stream(0, 2, 6)[6:]
+    # epochs shorter than a pass continue the stream (tensorpack's repeated dataflow)
+    assert stream(0, 3, 2) == [0, 1, 2, 100, 101, 102]
+    assert stream(2, 3, 2) == [101, 102]
+
+
+def test_epoch_steps_count_one_batch_per_gpu_per_step():
+    from epsresnet_tf.train.loop import epoch_steps
+
+    class Split:
+        shard_size, num_batches = 50000, 50000 // 256   # built with the global batch
+
+    cifar = {"steps_per_epoch": None, "batch_per": "replica", "batch_size": 128}
+    # tensorpack: dataflow.size() = 50000 // 128 steps, whatever the GPU count
+    assert epoch_steps(cifar, Split(), 1) == epoch_steps(cifar, Split(), 2) == 390
+    imagenet = {"steps_per_epoch": 5000, "batch_per": "total", "batch_size": 256}
+    assert epoch_steps(imagenet, Split(), 4) == 5000
+    total = dict(imagenet, steps_per_epoch=None)
+    assert epoch_steps(total, Split(), 4) == Split.num_batches

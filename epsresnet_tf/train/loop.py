@@ -21,6 +21,7 @@ EMA of 1 − T is averaged, so a block's discarded value is the EMA of the repli
 Run folder (DESIGN.md): config.json, history.jsonl, tb/, ckpt/, model.keras.
 """
 import copy
+import itertools
 import json
 import logging
 import math
@@ -357,18 +358,46 @@ def _training_model_class():
 
 # --- data --------------------------------------------------------------------------------
 
+def epoch_steps(cfg, source, replicas):
+    """Steps in one epoch as tensorpack counted them (docs/semantics.md, "Epochs"): an
+    epoch is `dataflow.size()` steps of the per-GPU dataflow and each step takes one batch
+    per GPU, so with k GPUs and a per-replica batch an epoch is k passes over the data.
+    A recipe's `steps_per_epoch` (ImageNet: 5,000) is taken as it is."""
+    if cfg["steps_per_epoch"]:
+        return cfg["steps_per_epoch"]
+    if cfg["batch_per"] == "replica":
+        examples = getattr(source, "shard_size", None)
+        return examples // cfg["batch_size"] if examples else source.num_batches * replicas
+    return source.num_batches
+
+
+def _batches_from(source, data_pass, index):
+    """`source`'s batches of one pass over the data from batch `index` on."""
+    if not index:
+        return source.batches(data_pass)
+    try:
+        return source.batches(data_pass, start_batch=index)
+    except TypeError:   # a source without start_batch (tests' synthetic ones)
+        return itertools.islice(source.batches(data_pass), index, None)
+
+
 def epochs_dataset(source, start, end, steps, global_batch=None):
-    """tf.data over epochs [start, end) of `source` (anything with `batches(epoch)`,
-    `normalise_np`, `image_shape`), the first `steps` batches of each: the batches depend
-    only on (seed, epoch, index), so a resumed run sees the data an uninterrupted one did."""
+    """tf.data over epochs [start, end) of `steps` batches each, cut from one stream of
+    passes over `source` (anything with `batches(pass)`, `num_batches`, `normalise_np`,
+    `image_shape`), as tensorpack's repeated dataflow was: epoch e is the stream's batches
+    [e·steps, (e+1)·steps). Each batch depends only on (seed, pass, index), so a resumed
+    run sees the data an uninterrupted one did."""
     import tensorflow as tf
 
     def gen():
-        for e in range(start, end):
-            for i, (x, y) in enumerate(source.batches(e)):
-                if steps is not None and i >= steps:
-                    break
+        position, stop = start * steps, end * steps
+        while position < stop:
+            data_pass, index = divmod(position, source.num_batches)
+            for x, y in _batches_from(source, data_pass, index):
                 yield source.normalise_np(x), np.asarray(y, np.int32)
+                position += 1
+                if position == stop:
+                    return
 
     sig = (tf.TensorSpec((global_batch,) + tuple(source.image_shape), tf.float32),
            tf.TensorSpec((global_batch,), tf.int32))
@@ -381,12 +410,15 @@ def epochs_dataset(source, start, end, steps, global_batch=None):
 def default_sources(cfg, data_dir, global_batch):
     from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
     info = dataset_info(cfg["dataset"])
+    options = dict(seed=cfg["seed"], mean=cfg["mean"],
+                   imagenet_channel_order=cfg["imagenet_channel_order"],
+                   imagenet_saturation=cfg["imagenet_saturation"])
     train = make_pipeline(cfg["dataset"], info.train_split, data_dir, global_batch, train=True,
-                          seed=cfg["seed"], mean=cfg["mean"], workers=cfg["data_workers"])
+                          workers=cfg["data_workers"], **options)
     val = None
     if cfg["val_steps"] != 0:
         val = make_pipeline(cfg["dataset"], info.eval_split, data_dir, global_batch,
-                            train=False, seed=cfg["seed"], mean=cfg["mean"])
+                            train=False, **options)
     return train, val
 
 
@@ -427,8 +459,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     keras.utils.set_random_seed(cfg["seed"])
     keras.mixed_precision.set_global_policy("mixed_float16" if cfg["mixed_precision"]
                                             else "float32")
-    steps = cfg["steps_per_epoch"] or train_src.num_batches
-    steps = min(steps, train_src.num_batches)
+    steps = epoch_steps(cfg, train_src, strategy.num_replicas_in_sync)
 
     with strategy.scope():
         options = dict(cfg["model_options"])
