@@ -1,4 +1,4 @@
-"""Certified compression (SPEC §9): which blocks provably contribute nothing, the reduced
+"""Certified compression (docs/semantics.md): which blocks provably contribute nothing, the reduced
 standard ResNet without them, the equivalence check, the exports and the certificate.
 
 Library API::
@@ -52,7 +52,7 @@ import numpy as np
 from epsresnet_tf.blocks import block_id
 from epsresnet_tf.errors import UserError
 
-#: SPEC §9 tolerance for the equivalence check on CPU.
+#: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
 #: The authors' rule (docs/semantics.md): a block goes when its is_discarded moving average
 #: (decay 0.95), as their training log prints it, reads 1. tensorpack 0.2.0 prints monitor
@@ -310,7 +310,7 @@ def _source_name(name, inverse):
         g, b = int(m.group(1)), int(m.group(2))
         return f"group{g}_block{inverse[(g, b)]}_{m.group(3)}"
     m = _TRANSITION.match(name)
-    if m:  # the old first unit's shortcut path (SPEC §9)
+    if m:  # the old first unit's shortcut path (docs/semantics.md)
         return f"group{m.group(1)}_block0_{m.group(2)}"
     return name
 
