@@ -1,4 +1,4 @@
-"""Certified compression (SPEC §9): which blocks provably contribute nothing, the reduced
+"""Certified compression (docs/semantics.md): which blocks provably contribute nothing, the reduced
 standard ResNet without them, the equivalence check, the exports and the certificate.
 
 Library API::
@@ -6,7 +6,9 @@ Library API::
     certify(model, datasets, scope=None, batch_size=None) -> Certificate
         per-block verdicts "closed" / "open" / "mixed" from per-image gate values
     ema_removable(model_or_emas, threshold=EMA_THRESHOLD) -> [block ids]
-        the authors' rule: the moving average of "discarded" reads 1.0
+        the authors' rule: the moving average of "discarded", printed with 5 significant
+        digits as their log did, reads 1 (>= 0.999995)
+    printed_as_authors(value) -> the monitor value as tensorpack 0.2.0's log printed it
     disagreements(certificate, ema_ids) -> {"ema_only": [...], "certificate_only": [...]}
     reduce(model, arch, build_options, removable, gates="auto", certificate=None)
         -> (reduced keras.Model, info dict)
@@ -30,6 +32,12 @@ so dropping it changes no activation. Kept blocks follow `gates`:
       the unit's last conv (g(k)·conv(x) = conv_{g(k)·W}(x)); otherwise the gates stay.
   "keep": the kept blocks keep their gates (exact on every batch, also ones never seen).
   "none": always the standard ResNet; refused where that is not exact on the data.
+  "plain": always the standard ResNet, also where not exact (kept ε-gates taken as T = 1):
+      the authors' reduced net, the default of the EMA rule. k-gates fold; where one cannot
+      fold (shared kernel), the k-gates stay.
+
+`compress_model` builds both reduced nets — the certified one and the authors' (EMA rule) —
+and reports the test error of each and the blocks only one rule removes.
 """
 import dataclasses
 import json
@@ -44,12 +52,20 @@ import numpy as np
 from epsresnet_tf.blocks import block_id
 from epsresnet_tf.errors import UserError
 
-#: SPEC §9 tolerance for the equivalence check on CPU.
+#: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
-#: The authors read "is_discarded = 1.0" from a text log; a float32 EMA (decay 0.95) reaches
-#: exactly 1.0 by rounding only after long runs, so "reads as 1.0 at 3 decimals" is the rule.
-EMA_THRESHOLD = 0.9995
-GATE_POLICIES = ("auto", "keep", "none")
+#: The authors' rule (docs/semantics.md): a block goes when its is_discarded moving average
+#: (decay 0.95), as their training log prints it, reads 1. tensorpack 0.2.0 prints monitor
+#: scalars with 5 significant digits ('{:.5g}'), so a value in [0, 1] reads 1 exactly when
+#: it rounds up from 0.99999, i.e. when it is >= 1 - 0.5e-5 = 0.999995. The value is a
+#: float32: no float32 lies between the double 0.999995 and the decimal one (the neighbours
+#: are 0.99999493… and 0.99999505…), so `ema >= EMA_THRESHOLD` and "prints as 1" agree on
+#: every float32 (tests/test_compress.py checks this).
+EMA_DIGITS = 5
+EMA_THRESHOLD = 1 - 0.5 * 10 ** -EMA_DIGITS      # 0.999995
+#: Gates of the kept blocks: "auto", "keep", "none" (see the module docstring) and "plain":
+#: always the standard ResNet, exact or not — the authors' reduced net (their EMA rule).
+GATE_POLICIES = ("auto", "keep", "none", "plain")
 
 _BLOCK = re.compile(r"^group(\d+)_block(\d+)_(.*)$")
 _TRANSITION = re.compile(r"^group(\d+)_transition_(.*)$")
@@ -246,8 +262,15 @@ def certify(model, datasets, scope=None, batch_size=None):
     return Certificate(scope, int(batch_size) if batch_size else None, images, batches, verdicts)
 
 
+def printed_as_authors(value, digits=EMA_DIGITS):
+    """A monitor value as tensorpack 0.2.0's text log printed it ('{:.5g}'): the authors'
+    compressModel.py took a block whose printed is_discarded parses to 1.0."""
+    return "{:.{}g}".format(float(value), digits)
+
+
 def ema_removable(source, threshold=EMA_THRESHOLD):
-    """The authors' rule (SPEC §9): blocks whose moving average of "discarded" is 1.0.
+    """The authors' rule (docs/semantics.md): blocks whose moving average of "discarded"
+    reads 1 in their log, i.e. >= EMA_THRESHOLD (0.999995).
     `source`: a model (its gates' `discarded_ema`) or {block id: ema} (e.g. a history row's
     per-block "discarded")."""
     if hasattr(source, "layers"):
@@ -287,7 +310,7 @@ def _source_name(name, inverse):
         g, b = int(m.group(1)), int(m.group(2))
         return f"group{g}_block{inverse[(g, b)]}_{m.group(3)}"
     m = _TRANSITION.match(name)
-    if m:  # the old first unit's shortcut path (SPEC §9)
+    if m:  # the old first unit's shortcut path (docs/semantics.md)
         return f"group{m.group(1)}_block0_{m.group(2)}"
     return name
 
@@ -338,6 +361,11 @@ def _decide_gates(model, kept, gates, certificate):
         folds = {b: (by_block[b], c) for b, c in folds.items() if c is not None}
     if gates == "keep":
         return kind, {}, "gates kept on request (--gates keep)"
+    if gates == "plain":     # the authors' reduced net: a standard ResNet whatever the data say
+        if kind == "k" and not exact:
+            return kind, {}, f"k-gates kept: {why}"
+        return "none", folds, ("standard ResNet (the authors' reduced net): " +
+                               (why if exact else f"not exact, {why}"))
     if gates == "none" and not exact:
         raise UserError(f"--gates none is not exact here ({why}); use --gates auto or keep")
     if exact:
@@ -506,24 +534,55 @@ SCOPE_NOTE = {
 }
 
 
+#: What each rule's net is called in certificate.json and the printed summary.
+RULES = {"certificate": "certified", "ema": "authors' EMA rule"}
+
+
 def compress_model(model, arch, build_options, *, certify_data, check_data, out_dir,
                    scope=None, batch_size=None, rule="certificate", ema=None,
-                   ema_threshold=EMA_THRESHOLD, gates="auto", tolerance=TOLERANCE,
+                   ema_threshold=EMA_THRESHOLD, gates=None, tolerance=TOLERANCE,
                    check_device="cpu", force=False, export=True, extra=None):
     """Certify, reduce, check, export. Writes `out_dir/{reduced.keras, saved_model/,
     certificate.json}` and returns the certificate dict. rule: "certificate" (default) or
-    "ema" (the authors' moving-average rule; the check then says whether it was safe)."""
+    "ema" (the authors' moving-average rule; the check then says whether it was safe).
+
+    Both rules' reduced nets are built and run on `check_data` (the test split): the
+    document's "rules" holds each one's removals, layout and test error (labelled data),
+    "disagreements" the blocks only one rule removes. The exported net is `rule`'s, with
+    `gates` as its policy (None: "auto" for the certificate, "plain" — the authors' standard
+    ResNet — for the EMA rule); the other rule's net gets that default."""
     out_dir = Path(out_dir)
-    if rule not in ("certificate", "ema"):
+    if rule not in RULES:
         raise UserError(f"rule must be 'certificate' or 'ema', not {rule!r}")
     _prepare_out(out_dir, force)
     cert = certify(model, certify_data, scope=scope, batch_size=batch_size)
     ema_ids = ema_removable(model if ema is None else ema, ema_threshold)
-    removable = cert.closed if rule == "certificate" else ema_ids
-    reduced, info = reduce(model, arch, build_options, removable, gates=gates, certificate=cert)
+    removable = {"certificate": cert.closed, "ema": ema_ids}
+    policy = {"certificate": "auto", "ema": "plain"}
+    if gates is not None:
+        policy[rule] = gates
+    nets, infos, checks = {}, {}, {}
+    for name in (rule,) + tuple(r for r in RULES if r != rule):   # the exported one first
+        nets[name], infos[name] = reduce(model, arch, build_options, removable[name],
+                                         gates=policy[name], certificate=cert)
+        checks[name] = check_equivalence(model, nets[name], check_data, tolerance, check_device)
+    reduced, info, equivalence = nets[rule], infos[rule], checks[rule]
     full_inference, _ = reduce(model, arch, build_options, [], gates="keep", certificate=cert)
-    equivalence = check_equivalence(model, reduced, check_data, tolerance, check_device)
     before, after = model_size(full_inference), model_size(reduced)
+    dis = disagreements(cert, ema_ids)
+    rules = {}
+    for name in RULES:
+        i, c = infos[name], checks[name]
+        rules[name] = {
+            "net": RULES[name], "gates": policy[name], "removed": i["removed"],
+            "removed_count": len(i["removed"]),
+            "blocks_per_group_after": i["blocks_per_group_after"],
+            "first_removed_groups": i["first_removed"], "reduced_gates": i["reduced_gates"],
+            "gate_decision": i["gate_decision"],
+            "test_error": c.get("error_reduced"),           # None on unlabelled check data
+            "test_error_full": c.get("error_full"),
+            "max_abs_logit_diff": c["max_abs_logit_diff"], "same_top1": c["same_top1"],
+            "identical_predictions": c["passed"], "test_images": c["images"]}
     doc = {
         "arch": arch,
         "rule": rule,
@@ -546,8 +605,10 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
         "compression": {k: (before[k] / after[k] if after[k] else None)
                         for k in ("params", "layers", "macs", "blocks")},
         "equivalence": equivalence,
-        "ema_rule": {"threshold": ema_threshold, "removable": ema_ids,
-                     "disagreements": disagreements(cert, ema_ids)},
+        "rules": rules,
+        "disagreements": dis,
+        "ema_rule": {"threshold": ema_threshold, "digits": EMA_DIGITS, "removable": ema_ids,
+                     "disagreements": dis},
         "note": SCOPE_NOTE[cert.scope],
         "blocks": cert.as_dict()["blocks"],
     }
@@ -670,11 +731,63 @@ class _NormalisedBatches:
             yield self.pipe.normalise_np(x), np.asarray(y, np.int32)
 
 
-def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gates="auto",
-                 ema_from="model", ema_epoch=None, ema_threshold=EMA_THRESHOLD,
+def load_epoch(run, epoch):
+    """(net, checkpoint state) at the end of a finished `epoch`: the run's net built from
+    config.json as training built it, every variable (weights, BatchNorm statistics, ε,
+    the gates' moving averages) from `ckpt/epoch-<epoch>.npz`. UserError naming the kept
+    epochs and the setting to use when that checkpoint is gone."""
+    import keras
+    from epsresnet_tf.models import build_model
+    from epsresnet_tf.train.loop import RunFolder
+
+    folder = RunFolder(run.root)
+    path = folder.checkpoint_path(epoch)
+    if not path.is_file():
+        kept = [e for e in map(RunFolder.epoch_of, folder.checkpoints()) if e is not None]
+        raise UserError(f"no checkpoint of epoch {epoch} in {folder.ckpt} (kept: "
+                        f"{', '.join(map(str, kept)) or 'none'}); train with "
+                        f"\"keep_checkpoints_at\": [{epoch}] (or keep_checkpoints_every) in the "
+                        "config to keep it, or compress a kept epoch")
+    try:
+        arrays, state = folder.load(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{path} is unreadable ({err}): compress another kept epoch") from err
+    cfg = run.config
+    policy = keras.config.dtype_policy()
+    try:   # the run's precision, as training set it
+        keras.config.set_dtype_policy("mixed_float16" if cfg.get("mixed_precision") else "float32")
+        net = build_model(run.arch, side_head=cfg.get("side_head", True), **run.build_options)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    variables = net.variables   # the checkpoint holds these first, then the optimizer's
+    if len(arrays) < len(variables) or any(
+            tuple(v.shape) != a.shape for v, a in zip(variables, arrays)):
+        raise UserError(f"{path} does not match the net config.json describes: was the run "
+                        "folder's config.json edited?")
+    for v, a in zip(variables, arrays):
+        v.assign(a)
+    if state.get("epoch") != epoch:
+        raise UserError(f"{path} holds epoch {state.get('epoch')}, not {epoch}")
+    return net, state
+
+
+def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gates=None,
+                 epoch=None, ema_from="model", ema_epoch=None, ema_threshold=EMA_THRESHOLD,
                  splits=("train", "test"), max_batches=None, force=False, check_device="cpu"):
+    """Compress a run folder: the final net (model.keras), or with `epoch` the state at the
+    end of that epoch (its checkpoint's weights and moving averages; the history row of
+    that epoch for ema_from="history")."""
     run = read_run(run_dir)
-    model = load_model(run.model_path)
+    state = None
+    if epoch is None:
+        model = load_model(run.model_path)
+    else:
+        if ema_epoch is not None and ema_epoch != epoch:
+            raise UserError(f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "
+                            "averages would not be those of the compressed weights; drop "
+                            "--ema-epoch")
+        ema_epoch = epoch
+        model, state = load_epoch(run, epoch)
     if not _gate_by_block(model):
         raise UserError(f"{run.model_path} has no gates: only ε- or k-gated nets have "
                         "removable blocks (train with gate eps or k)")
@@ -691,7 +804,10 @@ def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gate
     check = data.get("test") or run_datasets(run, data_dir, ("test",), max_batches)["test"]
     out = Path(out) if out else run.root / "reduced"
     extra = {"run": str(run.root), "dataset": run.dataset, "ema_from": ema_from,
-             "ema_epoch": ema_epoch}
+             "ema_epoch": ema_epoch, "epoch": epoch,
+             "weights": "model.keras" if epoch is None else f"ckpt/epoch-{epoch:05d}.npz"}
+    if state is not None and state.get("history"):
+        extra["step"] = state["history"][-1].get("step")
     return compress_model(model, run.arch, run.build_options, certify_data=data,
                           check_data=check, out_dir=out, batch_size=run.batch_size, rule=rule,
                           ema=ema, ema_threshold=ema_threshold, gates=gates,
@@ -700,25 +816,42 @@ def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gate
 
 # --- command line ----------------------------------------------------------------------
 
+def _pct(v):
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
 def _cli(args):
     doc = compress_run(args.run_dir, args.data_dir, args.out, rule=args.rule, gates=args.gates,
-                       ema_from=args.ema_from, ema_epoch=args.ema_epoch,
+                       epoch=args.epoch, ema_from=args.ema_from, ema_epoch=args.ema_epoch,
                        ema_threshold=args.ema_threshold, splits=tuple(args.splits.split(",")),
                        max_batches=args.max_batches, force=args.force)
     eq = doc["equivalence"]
     b, a = doc["before"], doc["after"]
-    print(f"removed {doc['removed_count']} of {doc['blocks_before']} blocks "
-          f"({', '.join(doc['removed']) or 'none'}); reduced net gates: {doc['reduced_gates']}")
+    where = "final model" if doc.get("epoch") is None else f"epoch {doc['epoch']}"
+    print(f"{where}, rule {doc['rule']}: removed {doc['removed_count']} of "
+          f"{doc['blocks_before']} blocks ({', '.join(doc['removed']) or 'none'}); "
+          f"reduced net gates: {doc['reduced_gates']}")
     print(f"params {b['trainable_params']:,} -> {a['trainable_params']:,}; layers {b['layers']} -> "
           f"{a['layers']}; MACs {b['macs']:,} -> {a['macs']:,}")
-    dis = doc["ema_rule"]["disagreements"]
+    dis = doc["disagreements"]
     if dis["ema_only"] or dis["certificate_only"]:
-        print(f"EMA rule disagrees: EMA only {dis['ema_only']}, certificate only "
-              f"{dis['certificate_only']}")
+        print(f"the rules disagree: only the authors' EMA rule removes "
+              f"{', '.join(dis['ema_only']) or 'none'}; only the certificate removes "
+              f"{', '.join(dis['certificate_only']) or 'none'}")
+    else:
+        print("the rules agree: both remove the same blocks")
+    r = doc["rules"]
+    print(f"test error on {eq['images']} images: trained {_pct(eq.get('error_full'))}; "
+          + "; ".join(f"{RULES[n]} ({r[n]['removed_count']} removed) {_pct(r[n]['test_error'])}"
+                      for n in RULES))
     print(f"equivalence on {eq['images']} test images: max |logit diff| "
           f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
           f"tolerance {eq['tolerance']:g})")
     if not eq["passed"]:
+        if doc["rule"] == "ema":   # expected: the authors' rule is not a proof
+            print("the authors' EMA rule changed predictions (it is not certified); "
+                  "the difference is in certificate.json")
+            return 0
         print("the reduced net does not reproduce the trained one; exports kept for inspection",
               file=__import__("sys").stderr)
         return 1
@@ -737,15 +870,24 @@ def register(subparsers):
                    help="dataset root (default: data, or $EPSRESNET_DATA)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/reduced)")
     p.add_argument("--rule", choices=("certificate", "ema"), default="certificate",
-                   help="certificate (proof on the data, default) or ema (the authors' "
-                        "moving average reads 1.0)")
-    p.add_argument("--gates", choices=GATE_POLICIES, default="auto",
-                   help="gates of the kept blocks: auto (plain where exact), keep, none")
+                   help="certificate (proof on the data, default) or ema (the authors' rule: "
+                        "the moving average printed with 5 significant digits reads 1); "
+                        "both nets are built and their test errors reported")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="compress the state at the end of this epoch (its checkpoint, kept "
+                        "with the config's keep_checkpoints_at / keep_checkpoints_every) "
+                        "instead of the final model.keras")
+    p.add_argument("--gates", choices=GATE_POLICIES, default=None,
+                   help="gates of the kept blocks of the exported net: auto (plain where "
+                        "exact; the certificate's default), keep, none, plain (always the "
+                        "standard ResNet, as the authors; the EMA rule's default)")
     p.add_argument("--ema-from", choices=("model", "history"), default="model",
-                   help="EMA values of the trained model's gates, or a history.jsonl row")
-    p.add_argument("--ema-epoch", type=int, default=None, help="history row (default: last)")
+                   help="EMA values of the compressed net's gates, or a history.jsonl row")
+    p.add_argument("--ema-epoch", type=int, default=None,
+                   help="history row (default: --epoch, else the last)")
     p.add_argument("--ema-threshold", type=float, default=EMA_THRESHOLD,
-                   help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD})")
+                   help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
+                        "the authors' log printed it as 1)")
     p.add_argument("--splits", default="train,test", help="splits to certify on (train,test)")
     p.add_argument("--max-batches", type=int, default=None,
                    help="certify and check on the first N batches of each split only (smoke runs)")

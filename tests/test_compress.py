@@ -240,7 +240,31 @@ def test_ema_rule_disagreements_and_an_unsafe_removal_is_caught(tmp_path):
     assert doc["removed"] == ["group2/block0"]
     # removing an open block changes predictions: the check says so
     assert not doc["equivalence"]["passed"] and doc["equivalence"]["max_abs_logit_diff"] > 1e-5
-    assert C.ema_removable({"group0/block0": {"discarded": 0.9996}, "group0/block1": 0.99}) == \
+    assert doc["disagreements"] == dis and doc["reduced_gates"] == "none"   # the authors' plain net
+    # both nets were built and checked: the certified one is exact, the EMA one is not
+    assert doc["rules"]["certificate"]["removed"] == ["group0/block1"]
+    assert doc["rules"]["certificate"]["identical_predictions"]
+    assert doc["rules"]["ema"]["removed"] == ["group2/block0"]
+    assert not doc["rules"]["ema"]["identical_predictions"]
+
+
+def test_ema_threshold_is_the_authors_printed_1_at_5_significant_digits():
+    assert C.EMA_THRESHOLD == 0.999995 and C.EMA_DIGITS == 5
+    emas = {"group0/block0": {"discarded": 0.999994}, "group0/block1": 0.999995,
+            "group1/block0": {"discarded": 0.9999949}, "group1/block1": 1.0,
+            "group2/block0": 0.9995}
+    assert C.ema_removable(emas) == ["group0/block1", "group1/block1"]
+    assert C.printed_as_authors(0.999994) == "0.99999" and C.printed_as_authors(1.0) == "1"
+    # The monitor value is a float32: on every float32 of [0.999, 1] the threshold says what
+    # the authors' log said ('{:.5g}' reads 1), both sides of the boundary included.
+    lo, hi = np.float32(0.999), np.float32(1.0)
+    v = np.arange(lo.view(np.int32), hi.view(np.int32) + 1, dtype=np.int32).view(np.float32)
+    printed_one = np.array([C.printed_as_authors(x) == "1" for x in v])
+    np.testing.assert_array_equal(printed_one, v.astype(np.float64) >= C.EMA_THRESHOLD)
+    assert 0 < printed_one.sum() < len(v)
+    below = np.float32(0.999995)                       # the float32 nearest: 0.99999493…
+    assert C.ema_removable({"group0/block0": float(below)}) == []
+    assert C.ema_removable({"group0/block0": float(np.nextafter(below, np.float32(2)))}) == \
         ["group0/block0"]
 
 
@@ -318,3 +342,89 @@ def test_evaluate_and_ablate_cli_on_a_run_folder(eps_run, capsys):
     assert all(r["block"] in zero and r["top1_error"] == doc["rows"][0]["top1_error"] for r in first)
     assert cli.main(args) == 2 and "--force" in capsys.readouterr().err
     assert cli.main(["evaluate", str(run_dir / "missing.keras"), "--data-dir", str(data)]) == 2
+
+
+# --- the authors' rule at a chosen epoch of a real run -----------------------------------
+
+#: A real tiny run (digits, 8 epochs of 44 steps, ε = 5): some blocks' EMAs pass 0.999995
+#: at epoch 6, others stay below; epochs 3 and 6 keep their checkpoints.
+EPOCH_RECIPE = {"dataset": "digits", "arch": "cifar-basic-14", "epochs": 8, "batch_size": 32,
+                "epsilon": 5.0, "lr_schedule": [[0, 0.1]], "adaptive_schedule": [],
+                "val_steps": 0, "histogram_every": 0, "wd_decay_every": 0,
+                "keep_checkpoints_at": [3, 6]}
+
+
+@pytest.fixture(scope="module")
+def epoch_run(tmp_path_factory):
+    loop = pytest.importorskip("epsresnet_tf.train.loop")
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    loop.run_training(loop.resolve_config(EPOCH_RECIPE), run_dir, "no-data-folder-needed",
+                      verbose=0)
+    rows = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    return run_dir, rows
+
+
+def test_epoch_checkpoints_kept_for_compression(epoch_run):
+    run_dir, rows = epoch_run
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == [
+        "epoch-00003.npz", "epoch-00006.npz", "epoch-00007.npz", "epoch-00008.npz"]
+
+
+def test_compress_ema_rule_at_a_chosen_epoch(epoch_run, tmp_path, capsys):
+    run_dir, rows = epoch_run
+    epoch = 6
+    emas = {b: v["discarded"] for b, v in rows[epoch - 1]["blocks"].items()}   # independent
+    expected = sorted(b for b, v in emas.items() if v >= 0.999995)
+    assert 0 < len(expected) < len(emas), emas       # the run makes the choice meaningful
+    out = tmp_path / "ema6"
+    args = ["compress", str(run_dir), "--data-dir", "no-data-folder-needed", "--rule", "ema",
+            "--epoch", str(epoch), "--max-batches", "3", "--out", str(out)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    cert = json.loads((out / "certificate.json").read_text())
+    assert cert["epoch"] == epoch and cert["weights"] == "ckpt/epoch-00006.npz"
+    assert cert["step"] == rows[epoch - 1]["step"]
+    assert cert["rule"] == "ema" and cert["removed"] == expected
+    assert cert["ema_rule"]["removable"] == expected and cert["ema_rule"]["threshold"] == 0.999995
+    # the EMA values are epoch 6's (the checkpoint's gate variables = the history row)
+    for b, v in cert["blocks"].items():
+        assert v["ema"] == pytest.approx(emas[b], abs=1e-7), b
+    per_group = [2, 2, 2]
+    for b in expected:
+        per_group[C.parse_block_id(b)[0]] -= 1
+    assert cert["blocks_per_group_after"] == per_group
+    reduced = keras.models.load_model(out / "reduced.keras", compile=False)
+    assert C.block_layout(reduced) == {g: n for g, n in enumerate(per_group) if n}
+    assert not gate_layers(reduced)                   # the authors' standard ResNet
+    # both rules' nets, their test errors and where they disagree
+    rules, dis = cert["rules"], cert["disagreements"]
+    assert rules["ema"]["removed"] == expected
+    cert_removed = rules["certificate"]["removed"]
+    assert dis["ema_only"] == sorted(set(expected) - set(cert_removed))
+    assert dis["certificate_only"] == sorted(set(cert_removed) - set(expected))
+    assert rules["certificate"]["identical_predictions"]
+    assert rules["certificate"]["test_error"] == rules["certificate"]["test_error_full"]
+    from epsresnet_tf import evaluate as E
+    run = C.read_run(run_dir)
+    test = C.run_datasets(run, "no-data-folder-needed", ("test",), 3)["test"]
+    independent = E.error_rates(reduced, test)
+    assert independent["images"] == rules["ema"]["test_images"] == 96
+    assert rules["ema"]["test_error"] == pytest.approx(independent["top1_error"])
+    # the epoch-6 weights, not the final ones: the full net's error is the checkpoint's
+    net, state = C.load_epoch(run, epoch)
+    assert state["epoch"] == epoch
+    assert rules["ema"]["test_error_full"] == pytest.approx(E.error_rates(net, test)["top1_error"])
+    assert "authors' EMA rule" in printed and "certified" in printed and "test error" in printed
+
+
+def test_compress_epoch_without_a_kept_checkpoint(epoch_run, capsys):
+    run_dir, _ = epoch_run
+    args = ["compress", str(run_dir), "--data-dir", "no-data-folder-needed", "--epoch", "4",
+            "--out", str(run_dir / "never")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "epoch 4" in err and "kept: 3, 6, 7, 8" in err and "keep_checkpoints_at" in err
+    with pytest.raises(UserError, match="--ema-epoch 5 differs"):
+        C.compress_run(run_dir, "no-data-folder-needed", epoch=6, ema_epoch=5)

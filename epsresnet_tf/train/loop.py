@@ -77,6 +77,8 @@ DEFAULTS = {
     "imagenet_channel_order": "rgb",
     "imagenet_saturation": "clip",
     "deterministic": False,
+    "keep_checkpoints_at": [],       # epochs whose checkpoints outlive the 2 newest (compress --epoch)
+    "keep_checkpoints_every": 0,     # also keep every N-th epoch's checkpoint (0: none)
 }
 
 
@@ -116,6 +118,13 @@ def validate_config(cfg):
     if cfg["adaptive_schedule"]:
         PiecewiseSchedule(cfg["adaptive_schedule"])
     epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
+    at = cfg.get("keep_checkpoints_at", [])
+    if not isinstance(at, (list, tuple)) or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at):
+        raise UserError(f"keep_checkpoints_at must be a list of epochs >= 1, got {at!r}")
+    every = cfg.get("keep_checkpoints_every", 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise UserError(f"keep_checkpoints_every must be an integer >= 0 (0: none), got {every!r}")
 
 
 # --- files -------------------------------------------------------------------------------
@@ -134,6 +143,9 @@ class RunFolder:
     """`runs/<name>/`: paths, config check, checkpoints."""
 
     KEEP = 2  # checkpoints kept (the newest and one before, in case the newest is bad)
+    #: Config keys that only say which checkpoints to keep: they do not change the training,
+    #: so a resume may change them (config.json is then updated).
+    RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every")
 
     def __init__(self, root):
         self.root = Path(root)
@@ -147,6 +159,10 @@ class RunFolder:
         """True if this is a resume. A folder with another config is refused."""
         if self.config.exists():
             self.check_config(cfg)
+            old = json.loads(self.config.read_text())
+            if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
+                old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
+                atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a run folder (no config.json)")
@@ -156,9 +172,10 @@ class RunFolder:
         return False
 
     def check_config(self, cfg):
-        """UserError unless config.json holds `cfg`."""
+        """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
         old = json.loads(self.config.read_text())
-        diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+        diff = sorted(k for k in set(old) | set(cfg)
+                      if k not in self.RETENTION_KEYS and old.get(k) != cfg.get(k))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
             raise UserError(f"{self.root} holds a run with another config ({shown}); "
@@ -167,10 +184,32 @@ class RunFolder:
     def checkpoints(self):
         return sorted(self.ckpt.glob("epoch-*.npz")) if self.ckpt.exists() else []
 
+    @staticmethod
+    def epoch_of(path):
+        """The epoch of `ckpt/epoch-00005.npz` (5), or None for another name."""
+        try:
+            return int(Path(path).stem.split("-", 1)[1])
+        except (IndexError, ValueError):
+            return None
+
+    def checkpoint_path(self, epoch):
+        return self.ckpt / f"epoch-{int(epoch):05d}.npz"
+
+    def kept_forever(self, epoch):
+        """Whether config.json's keep_checkpoints_at / keep_checkpoints_every keep `epoch`'s
+        checkpoint besides the KEEP newest (for `epsresnet compress --epoch`)."""
+        try:
+            cfg = json.loads(self.config.read_text())
+        except (OSError, ValueError):
+            return False
+        every = int(cfg.get("keep_checkpoints_every") or 0)
+        return epoch in (cfg.get("keep_checkpoints_at") or ()) or bool(every and epoch % every == 0)
+
     def save_checkpoint(self, epoch, arrays, state):
-        """One .npz (variables + JSON state), written to a temporary name and renamed."""
+        """One .npz (variables + JSON state), written to a temporary name and renamed. Older
+        checkpoints go, except the KEEP newest and those the config keeps forever."""
         self.ckpt.mkdir(parents=True, exist_ok=True)
-        path = self.ckpt / f"epoch-{epoch:05d}.npz"
+        path = self.checkpoint_path(epoch)
         fd, tmp = tempfile.mkstemp(dir=self.ckpt, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, state=np.frombuffer(json.dumps(state).encode(), np.uint8),
@@ -179,17 +218,23 @@ class RunFolder:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         for old in self.checkpoints()[:-self.KEEP]:
-            old.unlink()
+            e = self.epoch_of(old)
+            if e is None or not self.kept_forever(e):
+                old.unlink()
         return path
+
+    def load(self, path):
+        """(arrays, state) of one checkpoint file."""
+        with np.load(path) as z:
+            state = json.loads(bytes(z["state"]).decode())
+            names = sorted(k for k in z.files if k.startswith("v"))
+            return [z[k] for k in names], state
 
     def load_latest(self):
         """(arrays, state) of the newest readable checkpoint, or None."""
         for path in reversed(self.checkpoints()):
             try:
-                with np.load(path) as z:
-                    state = json.loads(bytes(z["state"]).decode())
-                    names = sorted(k for k in z.files if k.startswith("v"))
-                    return [z[k] for k in names], state
+                return self.load(path)
             except (OSError, ValueError, KeyError) as err:
                 log.warning("skipping unreadable checkpoint %s: %s", path, err)
         return None
