@@ -31,7 +31,8 @@ class Doubled:
 BASE = {"arch": "cifar-basic-8", "epochs": 3, "val_steps": 1, "histogram_every": 1,
         "epsilon": 4.0, "epsilon_start_epoch": 1, "deterministic": True,
         "lr_schedule": [[0, 0.02], [2, 0.01]], "adaptive_schedule": [[0, 0.03], [9, 0.001]],
-        "reset_threshold": 0.2}
+        "reset_threshold": 0.2,
+        "steps_per_epoch": 3}   # the same steps per epoch (by default 2 replicas make 2 passes)
 
 
 def main(out, mode):
