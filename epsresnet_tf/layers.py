@@ -53,7 +53,8 @@ class EpsilonGate(keras.layers.Layer):
     Monitoring (SPEC §8), updated on every training call inside the graph:
     `gate_value` (T of the last batch, averaged over groups or images),
     `discarded_ema` (EMA of 1 - T, averaged over groups or images), `response_max` (EMA of
-    max |F| over the per-device batch) and `response_mean` (EMA of mean |F|). All EMAs
+    max |F| over the per-device batch; with groups, of the mean over groups of each
+    group's max) and `response_mean` (EMA of mean |F|). All EMAs
     have decay `monitor_decay` (0.95, tensorpack's moving summaries) and start from 0.
     """
 
@@ -143,8 +144,14 @@ class EpsilonGate(keras.layers.Layer):
         d = self.monitor_decay
         self.gate_value.assign(t)
         self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * (1.0 - t))
-        # In batch scope the gate's own reduction is max |F|; per group or sample, one more.
-        top = peak if (self.scope == "batch" and not self.grouped) else ops.max(peak)
+        # In batch scope the gate's own reduction is max |F|; per sample, one more max.
+        # With groups, the mean over groups of each group's max |F|: what mean-aggregated
+        # replicas of G images give, so the monitor does not depend on how the groups lie
+        # over devices, and an unbiased estimate of the authors' tower-0 value.
+        if self.grouped:
+            top = ops.mean(peak)
+        else:
+            top = peak if self.scope == "batch" else ops.max(peak)
         self.response_max.assign(d * self.response_max + (1.0 - d) * top)
         self.response_mean.assign(d * self.response_mean + (1.0 - d) * ops.mean(ops.abs(f)))
 
@@ -214,8 +221,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     of the per-device batch is normalised with its own batch statistics, as each of the
     authors' GPU towers normalised its own 64 or 42 images (docs/semantics.md); the batch
     must be a multiple of G. The moving statistics move towards the mean over groups of
-    the groups' batch mean and (uncorrected) variance — what MirroredStrategy's mean over
-    replicas gives, where tensorpack kept tower 0's own. Inference is unchanged.
+    the groups' batch mean and (uncorrected) variance. tensorpack kept tower 0's; under
+    MirroredStrategy Keras's moving statistics (aggregation "none") are updated by each
+    replica on its own copy, and reads and checkpoints see replica 0's — tower 0's again
+    (docs/semantics.md). Inference is unchanged.
     """
 
     def __init__(self, *args, group_size=None, **kwargs):
