@@ -49,6 +49,10 @@ class NetConfig:
     dropout: float = 0.0
     bn_momentum: float = 0.9      # tensorpack's BatchNorm defaults
     bn_epsilon: float = 1e-5
+    # "Virtual towers" (docs/semantics.md): images per ε-gate group (None: the whole
+    # per-device batch) and per BatchNorm group in training (None: the whole batch).
+    gate_group: int = None
+    bn_group: int = None
 
     def __post_init__(self):
         for field, allowed in (("gate", GATES), ("order", ORDERS), ("shortcut", SHORTCUTS),
@@ -63,6 +67,11 @@ class NetConfig:
             raise ValueError(f"classes must be >= 1; got {self.classes}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        for field in ("gate_group", "bn_group"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{field} must be None or a positive integer; got {value!r}")
         if self.gate == "k" and self.shortcut in MERGING_SHORTCUTS:
             raise ValueError(f"gate 'k' merges the branches itself (g(k) F + x); it cannot "
                              f"combine with shortcut {self.shortcut!r}: use gate eps or none, "
@@ -108,7 +117,7 @@ class LayerFactory:
     def bn(self, name):
         return L.FusedBatchNormalization(
             axis=self.channel_axis, momentum=self.config.bn_momentum,
-            epsilon=self.config.bn_epsilon, name=name)
+            epsilon=self.config.bn_epsilon, group_size=self.config.bn_group, name=name)
 
     def bn_relu(self, x, name):
         x = self.bn(name + "bn")(x)
@@ -226,7 +235,8 @@ def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
 def gated_residual(residual, cfg, p):
     """S(F) under the epsilon gate (SPEC §1); F itself otherwise."""
     if cfg.gate == "eps":
-        return L.EpsilonGate(cfg.epsilon, cfg.gate_scope, name=p + "eps_gate")(residual)
+        return L.EpsilonGate(cfg.epsilon, cfg.gate_scope, group_size=cfg.gate_group,
+                             name=p + "eps_gate")(residual)
     return residual
 
 

@@ -59,19 +59,29 @@ class EpsilonGate(keras.layers.Layer):
     it is of size L^2. With `gate_gradient=False` (default) T is a constant for
     differentiation, so dS/dF = T exactly; `gate_gradient=True` keeps the original graph.
 
+    `group_size` G (batch scope; None: the whole per-device batch): the per-device batch of
+    N images is split into N/G consecutive groups of G, each with its own T — "virtual
+    towers", as the authors' ImageNet runs gated over one GPU's 64 or 42 images
+    (docs/semantics.md). When N is not a multiple of G (a last, partial evaluation batch)
+    the last group is smaller. Sample scope gates each image on its own, so G changes
+    nothing there.
+
     Monitoring (SPEC §8), updated on every training call inside the graph:
-    `gate_value` (T of the last batch, averaged over images in sample scope),
-    `discarded_ema` (EMA of 1 - T, decay 0.95), `response_max` (max |F|) and
-    `response_mean` (mean |F|) of the last batch.
+    `gate_value` (T of the last batch, averaged over groups or images),
+    `discarded_ema` (EMA of 1 - T, averaged over groups or images), `response_max` (EMA of
+    max |F| over the per-device batch; with groups, of the mean over groups of each
+    group's max) and `response_mean` (EMA of mean |F|). All EMAs
+    have decay `monitor_decay` (0.95, tensorpack's moving summaries) and start from 0.
     """
 
     def __init__(self, epsilon=0.0, scope="batch", sharpness=GATE_SHARPNESS,
-                 gate_gradient=False, monitor_decay=MONITOR_DECAY, **kwargs):
+                 gate_gradient=False, monitor_decay=MONITOR_DECAY, group_size=None, **kwargs):
         super().__init__(**kwargs)
         if scope not in ("batch", "sample"):
             raise ValueError(f"EpsilonGate scope must be 'batch' or 'sample', got {scope!r}")
         if epsilon < 0:
             raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.group_size = _group_size(group_size)
         self.initial_epsilon = float(epsilon)
         self.scope = scope
         self.sharpness = float(sharpness)
@@ -87,20 +97,29 @@ class EpsilonGate(keras.layers.Layer):
         self.response_max = _monitor_weight(self, "response_max", 0.0)
         self.response_mean = _monitor_weight(self, "response_mean", 0.0)
 
+    @property
+    def grouped(self):
+        """Batch scope over groups of `group_size` images (one T per group)."""
+        return self.scope == "batch" and self.group_size is not None
+
     def gate(self, residual):
-        """T for a float32 residual tensor: shape () in batch scope, (N, 1, ...) per sample."""
+        """T for a float32 residual tensor: shape () in batch scope, (ceil(N/G),) with
+        groups, (N, 1, ...) per sample."""
         return self.threshold(self._peak(residual))
 
     def _peak(self, f):
-        """max |F| over the gate's scope (the whole batch, or each image), as
+        """max |F| over the gate's scope (the whole batch, each group, or each image), as
         max(max F, -min F): equal to max(abs(F)) bit for bit (negation is exact), and two
         reads of F instead of abs's read and write plus a read (measured faster: the gate
         is memory-bound, docs/PROFILE.md)."""
-        if self.scope == "batch":
+        if self.scope == "batch" and not self.grouped:
             return ops.maximum(ops.max(f), -ops.min(f))
         axes = tuple(range(1, len(f.shape)))
-        return ops.maximum(ops.max(f, axis=axes, keepdims=True),
-                           -ops.min(f, axis=axes, keepdims=True))
+        per_image = ops.maximum(ops.max(f, axis=axes, keepdims=True),
+                                -ops.min(f, axis=axes, keepdims=True))
+        if self.grouped:   # then over each group's G per-image values: (ceil(N/G),)
+            return ops.max(_group_rows(ops.reshape(per_image, (-1,)), self.group_size), axis=1)
+        return per_image
 
     def threshold(self, peak):
         """T from max |F|. For eps >= 0 at most one of relu(F - eps), relu(-F - eps) is
@@ -120,19 +139,37 @@ class EpsilonGate(keras.layers.Layer):
             gate = ops.stop_gradient(gate)
         if training:
             self._update_monitors(f32, peak, gate)
+        if self.grouped:   # each image takes its group's T
+            n = ops.shape(residual)[0]
+            per_image = ops.repeat(gate, self.group_size)[:n]
+            per_image = ops.reshape(per_image, (-1,) + (1,) * (len(residual.shape) - 1))
+            return ops.cast(per_image, residual.dtype) * residual
         if self.scope == "batch" and not self.gate_gradient \
                 and keras.backend.backend() == "tensorflow":
             return _scaled_by_scalar_gate(residual, gate)
         return ops.cast(gate, residual.dtype) * residual
 
     def _update_monitors(self, f, peak, gate):
-        t = ops.mean(gate)
+        # The authors' monitors are tensorpack moving summaries (add_moving_summary): a
+        # tf.train.ExponentialMovingAverage of each step's value with decay 0.95 and
+        # zero_debias=False, whose shadow variable of a tensor starts at 0 — so ours start
+        # at 0 too and are not debiased. (tensorpack 0.2.0 also passes the global step as
+        # num_updates, which lowers the decay to (1 + step) / (10 + step) for the first 170
+        # steps; ours keep 0.95 throughout: docs/semantics.md.)
+        t = ops.mean(gate)   # over groups (or images): what mean-aggregated replicas give
         d = self.monitor_decay
         self.gate_value.assign(t)
         self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * (1.0 - t))
         # In batch scope the gate's own reduction is max |F|; per sample, one more max.
-        self.response_max.assign(peak if self.scope == "batch" else ops.max(peak))
-        self.response_mean.assign(ops.mean(ops.abs(f)))
+        # With groups, the mean over groups of each group's max |F|: what mean-aggregated
+        # replicas of G images give, so the monitor does not depend on how the groups lie
+        # over devices, and an unbiased estimate of the authors' tower-0 value.
+        if self.grouped:
+            top = ops.mean(peak)
+        else:
+            top = peak if self.scope == "batch" else ops.max(peak)
+        self.response_max.assign(d * self.response_max + (1.0 - d) * top)
+        self.response_mean.assign(d * self.response_mean + (1.0 - d) * ops.mean(ops.abs(f)))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -140,8 +177,27 @@ class EpsilonGate(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(epsilon=self.initial_epsilon, scope=self.scope, sharpness=self.sharpness,
-                      gate_gradient=self.gate_gradient, monitor_decay=self.monitor_decay)
+                      gate_gradient=self.gate_gradient, monitor_decay=self.monitor_decay,
+                      group_size=self.group_size)
         return config
+
+
+def _group_size(group_size):
+    """None, or a positive int (the images per group)."""
+    if group_size is None:
+        return None
+    if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"group_size must be None or a positive integer, got {group_size!r}")
+    return int(group_size)
+
+
+def _group_rows(values, group_size):
+    """A vector of N non-negative per-image values as (ceil(N/G), G), one row per group of
+    G consecutive images; a partial last group is padded with zeros, which leave a max
+    of non-negative values unchanged."""
+    n = ops.shape(values)[0]
+    pad = (group_size - n % group_size) % group_size
+    return ops.reshape(ops.pad(values, [[0, pad]]), (-1, group_size))
 
 
 def _scaled_by_scalar_gate(residual, gate):
@@ -176,15 +232,35 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     training step here (docs/PROFILE.md). Inference, non-4-D inputs, a BN without scale or
     centre, and other backends use the Keras layer unchanged. Moving statistics, weights and config are Keras's, so the
     two layers are interchangeable in a saved model.
+
+    `group_size` G ("ghost" BN, None: off): in training, each group of G consecutive images
+    of the per-device batch is normalised with its own batch statistics, as each of the
+    authors' GPU towers normalised its own 64 or 42 images (docs/semantics.md); the batch
+    must be a multiple of G. The moving statistics move towards the mean over groups of
+    the groups' batch mean and (uncorrected) variance. tensorpack kept tower 0's; under
+    MirroredStrategy Keras's moving statistics (aggregation "none") are updated by each
+    replica on its own copy, and reads and checkpoints see replica 0's — tower 0's again
+    (docs/semantics.md). Inference is unchanged.
     """
 
+    def __init__(self, *args, group_size=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_size = _group_size(group_size)
+
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 \
-                or not (self.scale and self.center) or keras.backend.backend() != "tensorflow":
+        if not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        fused = len(inputs.shape) == 4 and self.scale and self.center \
+            and keras.backend.backend() == "tensorflow"
+        if self.group_size is not None:
+            if fused:
+                return self._fused_ghost(inputs)
+            return self._ghost(inputs)
+        if not fused:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
-        axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
-        data_format = "NCHW" if axis % 4 == 1 else "NHWC"
+        axis = self._axis()
+        data_format = "NCHW" if axis == 1 else "NHWC"
         # The kernel takes float16/bfloat16 activations with float32 statistics.
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16) else ops.cast(inputs, "float32")
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
@@ -193,11 +269,82 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         # The kernel returns the Bessel-corrected variance; Keras's moving variance (and so
         # a run's agreement across replica counts) uses the plain batch variance.
         count = ops.cast(ops.size(x) // ops.shape(x)[axis], "float32")
-        variance = variance * (count - 1.0) / count
+        self._move(mean, variance * (count - 1.0) / count)
+        return ops.cast(y, self.compute_dtype)
+
+    def _axis(self):
+        """The channel axis of a 4-D input, 1 or 3."""
+        axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
+        return axis % 4
+
+    def _move(self, mean, variance):
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+
+    def _fused_ghost(self, inputs):
+        """All groups through the fused kernel at once: the K = N/G groups become K blocks
+        of channels (N, H, W, C) -> (K, G, H, W, C) -> (G, H, W, K*C), so each of the K*C
+        channels holds one group's images of one channel; gamma and beta are tiled K times.
+        One transpose each way instead of K kernel calls (NCHW alike, with (G, K*C, H, W))."""
+        import tensorflow as tf
+        g = self.group_size
+        channels_first = self._axis() == 1
+        x = inputs if inputs.dtype in (tf.float16, tf.bfloat16) else ops.cast(inputs, "float32")
+        shape = tf.shape(x)
+        c = x.shape[1] if channels_first else x.shape[3]
+        k = shape[0] // g
+        grouped = tf.reshape(x, tf.concat([[k, g], shape[1:]], 0))
+        if channels_first:   # (K, G, C, H, W) -> (G, K, C, H, W) -> (G, K*C, H, W)
+            blocks = tf.reshape(tf.transpose(grouped, [1, 0, 2, 3, 4]),
+                                tf.stack([g, k * c, shape[2], shape[3]]))
+        else:                # (K, G, H, W, C) -> (G, H, W, K, C) -> (G, H, W, K*C)
+            blocks = tf.reshape(tf.transpose(grouped, [1, 2, 3, 0, 4]),
+                                tf.stack([g, shape[1], shape[2], k * c]))
+        gamma = tf.tile(ops.cast(self.gamma, "float32"), [k])
+        beta = tf.tile(ops.cast(self.beta, "float32"), [k])
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            blocks, gamma, beta, epsilon=self.epsilon,
+            data_format="NCHW" if channels_first else "NHWC", is_training=True)
+        if channels_first:
+            y = tf.reshape(y, tf.stack([g, k, c, shape[2], shape[3]]))
+            y = tf.reshape(tf.transpose(y, [1, 0, 2, 3, 4]), shape)
+        else:
+            y = tf.reshape(y, tf.stack([g, shape[1], shape[2], k, c]))
+            y = tf.reshape(tf.transpose(y, [3, 0, 1, 2, 4]), shape)
+        count = ops.cast(ops.size(x) // (shape[0] // g * c), "float32")   # G*H*W per group
+        variance = variance * (count - 1.0) / count   # the kernel's is Bessel-corrected
+        self._move(ops.mean(ops.reshape(mean, (-1, c)), axis=0),
+                   ops.mean(ops.reshape(variance, (-1, c)), axis=0))
         return ops.cast(y, self.compute_dtype)
+
+    def _ghost(self, inputs):
+        """Ghost BN from `moments` for inputs the fused kernel does not take (2-D, no scale or
+        centre, other backends): (N, ...) -> (N/G, G, ...), moments per group."""
+        g = self.group_size
+        x = ops.cast(inputs, "float32")
+        ndim = len(x.shape)
+        axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
+        axis = axis % ndim
+        grouped = ops.reshape(x, (-1, g) + tuple(x.shape[1:]))
+        reduce = tuple(i + 1 for i in range(ndim) if i != axis)   # G and the non-channel axes
+        mean, variance = ops.moments(grouped, axes=reduce, keepdims=True)
+        y = (grouped - mean) / ops.sqrt(variance + self.epsilon)
+        shape = [1] * (ndim + 1)
+        shape[axis + 1] = x.shape[axis]
+        if self.scale:
+            y = y * ops.reshape(ops.cast(self.gamma, "float32"), shape)
+        if self.center:
+            y = y + ops.reshape(ops.cast(self.beta, "float32"), shape)
+        channels = x.shape[axis]
+        self._move(ops.mean(ops.reshape(mean, (-1, channels)), axis=0),
+                   ops.mean(ops.reshape(variance, (-1, channels)), axis=0))
+        return ops.cast(ops.reshape(y, ops.shape(x)), self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(group_size=self.group_size)
+        return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -106,17 +106,102 @@ def test_monitors_update_in_training_only():
     closed = tf.constant(np.full((2, 2), 0.5, np.float32))
     gate(closed, training=False)
     assert float(gate.discarded_ema.numpy()) == 0.0
+    assert float(gate.response_max.numpy()) == 0.0
     gate(closed, training=True)
     # EMA with decay 0.95 from 0: 0.05 * (1 - T) with T = 0
     np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05, rtol=1e-6)
     assert float(gate.gate_value.numpy()) == 0.0
-    np.testing.assert_allclose(gate.response_max.numpy(), 0.5)
+    np.testing.assert_allclose(gate.response_max.numpy(), 0.05 * 0.5, rtol=1e-6)
     opened = tf.constant(np.array([[3.0, -1.0], [0.0, 1.0]], np.float32))
     gate(opened, training=True)
     np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.95 * 0.05, rtol=1e-6)
     assert float(gate.gate_value.numpy()) == 1.0
-    np.testing.assert_allclose(gate.response_max.numpy(), 3.0)
-    np.testing.assert_allclose(gate.response_mean.numpy(), 5.0 / 4)
+
+
+def ema(values, decay=0.95):
+    """tensorpack's moving summary, recomputed: from 0, no debiasing."""
+    avg = 0.0
+    for v in values:
+        avg = decay * avg + (1 - decay) * v
+    return avg
+
+
+@pytest.mark.parametrize("scope, group", [("batch", None), ("sample", None), ("batch", 2)])
+def test_response_monitors_are_moving_averages_as_the_authors_had(scope, group):
+    # SPEC §8: max |F| and mean |F| are tensorpack moving summaries (decay 0.95), not the
+    # last batch's values; 1 - T too (averaged over groups or images).
+    rng = np.random.default_rng(11)
+    gate = L.EpsilonGate(1.0, scope=scope, group_size=group)
+    step = tf.function(lambda f: gate(f, training=True))
+    batches = [rng.normal(0, s, size=(4, 3, 3, 2)).astype(np.float32)
+               for s in (0.1, 2.0, 0.2, 3.0, 0.3)]
+    for f in batches:
+        step(tf.constant(f))
+    if group:   # the mean over groups of each group's max |F|, as replicas of G images
+        top = [np.abs(f).reshape(-1, group * 18).max(axis=1).mean() for f in batches]
+    else:
+        top = [np.abs(f).max() for f in batches]
+    np.testing.assert_allclose(gate.response_max.numpy(), ema(top), rtol=1e-5)
+    np.testing.assert_allclose(gate.response_mean.numpy(),
+                               ema(np.abs(f).mean() for f in batches), rtol=1e-5)
+    t = [reference_gate(f, 1.0, "sample").ravel() for f in batches]   # T per image
+    if scope == "batch" and group is None:
+        t = [x.max(keepdims=True) for x in t]
+    elif group:
+        t = [x.reshape(-1, group).max(axis=1) for x in t]
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), ema(1 - x.mean() for x in t),
+                               rtol=1e-5)
+    assert 0 < gate.discarded_ema.numpy() < ema([1] * len(batches))   # some open, some closed
+
+
+def test_gate_groups_each_get_their_own_t():
+    # G = 2 on a batch of 4: images 0-1 have every |F| <= eps, images 2-3 do not.
+    rng = np.random.default_rng(12)
+    eps = 1.0
+    f = rng.uniform(-eps, eps, size=(4, 3, 3, 2)).astype(np.float32)
+    f[2, 0, 0, 0] = 1.5
+    f[3] *= 3.0
+    gate = L.EpsilonGate(eps, group_size=2)
+    gate.build(f.shape)
+    np.testing.assert_array_equal(gate.gate(tf.constant(f)).numpy(), [0.0, 1.0])
+    x = tf.constant(f)
+    upstream = tf.constant(rng.normal(size=f.shape).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = gate(x, training=True)
+        objective = tf.reduce_sum(out * upstream)
+    out = out.numpy()
+    np.testing.assert_array_equal(out[:2], np.zeros_like(f[:2]))
+    np.testing.assert_array_equal(out[2:], f[2:])
+    grad = tape.gradient(objective, x).numpy()   # dS/dF = T of the image's group
+    np.testing.assert_array_equal(grad[:2], np.zeros_like(f[:2]))
+    np.testing.assert_array_equal(grad[2:], upstream.numpy()[2:])
+    # one T for the whole batch opens it; with groups the monitors average over groups
+    np.testing.assert_array_equal(L.EpsilonGate(eps)(x).numpy(), f)
+    assert float(gate.gate_value.numpy()) == 0.5
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05 * 0.5, rtol=1e-6)
+    group_max = np.abs(f).reshape(2, -1).max(axis=1)
+    np.testing.assert_allclose(gate.response_max.numpy(), 0.05 * group_max.mean(), rtol=1e-6)
+    # a partial last group (evaluation) is a group of its own; swapped halves swap T
+    np.testing.assert_array_equal(gate(x[:3]).numpy(), np.concatenate([0 * f[:2], f[2:3]]))
+    swapped = tf.concat([x[2:], x[:2]], 0)
+    np.testing.assert_array_equal(gate(swapped).numpy(), np.concatenate([f[2:], 0 * f[:2]]))
+    # in a functional model (symbolic batch), under tf.function, and after serialisation
+    inputs = keras.Input((3, 3, 2))
+    model = keras.Model(inputs, L.EpsilonGate(eps, group_size=2)(inputs))
+    np.testing.assert_array_equal(tf.function(model)(x).numpy(), out)
+    clone = keras.layers.deserialize(keras.layers.serialize(gate))
+    assert isinstance(clone, L.EpsilonGate) and clone.group_size == 2
+    np.testing.assert_array_equal(clone(x).numpy(), out)
+    with pytest.raises(ValueError, match="group_size"):
+        L.EpsilonGate(eps, group_size=0)
+
+
+def test_sample_scope_ignores_groups():
+    rng = np.random.default_rng(13)
+    f = tf.constant(around_eps(rng, (4, 2, 2, 3), 1.0))
+    np.testing.assert_array_equal(L.EpsilonGate(1.0, "sample", group_size=2)(f).numpy(),
+                                  L.EpsilonGate(1.0, "sample")(f).numpy())
 
 
 def test_gate_computes_in_float32_under_mixed_precision():
@@ -226,6 +311,67 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(axis):
                                keras.layers.BatchNormalization.call(fused, x, training=False).numpy())
     assert isinstance(keras.layers.deserialize(keras.layers.serialize(fused)),
                       L.FusedBatchNormalization)
+
+
+@pytest.mark.parametrize("shape, axis", [((6, 5, 4, 3), -1), ((6, 3, 5, 4), 1), ((6, 3), -1)])
+def test_ghost_batchnorm_is_keras_batchnorm_per_group(shape, axis):
+    # group_size 2 on 6 images: each group of 2 normalised with its own statistics, as
+    # Keras BN (training) on that group alone; gradients as for the three groups through
+    # one shared layer; the moving statistics move by the mean over groups.
+    rng = np.random.default_rng(8)
+    x = tf.constant(rng.normal(0.5, 2.0, size=shape) * rng.uniform(0.2, 3.0, size=shape[0])
+                    .reshape((-1,) + (1,) * (len(shape) - 1)), tf.float32)
+    ghost = L.FusedBatchNormalization(axis=axis, momentum=0.9, group_size=2)
+    shared = keras.layers.BatchNormalization(axis=axis, momentum=0.9)
+    alone = [keras.layers.BatchNormalization(axis=axis, momentum=0.9) for _ in range(3)]
+    gamma, beta = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    for layer in [ghost, shared] + alone:
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    upstream = tf.constant(rng.normal(size=shape), tf.float32)
+    results = []
+    for layer in (ghost, shared):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if layer is ghost:
+                y = ghost(x, training=True)
+            else:
+                y = tf.concat([shared(x[i:i + 2], training=True) for i in (0, 2, 4)], 0)
+            objective = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(objective, [x, layer.gamma, layer.beta])
+        results.append([y.numpy()] + [g.numpy() for g in grads])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    for i, layer in enumerate(alone):
+        np.testing.assert_allclose(layer(x[2 * i:2 * i + 2], training=True).numpy(),
+                                   results[0][0][2 * i:2 * i + 2], rtol=1e-4, atol=2e-5)
+    for stat in ("moving_mean", "moving_variance"):
+        expected = np.mean([getattr(layer, stat).numpy() for layer in alone], axis=0)
+        np.testing.assert_allclose(getattr(ghost, stat).numpy(), expected, rtol=1e-5)
+    # not the whole batch's statistics: grouping changed the output
+    whole = keras.layers.BatchNormalization(axis=axis)
+    whole.build(x.shape)
+    whole.gamma.assign(gamma)
+    whole.beta.assign(beta)
+    assert np.abs(whole(x, training=True).numpy() - results[0][0]).max() > 0.1
+    # inference is Keras's own path on the moving statistics; the config keeps the group
+    np.testing.assert_allclose(ghost(x, training=False).numpy(),
+                               keras.layers.BatchNormalization.call(ghost, x, training=False).numpy())
+    clone = keras.layers.deserialize(keras.layers.serialize(ghost))
+    assert isinstance(clone, L.FusedBatchNormalization) and clone.group_size == 2
+
+
+def test_ghost_batchnorm_of_one_group_is_the_fused_batchnorm():
+    rng = np.random.default_rng(9)
+    x = tf.constant(rng.normal(size=(4, 3, 3, 5)), tf.float32)
+    ghost, plain = L.FusedBatchNormalization(group_size=4), L.FusedBatchNormalization()
+    for layer in (ghost, plain):
+        layer.build(x.shape)
+    np.testing.assert_allclose(ghost(x, training=True).numpy(), plain(x, training=True).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ghost.moving_variance.numpy(), plain.moving_variance.numpy(),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["exclusive", "shortcut_only"])

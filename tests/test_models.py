@@ -290,6 +290,34 @@ def test_gated_models_round_trip_through_dot_keras(tmp_path, arch, options):
             assert len(loaded.get_layer(layer.name)._inbound_nodes) == len(layer._inbound_nodes) > 1
 
 
+def test_a_grouped_net_trains_each_group_as_a_net_of_its_own(tmp_path):
+    # gate_group and bn_group G (virtual towers): a training pass over 2 groups equals the
+    # ungrouped net's training pass over each group alone; the groups survive .keras.
+    rng = np.random.default_rng(5)
+    grouped = build_model("cifar-basic-8", gate="eps", epsilon=1.0, gate_group=2, bn_group=2)
+    plain = build_model("cifar-basic-8", gate="eps", epsilon=1.0)
+    plain.set_weights(grouped.get_weights())
+    assert {g.group_size for g in L.gate_layers(grouped)} == {2}
+    bns = [b for b in grouped.layers if isinstance(b, keras.layers.BatchNormalization)]
+    assert bns and {b.group_size for b in bns} == {2}
+    x = np.concatenate([rng.normal(size=(2, 32, 32, 3)) * 0.2,
+                        rng.normal(size=(2, 32, 32, 3)) * 3 + 1]).astype(np.float32)
+    expected = np.concatenate([plain(x[:2], training=True).numpy(),
+                               plain(x[2:], training=True).numpy()])
+    np.testing.assert_allclose(grouped(x, training=True).numpy(), expected, rtol=1e-4, atol=1e-4)
+    whole = build_model("cifar-basic-8", gate="eps", epsilon=1.0)
+    whole.set_weights(grouped.get_weights())
+    assert np.abs(whole(x, training=True).numpy() - expected).max() > 1e-2
+    path = tmp_path / "grouped.keras"
+    grouped.save(path)
+    loaded = keras.saving.load_model(path)
+    assert {g.group_size for g in L.gate_layers(loaded)} == {2}
+    np.testing.assert_array_equal(loaded(x[:3]).numpy(), grouped(x[:3]).numpy())
+    for options in (dict(gate_group=0), dict(bn_group=1.5)):
+        with pytest.raises(UserError, match="group"):
+            build_model("cifar-basic-8", gate="eps", **options)
+
+
 def test_channels_first_model_agrees_with_channels_last():
     rng = np.random.default_rng(7)
     last = build_model("cifar-basic-8", gate="eps", epsilon=0.1)

@@ -33,7 +33,8 @@ def test_recipe_values_follow_the_spec():
     assert svhn["epsilon"] == 1.5 and svhn["arch"] == "cifar-basic-302"
     inet = recipes.resolve("imagenet-eps-152-e1.8")[1]
     assert (inet["optimizer"], inet["batch_size"], inet["batch_per"], inet["steps_per_epoch"],
-            inet["top5"], inet["epsilon"]) == ("nesterov", 256, "total", 5000, True, 1.8)
+            inet["top5"], inet["epsilon"]) == ("nesterov", 252, "total", 5000, True, 1.8)
+    assert inet["gate_group"] == 42   # the authors' 6 GPUs x 42 images (256 // 6 each)
     name, deeper = recipes.resolve("cifar10-eps-110", depth=200, epsilon=2.0)
     assert deeper["arch"] == "cifar-basic-200" and deeper["epsilon"] == 2.0
     assert name == "cifar10-eps-110_depth200_epsilon2.0"

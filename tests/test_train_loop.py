@@ -262,3 +262,55 @@ def test_epoch_steps_count_one_batch_per_gpu_per_step():
     assert epoch_steps(imagenet, Split(), 4) == 5000
     total = dict(imagenet, steps_per_epoch=None)
     assert epoch_steps(total, Split(), 4) == Split.num_batches
+
+def test_gate_group_must_lie_within_one_device():
+    # The authors' towers: ResNet-152 on 6 GPUs x 42 (252 in all), ResNet-101 on 4 x 64.
+    # A group spanning devices would need a cross-replica max: refused in one line.
+    from epsresnet_tf import recipes
+    from epsresnet_tf.train.loop import global_batch_size
+    _, r152 = recipes.resolve("imagenet-eps-152-e1.8")
+    _, r101 = recipes.resolve("imagenet-eps-101-e2.0")
+    assert (r152["batch_size"], r152["gate_group"], r152["ghost_bn"]) == (252, 42, True)
+    assert (r101["batch_size"], r101["gate_group"]) == (256, 64)
+    for replicas in (1, 2, 3, 6):
+        assert global_batch_size(r152, replicas) == 252
+    for replicas in (1, 2, 4):
+        assert global_batch_size(r101, replicas) == 256
+    for replicas in (4, 8):
+        with pytest.raises(UserError) as err:
+            global_batch_size(r152, replicas)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(
+            "gate group 42 needs a per-device batch that is a multiple of 42")
+        assert message.endswith("with batch 252 use --gpus 1, 2, 3 or 6")
+    with pytest.raises(UserError, match=r"8 devices is 32 per device.*--gpus 1, 2 or 4$"):
+        global_batch_size(r101, 8)
+    # `make imagenet-152 GPUS=8`: refused while the config resolves, before any data or GPU
+    with pytest.raises(UserError, match="31.5 per device.*--gpus 1, 2, 3 or 6$"):
+        recipes.resolve("imagenet-eps-152-e1.8", gpus=8)
+    assert recipes.resolve("imagenet-eps-152-e1.8", gpus=6)[1]["gpus"] == 6
+    with pytest.raises(UserError, match="use a batch that is a multiple of 42$"):
+        recipes.resolve("imagenet-eps-152-e1.8", batch_size=256)
+    with pytest.raises(UserError, match="batch 12 per device is not"):
+        tiny(gate_group=8, batch_size=12)
+    with pytest.raises(UserError, match="gate_group"):
+        tiny(gate_group=0)
+
+
+@pytest.mark.parametrize("ghost_bn", [True, False])
+def test_gate_group_reaches_the_gates_and_batchnorm(tmp_path, ghost_bn):
+    import keras
+    import tensorflow as tf
+
+    from epsresnet_tf import layers as L
+    cfg = resolve_config({"arch": "cifar-basic-8", "epochs": 1, "batch_size": 8, "val_steps": 0,
+                          "histogram_every": 0, "epsilon": 0.5, "gate_group": 4,
+                          "ghost_bn": ghost_bn, "lr_schedule": [[0, 0.02]]})
+    result = run_training(cfg, tmp_path / "groups", sources=(_Synthetic(), None),
+                          strategy=tf.distribute.get_strategy(), verbose=0)
+    assert result["status"] == "done"
+    model = keras.saving.load_model(tmp_path / "groups" / "model.keras")
+    gates = [g for g in L.gate_layers(model) if isinstance(g, L.EpsilonGate)]
+    bns = [b for b in model.layers if isinstance(b, L.FusedBatchNormalization)]
+    assert gates and all(g.group_size == 4 for g in gates)
+    assert bns and all(b.group_size == (4 if ghost_bn else None) for b in bns)

@@ -45,6 +45,8 @@ DEFAULTS = {
     "epsilon": 2.5,
     "epsilon_start_epoch": 0,
     "gate_scope": "batch",
+    "gate_group": None,              # images per "virtual tower" (None: the per-device batch)
+    "ghost_bn": True,                # with gate_group: BN normalises each group on its own
     "side_head": True,
     "side_weight": 0.1,
     "model_options": {},
@@ -113,6 +115,14 @@ def validate_config(cfg):
         raise UserError(f"optimizer must be momentum, nesterov or nadam, got {cfg['optimizer']!r}")
     if cfg["batch_per"] not in ("replica", "total"):
         raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
+    group = cfg["gate_group"]
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise UserError(f"gate_group must be a positive integer or null, got {group!r}")
+    if not isinstance(cfg["ghost_bn"], bool):
+        raise UserError(f"ghost_bn must be true or false, got {cfg['ghost_bn']!r}")
+    # --gpus N is N replicas on one machine; with several machines there are more, and a
+    # per-device batch that works there works here too (global_batch_size checks again).
+    _check_gate_group(cfg, max(cfg["gpus"], 1))
     from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
     PiecewiseSchedule(cfg["lr_schedule"])
     if cfg["adaptive_schedule"]:
@@ -260,10 +270,34 @@ def make_strategy(gpus):
 def global_batch_size(cfg, replicas):
     """SPEC §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
     split over the GPUs). UserError if the total does not split evenly."""
+    _check_gate_group(cfg, replicas)
     total = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
     if total % replicas:
         raise UserError(f"batch {total} does not split over {replicas} replicas")
     return total
+
+
+def _check_gate_group(cfg, replicas):
+    """A gate group (virtual tower) lies within one device: UserError unless the per-device
+    batch is a multiple of gate_group, naming the device counts that work. (A group across
+    devices would need a cross-replica max per block and step.)"""
+    group, batch = cfg.get("gate_group"), cfg["batch_size"]
+    if group is None:
+        return
+    if cfg["batch_per"] == "replica":
+        if batch % group:
+            raise UserError(f"gate group {group} needs a per-device batch that is a multiple "
+                            f"of {group}; batch {batch} per device is not")
+        return
+    if batch % replicas == 0 and (batch // replicas) % group == 0:
+        return
+    per = f"{batch // replicas}" if batch % replicas == 0 else f"{batch / replicas:.1f}"
+    works = [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
+    hint = (f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}" if len(works) > 1
+            else "use --gpus 1" if works else f"use a batch that is a multiple of {group}")
+    raise UserError(f"gate group {group} needs a per-device batch that is a multiple of "
+                    f"{group} (batch {batch} over {replicas} devices is {per} per device); "
+                    f"with batch {batch} {hint}")
 
 
 def make_optimizer(cfg):
@@ -510,7 +544,9 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
         options = dict(cfg["model_options"])
         if cfg["gate"] == "eps":
             options.update(epsilon=cfg["epsilon"] if cfg["epsilon_start_epoch"] == 0 else 0.0,
-                           gate_scope=cfg["gate_scope"])
+                           gate_scope=cfg["gate_scope"], gate_group=cfg["gate_group"])
+        if cfg["ghost_bn"] and cfg["gate_group"] is not None:
+            options.update(bn_group=cfg["gate_group"])
         net = build_model(cfg["arch"], classes=train_src.num_classes,
                           input_shape=tuple(train_src.image_shape), gate=cfg["gate"],
                           side_head=cfg["side_head"], weight_decay=cfg["weight_decay"],
