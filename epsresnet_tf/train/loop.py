@@ -53,7 +53,7 @@ DEFAULTS = {
     "epochs": 1000,
     "batch_size": 128,
     "batch_per": "replica",          # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
-    "optimizer": "momentum",         # "momentum", "nesterov" or "nadam"
+    "optimizer": "momentum",         # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
     "momentum": 0.9,
     "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
     "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
@@ -111,8 +111,9 @@ def validate_config(cfg):
         raise UserError(f"steps per epoch must be positive, got {cfg['steps_per_epoch']}")
     if cfg["gpus"] < 0:
         raise UserError(f"--gpus must be >= 0, got {cfg['gpus']}")
-    if cfg["optimizer"] not in ("momentum", "nesterov", "nadam"):
-        raise UserError(f"optimizer must be momentum, nesterov or nadam, got {cfg['optimizer']!r}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                        f"got {cfg['optimizer']!r}")
     if cfg["batch_per"] not in ("replica", "total"):
         raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
     group = cfg["gate_group"]
@@ -300,15 +301,28 @@ def _check_gate_group(cfg, replicas):
                     f"with batch {batch} {hint}")
 
 
+#: The optimizer names a config may give: "momentum"/"nesterov" are TF1's accumulator forms
+#: (the authors' `tf.train.MomentumOptimizer`, the default of every recipe), "keras-sgd"/
+#: "keras-nesterov" Keras's own SGD (they differ after every lr change: docs/semantics.md),
+#: "nadam" the gates paper's MNIST nets.
+OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
+
+
 def make_optimizer(cfg):
-    """SGD with momentum 0.9 (Nesterov on ImageNet), or Nadam for the gates paper's MNIST
-    nets (SPEC §3, §6); the lr starts at the schedule's first value."""
+    """SGD with momentum 0.9 (Nesterov on ImageNet) in TF1's form, Keras's SGD, or Nadam for
+    the gates paper's MNIST nets (SPEC §3, §6); the lr starts at the schedule's first value."""
     import keras
+    from epsresnet_tf.train.optimizers import TF1Momentum
+    name = cfg["optimizer"]
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     first_lr = cfg["lr_schedule"][0][1]
-    if cfg["optimizer"] == "nadam":
+    if name == "nadam":
         return keras.optimizers.Nadam(first_lr)
-    return keras.optimizers.SGD(first_lr, momentum=cfg["momentum"],
-                                nesterov=cfg["optimizer"] == "nesterov")
+    if name in ("momentum", "nesterov"):
+        return TF1Momentum(first_lr, momentum=cfg["momentum"], nesterov=name == "nesterov")
+    return keras.optimizers.SGD(first_lr, momentum=float(cfg["momentum"]),
+                                nesterov=name == "keras-nesterov")
 
 
 # --- the training model ------------------------------------------------------------------
