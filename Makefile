@@ -44,6 +44,8 @@ bench-data: install
 # --- training (issue 4) ---
 # `make cifar10-eps DEPTH=200 EPS=2.5 GPUS=2 DATA=... OUT=...`; running a target again
 # resumes its run folder $(OUT)/<recipe>. DEPTH and EPS default to the recipe's values.
+# ImageNet gates over the authors' towers (docs/semantics.md §1): imagenet-101 on 1, 2 or 4
+# GPUs, imagenet-152 on 1, 2, 3 or 6; other counts are refused in one line.
 .PHONY: cifar10-eps cifar100-eps svhn-eps imagenet-101 imagenet-152 tensorboard demo train-list
 
 DEPTH   ?=

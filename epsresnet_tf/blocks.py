@@ -1,4 +1,4 @@
-"""One residual unit builder shared by every family (SPEC §2–§5, He et al. 2016 §3–§4).
+"""One residual unit builder shared by every family (docs/semantics.md §2–§5, He et al. 2016 §3–§4).
 
 A unit is: residual branch (basic 3x3-3x3 or bottleneck 1x1-3x3-1x1, in one of He et al.'s
 orders) → optional gate (epsilon or k) → merge with a shortcut (identity and its He et al.
@@ -27,7 +27,7 @@ SCOPES = ("batch", "sample")
 
 @dataclasses.dataclass(frozen=True)
 class NetConfig:
-    """Network-wide settings (SPEC §1–§6). `weight_decay` is the c of c·½‖w‖²."""
+    """Network-wide settings (docs/semantics.md §1–§6). `weight_decay` is the c of c·½‖w‖²."""
 
     classes: int = 10
     gate: str = "none"
@@ -98,7 +98,7 @@ class LayerFactory:
     def __init__(self, config):
         self.config = config
         self.channel_axis = 1 if config.data_format == "channels_first" else -1
-        # Kernels carry c·½‖w‖² = L2(c/2); BN, biases, epsilon and k carry none (SPEC §6).
+        # Kernels carry c·½‖w‖² = L2(c/2); BN, biases, epsilon and k carry none (docs/semantics.md §6).
         self.regularizer = (keras.regularizers.L2(config.weight_decay / 2)
                             if config.weight_decay else None)
 
@@ -141,7 +141,7 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
     preact (pre-activation orders only): "none" — the input is already activated (the
     network's first unit); "residual" — BN-ReLU on the residual branch only; "split" —
     BN-ReLU before splitting, the shortcut sees the activated input.
-    shared_conv: a Conv2D shared by the stage (SPEC §4) used in place of this unit's
+    shared_conv: a Conv2D shared by the stage (docs/semantics.md §4) used in place of this unit's
     shared 3x3 (basic: the second; bottleneck: the only one).
     """
     cfg = factory.config
@@ -154,7 +154,7 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
         specs = [(filters, 1, 1), (filters, 3, stride), (out_channels, 1, 1)]
     else:
         specs = [(filters, 3, stride), (filters, 3, 1)]
-    shared_index = 1  # basic: the second 3x3; bottleneck: the 3x3 (SPEC §4)
+    shared_index = 1  # basic: the second 3x3; bottleneck: the 3x3 (docs/semantics.md §4)
 
     shortcut_input = x
     residual = x
@@ -233,7 +233,7 @@ def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
 
 
 def gated_residual(residual, cfg, p):
-    """S(F) under the epsilon gate (SPEC §1); F itself otherwise."""
+    """S(F) under the epsilon gate (docs/semantics.md §1); F itself otherwise."""
     if cfg.gate == "eps":
         return L.EpsilonGate(cfg.epsilon, cfg.gate_scope, group_size=cfg.gate_group,
                              name=p + "eps_gate")(residual)
@@ -241,14 +241,14 @@ def gated_residual(residual, cfg, p):
 
 
 def merge_branch(residual, shortcut, cfg, p):
-    """S(F) + x (eps gate), g(k) F + x (k gate, SPEC §3) or F + x."""
+    """S(F) + x (eps gate), g(k) F + x (k gate, docs/semantics.md §3) or F + x."""
     if cfg.gate == "k":
         return L.ResidualGate("residual", cfg.k_decay, name=p + "k_gate")([residual, shortcut])
     return keras.layers.Add(name=p + "add")([gated_residual(residual, cfg, p), shortcut])
 
 
 def shared_kernel(factory, group, filters):
-    """The one 3x3 kernel a stage's sharing blocks use (SPEC §4)."""
+    """The one 3x3 kernel a stage's sharing blocks use (docs/semantics.md §4)."""
     return factory.conv(filters, 3, 1, name=f"group{group}_shared_conv3x3")
 
 
@@ -272,7 +272,7 @@ def side_head_index(blocks_per_group):
 def imagenet_side_head_index(blocks_per_group):
     """The ImageNet script's place: block `sum(defs)//2 - sum(defs[:2]) - 1` of group 2
     (Python 2 integer division), so the global unit ⌊N/2⌋ − 1: group2/block8 of
-    ResNet-101, group2/block13 of ResNet-152 (docs/semantics.md, "Side head"). None where
+    ResNet-101, group2/block13 of ResNet-152 (docs/semantics.md §5). None where
     that block index is negative (ResNet-18: 8//2 - 4 - 1 = -1): the script attaches no
     side head there, and neither do we."""
     in_group = sum(blocks_per_group) // 2 - sum(blocks_per_group[:2]) - 1
@@ -280,7 +280,7 @@ def imagenet_side_head_index(blocks_per_group):
 
 
 def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, preact):
-    """What stays of a group's first unit once its residual branch is removed (SPEC §9):
+    """What stays of a group's first unit once its residual branch is removed (docs/semantics.md §9):
     the shortcut path between resolutions, named `group{g}_transition_…`."""
     p = f"group{group}_transition_"
     if shortcut_kind == "projection":

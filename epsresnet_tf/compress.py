@@ -677,11 +677,14 @@ def read_run(run_dir):
     options.update(classes=info.num_classes, input_shape=tuple(info.image_shape), gate=gate,
                    weight_decay=cfg.get("weight_decay", 2e-4))
     if gate == "eps":
-        options.update(epsilon=cfg.get("epsilon", 0.0), gate_scope=cfg.get("gate_scope", "batch"))
+        options.update(epsilon=cfg.get("epsilon", 0.0), gate_scope=cfg.get("gate_scope", "batch"),
+                       gate_group=cfg.get("gate_group"))
     batch = int(cfg.get("batch_size", 128))
     gpus = max(int(cfg.get("gpus", 0) or 0), 1)
     if cfg.get("batch_per", "replica") == "total":
         batch //= gpus
+    if cfg.get("gate_group"):   # a gate saw its group of images (docs/semantics.md §1)
+        batch = int(cfg["gate_group"])
     return RunInfo(root, cfg, cfg["arch"], cfg["dataset"], options, batch,
                    cfg.get("mean", "train"), int(cfg.get("seed", 0)))
 

@@ -9,9 +9,9 @@ from keras import ops
 
 PACKAGE = "epsresnet_tf"
 
-#: L of SPEC §1: T jumps from 0 to 1 within about 1/L of the threshold.
+#: L of docs/semantics.md §1: T jumps from 0 to 1 within about 1/L of the threshold.
 GATE_SHARPNESS = 1e6
-#: tensorpack's default decay for moving summaries (docs/semantics.md, "Monitors").
+#: tensorpack's default decay for moving summaries (docs/semantics.md §8).
 MONITOR_DECAY = 0.95
 
 
@@ -22,7 +22,7 @@ def moving_average(average, value, step, decay=MONITOR_DECAY):
     num_updates=global_step)`: the decay in effect is min(decay, (1 + n) / (10 + n)) for
     n finished steps, and the update is `average -= (average - value) * (1 - decay)`,
     starting from 0 (no zero-debiasing). The same arithmetic in the same order gives the
-    authors' float32 values, stalls included (docs/semantics.md, "Monitors"). Written by
+    authors' float32 values, stalls included (docs/semantics.md §8). Written by
     hand because Keras has no moving average with TF1's num_updates warm-up.
     Returns the assign op's result."""
     n = ops.cast(step, "float32")
@@ -45,7 +45,7 @@ def _monitor_weight(layer, name, initial=0.0):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class EpsilonGate(keras.layers.Layer):
-    """S(F) = T(F) * F, the sparsity-promoting function of epsilon-ResNet (SPEC §1).
+    """S(F) = T(F) * F, the sparsity-promoting function of epsilon-ResNet (docs/semantics.md §1).
 
     s = max(relu(F - eps) + relu(-F - eps)),  T = relu(1 - L * relu(1 - L * s)).
 
@@ -66,7 +66,7 @@ class EpsilonGate(keras.layers.Layer):
     the last group is smaller. Sample scope gates each image on its own, so G changes
     nothing there.
 
-    Monitoring (SPEC §8), updated on every training call inside the graph:
+    Monitoring (docs/semantics.md §8), updated on every training call inside the graph:
     `gate_value` (T of the last batch, averaged over groups or images),
     `discarded_ema` (EMA of 1 - T, averaged over groups or images), `response_max` (EMA of
     max |F| over the per-device batch; with groups, of the mean over groups of each
@@ -96,6 +96,7 @@ class EpsilonGate(keras.layers.Layer):
         self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
         self.response_max = _monitor_weight(self, "response_max", 0.0)
         self.response_mean = _monitor_weight(self, "response_mean", 0.0)
+        self.monitor_steps = _monitor_weight(self, "monitor_steps", 0.0)
 
     @property
     def grouped(self):
@@ -124,7 +125,7 @@ class EpsilonGate(keras.layers.Layer):
     def threshold(self, peak):
         """T from max |F|. For eps >= 0 at most one of relu(F - eps), relu(-F - eps) is
         non-zero, so their sum is relu(|F| - eps), and the max commutes with the monotone
-        relu(. - eps), also in floating point: s = relu(max|F| - eps) is SPEC §1's
+        relu(. - eps), also in floating point: s = relu(max|F| - eps) is docs/semantics.md §1's
         max(relu(F - eps) + relu(-F - eps)) exactly, in one reduction instead of seven
         passes over F (tests compare it with the 4-ReLU formula bit for bit)."""
         s = ops.relu(peak - self.epsilon)
@@ -150,16 +151,15 @@ class EpsilonGate(keras.layers.Layer):
         return ops.cast(gate, residual.dtype) * residual
 
     def _update_monitors(self, f, peak, gate):
-        # The authors' monitors are tensorpack moving summaries (add_moving_summary): a
-        # tf.train.ExponentialMovingAverage of each step's value with decay 0.95 and
-        # zero_debias=False, whose shadow variable of a tensor starts at 0 — so ours start
-        # at 0 too and are not debiased. (tensorpack 0.2.0 also passes the global step as
-        # num_updates, which lowers the decay to (1 + step) / (10 + step) for the first 170
-        # steps; ours keep 0.95 throughout: docs/semantics.md.)
+        # The authors' monitors are tensorpack moving summaries (`moving_average`: decay
+        # 0.95 with the num_updates warm-up, from 0, not debiased; docs/semantics.md §8).
+        # `monitor_steps` counts this gate's training steps: the global step for a gate
+        # that trains from the first step on.
+        steps = ops.convert_to_tensor(self.monitor_steps)
         t = ops.mean(gate)   # over groups (or images): what mean-aggregated replicas give
         d = self.monitor_decay
         self.gate_value.assign(t)
-        self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * (1.0 - t))
+        moving_average(self.discarded_ema, 1.0 - t, steps, d)
         # In batch scope the gate's own reduction is max |F|; per sample, one more max.
         # With groups, the mean over groups of each group's max |F|: what mean-aggregated
         # replicas of G images give, so the monitor does not depend on how the groups lie
@@ -168,8 +168,9 @@ class EpsilonGate(keras.layers.Layer):
             top = ops.mean(peak)
         else:
             top = peak if self.scope == "batch" else ops.max(peak)
-        self.response_max.assign(d * self.response_max + (1.0 - d) * top)
-        self.response_mean.assign(d * self.response_mean + (1.0 - d) * ops.mean(ops.abs(f)))
+        moving_average(self.response_max, top, steps, d)
+        moving_average(self.response_mean, ops.mean(ops.abs(f)), steps, d)
+        self.monitor_steps.assign(steps + 1.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -370,6 +371,7 @@ class ResidualGate(keras.layers.Layer):
                                  initializer=keras.initializers.Constant(1.0),
                                  regularizer=regularizer, autocast=False)
         self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
+        self.monitor_steps = _monitor_weight(self, "monitor_steps", 0.0)
 
     @property
     def gate_value(self):
@@ -378,10 +380,11 @@ class ResidualGate(keras.layers.Layer):
     def call(self, inputs, training=None):
         residual, shortcut = inputs
         g = ops.relu(self.k)
-        if training:
-            d = self.monitor_decay
+        if training:   # a tensorpack moving summary, as the ε-gate's (docs/semantics.md §8)
+            steps = ops.convert_to_tensor(self.monitor_steps)
             discarded = ops.cast(ops.less_equal(self.k, 0.0), "float32")
-            self.discarded_ema.assign(d * self.discarded_ema + (1.0 - d) * discarded)
+            moving_average(self.discarded_ema, discarded, steps, self.monitor_decay)
+            self.monitor_steps.assign(steps + 1.0)
         g = ops.cast(g, residual.dtype)
         if self.mode == "residual":
             return g * residual + shortcut

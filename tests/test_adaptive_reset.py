@@ -1,4 +1,4 @@
-"""The adaptive lr reset on real training runs (docs/semantics.md, "Adaptive reset"): the
+"""The adaptive lr reset on real training runs (docs/semantics.md §7): the
 statistic is ONE float32 moving average of the per-step discarded count, and one more
 discarded block resets the lr to the adaptive schedule's first value."""
 import keras
@@ -129,8 +129,8 @@ def test_count_is_one_float32_moving_average_of_the_integer_count(tmp_path):
     ema = tensorpack_ema(counts)
     assert rows[0]["discarded_count"] == pytest.approx(float(ema[STEPS - 1]), rel=1e-6, abs=1e-7)
     assert rows[1]["discarded_count"] == pytest.approx(float(ema[-1]), rel=1e-6, abs=1e-7)
-    # and it is not the sum of the per-block averages the dashboards show
-    assert rows[1]["blocks_discarded_sum"] != pytest.approx(rows[1]["discarded_count"], rel=1e-3)
+    # the per-block averages (dashboards, compression) sum to it up to float32 rounding
+    assert rows[1]["blocks_discarded_sum"] == pytest.approx(rows[1]["discarded_count"], abs=1e-5)
 
 
 def test_float32_stall_needs_the_tolerance():

@@ -1,8 +1,10 @@
-"""The gates against their definitions (SPEC §1, §3) and He et al.'s shortcut variants."""
+"""The gates against their definitions (docs/semantics.md §1, §3) and He et al.'s shortcut variants."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from _reference import tensorpack_ema
 
 from epsresnet_tf import layers as L
 
@@ -10,7 +12,7 @@ SHARPNESS = 1e6
 
 
 def reference_gate(f, eps, scope):
-    """SPEC §1 written directly in numpy: s = max(relu(F-eps) + relu(-F-eps)),
+    """docs/semantics.md §1 written directly in numpy: s = max(relu(F-eps) + relu(-F-eps)),
     T = relu(1 - L relu(1 - L s))."""
     f = f.astype(np.float32)
     relu = lambda v: np.maximum(v, np.float32(0))  # noqa: E731
@@ -108,27 +110,26 @@ def test_monitors_update_in_training_only():
     assert float(gate.discarded_ema.numpy()) == 0.0
     assert float(gate.response_max.numpy()) == 0.0
     gate(closed, training=True)
-    # EMA with decay 0.95 from 0: 0.05 * (1 - T) with T = 0
-    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05, rtol=1e-6)
+    # tensorpack's EMA from 0: at step 0 the decay in effect is min(0.95, 1/10) = 0.1
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.9, rtol=1e-6)
     assert float(gate.gate_value.numpy()) == 0.0
-    np.testing.assert_allclose(gate.response_max.numpy(), 0.05 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(gate.response_max.numpy(), 0.9 * 0.5, rtol=1e-6)
     opened = tf.constant(np.array([[3.0, -1.0], [0.0, 1.0]], np.float32))
     gate(opened, training=True)
-    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.95 * 0.05, rtol=1e-6)
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), ema([1.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.9 * 2 / 11, rtol=1e-6)
     assert float(gate.gate_value.numpy()) == 1.0
+    assert float(gate.monitor_steps.numpy()) == 2.0
 
 
 def ema(values, decay=0.95):
-    """tensorpack's moving summary, recomputed: from 0, no debiasing."""
-    avg = 0.0
-    for v in values:
-        avg = decay * avg + (1 - decay) * v
-    return avg
+    """tensorpack's moving summary after these steps (from step 0), recomputed."""
+    return float(tensorpack_ema(list(values), decay=decay)[-1])
 
 
 @pytest.mark.parametrize("scope, group", [("batch", None), ("sample", None), ("batch", 2)])
 def test_response_monitors_are_moving_averages_as_the_authors_had(scope, group):
-    # SPEC §8: max |F| and mean |F| are tensorpack moving summaries (decay 0.95), not the
+    # docs/semantics.md §8: max |F| and mean |F| are tensorpack moving summaries (decay 0.95), not the
     # last batch's values; 1 - T too (averaged over groups or images).
     rng = np.random.default_rng(11)
     gate = L.EpsilonGate(1.0, scope=scope, group_size=group)
@@ -179,9 +180,9 @@ def test_gate_groups_each_get_their_own_t():
     # one T for the whole batch opens it; with groups the monitors average over groups
     np.testing.assert_array_equal(L.EpsilonGate(eps)(x).numpy(), f)
     assert float(gate.gate_value.numpy()) == 0.5
-    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.9 * 0.5, rtol=1e-6)
     group_max = np.abs(f).reshape(2, -1).max(axis=1)
-    np.testing.assert_allclose(gate.response_max.numpy(), 0.05 * group_max.mean(), rtol=1e-6)
+    np.testing.assert_allclose(gate.response_max.numpy(), 0.9 * group_max.mean(), rtol=1e-6)
     # a partial last group (evaluation) is a group of its own; swapped halves swap T
     np.testing.assert_array_equal(gate(x[:3]).numpy(), np.concatenate([0 * f[:2], f[2:3]]))
     swapped = tf.concat([x[2:], x[:2]], 0)

@@ -1,4 +1,4 @@
-"""The model zoo against the papers: parameter counts (SPEC §11), structure (SPEC §2–§5),
+"""The model zoo against the papers: parameter counts (docs/semantics.md §11), structure (docs/semantics.md §2–§5),
 shared kernels, gated blocks, training steps and `.keras` round trips."""
 import json
 import os
@@ -380,7 +380,8 @@ def test_gate_monitors_update_inside_compiled_fit():
     x = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
     model.fit(x, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)  # two steps
     for gate in L.gate_layers(model):
-        np.testing.assert_allclose(gate.discarded_ema.numpy(), 1 - 0.95 ** 2, rtol=1e-5)
+        # tensorpack's EMA of 1 over steps 0 and 1: decays 0.1 and 2/11 in effect
+        np.testing.assert_allclose(gate.discarded_ema.numpy(), 1 - 0.1 * 2 / 11, rtol=1e-5)
         assert float(gate.gate_value.numpy()) == 0.0
         assert float(gate.response_max.numpy()) > 0.0
 
@@ -426,7 +427,7 @@ def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(arch, count
     assert model(x).shape == (1, 10)
 
 
-# --- ShaResNet sharing defaults (SPEC §4: the parameter counts decide them) ------------
+# --- ShaResNet sharing defaults (docs/semantics.md §4: the parameter counts decide them) ------------
 
 @pytest.mark.parametrize("arch, options, millions", [
     ("wrn-40-4", {}, 5.85),                   # wide nets: every block but the stage's first
@@ -445,7 +446,7 @@ def test_bottleneck_nets_cannot_share_the_strided_first_3x3():
             build_model(arch, share=True, share_first=True, input_shape=(32, 32, 3))
 
 
-# --- side head placement (SPEC §5) -----------------------------------------------------
+# --- side head placement (docs/semantics.md §5) -----------------------------------------------------
 
 def _layer_of(tensor):
     return tensor._keras_history.operation
@@ -735,7 +736,8 @@ def test_a_callback_changes_epsilon_between_steps_of_one_fit():
               callbacks=[CloseGatesAfterFirstStep()])
     for gate in L.gate_layers(model):
         assert float(gate.gate_value.numpy()) == 0.0  # the second step saw the new ε ...
-        np.testing.assert_allclose(gate.discarded_ema.numpy(), 0.05, rtol=1e-5)  # ... the first did not
+        # ... the first did not: EMA of (0, 1) from step 0 (decay 2/11 in effect at step 1)
+        np.testing.assert_allclose(gate.discarded_ema.numpy(), 1 - 2 / 11, rtol=1e-5)
 
 
 # --- the command line ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Schedules (SPEC §7) driven by synthetic histories, and a port of tensorpack's
+"""Schedules (docs/semantics.md §7) driven by synthetic histories, and a port of tensorpack's
 `callbacks/param_test.py` against our setter."""
 import json
 import logging
@@ -25,7 +25,7 @@ def drive(schedule, counts):
     return out
 
 
-# --- piecewise semantics (SPEC §7 last bullet) -----------------------------------------
+# --- piecewise semantics (docs/semantics.md §7 last bullet) -----------------------------------------
 
 def test_piecewise_exact_and_in_effect():
     s = PiecewiseSchedule(STANDARD)
@@ -98,7 +98,7 @@ def test_window_rule():
 
 def test_window_rule_independent():
     def naive(counts, k, thr):
-        """Independent restatement of SPEC §7 for the reset epochs only."""
+        """Independent restatement of docs/semantics.md §7 for the reset epochs only."""
         resets, last = [], None
         for e in range(len(counts) + 1):
             h = counts[:e]

@@ -52,6 +52,17 @@ def test_svhn_recipes_run_the_cifar_model_with_its_weight_decay_staircase(name):
         assert cfg["adaptive_schedule"] == [[1, 0.1], [10, 0.01], [14, 0.001], [25, 0.0001]]
 
 
+@pytest.mark.parametrize("name,published", [("imagenet-eps-101-e2.1", 2.1),
+                                            ("imagenet-eps-152-e1.8", 1.8)])
+def test_imagenet_as_run_variants_gate_at_the_scripts_constant(name, published):
+    # imagenetEpsilonResnet.py reads -e but gates with EPSILON = 2.0: the published 2.1
+    # and 1.8 runs gated at 2.0. Ours gate at the named ε; the as-run variants at 2.0.
+    named, as_run = recipes.resolve(name)[1], recipes.resolve(name + "-as-run")[1]
+    assert named["epsilon"] == published and as_run["epsilon"] == 2.0
+    assert {k: v for k, v in named.items() if k not in ("epsilon", "name")} == \
+        {k: v for k, v in as_run.items() if k not in ("epsilon", "name")}
+
+
 def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])

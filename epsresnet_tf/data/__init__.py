@@ -1,4 +1,4 @@
-"""Datasets: official-format readers, SPEC §10 augmentation, DataFlow -> tf.data pipelines.
+"""Datasets: official-format readers, docs/semantics.md §10 augmentation, DataFlow -> tf.data pipelines.
 
     from epsresnet_tf.data.pipeline import make_dataset, dataset_info
 

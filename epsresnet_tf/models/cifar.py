@@ -1,4 +1,4 @@
-"""Pre-activation ResNets for CIFAR/SVHN (He et al. 2016; SPEC §2): depth 6n+2 basic,
+"""Pre-activation ResNets for CIFAR/SVHN (He et al. 2016; docs/semantics.md §2): depth 6n+2 basic,
 9n+2 bottleneck; 3 groups at 32², 16², 8² with 16, 32, 64 (×4 for bottleneck) channels."""
 from epsresnet_tf import blocks
 from epsresnet_tf.models.common import image_input

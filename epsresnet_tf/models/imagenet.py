@@ -1,4 +1,4 @@
-"""Pre-activation ResNets for ImageNet (tensorpack's preact ResNet; SPEC §2):
+"""Pre-activation ResNets for ImageNet (tensorpack's preact ResNet; docs/semantics.md §2):
 conv7x7/2 + BN-ReLU + maxpool 3x3/2 → 4 groups (64, 128, 256, 512) → BN-ReLU → GAP → FC."""
 import keras
 

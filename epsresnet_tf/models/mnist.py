@@ -1,4 +1,4 @@
-"""The gates paper's fully connected MNIST nets (Savarese et al.; SPEC §3): a 50-unit
+"""The gates paper's fully connected MNIST nets (Savarese et al.; docs/semantics.md §3): a 50-unit
 linear layer, then d layers of 50 units (plain: Dense-BN-ReLU; residual: units of two
 such layers), then the classifier."""
 import keras

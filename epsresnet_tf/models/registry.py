@@ -59,7 +59,7 @@ def authors_block_count(name):
     """The denominator of the authors' `discarded_ratio` where it is not the number of
     gated blocks: their CIFAR script divides by `all_cnt = 3n + 2` (n units per group),
     two more than the blocks. None elsewhere (their ImageNet script divides by the number
-    of blocks) (docs/semantics.md, "Monitors")."""
+    of blocks) (docs/semantics.md §8)."""
     key, _, args = resolve(name)
     return 3 * ((args[0] - 2) // 6) + 2 if key == "cifar-basic" else None
 

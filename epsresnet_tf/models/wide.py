@@ -1,6 +1,6 @@
 """Wide ResNets WRN-d-k (Zagoruyko & Komodakis; used by the gates and sharing papers):
 (d-4)/6 basic pre-activation units per group, widths 16k, 32k, 64k, 1x1 projections where
-shapes change, optional dropout between the two convs (SPEC §2)."""
+shapes change, optional dropout between the two convs (docs/semantics.md §2)."""
 from epsresnet_tf import blocks
 from epsresnet_tf.models.common import image_input
 

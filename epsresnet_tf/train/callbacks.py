@@ -78,7 +78,7 @@ class MonitorCallback(keras.callbacks.Callback):
     step's loss was).
 
     `discarded_count` is the training model's one moving average of the per-step count
-    (what the adaptive reset reads, docs/semantics.md "Adaptive reset");
+    (what the adaptive reset reads, docs/semantics.md §7);
     `discarded_ratio` divides it by the number of gated blocks and
     `discarded_ratio_authors` by the authors' denominator (3n+2 on CIFAR), so their
     Fig. 9 curves can be overlaid."""

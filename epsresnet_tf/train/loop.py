@@ -6,7 +6,7 @@ Why `fit` with an overridden `train_step` (and not a hand-written `strategy.run`
 under `MirroredStrategy` (one machine, several GPUs — every configuration of the paper).
 The step is ours because the loss is not a Keras loss: cross-entropy + 0.1 × the side
 head's cross-entropy + the weight decay times a factor that drops ×0.2 every 480,000 steps,
-computed in the graph from the optimizer's step counter (SPEC §6). Keras 3's `fit` fails
+computed in the graph from the optimizer's step counter (docs/semantics.md §6). Keras 3's `fit` fails
 under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); with several machines
 (`TF_CONFIG` set) the same `train_step` and callbacks are driven by a loop of our own under
 `strategy.run` instead (`epsresnet_tf.train.multiworker`), and only the chief writes the
@@ -18,7 +18,7 @@ gates' monitor variables are mean-aggregated: each step every replica's update o
 EMA of 1 − T is averaged, so a block's discarded value is the EMA of the replica-mean of
 1 − T, and the discarded count is the sum of those over blocks.
 
-Run folder (DESIGN.md): config.json, history.jsonl, tb/, ckpt/, model.keras.
+Run folder: config.json, history.jsonl, tb/, ckpt/, model.keras.
 """
 import copy
 import itertools
@@ -269,7 +269,7 @@ def make_strategy(gpus):
 
 
 def global_batch_size(cfg, replicas):
-    """SPEC §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
+    """docs/semantics.md §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
     split over the GPUs). UserError if the total does not split evenly."""
     _check_gate_group(cfg, replicas)
     total = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
@@ -310,7 +310,7 @@ OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
 
 def make_optimizer(cfg):
     """SGD with momentum 0.9 (Nesterov on ImageNet) in TF1's form, Keras's SGD, or Nadam for
-    the gates paper's MNIST nets (SPEC §3, §6); the lr starts at the schedule's first value."""
+    the gates paper's MNIST nets (docs/semantics.md §3, §6); the lr starts at the schedule's first value."""
     import keras
     from epsresnet_tf.train.optimizers import TF1Momentum
     name = cfg["optimizer"]
@@ -333,7 +333,7 @@ def _training_model_class():
     from keras import ops
 
     class TrainingModel(keras.Model):
-        """Wraps the network; owns the loss (SPEC §6) and the metrics. Not saved itself:
+        """Wraps the network; owns the loss (docs/semantics.md §6) and the metrics. Not saved itself:
         the run folder keeps `net` (model.keras) and the variables (checkpoints)."""
 
         def __init__(self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False):
@@ -343,7 +343,7 @@ def _training_model_class():
             self.gates = gate_layers(net)
             # The authors' `discarded_cnt` summary: ONE moving average of the per-step
             # count of discarded blocks, the statistic the adaptive reset reads
-            # (docs/semantics.md, "Adaptive reset"); "mean" over replicas like the gates'.
+            # (docs/semantics.md §7); "mean" over replicas like the gates'.
             self.discarded_count = self.add_weight(
                 name="discarded_count", shape=(), dtype="float32", trainable=False,
                 initializer="zeros", aggregation="mean", autocast=False)
@@ -452,7 +452,7 @@ def _training_model_class():
 # --- data --------------------------------------------------------------------------------
 
 def epoch_steps(cfg, source, replicas):
-    """Steps in one epoch as tensorpack counted them (docs/semantics.md, "Epochs"): an
+    """Steps in one epoch as tensorpack counted them (docs/semantics.md §6): an
     epoch is `dataflow.size()` steps of the per-GPU dataflow and each step takes one batch
     per GPU, so with k GPUs and a per-replica batch an epoch is k passes over the data.
     A recipe's `steps_per_epoch` (ImageNet: 5,000) is taken as it is."""

@@ -1,4 +1,4 @@
-"""What is monitored (SPEC §8), read from graph variables at epoch end.
+"""What is monitored (docs/semantics.md §8), read from graph variables at epoch end.
 
 The gates keep their own statistics inside the graph (EpsilonGate: `discarded_ema`,
 `gate_value`, `response_max`, `response_mean`; ResidualGate: `discarded_ema`, k), updated on
@@ -30,7 +30,7 @@ def discarded_now(layer):
     """A gate's is_discarded in the training step just run, as a float32 tensor in [0, 1]:
     1 − T for an ε-gate (the mean over images or gate groups where T is not one number),
     1 where g(k) = 0 for a k-gate. Summed over blocks it is the per-step discarded count
-    that the adaptive reset's moving average follows (docs/semantics.md, "Adaptive reset")."""
+    that the adaptive reset's moving average follows (docs/semantics.md §7)."""
     from keras import ops
     if isinstance(layer, EpsilonGate):
         return 1.0 - ops.convert_to_tensor(layer.gate_value)

@@ -1,4 +1,4 @@
-"""Hyper-parameter schedules in pure Python (SPEC §6–§7): no TensorFlow here.
+"""Hyper-parameter schedules in pure Python (docs/semantics.md §6–§7): no TensorFlow here.
 
 Epoch numbers follow tensorpack's `ScheduledHyperParamSetter`: an entry ``(e, v)`` takes
 effect once ``e`` epochs have finished, i.e. for the (e+1)-th epoch; ``(0, v)`` is set
@@ -105,7 +105,7 @@ class ScheduledSetter:
 
 
 class AdaptiveResetSchedule:
-    """The authors' adaptive learning-rate reset (SPEC §7), one decision per epoch.
+    """The authors' adaptive learning-rate reset (docs/semantics.md §7), one decision per epoch.
 
     `lr_for_epoch(e, history)` is called when `e` epochs have finished (before the next
     one), with `history` the discarded-block counts of those `e` epochs; it returns the lr
@@ -123,7 +123,7 @@ class AdaptiveResetSchedule:
     float32 rounding, so the authors' exact comparison (tolerance 0) fires or not by
     rounding. A tolerance well above that rounding makes one more discarded block reset
     the lr whenever it was discarded long enough before the epoch ended for the average
-    to rise by 1 − tolerance (docs/semantics.md, "Adaptive reset").
+    to rise by 1 − tolerance (docs/semantics.md §7).
     """
 
     def __init__(self, standard, adaptive, threshold=1.0, window=1, tolerance=0.0):
