@@ -95,7 +95,8 @@ class Halves:
         return x
 
 base = {"arch": "cifar-basic-8", "epochs": 3, "val_steps": 0, "histogram_every": 0,
-        "epsilon": 2.5, "deterministic": True, "lr_schedule": [[0, 0.02], [2, 0.01]]}
+        "epsilon": 2.5, "deterministic": True, "lr_schedule": [[0, 0.02], [2, 0.01]],
+        "steps_per_epoch": 3}   # the same steps per epoch (by default 2 GPUs make 2 passes)
 out = sys.argv[1]
 one = tf.distribute.get_strategy()
 runs = {
