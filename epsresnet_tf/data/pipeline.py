@@ -111,7 +111,7 @@ class TooManyBadImages(UserError):
 
 
 @contextlib.contextmanager
-def user_errors_from(*pipes):
+def user_errors_from(*pipes: Any) -> Iterator:
     """Re-raise the ``UserError`` that stopped one of `pipes` inside ``tf.data`` (which
     reports it as an ``OpError`` with a traceback) as itself, so the CLI prints one line."""
     import tensorflow as tf
@@ -220,7 +220,7 @@ class Pipeline:
         return self.num_batches
 
     # -- order and jobs ---------------------------------------------------------------
-    def order(self, epoch):
+    def order(self, epoch: int) -> np.ndarray:
         """Sample indices of this shard for `epoch`, in the order they are served."""
         n = len(self.source)
         if self.train:
@@ -304,7 +304,7 @@ class Pipeline:
             except Exception:  # already closed by tensorpack's own cleanup
                 pass
 
-    def batches(self, epoch, start_batch=0):
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator:
         """Yield (images, labels) numpy batches of `epoch`, raw (augmented, not normalised)."""
         report = EpochReport(int(epoch))
         self.failure = None

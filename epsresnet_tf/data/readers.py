@@ -28,7 +28,8 @@ import numpy as np
 
 from epsresnet_tf.errors import UserError
 
-def default_data_dir():
+
+def default_data_dir() -> str:
     """The data root when none is given: ``$EPSRESNET_DATA``, else ``data``."""
     return os.environ.get("EPSRESNET_DATA") or "data"
 
@@ -136,7 +137,7 @@ def _names(path, key):
         return []
 
 
-def read_cifar10(root, split):
+def read_cifar10(root: Path, split: str) -> ArrayData:
     folder = _find_folder(root, "cifar10", "cifar-10-batches-py", "test_batch")
     if split == "train":
         files = [folder / f"data_batch_{i}" for i in range(1, 6)]
@@ -153,7 +154,7 @@ def read_cifar10(root, split):
     return ArrayData(images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder))
 
 
-def read_cifar100(root, split, label="fine"):
+def read_cifar100(root: Path, split: str, label: str = "fine") -> ArrayData:
     if label not in ("fine", "coarse"):
         raise UserError(f"cifar100 labels are 'fine' or 'coarse', not {label!r}")
     folder = _find_folder(root, "cifar100", "cifar-100-python", "test")
@@ -194,7 +195,7 @@ def _svhn_mat(path):
     return images, labels
 
 
-def read_svhn(root, split):
+def read_svhn(root: Path, split: str) -> ArrayData:
     """Splits: ``train`` = train+extra (604,388 images, as the paper), ``train-only``,
     ``extra``, ``test``."""
     root = Path(root)
@@ -240,7 +241,7 @@ def _read_idx(folder, stem, magic, ndim):
     return path, arr.reshape(dims)
 
 
-def read_mnist(root, split):
+def read_mnist(root: Path, split: str) -> ArrayData:
     root = Path(root)
     folder = root / "mnist" if (root / "mnist").is_dir() else root
     prefix = {"train": "train", "test": "t10k"}.get(split)
@@ -262,7 +263,7 @@ def read_mnist(root, split):
 DIGITS_TRAIN = 1437
 
 
-def read_digits(split):
+def read_digits(split: str) -> ArrayData:
     """scikit-learn's 1,797 handwritten digits (8×8, UCI optdigits), read from the copy the
     package ships, so `make demo` needs no download. Pixels 0–16 are scaled to uint8 0–255."""
     if split not in ("train", "test"):
@@ -310,7 +311,7 @@ def _devkit_synsets(path):
                             f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again")
 
 
-def imagenet_synsets(folder):
+def imagenet_synsets(folder: Path) -> list:
     """Class order: ``synsets.txt`` (first token per line) if present, else the sorted train/
     folders, else the sorted leaf synsets of the devkit's ``meta.mat`` — the last two agree
     on the full dataset, and with the caffe/tensorpack order that ``val.txt`` indexes."""
@@ -387,7 +388,7 @@ def _flat_split_labels(folder, split_dir, index, num_classes):
     return paths, labels
 
 
-def read_imagenet(root, split):
+def read_imagenet(root: Path, split: str) -> FileData:
     root = Path(root)
     folder = root / "imagenet" if (root / "imagenet").is_dir() else root
     if split == "test":
@@ -417,7 +418,7 @@ def read_imagenet(root, split):
 
 # ----------------------------------------------------------------------------- dispatch
 
-def read_split(name, split, data_dir, *, label="fine"):
+def read_split(name: str, split: str, data_dir, *, label: str = "fine"):
     """Read one split of dataset `name` under `data_dir` with the reader its description
     (:mod:`epsresnet_tf.data.datasets`) names."""
     from epsresnet_tf.data import datasets
