@@ -32,9 +32,14 @@ describe-zoo: install
 # --- data (issue 3) ---
 # Fetch from the official sites with MD5 verification into $(DATA); offline they fail in one
 # line saying where to put the files by hand. Existing files are verified, never replaced.
-.PHONY: data-cifar10 data-cifar100 data-svhn bench-data
+# `make data-NAME` for every dataset whose description (epsresnet_tf/data/datasets.py) lists
+# download sources: cifar10, cifar100, svhn; `make data-list` prints every description.
+.PHONY: data-list bench-data
 
-data-cifar10 data-cifar100 data-svhn: data-%: install
+data-list: install
+	@$(BIN)/epsresnet data list
+
+data-%: install
 	$(BIN)/python -m epsresnet_tf.data.download $* --data-dir $(DATA)
 
 # CIFAR training-pipeline throughput on ../shared/data; updates BENCHMARKS.md "## Data pipeline".

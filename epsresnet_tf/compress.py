@@ -670,8 +670,8 @@ def read_run(run_dir):
     for key in ("arch", "dataset"):
         if key not in cfg:
             raise UserError(f"{cfg_path} lacks {key!r}: it was not written by `epsresnet train`")
-    from epsresnet_tf.data.pipeline import dataset_info
-    info = dataset_info(cfg["dataset"])
+    from epsresnet_tf.data import datasets
+    info = datasets.get(cfg["dataset"])
     options = dict(cfg.get("model_options") or {})
     gate = cfg.get("gate", "none")
     options.update(classes=info.num_classes, input_shape=tuple(info.image_shape), gate=gate,
@@ -709,29 +709,10 @@ def read_history(run_dir):
 def run_datasets(run, data_dir, splits=("train", "test"), max_batches=None, batch_size=None):
     """Evaluation-order batches (no augmentation) of the run's dataset, per split name
     ("train" and "test" map to the dataset's own split names)."""
-    from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
-    info = dataset_info(run.dataset)
-    names = {"train": info.train_split, "test": info.eval_split}
-    out = {}
-    for split in splits:
-        pipe = make_pipeline(run.dataset, names.get(split, split), data_dir,
-                             batch_size or run.batch_size, train=False, seed=run.seed,
-                             mean=run.mean)
-        out[split] = _NormalisedBatches(pipe, max_batches)
-    return out
-
-
-class _NormalisedBatches:
-    """Re-iterable (images, labels) numpy batches of a pipeline's epoch 0."""
-
-    def __init__(self, pipe, max_batches=None):
-        self.pipe, self.max_batches = pipe, max_batches
-
-    def __iter__(self):
-        for i, (x, y) in enumerate(self.pipe.batches(0)):
-            if self.max_batches is not None and i >= self.max_batches:
-                return
-            yield self.pipe.normalise_np(x), np.asarray(y, np.int32)
+    from epsresnet_tf.data.pipeline import eval_batches
+    return {split: eval_batches(run.dataset, split, data_dir, batch_size or run.batch_size,
+                                seed=run.seed, mean=run.mean, max_batches=max_batches)
+            for split in splits}
 
 
 def load_epoch(run, epoch):

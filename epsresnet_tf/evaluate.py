@@ -161,7 +161,8 @@ def _find_run(path):
 
 
 def _evaluate_cli(args):
-    from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
+    from epsresnet_tf.data import datasets
+    from epsresnet_tf.data.pipeline import eval_batches
     path = Path(args.model)
     if path.is_dir():
         path = path / ("model.keras" if (path / "model.keras").exists() else "reduced.keras")
@@ -173,12 +174,11 @@ def _evaluate_cli(args):
         dataset, mean, seed = dataset or run.dataset, run.mean, run.seed
     if dataset is None:
         raise UserError(f"cannot tell the dataset of {path}: pass --dataset (e.g. cifar10)")
-    info = dataset_info(dataset)
-    pipe = make_pipeline(dataset, info.eval_split, args.data_dir, args.batch_size, train=False,
-                         seed=seed, mean=mean)
-    data = C._NormalisedBatches(pipe, args.max_batches)
+    info = datasets.get(dataset)
+    data = eval_batches(dataset, info.eval_split, args.data_dir, args.batch_size, seed=seed,
+                        mean=mean, max_batches=args.max_batches)
     batches = [int(b) for b in args.latency_batches.split(",") if b]
-    result = evaluate_model(model, data, batches, top5=dataset == "imagenet", repeats=args.repeats)
+    result = evaluate_model(model, data, batches, top5=info.top5, repeats=args.repeats)
     result.update(model_path=str(path), dataset=dataset)
     if args.json:
         print(json.dumps(result))
@@ -201,8 +201,9 @@ def _ablate_cli(args):
     model = C.load_model(run.model_path)
     data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
     order_ids = removal_order(model, args.order, data, args.seed)
+    from epsresnet_tf.data import datasets
     rows = ablate(model, run.arch, run.build_options, order_ids, data,
-                  top5=run.dataset == "imagenet", max_removals=args.max_removals)
+                  top5=datasets.get(run.dataset).top5, max_removals=args.max_removals)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": str(run.root), "order": args.order, "seed": args.seed, "rows": rows}
     out.write_text(json.dumps(doc, indent=2) + "\n")

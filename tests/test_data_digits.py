@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from epsresnet_tf.data import readers
-from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
+from epsresnet_tf.data import datasets
+from epsresnet_tf.data.pipeline import make_pipeline
 from epsresnet_tf.errors import UserError
 
 
@@ -14,8 +15,8 @@ def test_digits_splits_are_the_packaged_images_scaled_to_uint8(tmp_path):
     missing = tmp_path / "no-such-folder"          # the data folder plays no part
     train = readers.read_split("digits", "train", missing)
     test = readers.read_split("digits", "test", missing)
-    assert (len(train), len(test)) == (1437, 360) == (dataset_info("digits").splits["train"],
-                                                      dataset_info("digits").splits["test"])
+    assert (len(train), len(test)) == (1437, 360) == (datasets.get("digits").splits["train"],
+                                                      datasets.get("digits").splits["test"])
     assert train.images.shape == (1437, 8, 8, 1) and train.images.dtype == np.uint8
     images = np.concatenate([train.images, test.images])[..., 0]
     # 0..16 → 0..255, the darkest and brightest pixels preserved

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import pipeline, readers
+from epsresnet_tf.data import datasets, pipeline, readers
 from epsresnet_tf.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -144,7 +144,7 @@ def test_training_shards_are_disjoint_and_equal_length():
 @needs_shared
 def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
     import tensorflow as tf
-    ds = pipeline.make_dataset("cifar10", "test", CIFAR, 256, train=False, seed=0, epoch=0)
+    ds = pipeline.make_pipeline("cifar10", "test", CIFAR, 256, train=False, seed=0).dataset(0)
     batches = list(ds)
     assert [int(b[1].shape[0]) for b in batches] == [256, 256, 256, 249]
     x0, y0 = batches[0]
@@ -153,10 +153,10 @@ def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
     # The default mean is now train+test (tensorpack's get_per_pixel_mean), was train.
     mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)
     np.testing.assert_allclose(x0.numpy(), (t[:256] - mean) / 128.0, atol=1e-5)
-    tr1 = next(iter(pipeline.make_dataset("cifar10", "train", CIFAR, 128, train=True, seed=4,
-                                          epoch=2)))
-    tr2 = next(iter(pipeline.make_dataset("cifar10", "train", CIFAR, 128, train=True, seed=4,
-                                          epoch=2)))
+    tr1 = next(iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
+                                           seed=4).dataset(2)))
+    tr2 = next(iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
+                                           seed=4).dataset(2)))
     np.testing.assert_array_equal(tr1[0].numpy(), tr2[0].numpy())
     assert tr1[0].shape[0] == 128
     # Padding becomes -mean/128, as the authors' MapImage after the crop gives.
@@ -168,9 +168,8 @@ def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
 
 @needs_shared
 def test_mnist_pixels_over_255_no_augmentation():
-    ds = pipeline.make_dataset("mnist", "train", MNIST, 500, train=True, seed=0, epoch=0)
-    x, y = next(iter(ds))
     pipe = pipeline.make_pipeline("mnist", "train", MNIST, 500, train=True, seed=0)
+    x, y = next(iter(pipe.dataset(0)))
     src = readers.read_split("mnist", "train", MNIST)
     idx = pipe.order(0)[:500]
     np.testing.assert_allclose(x.numpy(), src.images[idx] / 255.0, atol=1e-7)
@@ -189,13 +188,9 @@ def test_worker_processes_give_the_same_batches():
         np.testing.assert_array_equal(ya, yb)
 
 
-def test_dataset_info_and_bad_arguments():
-    assert pipeline.dataset_info("svhn").splits["train"] == 73257 + 531131
-    assert pipeline.dataset_info("svhn").splits["test"] == 26032
-    assert pipeline.dataset_info("imagenet").image_shape == (224, 224, 3)
-    assert pipeline.dataset_info("mnist").image_shape == (28, 28, 1)
+def test_bad_arguments():
     with pytest.raises(UserError):
-        pipeline.dataset_info("cifar1000")
+        pipeline.make_pipeline("cifar1000", "test", CIFAR, 10, train=False)
     with pytest.raises(UserError, match="mean"):
         pipeline.mean_image("cifar10", CIFAR, "test")
 
@@ -256,22 +251,50 @@ def test_svhn_pipeline_on_written_mat(tmp_path):
 
 
 @needs_shared
-def test_distributed_dataset_fn_shards_per_input_pipeline():
+def test_pipeline_dataset_is_the_stream_the_training_loop_feeds():
+    # One data -> tf.data path: Pipeline.dataset, the loop's epochs_dataset and the
+    # evaluation batches are the same normalised batches of the same stream.
     import tensorflow as tf
-    fn = pipeline.distributed_dataset_fn("cifar10", "test", CIFAR, 200, train=False)
-    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
-                                     num_replicas_in_sync=2)
-    batches = list(fn(ctx))
-    assert int(batches[0][1].shape[0]) == 100                # per-replica batch
-    assert sum(int(b[1].shape[0]) for b in batches) == len(range(1, 1017, 2))
+    pipe = pipeline.make_pipeline("cifar10", "train", CIFAR, 200, train=True, seed=6)
+    n = pipe.num_batches                                    # 25
+    direct = [b for _, b in zip(range(3), pipe.dataset(1, epochs=2, start_batch=n - 2))]
+    cut = list(pipeline.epochs_dataset(pipe, 0, 1, n + 1, 200))   # epoch 0 of n + 1 steps
+    assert [int(b[1].shape[0]) for b in direct] == [200] * 3
+    # epoch 0 of n + 1 steps is pass 0 then pass 1's first batch
+    raw1, y1 = next(pipe.batches(1))
+    np.testing.assert_array_equal(cut[-1][1].numpy(), y1)
+    np.testing.assert_allclose(cut[-1][0].numpy(), pipe.normalise_np(raw1), rtol=0, atol=0)
+    # the last two batches of pass 1, then pass 2's first: one stream
+    raw2, y2 = next(pipe.batches(2))
+    np.testing.assert_array_equal(direct[2][1].numpy(), y2)
+    assert direct[0][0].dtype == tf.float32 and direct[0][1].dtype == tf.int32
+    ev = pipeline.eval_batches("cifar10", "test", CIFAR, 400, max_batches=2)
+    got = list(ev)
+    assert [len(y) for _, y in got] == [400, 400] and len(list(ev)) == 2   # re-iterable
     t = _numpy_cifar_test().astype(np.float64)
-    mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)  # default
-    np.testing.assert_allclose(batches[0][0].numpy()[0], (t[1] - mean) / 128.0, atol=1e-5)
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    dist = strategy.distribute_datasets_from_function(
-        pipeline.distributed_dataset_fn("cifar10", "train", CIFAR, 64, train=True, seed=1))
-    x, y = next(iter(dist))
-    assert tuple(x.shape) == (64, 32, 32, 3)
+    mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)
+    np.testing.assert_allclose(got[0][0], (t[:400] - mean) / 128.0, atol=1e-5)
+    assert len(list(pipeline.eval_batches("cifar10", "test", CIFAR, 400))) == 3   # 1017
+
+
+def test_a_pass_cut_short_does_not_repeat_its_batches():
+    # A pass that yields fewer batches than num_batches (undecodable ImageNet images
+    # skipped) ends there; the stream goes on with the next pass's first batch, and
+    # still serves as many batches as asked.
+    class Short:
+        image_shape, num_batches = (1, 1, 1), 3
+
+        def batches(self, data_pass):
+            for i in range(2 if data_pass == 0 else 3):
+                yield np.full((2, 1, 1, 1), 100 * data_pass + i, np.float32), np.zeros(2)
+
+        def normalise_np(self, x):
+            return x
+
+    got = [int(x[0, 0, 0, 0]) for x, _ in pipeline.stream_batches(Short(), 0, 6)]
+    assert got == [0, 1, 100, 101, 102, 200]
+    assert [int(x[0, 0, 0, 0]) for x, _ in pipeline.stream_batches(Short(), 4, 7)] == \
+        [101, 102, 200]
 
 
 def test_too_many_undecodable_through_tf_data_is_the_one_line_user_error(tmp_path):

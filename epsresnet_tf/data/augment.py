@@ -1,7 +1,8 @@
 """The augmentation lists (docs/semantics.md), built from tensorpack imgaug, and their reseeding.
 
-``augmentors(name, train)`` returns a tensorpack ``AugmentorList`` (or ``None`` where the
-split has no augmentation: CIFAR/SVHN test, MNIST). The input normalisation
+``augmentor_list(name, train)`` returns a tensorpack ``AugmentorList`` built by the list
+builder the dataset's description names (or ``None`` where the split has no augmentation:
+CIFAR/SVHN test, MNIST). The input normalisation
 (mean image subtraction and /128; ImageNet /255, mean, std) is *not* in these lists: it is
 one vectorised step per batch in the pipeline, which gives the same numbers as the authors'
 per-image ``MapImage(lambda x: x - pp_mean)`` applied after the crop (the zero padding of
@@ -193,20 +194,27 @@ def imagenet_val():
             imgaug.CenterCrop((224, 224))]
 
 
-def augmentor_list(name, train, imagenet_saturation="clip"):
-    """The augmentation list for dataset `name`, as an ``AugmentorList``, or None for identity.
-    `imagenet_saturation`: "clip" (default) or "authors-wrap" (0.2.0's uint8 overflow)."""
-    if name in ("cifar10", "cifar100"):
-        augs = cifar_train() if train else None
-    elif name == "svhn":
-        augs = svhn_train() if train else None
-    elif name == "imagenet":
-        augs = imagenet_train(imagenet_saturation) if train else imagenet_val()
-    elif name in ("mnist", "digits"):
-        augs = None  # the gates paper trains its MNIST nets on raw pixels; digits likewise
-    else:
-        raise ValueError(name)
+def augmentor_list(name: str, train: bool, imagenet_saturation: str = "clip"):
+    """The augmentation list of dataset `name` (the builder its description names), as an
+    ``AugmentorList``, or None for identity. `imagenet_saturation`: "clip" (default) or
+    "authors-wrap" (0.2.0's uint8 overflow), for datasets with that quirk."""
+    from epsresnet_tf.data import datasets
+    try:
+        ds = datasets.get(name)
+    except Exception:
+        raise ValueError(name) from None
+    builder = ds.train_augmentors if train else ds.eval_augmentors
+    if builder is None:
+        return None     # e.g. CIFAR/SVHN evaluation, MNIST and digits (raw pixels)
+    # the saturation quirk is a training augmentor's (ImageNet's colour jitter)
+    kwargs = {"saturation": imagenet_saturation} if train and "saturation" in ds.quirks else {}
+    augs = BUILDERS[builder](**kwargs)
     return imgaug.AugmentorList(augs) if augs else None
+
+
+#: The list builders a dataset description may name.
+BUILDERS = {"cifar_train": cifar_train, "svhn_train": svhn_train,
+            "imagenet_train": imagenet_train, "imagenet_val": imagenet_val}
 
 
 def _walk(aug):
@@ -238,6 +246,6 @@ def augment_image(aug, img):
     return out
 
 
-__all__ = ["augmentor_list", "reseed", "augment_image", "RandomAreaCropResize",
+__all__ = ["augmentor_list", "BUILDERS", "reseed", "augment_image", "RandomAreaCropResize",
            "RandomCrop020", "CenterPasteFloat", "SaturationWrap", "SATURATION_MODES",
            "IMAGENET_EIGVAL", "IMAGENET_EIGVEC"]

@@ -1,4 +1,5 @@
 """`epsresnet data check DATASET --data-dir DIR [--json]`: what is on disk, and how fast it feeds.
+`epsresnet data list [DATASET...]`: what the package knows of each dataset (its description).
 
 Per split: image count, classes, per-class counts, mean pixel value (0–255; ImageNet: over
 a sample of decoded images, with the number of undecodable ones in it); then the measured
@@ -17,7 +18,7 @@ from epsresnet_tf.errors import UserError
 IMAGENET_MEAN_SAMPLE = 256
 
 
-def split_stats(name, split, data_dir, label="fine"):
+def split_stats(name: str, split: str, data_dir, label: str = "fine") -> dict:
     from epsresnet_tf.data import pipeline, readers
     data = readers.read_split(name, split, data_dir, label=label)
     counts = np.bincount(data.labels, minlength=data.num_classes)
@@ -36,11 +37,11 @@ def split_stats(name, split, data_dir, label="fine"):
     return stats
 
 
-def measure_throughput(name, data_dir, batch_size=128, batches=30, workers=0, seconds=10.0,
-                       label="fine"):
+def measure_throughput(name: str, data_dir, batch_size: int = 128, batches: int = 30,
+                       workers: int = 0, seconds: float = 10.0, label: str = "fine") -> float:
     """Images/s of the augmented training pipeline through tf.data, after one warm-up batch."""
-    from epsresnet_tf.data import pipeline
-    pipe = pipeline.make_pipeline(name, "train", data_dir, batch_size, train=True, seed=0,
+    from epsresnet_tf.data import datasets, pipeline
+    pipe = pipeline.make_pipeline(name, datasets.get(name).train_split, data_dir, batch_size, train=True, seed=0,
                                   workers=workers, drop_remainder=False, label=label)
     with pipeline.user_errors_from(pipe):
         it = iter(pipe.dataset(0, epochs=None))
@@ -54,8 +55,8 @@ def measure_throughput(name, data_dir, batch_size=128, batches=30, workers=0, se
 
 
 def run_check(args):
-    from epsresnet_tf.data import pipeline
-    info = pipeline.dataset_info(args.dataset)
+    from epsresnet_tf.data import datasets
+    info = datasets.get(args.dataset)
     result = {"dataset": args.dataset, "data_dir": str(args.data_dir), "splits": {}}
     for s in (info.train_split, info.eval_split):
         result["splits"][s] = split_stats(args.dataset, s, args.data_dir, args.label)
@@ -88,13 +89,22 @@ def print_splits(result):
         print(f"  {s:<6} {st['count']:>8} images; per class: {per}; mean pixel {mp}{extra}")
 
 
-def register(subparsers):
-    from epsresnet_tf.data.readers import DATASETS, default_data_dir
+def run_list(args) -> None:
+    """`epsresnet data list`: every dataset description, a few lines each."""
+    from epsresnet_tf.data import datasets
+    for name in (args.dataset or datasets.names()):
+        print(datasets.describe(datasets.get(name)))
+    return None
+
+
+def register(subparsers) -> None:
+    from epsresnet_tf.data.datasets import names
+    from epsresnet_tf.data.readers import default_data_dir
     p = subparsers.add_parser("data", help="inspect datasets on disk")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     c = sub.add_parser("check", help="counts, classes, mean pixel and pipeline throughput")
-    c.add_argument("dataset", choices=DATASETS)
+    c.add_argument("dataset", choices=names())
     c.add_argument("--data-dir", default=default_data_dir(),
                    help="data root (default: $EPSRESNET_DATA or ./data)")
     c.add_argument("--label", choices=("fine", "coarse"), default="fine",
@@ -105,6 +115,11 @@ def register(subparsers):
     c.add_argument("--workers", type=int, default=0, help="worker processes (0: in-process)")
     c.add_argument("--no-throughput", action="store_true", help="skip the throughput measure")
     c.set_defaults(func=_checked(run_check))
+    lst = sub.add_parser("list", help="the dataset descriptions: shape, classes, splits, "
+                                      "normalisation, augmentation, where to get them, layout")
+    lst.add_argument("dataset", nargs="*", help=f"datasets to describe (default: all of "
+                                                 f"{', '.join(names())})")
+    lst.set_defaults(func=run_list)
 
 
 def _checked(fn):

@@ -1,4 +1,5 @@
-"""Fetch CIFAR-10, CIFAR-100 and SVHN from their official sites, verified by MD5.
+"""Fetch the datasets whose descriptions list download sources (CIFAR-10, CIFAR-100, SVHN)
+from their official sites, verified by MD5.
 
 ``python -m epsresnet_tf.data.download DATASET --data-dir DIR`` (what ``make data-*`` runs).
 
@@ -23,26 +24,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from epsresnet_tf.data import datasets
 from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
 
-# (url, file name, md5, what to extract into the data root or None, sub-folder for the file)
-SOURCES = {
-    "cifar10": [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                 "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
-                 "cifar-10-batches-py", "")],
-    "cifar100": [("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                  "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                  "cifar-100-python", "")],
-    # MD5s as published with torchvision's SVHN dataset (widely used, agree with the files
-    # served by ufldl.stanford.edu); the test file's is eb5a983b...164d9cef3.
-    "svhn": [("http://ufldl.stanford.edu/housenumbers/train_32x32.mat", "train_32x32.mat",
-              "e26dedcc434d2e4c54c9b2d4a06d8373", None, "svhn"),
-             ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "test_32x32.mat",
-              "eb5a983be6a315427106f1b164d9cef3", None, "svhn"),
-             ("http://ufldl.stanford.edu/housenumbers/extra_32x32.mat", "extra_32x32.mat",
-              "a93ce644f1a588dc4d68dda5feec44a7", None, "svhn")],
-}
+#: {name: [(url, file name, md5, what to extract into the data root or None, sub-folder for
+#: the file)]}, from the dataset descriptions (datasets.Source).
+SOURCES = datasets.downloadable()
 
 
 def md5sum(path, chunk=1 << 20):
@@ -94,7 +82,7 @@ def _make_dirs(folder):
     return created
 
 
-def fetch(name, data_dir, *, timeout=30, sources=None):
+def fetch(name: str, data_dir, *, timeout: float = 30, sources: dict = None) -> list:
     """Ensure dataset `name` is under `data_dir`; returns the list of paths verified/fetched."""
     sources = (sources or SOURCES).get(name)
     if sources is None:
@@ -151,7 +139,7 @@ def _extract(archive, root, folder):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv=None):
+def main(argv: list = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m epsresnet_tf.data.download",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("dataset", choices=sorted(SOURCES))

@@ -1,20 +1,32 @@
 """Input pipelines: tensorpack DataFlow -> batches -> ``tf.data``, deterministic from (seed, epoch).
 
-Public API (what the training loop calls)::
+The one data -> ``tf.data`` path of the package: training (``train/loop.py``), evaluation
+and compression all take their batches from here. What each dataset is (reader, shape,
+splits, mean-image rule, normalisation, augmentors) is asked of its description in
+:mod:`epsresnet_tf.data.datasets`; this module names no dataset.
 
-    dataset_info(name) -> DatasetInfo(name, image_shape, num_classes, splits={split: size},
-                                      train_split, eval_split)
-    make_dataset(name, split, data_dir, batch_size, *, train, seed, epoch, epochs=1,
-                 start_batch=0, num_shards=1, shard_index=0, drop_remainder=None,
-                 mean="train+test", workers=0, label="fine", imagenet_channel_order="rgb",
-                 imagenet_saturation="clip") -> tf.data.Dataset
-    make_pipeline(...same arguments, no epoch...) -> Pipeline
-        .dataset(epoch, epochs=1, start_batch=0) -> tf.data.Dataset
+Public API::
+
+    make_pipeline(name, split, data_dir, batch_size, *, train, seed, num_shards=1,
+                  shard_index=0, drop_remainder=None, mean="train+test", workers=0,
+                  label="fine", imagenet_channel_order="rgb", imagenet_saturation="clip")
+        -> Pipeline
         .batches(epoch, start_batch=0)           -> iterator of raw numpy (images, labels)
-        .num_batches                             -> batches per epoch (this shard)
+        .normalise_np(images)                    -> float32 normalised images
+        .dataset(epoch, epochs=1, start_batch=0) -> tf.data.Dataset (via stream_dataset)
+        .num_batches, .image_shape, .num_classes -> batches per epoch (this shard), ...
         .reports                                 -> per-epoch EpochReport (skipped images)
-    distributed_dataset_fn(name, split, data_dir, global_batch_size, **kw)
-        -> fn(tf.distribute.InputContext) for strategy.distribute_datasets_from_function
+    make_sources(name, data_dir, batch_size, *, seed, mean, workers, evaluate, ...)
+        -> (training Pipeline, evaluation Pipeline or None): what `epsresnet train` feeds
+    epochs_dataset(source, start, end, steps, batch) -> tf.data over epochs [start, end)
+    stream_dataset(source, first, stop, batch)       -> tf.data over stream batches [first, stop)
+    pass_batches(source, pass, start, stop)          -> normalised numpy batches of one pass
+    eval_batches(name, split, data_dir, batch_size, *, seed, mean, max_batches)
+        -> NormalisedBatches: re-iterable normalised numpy batches (compress, evaluate)
+
+A *source* is anything with ``batches(pass[, start_batch])``, ``num_batches``,
+``normalise_np(images)`` and ``image_shape`` (a :class:`Pipeline`, or the tests' synthetic
+sources); the ``tf.data`` functions ask nothing else of it.
 
 The datasets yield ``(images, labels)``: images float32 NHWC (channels last; a
 channels-first model transposes), normalised (docs/semantics.md) — CIFAR/SVHN ``(x - mean) / 128``
@@ -38,7 +50,8 @@ RGB-BGR conversion here"), so the model sees channels (B, G, R) with B normalise
 mean 0.485 / std 0.229 and R by B's 0.406 / 0.225. The augmentation is the same either way
 (the authors' BGR constants are the RGB ones reversed); only the normalisation step
 reverses the channels. ``imagenet_saturation=`` is passed to
-:func:`augment.augmentor_list` ("clip" or the authors' "authors-wrap").
+:func:`augment.augmentor_list` ("clip" or the authors' "authors-wrap"). Datasets without
+these quirks (their description's ``quirks``) ignore both options.
 
 How it works, per epoch:
 
@@ -50,7 +63,8 @@ How it works, per epoch:
    runs each one: read/decode the images, reseed every augmentor from
    ``(seed, epoch, shard, batch)``, apply the imgaug list, stack.
 3. Results are put back in job order and re-cut into exact batches (only needed when
-   undecodable JPEGs were skipped), then fed to ``tf.data`` (normalise, prefetch).
+   undecodable JPEGs were skipped), normalised (the description's rule, in numpy) and fed
+   to ``tf.data`` (prefetch) by :func:`stream_dataset`.
 
 Seeding per batch rather than per worker is what makes the batches depend only on
 (seed, epoch, batch index) — not on the number of worker processes, nor on where a run
@@ -71,51 +85,25 @@ undecodable, the pipeline raises :class:`TooManyBadImages` (a ``UserError``).
 ``Pipeline.failure``; wrap the loop that consumes its dataset in
 ``with user_errors_from(pipe): ...`` to get the one-line ``UserError`` back.
 """
+from __future__ import annotations
+
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
 
-from epsresnet_tf.data import augment, readers
+from epsresnet_tf.data import augment, datasets, readers
+from epsresnet_tf.data.datasets import CHANNEL_ORDERS, MEAN_MODES
 from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_FRACTION = 0.001
-IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    image_shape: tuple
-    num_classes: int
-    splits: dict
-    train_split: str = "train"
-    eval_split: str = "test"
-
-
-_INFO = {
-    "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, {"train": 50000, "test": 10000}),
-    "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100, {"train": 50000, "test": 10000}),
-    "svhn": DatasetInfo("svhn", (32, 32, 3), 10,
-                        {"train": 604388, "train-only": 73257, "extra": 531131, "test": 26032}),
-    "imagenet": DatasetInfo("imagenet", (224, 224, 3), 1000,
-                            {"train": 1281167, "val": 50000}, eval_split="val"),
-    "mnist": DatasetInfo("mnist", (28, 28, 1), 10, {"train": 60000, "test": 10000}),
-    "digits": DatasetInfo("digits", (8, 8, 1), 10, {"train": 1437, "test": 360}),
-}
-
-
-def dataset_info(name):
-    """Static facts of the full official dataset: image shape, classes, split sizes."""
-    if name not in _INFO:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(readers.DATASETS)}")
-    return _INFO[name]
 
 
 class TooManyBadImages(UserError):
@@ -123,7 +111,7 @@ class TooManyBadImages(UserError):
 
 
 @contextlib.contextmanager
-def user_errors_from(*pipes):
+def user_errors_from(*pipes: Any) -> Iterator:
     """Re-raise the ``UserError`` that stopped one of `pipes` inside ``tf.data`` (which
     reports it as an ``OpError`` with a traceback) as itself, so the CLI prints one line."""
     import tensorflow as tf
@@ -148,21 +136,20 @@ class EpochReport:
 _MEAN_CACHE = {}
 
 
-MEAN_MODES = ("train+test", "train")
-CHANNEL_ORDERS = ("rgb", "authors-bgr")
-
-
-def mean_image(name, data_dir, mean="train+test", label="fine"):
-    """Per-pixel mean (H, W, C) float32 over train+test (default, as tensorpack's
-    ``get_per_pixel_mean``) or over the training split alone."""
+def mean_image(name: str, data_dir: Any, mean: str = "train+test",
+               label: str = "fine") -> np.ndarray:
+    """Per-pixel mean (H, W, C) float32 over the splits the description's mean rule names
+    for `mean`: train+test (default, as tensorpack's ``get_per_pixel_mean``) or train."""
     if mean not in MEAN_MODES:
         raise UserError(f"mean must be 'train+test' or 'train', not {mean!r}")
+    ds = datasets.get(name)
+    if not ds.has_mean_image:
+        raise UserError(f"{name} is not normalised with a mean image")
     key = (name, str(Path(data_dir).resolve()), mean)
     if key not in _MEAN_CACHE:
-        splits = ["train"] + (["test"] if mean == "train+test" else [])
         total, count = None, 0
-        for s in splits:
-            imgs = readers.read_split(name, s, data_dir, label=label).images
+        for s in ds.mean_splits[mean]:
+            imgs = ds.read(ds.split(s), data_dir, label=label).images
             for i in range(0, len(imgs), 8192):   # chunked: SVHN train+extra is 1.9 GB
                 part = imgs[i:i + 8192].sum(axis=0, dtype=np.float64)
                 total = part if total is None else total + part
@@ -189,15 +176,15 @@ class Pipeline:
     def __init__(self, name, split, data_dir, batch_size, *, train, seed, num_shards=1,
                  shard_index=0, drop_remainder=None, mean="train+test", workers=0, label="fine",
                  imagenet_channel_order="rgb", imagenet_saturation="clip"):
-        info = dataset_info(name)
+        ds = self.description = datasets.get(name)
         if imagenet_channel_order not in CHANNEL_ORDERS:
             raise UserError(f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, "
                             f"not {imagenet_channel_order!r}")
         if imagenet_saturation not in augment.SATURATION_MODES:
             raise UserError(f"imagenet_saturation must be one of {augment.SATURATION_MODES}, "
                             f"not {imagenet_saturation!r}")
-        # Only ImageNet has these quirks; other datasets ignore them.
-        self.channel_order = imagenet_channel_order if name == "imagenet" else "rgb"
+        # Only datasets with these quirks (ImageNet) use them; others ignore them.
+        self.channel_order = imagenet_channel_order if "channel_order" in ds.quirks else "rgb"
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         if not 0 <= shard_index < num_shards:
@@ -208,15 +195,14 @@ class Pipeline:
         self.workers = int(workers)
         if data_dir is None:
             data_dir = readers.default_data_dir()
-        self.source = readers.read_split(name, split, data_dir, label=label)
+        self.source = ds.read(split, data_dir, label=label)
         self.num_classes = self.source.num_classes
-        self.image_shape = info.image_shape
+        self.image_shape = ds.image_shape
         self.augmentors = augment.augmentor_list(name, self.train,
                                                  imagenet_saturation=imagenet_saturation)
-        self.mean = (mean_image(name, data_dir, mean, label)
-                     if name in ("cifar10", "cifar100", "svhn") else None)
-        # Raw dtype handed from the workers to TF: SVHN's float canvas yields floats.
-        self.raw_dtype = np.float32 if (name == "svhn" and self.train) else np.uint8
+        self.mean = mean_image(name, data_dir, mean, label) if ds.has_mean_image else None
+        # Raw dtype handed from the workers on (SVHN's float canvas yields floats).
+        self.raw_dtype = ds.raw_dtype(self.train)
         self.reports = []
         self.failure = None   # the UserError that stopped the last epoch, if any
         n = len(self.source)
@@ -234,7 +220,7 @@ class Pipeline:
         return self.num_batches
 
     # -- order and jobs ---------------------------------------------------------------
-    def order(self, epoch):
+    def order(self, epoch: int) -> np.ndarray:
         """Sample indices of this shard for `epoch`, in the order they are served."""
         n = len(self.source)
         if self.train:
@@ -318,7 +304,7 @@ class Pipeline:
             except Exception:  # already closed by tensorpack's own cleanup
                 pass
 
-    def batches(self, epoch, start_batch=0):
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator:
         """Yield (images, labels) numpy batches of `epoch`, raw (augmented, not normalised)."""
         report = EpochReport(int(epoch))
         self.failure = None
@@ -363,56 +349,24 @@ class Pipeline:
         if have and not self.drop_remainder:
             yield np.concatenate(carry_x), np.concatenate(carry_y)
 
-    # -- normalisation (docs/semantics.md) ---------------------------------------------------
-    def normalise_np(self, images):
-        x = images.astype(np.float32)
-        if self.mean is not None:
-            return (x - self.mean) / 128.0
-        if self.name == "imagenet":
-            if self.channel_order == "authors-bgr":
-                x = x[..., ::-1]      # the authors' BGR image, RGB constants (their bug)
-            return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        return x / 255.0
+    # -- normalisation (docs/semantics.md): the description's rule ----------------------
+    def normalise_np(self, images: np.ndarray) -> np.ndarray:
+        return self.description.normalise(images, self.mean, self.channel_order)
 
-    def _normalise_tf(self, images, labels):
-        import tensorflow as tf
-        x = tf.cast(images, tf.float32)
-        if self.mean is not None:
-            x = (x - tf.constant(self.mean)) / 128.0
-        elif self.name == "imagenet":
-            if self.channel_order == "authors-bgr":
-                x = tf.reverse(x, axis=[-1])   # the authors' BGR image, RGB constants
-            x = (x / 255.0 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-        else:
-            x = x / 255.0
-        return x, labels
-
-    def dataset(self, epoch, epochs=1, start_batch=0):
+    def dataset(self, epoch: int, epochs: Optional[int] = 1, start_batch: int = 0):
         """A ``tf.data.Dataset`` over `epochs` consecutive epochs from `epoch` (None: forever),
-        starting at batch `start_batch` of the first one."""
-        import tensorflow as tf
-
-        def gen():
-            e, s = int(epoch), int(start_batch)
-            while epochs is None or e < epoch + epochs:
-                yield from self.batches(e, s)
-                e, s = e + 1, 0
-
-        bdim = self.batch_size if self.drop_remainder else None
-        sig = (tf.TensorSpec((bdim,) + tuple(self.image_shape), tf.as_dtype(self.raw_dtype)),
-               tf.TensorSpec((bdim,), tf.int32))
-        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-        ds = ds.map(self._normalise_tf, num_parallel_calls=tf.data.AUTOTUNE)
-        opts = tf.data.Options()
-        # We shard ourselves (see `order`); tf.distribute must not shard again.
-        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        ds = ds.with_options(opts)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        starting at batch `start_batch` of the first one (:func:`stream_dataset`)."""
+        first = int(epoch) * self.num_batches + int(start_batch)
+        stop = None if epochs is None else (int(epoch) + int(epochs)) * self.num_batches
+        return stream_dataset(self, first, stop,
+                              self.batch_size if self.drop_remainder else None)
 
 
-def make_pipeline(name, split, data_dir=None, batch_size=128, *, train, seed=0,
-                  num_shards=1, shard_index=0, drop_remainder=None, mean="train+test", workers=0,
-                  label="fine", imagenet_channel_order="rgb", imagenet_saturation="clip"):
+def make_pipeline(name: str, split: str, data_dir: Any = None, batch_size: int = 128, *,
+                  train: bool, seed: int = 0, num_shards: int = 1, shard_index: int = 0,
+                  drop_remainder: Optional[bool] = None, mean: str = "train+test",
+                  workers: int = 0, label: str = "fine", imagenet_channel_order: str = "rgb",
+                  imagenet_saturation: str = "clip") -> Pipeline:
     """Build a :class:`Pipeline` (reads the split now, so missing files fail here);
     `data_dir` None is :func:`readers.default_data_dir`."""
     return Pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
@@ -422,28 +376,105 @@ def make_pipeline(name, split, data_dir=None, batch_size=128, *, train, seed=0,
                     imagenet_saturation=imagenet_saturation)
 
 
-def make_dataset(name, split, data_dir=None, batch_size=128, *, train, seed=0,
-                 epoch=0, epochs=1, start_batch=0, num_shards=1, shard_index=0,
-                 drop_remainder=None, mean="train+test", workers=0, label="fine",
-                 imagenet_channel_order="rgb", imagenet_saturation="clip"):
-    """``tf.data.Dataset`` of (float32 NHWC images, int32 labels) for `epoch`; see module doc."""
-    pipe = make_pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
-                         num_shards=num_shards, shard_index=shard_index,
-                         drop_remainder=drop_remainder, mean=mean, workers=workers, label=label,
-                         imagenet_channel_order=imagenet_channel_order,
-                         imagenet_saturation=imagenet_saturation)
-    return pipe.dataset(epoch, epochs=epochs, start_batch=start_batch)
+def make_sources(name: str, data_dir: Any, batch_size: int, *, seed: int = 0,
+                 mean: str = "train+test", workers: int = 0, evaluate: bool = True,
+                 imagenet_channel_order: str = "rgb",
+                 imagenet_saturation: str = "clip") -> tuple:
+    """(training pipeline, evaluation pipeline or None) of dataset `name`: its description's
+    training split augmented and shuffled, its evaluation split in file order."""
+    ds = datasets.get(name)
+    options = dict(seed=seed, mean=mean, imagenet_channel_order=imagenet_channel_order,
+                   imagenet_saturation=imagenet_saturation)
+    train = make_pipeline(name, ds.train_split, data_dir, batch_size, train=True,
+                          workers=workers, **options)
+    val = (make_pipeline(name, ds.eval_split, data_dir, batch_size, train=False, **options)
+           if evaluate else None)
+    return train, val
 
 
-def distributed_dataset_fn(name, split, data_dir, global_batch_size, *, train, seed=0, epoch=0,
-                           epochs=1, **kwargs):
-    """For ``strategy.distribute_datasets_from_function``: one shard per input pipeline,
-    each yielding per-replica batches."""
-    def fn(ctx):
-        return make_dataset(name, split, data_dir,
-                            ctx.get_per_replica_batch_size(global_batch_size), train=train,
-                            seed=seed, epoch=epoch, epochs=epochs,
-                            num_shards=ctx.num_input_pipelines,
-                            shard_index=ctx.input_pipeline_id, **kwargs)
-    return fn
+# --- the one path to tf.data ------------------------------------------------------------
 
+def _batches_from(source: Any, data_pass: int, index: int) -> Iterator:
+    """`source`'s batches of one pass over the data from batch `index` on."""
+    if not index:
+        return source.batches(data_pass)
+    try:
+        return source.batches(data_pass, start_batch=index)
+    except TypeError:   # a source without start_batch (tests' synthetic ones)
+        return itertools.islice(source.batches(data_pass), index, None)
+
+
+def pass_batches(source: Any, data_pass: int, start: int = 0,
+                 stop: Optional[int] = None) -> Iterator:
+    """Normalised (images, int32 labels) numpy batches [start, stop) of pass `data_pass`
+    over `source` (stop None: to the end of the pass)."""
+    batches = _batches_from(source, data_pass, start)
+    if stop is not None:
+        batches = itertools.islice(batches, max(stop - start, 0))
+    for x, y in batches:
+        yield source.normalise_np(x), np.asarray(y, np.int32)
+
+
+def stream_batches(source: Any, first: int, stop: Optional[int]) -> Iterator:
+    """Batches [first, stop) of the stream of passes over `source` (pass p is
+    ``source.batches(p)``, `num_batches` long, so batch k is batch k mod num_batches of pass
+    k // num_batches; stop None: forever), normalised. A pass cut short (ImageNet images
+    skipped as undecodable) is followed by the next pass from its first batch."""
+    position = first
+    data_pass, index = divmod(first, source.num_batches)
+    while stop is None or position < stop:
+        end = source.num_batches if stop is None else min(source.num_batches,
+                                                          index + stop - position)
+        before = position
+        for batch in pass_batches(source, data_pass, index, end):
+            yield batch
+            position += 1
+        if position == before:      # an empty pass: nothing more will come
+            return
+        data_pass, index = data_pass + 1, 0
+
+
+def stream_dataset(source: Any, first: int, stop: Optional[int], batch: Optional[int] = None):
+    """``tf.data`` over :func:`stream_batches`: float32 NHWC images (batch dimension `batch`,
+    None where the last batch may be short), int32 labels; not sharded again by
+    tf.distribute (we shard ourselves, see ``Pipeline.order``)."""
+    import tensorflow as tf
+    sig = (tf.TensorSpec((batch,) + tuple(source.image_shape), tf.float32),
+           tf.TensorSpec((batch,), tf.int32))
+    ds = tf.data.Dataset.from_generator(lambda: stream_batches(source, first, stop),
+                                        output_signature=sig)
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(opts).prefetch(2)
+
+
+def epochs_dataset(source: Any, start: int, end: int, steps: int,
+                   global_batch: Optional[int] = None):
+    """tf.data over epochs [start, end) of `steps` batches each, cut from one stream of
+    passes over `source` (anything with `batches(pass)`, `num_batches`, `normalise_np`,
+    `image_shape`), as tensorpack's repeated dataflow was: epoch e is the stream's batches
+    [e·steps, (e+1)·steps). Each batch depends only on (seed, pass, index), so a resumed
+    run sees the data an uninterrupted one did."""
+    return stream_dataset(source, start * steps, end * steps, global_batch)
+
+
+class NormalisedBatches:
+    """Re-iterable normalised (images, int32 labels) numpy batches of a source's pass 0,
+    the first `max_batches` of them (None: all): evaluation and compression data."""
+
+    def __init__(self, pipe: Any, max_batches: Optional[int] = None):
+        self.pipe, self.max_batches = pipe, max_batches
+
+    def __iter__(self) -> Iterator:
+        return pass_batches(self.pipe, 0, 0, self.max_batches)
+
+
+def eval_batches(name: str, split: str, data_dir: Any, batch_size: int, *, seed: int = 0,
+                 mean: str = "train+test", max_batches: Optional[int] = None,
+                 label: str = "fine") -> NormalisedBatches:
+    """Evaluation-order batches (no training augmentation) of split `split` ("train" and
+    "test" are the description's training and evaluation splits)."""
+    ds = datasets.get(name)
+    pipe = make_pipeline(name, ds.split(split), data_dir, batch_size, train=False, seed=seed,
+                         mean=mean, label=label)
+    return NormalisedBatches(pipe, max_batches)

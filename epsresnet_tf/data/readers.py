@@ -1,21 +1,10 @@
 """Readers for the official dataset formats, any number of images per file.
 
 Every reader takes a *data root* (``data/`` by default) and finds its dataset folder under
-it by the official name, or accepts the dataset folder itself:
-
-===========  ==========================================================================
-cifar10      ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch[,batches.meta]}``
-cifar100     ``<root>/cifar-100-python/{train,test[,meta]}`` (fine labels; coarse optional)
-svhn         ``<root>/svhn/{train,extra,test}_32x32.mat`` (label 10 is the digit 0)
-imagenet     ``<root>/imagenet/train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or flat
-             ``val/*.JPEG`` labelled by ``val.txt`` ("<file> <index-or-wnid>" per line,
-             caffe's) or by the official devkit's ``ILSVRC2012_validation_ground_truth.txt``
-             + ``meta.mat`` (in the folder or its ``ILSVRC2012_devkit_t12/data/``);
-             class order: ``synsets.txt`` if present, else the sorted train/ folders, else
-             the sorted leaf synsets of ``meta.mat`` (the same order on the full dataset)
-mnist        ``<root>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
-digits       none: scikit-learn's 8×8 handwritten digits ship inside that package
-===========  ==========================================================================
+it by the official name, or accepts the dataset folder itself. Which reader a dataset uses,
+its expected layout and how to get it are facts of its description
+(:mod:`epsresnet_tf.data.datasets`, ``epsresnet data list`` prints them); this module owns
+the file formats only.
 
 The data root defaults to ``$EPSRESNET_DATA`` or ``data`` (:func:`default_data_dir`), the
 same default for every command; ``make`` passes its ``DATA=`` as ``--data-dir``.
@@ -39,27 +28,10 @@ import numpy as np
 
 from epsresnet_tf.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "svhn", "imagenet", "mnist", "digits")
 
-
-def default_data_dir():
+def default_data_dir() -> str:
     """The data root when none is given: ``$EPSRESNET_DATA``, else ``data``."""
     return os.environ.get("EPSRESNET_DATA") or "data"
-
-
-# How to get each dataset by hand (used in every "missing" message).
-HOW_TO_GET = {
-    "cifar10": "run `make data-cifar10` or unpack cifar-10-python.tar.gz from "
-               "https://www.cs.toronto.edu/~kriz/cifar.html there (see data/README.md)",
-    "cifar100": "run `make data-cifar100` or unpack cifar-100-python.tar.gz from "
-                "https://www.cs.toronto.edu/~kriz/cifar.html there (see data/README.md)",
-    "svhn": "run `make data-svhn` or put {train,extra,test}_32x32.mat from "
-            "http://ufldl.stanford.edu/housenumbers/ there (see data/README.md)",
-    "imagenet": "put the ILSVRC-2012 train/ and val/ folders there by hand (see data/README.md)",
-    "mnist": "put the four MNIST IDX files (train-/t10k- images/labels, gzipped or not) there "
-             "(see data/README.md)",
-    "digits": "it ships with scikit-learn: pip install scikit-learn",
-}
 
 
 class DataFileError(UserError):
@@ -92,8 +64,14 @@ class FileData:
         return len(self.labels)
 
 
+def _how_to_get(name):
+    from epsresnet_tf.data import datasets   # the description owns the text
+    return datasets.get(name).how_to_get
+
+
 def _missing(name, path):
-    return UserError(f"{name}: expected {path} — it is missing; {HOW_TO_GET[name]}")
+    from epsresnet_tf.data import datasets
+    return datasets.get(name).missing(path)
 
 
 def _find_folder(root, name, folder, marker):
@@ -159,7 +137,7 @@ def _names(path, key):
         return []
 
 
-def read_cifar10(root, split):
+def read_cifar10(root: Path, split: str) -> ArrayData:
     folder = _find_folder(root, "cifar10", "cifar-10-batches-py", "test_batch")
     if split == "train":
         files = [folder / f"data_batch_{i}" for i in range(1, 6)]
@@ -176,7 +154,7 @@ def read_cifar10(root, split):
     return ArrayData(images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder))
 
 
-def read_cifar100(root, split, label="fine"):
+def read_cifar100(root: Path, split: str, label: str = "fine") -> ArrayData:
     if label not in ("fine", "coarse"):
         raise UserError(f"cifar100 labels are 'fine' or 'coarse', not {label!r}")
     folder = _find_folder(root, "cifar100", "cifar-100-python", "test")
@@ -217,7 +195,7 @@ def _svhn_mat(path):
     return images, labels
 
 
-def read_svhn(root, split):
+def read_svhn(root: Path, split: str) -> ArrayData:
     """Splits: ``train`` = train+extra (604,388 images, as the paper), ``train-only``,
     ``extra``, ``test``."""
     root = Path(root)
@@ -263,7 +241,7 @@ def _read_idx(folder, stem, magic, ndim):
     return path, arr.reshape(dims)
 
 
-def read_mnist(root, split):
+def read_mnist(root: Path, split: str) -> ArrayData:
     root = Path(root)
     folder = root / "mnist" if (root / "mnist").is_dir() else root
     prefix = {"train": "train", "test": "t10k"}.get(split)
@@ -285,7 +263,7 @@ def read_mnist(root, split):
 DIGITS_TRAIN = 1437
 
 
-def read_digits(split):
+def read_digits(split: str) -> ArrayData:
     """scikit-learn's 1,797 handwritten digits (8×8, UCI optdigits), read from the copy the
     package ships, so `make demo` needs no download. Pixels 0–16 are scaled to uint8 0–255."""
     if split not in ("train", "test"):
@@ -293,7 +271,7 @@ def read_digits(split):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise UserError(f"digits: scikit-learn is not installed; {HOW_TO_GET['digits']}") from None
+        raise UserError(f"digits: scikit-learn is not installed; {_how_to_get('digits')}") from None
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = bunch.target.astype(np.int32)
@@ -333,7 +311,7 @@ def _devkit_synsets(path):
                             f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again")
 
 
-def imagenet_synsets(folder):
+def imagenet_synsets(folder: Path) -> list:
     """Class order: ``synsets.txt`` (first token per line) if present, else the sorted train/
     folders, else the sorted leaf synsets of the devkit's ``meta.mat`` — the last two agree
     on the full dataset, and with the caffe/tensorpack order that ``val.txt`` indexes."""
@@ -350,7 +328,7 @@ def imagenet_synsets(folder):
     if devkit_meta is not None:
         return sorted(_devkit_synsets(devkit_meta).values())
     raise UserError(f"imagenet: need {meta}, the {train} folders or the devkit's meta.mat to "
-                    f"fix the class order; {HOW_TO_GET['imagenet']}")
+                    f"fix the class order; {_how_to_get('imagenet')}")
 
 
 def _val_txt_labels(label_file, index, num_classes):
@@ -410,7 +388,7 @@ def _flat_split_labels(folder, split_dir, index, num_classes):
     return paths, labels
 
 
-def read_imagenet(root, split):
+def read_imagenet(root: Path, split: str) -> FileData:
     root = Path(root)
     folder = root / "imagenet" if (root / "imagenet").is_dir() else root
     if split == "test":
@@ -434,27 +412,14 @@ def read_imagenet(root, split):
     else:
         paths, labels = _flat_split_labels(folder, split_dir, index, len(wnids))
     if not paths:
-        raise UserError(f"imagenet: no images under {split_dir}; {HOW_TO_GET['imagenet']}")
+        raise UserError(f"imagenet: no images under {split_dir}; {_how_to_get('imagenet')}")
     return FileData(paths, np.asarray(labels, np.int32), len(wnids), wnids, str(split_dir))
 
 
 # ----------------------------------------------------------------------------- dispatch
 
-def read_split(name, split, data_dir, *, label="fine"):
-    """Read one split of dataset `name` under `data_dir` (see the module docstring)."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if name == "digits":          # embedded: `data_dir` plays no part
-        return read_digits(split)
-    data_dir = Path(os.path.expanduser(str(data_dir)))
-    if not data_dir.exists():
-        raise _missing(name, data_dir)
-    if name == "cifar10":
-        return read_cifar10(data_dir, split)
-    if name == "cifar100":
-        return read_cifar100(data_dir, split, label)
-    if name == "svhn":
-        return read_svhn(data_dir, split)
-    if name == "mnist":
-        return read_mnist(data_dir, split)
-    return read_imagenet(data_dir, split)
+def read_split(name: str, split: str, data_dir, *, label: str = "fine"):
+    """Read one split of dataset `name` under `data_dir` with the reader its description
+    (:mod:`epsresnet_tf.data.datasets`) names."""
+    from epsresnet_tf.data import datasets
+    return datasets.get(name).read(split, data_dir, label=label)

@@ -21,7 +21,6 @@ EMA of 1 − T is averaged, so a block's discarded value is the EMA of the repli
 Run folder: config.json, history.jsonl, tb/, ckpt/, model.keras.
 """
 import copy
-import itertools
 import json
 import logging
 import math
@@ -464,55 +463,21 @@ def epoch_steps(cfg, source, replicas):
     return source.num_batches
 
 
-def _batches_from(source, data_pass, index):
-    """`source`'s batches of one pass over the data from batch `index` on."""
-    if not index:
-        return source.batches(data_pass)
-    try:
-        return source.batches(data_pass, start_batch=index)
-    except TypeError:   # a source without start_batch (tests' synthetic ones)
-        return itertools.islice(source.batches(data_pass), index, None)
-
-
 def epochs_dataset(source, start, end, steps, global_batch=None):
     """tf.data over epochs [start, end) of `steps` batches each, cut from one stream of
-    passes over `source` (anything with `batches(pass)`, `num_batches`, `normalise_np`,
-    `image_shape`), as tensorpack's repeated dataflow was: epoch e is the stream's batches
-    [e·steps, (e+1)·steps). Each batch depends only on (seed, pass, index), so a resumed
-    run sees the data an uninterrupted one did."""
-    import tensorflow as tf
-
-    def gen():
-        position, stop = start * steps, end * steps
-        while position < stop:
-            data_pass, index = divmod(position, source.num_batches)
-            for x, y in _batches_from(source, data_pass, index):
-                yield source.normalise_np(x), np.asarray(y, np.int32)
-                position += 1
-                if position == stop:
-                    return
-
-    sig = (tf.TensorSpec((global_batch,) + tuple(source.image_shape), tf.float32),
-           tf.TensorSpec((global_batch,), tf.int32))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    opts = tf.data.Options()
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(opts).prefetch(2)
+    passes over `source`: the data package's one path (data.pipeline.epochs_dataset)."""
+    from epsresnet_tf.data.pipeline import epochs_dataset as dataset
+    return dataset(source, start, end, steps, global_batch)
 
 
 def default_sources(cfg, data_dir, global_batch):
-    from epsresnet_tf.data.pipeline import dataset_info, make_pipeline
-    info = dataset_info(cfg["dataset"])
-    options = dict(seed=cfg["seed"], mean=cfg["mean"],
-                   imagenet_channel_order=cfg["imagenet_channel_order"],
-                   imagenet_saturation=cfg["imagenet_saturation"])
-    train = make_pipeline(cfg["dataset"], info.train_split, data_dir, global_batch, train=True,
-                          workers=cfg["data_workers"], **options)
-    val = None
-    if cfg["val_steps"] != 0:
-        val = make_pipeline(cfg["dataset"], info.eval_split, data_dir, global_batch,
-                            train=False, **options)
-    return train, val
+    """(training, evaluation or None) pipelines of the config's dataset."""
+    from epsresnet_tf.data.pipeline import make_sources
+    return make_sources(cfg["dataset"], data_dir, global_batch, seed=cfg["seed"],
+                        mean=cfg["mean"], workers=cfg["data_workers"],
+                        evaluate=cfg["val_steps"] != 0,
+                        imagenet_channel_order=cfg["imagenet_channel_order"],
+                        imagenet_saturation=cfg["imagenet_saturation"])
 
 
 # --- the run -----------------------------------------------------------------------------

@@ -5,10 +5,6 @@ from pathlib import Path
 
 from epsresnet_tf.errors import UserError
 
-#: Datasets that ship inside a dependency: --data-dir plays no part.
-EMBEDDED = ("digits",)
-
-
 def _number(text, flag, kind, low):
     """Flags are parsed here rather than by argparse, so a bad value is one UserError line."""
     if text is None:
@@ -84,8 +80,10 @@ def main(args):
     name, cfg = recipes.resolve(args.recipe, depth=args.depth, **overrides)
     if args.name:
         name = cfg["name"] = args.name
+    from epsresnet_tf.data import datasets
     data_dir = Path(args.data_dir)
-    if cfg["dataset"] not in EMBEDDED and not data_dir.exists():
+    # a dataset that ships inside a package (the demo's digits) needs no data folder
+    if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
     from epsresnet_tf.train.loop import run_training
     result = run_training(cfg, Path(args.out) / name, data_dir, verbose=2 if args.quiet else 1)
