@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from epsresnet_tf import compress as C  # noqa: E402
+from epsresnet_tf.gates import gate_by_block  # noqa: E402
 from epsresnet_tf.models import build_model  # noqa: E402
+from epsresnet_tf.naming import block_id, parse_block_id  # noqa: E402
 
 SECTION = "## Inference: full vs reduced"
 
@@ -36,7 +38,7 @@ def closed_blocks(layout):
     for g, n in layout.items():
         for b in range(n):
             if b % 2 == 1 or (b == 0 and g > 0):
-                out.append(f"group{g}/block{b}")
+                out.append(block_id(g, b))
     return out
 
 
@@ -64,13 +66,13 @@ def main(argv=None):
     opts = dict(classes=10, input_shape=(32, 32, 3), gate="eps", epsilon=0.0)
     full = build_model(args.arch, **opts)
     closed = closed_blocks(C.block_layout(full))
-    gates = C._gate_by_block(full)
+    gates = gate_by_block(full)
     for bid in closed:
         gates[bid].epsilon.assign(1e9)
     x = np.random.RandomState(0).randn(256, 32, 32, 3).astype("float32")
     data = [x[:128], x[128:]]
     cert = C.certify(full, {"test": data}, batch_size=128)
-    assert cert.closed == sorted(closed, key=C.parse_block_id), "certificate disagrees with the setup"
+    assert cert.closed == sorted(closed, key=parse_block_id), "certificate disagrees with the setup"
     reduced, info = C.reduce(full, args.arch, opts, cert.closed, certificate=cert)
     eq = C.check_equivalence(full, reduced, data)
     # the full net as deployed: gates kept (its open ones are T = 1), side head absent

@@ -10,16 +10,17 @@ import dataclasses
 import keras
 
 from epsresnet_tf import layers as L
+from epsresnet_tf.gates import gate_choices, get_gate
+from epsresnet_tf.naming import block_id, layer_prefix, shared_prefix, transition_prefix
 
-GATES = ("none", "eps", "k")
 #: He et al. 2016 Fig. 4: (a) original, (b) BN after addition, (c) ReLU before addition,
 #: (d) ReLU-only pre-activation, (e) full pre-activation (the default).
 ORDERS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
 #: He et al. 2016 Fig. 2 shortcut variants on identity-shaped units.
 SHORTCUTS = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
              "conv1x1", "dropout")
-#: The variants that merge the two branches themselves (Fig. 2(b–d)); a k gate, which is a
-#: merge of its own (g(k) F + x), cannot combine with them.
+#: The variants that merge the two branches themselves (Fig. 2(b–d)); a gate that is a
+#: merge of its own (`GateKind.merges`, e.g. k: g(k) F + x) cannot combine with them.
 MERGING_SHORTCUTS = ("constant_scaling", "exclusive_gating", "shortcut_only_gating")
 INITS = ("he_fan_out", "gaussian")
 SCOPES = ("batch", "sample")
@@ -55,7 +56,7 @@ class NetConfig:
     bn_group: int = None
 
     def __post_init__(self):
-        for field, allowed in (("gate", GATES), ("order", ORDERS), ("shortcut", SHORTCUTS),
+        for field, allowed in (("gate", gate_choices()), ("order", ORDERS), ("shortcut", SHORTCUTS),
                                ("init", INITS), ("gate_scope", SCOPES),
                                ("data_format", ("channels_last", "channels_first"))):
             value = getattr(self, field)
@@ -72,24 +73,18 @@ class NetConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ValueError(f"{field} must be None or a positive integer; got {value!r}")
-        if self.gate == "k" and self.shortcut in MERGING_SHORTCUTS:
-            raise ValueError(f"gate 'k' merges the branches itself (g(k) F + x); it cannot "
-                             f"combine with shortcut {self.shortcut!r}: use gate eps or none, "
-                             "or shortcut identity, conv1x1 or dropout")
+        if get_gate(self.gate) is not None:
+            get_gate(self.gate).validate(self)
 
     @property
     def preact(self):
         return self.order in ("full_preact", "relu_preact")
 
 
-def block_id(group, block):
-    """Canonical block name used in history keys, TensorBoard tags and certificates."""
-    return f"group{group}/block{block}"
-
-
-def layer_prefix(group, block):
-    """Keras forbids '/' in layer names, so layers use `group{g}_block{b}_…`."""
-    return f"group{group}_block{block}_"
+def __getattr__(name):
+    if name == "GATES":   # "none" and the registered kinds, kinds registered later included
+        return gate_choices()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LayerFactory:
@@ -233,23 +228,24 @@ def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
 
 
 def gated_residual(residual, cfg, p):
-    """S(F) under the epsilon gate (docs/semantics.md §1); F itself otherwise."""
-    if cfg.gate == "eps":
-        return L.EpsilonGate(cfg.epsilon, cfg.gate_scope, group_size=cfg.gate_group,
-                             name=p + "eps_gate")(residual)
+    """S(F) under a gate that maps F alone (the ε gate, docs/semantics.md §1); F otherwise."""
+    kind = get_gate(cfg.gate)
+    if kind is not None and not kind.merges:
+        return kind.make_layer(cfg, p + kind.suffix)(residual)
     return residual
 
 
 def merge_branch(residual, shortcut, cfg, p):
-    """S(F) + x (eps gate), g(k) F + x (k gate, docs/semantics.md §3) or F + x."""
-    if cfg.gate == "k":
-        return L.ResidualGate("residual", cfg.k_decay, name=p + "k_gate")([residual, shortcut])
+    """S(F) + x, a merging gate's own u (g(k) F + x, docs/semantics.md §3) or F + x."""
+    kind = get_gate(cfg.gate)
+    if kind is not None and kind.merges:
+        return kind.make_layer(cfg, p + kind.suffix)([residual, shortcut])
     return keras.layers.Add(name=p + "add")([gated_residual(residual, cfg, p), shortcut])
 
 
 def shared_kernel(factory, group, filters):
     """The one 3x3 kernel a stage's sharing blocks use (docs/semantics.md §4)."""
-    return factory.conv(filters, 3, 1, name=f"group{group}_shared_conv3x3")
+    return factory.conv(filters, 3, 1, name=shared_prefix(group) + "conv3x3")
 
 
 def classifier(x, factory, name, activate=True):
@@ -282,7 +278,7 @@ def imagenet_side_head_index(blocks_per_group):
 def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, preact):
     """What stays of a group's first unit once its residual branch is removed (docs/semantics.md §9):
     the shortcut path between resolutions, named `group{g}_transition_…`."""
-    p = f"group{group}_transition_"
+    p = transition_prefix(group)
     if shortcut_kind == "projection":
         if preact == "split" and factory.config.order == "full_preact":
             x = factory.bn_relu(x, p + "preact_")

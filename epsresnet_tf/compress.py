@@ -16,14 +16,9 @@ Library API::
     model_size(model) -> params, parameter bytes, conv layers, layers, blocks, MACs
     compress_model(...) / compress_run(run_dir, ...)  everything above + exports
 
-Why per-image values certify both scopes: with L fixed, T = relu(1 - L relu(1 - L s)) is
-non-decreasing in s, and the batch-scope s is the maximum of the per-image s (inference
-BatchNorm makes each image's residual independent of its batch). So a block's batch T is
-the maximum of its images' T: T = 0 on every batch of *any* composition and size exactly
-when T = 0 for every image — the batch-scope and sample-scope certificates coincide, and
-they hold at batch 1 as well as at the run's batch size. "open" is weaker: in batch scope
-it is checked at the given batch size and order only, since one open image opens its
-whole batch.
+How a gate is certified and how a kept one folds is its kind's (`epsresnet_tf.gates`):
+ε-gates from per-image values, which certify both scopes (epsresnet_tf/gates/eps.py says
+why); scalar gates such as k from their scalar alone.
 
 The reduced net. A removed ε-block contributed T·F = 0 and a removed k-block g(k)·F = 0,
 so dropping it changes no activation. Kept blocks follow `gates`:
@@ -43,14 +38,16 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from epsresnet_tf.blocks import block_id
+from epsresnet_tf import gates as G
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import gate_by_block, to_float
+from epsresnet_tf.naming import (block_id, layer_prefix, parse_block_id, shared_prefix,
+                                 sort_block_ids, split_layer_name, split_transition_name)
 
 #: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
@@ -67,22 +64,6 @@ EMA_THRESHOLD = 1 - 0.5 * 10 ** -EMA_DIGITS      # 0.999995
 #: always the standard ResNet, exact or not — the authors' reduced net (their EMA rule).
 GATE_POLICIES = ("auto", "keep", "none", "plain")
 
-_BLOCK = re.compile(r"^group(\d+)_block(\d+)_(.*)$")
-_TRANSITION = re.compile(r"^group(\d+)_transition_(.*)$")
-_ID = re.compile(r"^group(\d+)/block(\d+)$")
-
-
-def parse_block_id(bid):
-    m = _ID.match(bid)
-    if not m:
-        raise UserError(f"bad block id {bid!r}: use group<g>/block<b>, e.g. group1/block0")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _sort_ids(ids):
-    return sorted(ids, key=parse_block_id)
-
-
 # --- model structure -------------------------------------------------------------------
 
 def logits_of(outputs):
@@ -94,46 +75,14 @@ def block_layout(model):
     """{group: number of units} from the `group{g}_block{b}_…` layer names."""
     seen = {}
     for layer in model.layers:
-        m = _BLOCK.match(layer.name)
-        if m:
-            g, b = int(m.group(1)), int(m.group(2))
+        parts = split_layer_name(layer.name)
+        if parts:
+            g, b, _ = parts
             seen[g] = max(seen.get(g, 0), b + 1)
     return seen
 
 
-def _gate_by_block(model):
-    from epsresnet_tf.layers import gate_layers
-    out = {}
-    for layer in gate_layers(model):
-        m = _BLOCK.match(layer.name)
-        if m:
-            out[block_id(int(m.group(1)), int(m.group(2)))] = layer
-    return out
-
-
-def _value(v):
-    return float(np.asarray(v.numpy() if hasattr(v, "numpy") else v))
-
-
 # --- the certificate -------------------------------------------------------------------
-
-@dataclasses.dataclass
-class BlockVerdict:
-    block: str
-    kind: str                 # "eps" or "k"
-    verdict: str              # "closed" (provably contributes 0), "open" or "mixed"
-    epsilon: float = None
-    max_response: float = None     # max |F| over every certified image (eps)
-    images_open: int = 0           # images whose own T > 0 (eps)
-    batches_open: int = 0          # batches (at batch_size) with T > 0 (eps, batch scope)
-    batches_partly_open: int = 0   # batches with 0 < T < 1, or T = 1 but not on all batches
-    k: float = None
-    g: float = None
-    ema: float = None
-
-    def as_dict(self):
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
 
 @dataclasses.dataclass
 class Certificate:
@@ -145,120 +94,44 @@ class Certificate:
 
     @property
     def closed(self):
-        return _sort_ids(b for b, v in self.blocks.items() if v.verdict == "closed")
+        return sort_block_ids(b for b, v in self.blocks.items() if v.verdict == "closed")
 
     def as_dict(self):
         return {"scope": self.scope, "batch_size": self.batch_size, "images": self.images,
                 "batches": self.batches,
-                "blocks": {b: self.blocks[b].as_dict() for b in _sort_ids(self.blocks)}}
+                "blocks": {b: self.blocks[b].as_dict() for b in sort_block_ids(self.blocks)}}
 
 
-def _iter_batches(data):
+def iter_images(data):
     """Images of each batch; `data` yields images or (images, labels)."""
     for item in data:
         x = item[0] if isinstance(item, (tuple, list)) else item
         yield np.asarray(x, np.float32) if isinstance(x, (np.ndarray, list)) else x
 
 
-def gate_responses(model, data):
-    """Per-image max |F| at each ε-gate's input: ({block id: float32 array (images,)},
-    [batch lengths]). One inference pass over `data` (batches of images or (images, labels))."""
-    import keras
-    import tensorflow as tf
-    from epsresnet_tf.layers import EpsilonGate
-
-    gates = {b: l for b, l in _gate_by_block(model).items() if isinstance(l, EpsilonGate)}
-    if not gates:
-        return {}, []
-    ids = list(gates)
-    probe = keras.Model(model.inputs, [gates[b].input for b in ids])
-
-    @tf.function(reduce_retracing=True)
-    def maxima(x):
-        outs = probe(x, training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        return [tf.reduce_max(tf.abs(tf.cast(o, tf.float32)), axis=list(range(1, len(o.shape))))
-                for o in outs]
-
-    per = {b: [] for b in ids}
-    sizes = []
-    for x in _iter_batches(data):
-        values = maxima(tf.convert_to_tensor(x))
-        sizes.append(int(values[0].shape[0]))
-        for b, v in zip(ids, values):
-            per[b].append(v.numpy())
-    return {b: np.concatenate(v) if v else np.zeros(0, np.float32) for b, v in per.items()}, sizes
-
-
-def per_image_gate(layer, maxima):
-    """T of each image given its max |F|, with the layer's own formula: a sample-scope gate on
-    an (N, 1) tensor whose only entry is max |F| has s = relu(max |F| - ε), as on F itself."""
-    from epsresnet_tf.layers import EpsilonGate
-    probe = EpsilonGate(_value(layer.epsilon), scope="sample", sharpness=layer.sharpness)
-    probe.build((None, 1))
-    probe.epsilon.assign(layer.epsilon)   # bit-identical ε, not a float64 round trip
-    import tensorflow as tf
-    t = probe.gate(tf.convert_to_tensor(np.asarray(maxima, np.float32)[:, None]))
-    return np.asarray(t).reshape(-1)
-
-
-def batch_gate(per_image, sizes):
-    """Batch-scope T of consecutive batches of the given sizes: the maximum of per-image T
-    (T is non-decreasing in s and the batch s is the max of the per-image s)."""
-    out, start = [], 0
-    for n in sizes:
-        out.append(float(per_image[start:start + n].max()) if n else 0.0)
-        start += n
-    return np.asarray(out, np.float32)
-
-
 def certify(model, datasets, scope=None, batch_size=None):
-    """Per-block verdicts for every gate of `model`.
+    """Per-block verdicts for every gate of `model`, each by its kind's `certify`.
 
     datasets: {split name: iterable of batches} in the order the run would see them (the
     run's batch size: batch-scope "open" depends on the batching; "closed" does not).
     scope: "batch" or "sample" (default: the gates' own). k-gates need no data: closed
     exactly when g(k) = relu(k) = 0.
     """
-    from epsresnet_tf.layers import EpsilonGate
-
-    gates = _gate_by_block(model)
-    eps_scopes = {l.scope for l in gates.values() if isinstance(l, EpsilonGate)}
-    scope = scope or (eps_scopes.pop() if len(eps_scopes) == 1 else "batch")
+    gates = gate_by_block(model)
+    scopes = {G.kind_of(l).scope(l) for l in gates.values()} - {None}
+    scope = scope or (scopes.pop() if len(scopes) == 1 else "batch")
     if scope not in ("batch", "sample"):
         raise UserError(f"scope must be 'batch' or 'sample', not {scope!r}")
-    verdicts = {}
-    images, batches = {}, {}
-    maxima = {b: [] for b, l in gates.items() if isinstance(l, EpsilonGate)}
-    batch_ts = {b: [] for b in maxima}
-    image_ts = {b: [] for b in maxima}
-    if maxima:
-        for split, data in datasets.items():
-            resp, sizes = gate_responses(model, data)
-            images[split], batches[split] = int(sum(sizes)), len(sizes)
-            for b in maxima:
-                t = per_image_gate(gates[b], resp[b])
-                maxima[b].append(resp[b])
-                image_ts[b].append(t)
-                batch_ts[b].append(batch_gate(t, sizes) if scope == "batch" else t)
+    by_kind = {}
     for b, layer in gates.items():
-        ema = _value(layer.discarded_ema)
-        if isinstance(layer, EpsilonGate):
-            m = np.concatenate(maxima[b]) if maxima[b] else np.zeros(0, np.float32)
-            ti = np.concatenate(image_ts[b]) if image_ts[b] else np.zeros(0, np.float32)
-            tb = np.concatenate(batch_ts[b]) if batch_ts[b] else np.zeros(0, np.float32)
-            if not len(ti):
-                raise UserError("no images to certify ε-gates on: give a non-empty dataset")
-            verdict = ("closed" if np.all(ti == 0) else
-                       "open" if np.all(tb == 1) else "mixed")
-            verdicts[b] = BlockVerdict(
-                b, "eps", verdict, epsilon=_value(layer.epsilon), max_response=float(m.max()),
-                images_open=int(np.sum(ti > 0)), batches_open=int(np.sum(tb > 0)),
-                batches_partly_open=int(np.sum((tb > 0) & (tb < 1))), ema=ema)
-        else:
-            k = _value(layer.k)
-            g = max(k, 0.0)
-            verdicts[b] = BlockVerdict(b, "k", "closed" if g == 0 else "open", k=k, g=g, ema=ema)
+        by_kind.setdefault(G.kind_of(layer).name, {})[b] = layer
+    verdicts, images, batches = {}, {}, {}
+    for name, layers in by_kind.items():
+        v, i, n = G.get_gate(name).certify(model, layers, datasets, scope)
+        verdicts.update(v)
+        images.update(i)
+        batches.update(n)
+    verdicts = {b: verdicts[b] for b in gates}   # network order
     return Certificate(scope, int(batch_size) if batch_size else None, images, batches, verdicts)
 
 
@@ -274,10 +147,10 @@ def ema_removable(source, threshold=EMA_THRESHOLD):
     `source`: a model (its gates' `discarded_ema`) or {block id: ema} (e.g. a history row's
     per-block "discarded")."""
     if hasattr(source, "layers"):
-        emas = {b: _value(l.discarded_ema) for b, l in _gate_by_block(source).items()}
+        emas = {b: to_float(l.discarded_ema) for b, l in gate_by_block(source).items()}
     else:
         emas = {b: (v["discarded"] if isinstance(v, dict) else float(v)) for b, v in source.items()}
-    return _sort_ids(b for b, v in emas.items() if v >= threshold)
+    return sort_block_ids(b for b, v in emas.items() if v >= threshold)
 
 
 def disagreements(certificate, ema_ids):
@@ -285,7 +158,7 @@ def disagreements(certificate, ema_ids):
     removed by the EMA rule but are not provably closed (removing them may change
     predictions); "certificate_only" blocks are provably closed but the EMA lags."""
     closed, ema = set(certificate.closed), set(ema_ids)
-    return {"ema_only": _sort_ids(ema - closed), "certificate_only": _sort_ids(closed - ema)}
+    return {"ema_only": sort_block_ids(ema - closed), "certificate_only": sort_block_ids(closed - ema)}
 
 
 # --- the reduced network ---------------------------------------------------------------
@@ -305,72 +178,38 @@ def _renumbering(layout, removed):
 
 def _source_name(name, inverse):
     """Layer name in the trained net for a layer of the reduced net."""
-    m = _BLOCK.match(name)
-    if m:
-        g, b = int(m.group(1)), int(m.group(2))
-        return f"group{g}_block{inverse[(g, b)]}_{m.group(3)}"
-    m = _TRANSITION.match(name)
-    if m:  # the old first unit's shortcut path (docs/semantics.md)
-        return f"group{m.group(1)}_block0_{m.group(2)}"
+    parts = split_layer_name(name)
+    if parts:
+        g, b, rest = parts
+        return layer_prefix(g, inverse[(g, b)]) + rest
+    parts = split_transition_name(name)
+    if parts:  # the old first unit's shortcut path (docs/semantics.md)
+        return layer_prefix(parts[0], 0) + parts[1]
     return name
 
 
-def _last_conv(gate_layer):
-    """The layer producing a k-gate's residual input (full pre-activation: the last conv)."""
-    node = gate_layer._inbound_nodes[0]
-    tensor = node.input_tensors[0]
-    return tensor._keras_history.operation
-
-
-def _foldable(model, bid):
-    """A k-gate folds into its unit's last conv when that conv is the unit's own (a shared
-    stage kernel serves other units with other k) and has no bias."""
-    import keras
-    gate = _gate_by_block(model)[bid]
-    if getattr(gate, "mode", "residual") != "residual":
-        return None
-    conv = _last_conv(gate)
-    if isinstance(conv, keras.layers.Conv2D) and not conv.use_bias and len(conv._inbound_nodes) == 1:
-        return conv
-    return None
-
-
 def _decide_gates(model, kept, gates, certificate):
-    """Which gate kind the reduced net gets ("none", "eps" or "k") and k-gates to fold."""
-    from epsresnet_tf.layers import EpsilonGate, ResidualGate
-    by_block = _gate_by_block(model)
+    """Which gate kind the reduced net gets ("none" or the kept gates' kind), the kept
+    gates that fold into a conv ({block id: Fold}) and why: the kind's `plain_decision`
+    says whether dropping its kept gates is exact."""
+    by_block = gate_by_block(model)
     kept_gates = {b: by_block[b] for b in kept if b in by_block}
     if not kept_gates:
         return "none", {}, "no gates remain"
-    kind = "eps" if any(isinstance(l, EpsilonGate) for l in kept_gates.values()) else "k"
-    if kind == "eps":
-        if certificate is None:
-            exact, why = False, "no certificate: kept ε-gates cannot be shown open"
-        else:
-            not_open = [b for b in kept_gates if certificate.blocks[b].verdict != "open"]
-            exact = not not_open
-            why = ("every kept ε-gate is open (T = 1) on every certified batch" if exact else
-                   f"kept ε-gates not open on every certified batch: {', '.join(not_open[:5])}")
-        folds = {}
-    else:
-        folds = {b: _foldable(model, b) for b in kept_gates}
-        unfoldable = [b for b, c in folds.items() if c is None]
-        exact = not unfoldable
-        why = ("every kept g(k) folds into its unit's last conv" if exact else
-               f"g(k) cannot fold into a shared or non-conv last layer: {', '.join(unfoldable[:5])}")
-        folds = {b: (by_block[b], c) for b, c in folds.items() if c is not None}
+    kind = G.kind_of(next(iter(kept_gates.values())))   # one kind per net
+    exact, folds, why = kind.plain_decision(kept_gates, certificate)
     if gates == "keep":
-        return kind, {}, "gates kept on request (--gates keep)"
+        return kind.name, {}, "gates kept on request (--gates keep)"
     if gates == "plain":     # the authors' reduced net: a standard ResNet whatever the data say
-        if kind == "k" and not exact:
-            return kind, {}, f"k-gates kept: {why}"
+        if not exact and not kind.plain_drops_inexact:
+            return kind.name, {}, f"{kind.label}-gates kept: {why}"
         return "none", folds, ("standard ResNet (the authors' reduced net): " +
                                (why if exact else f"not exact, {why}"))
     if gates == "none" and not exact:
         raise UserError(f"--gates none is not exact here ({why}); use --gates auto or keep")
     if exact:
         return "none", folds, why
-    return kind, {}, why
+    return kind.name, {}, why
 
 
 def reduce(model, arch, build_options, removable, gates="auto", certificate=None):
@@ -409,7 +248,7 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
 
     inverse = {(g, new): old for (g, old), new in mapping.items()}
     source = {l.name: l for l in model.layers}
-    folded = {conv.name: gate for gate, conv in folds.values()}
+    folded = {fold.conv.name: fold.factor for fold in folds.values()}
     copied = set()
     for layer in reduced.layers:
         if not layer.weights:
@@ -420,9 +259,8 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
                             "trained net: were the build options the ones it was trained with?")
         src = source[name]
         weights = src.get_weights()
-        if name in folded:  # g(k)·conv_W(x) = conv_{g(k)·W}(x): the gate folds into the kernel
-            g = max(_value(folded[name].k), 0.0)
-            weights = [w * np.asarray(g, w.dtype) for w in weights]
+        if name in folded:  # φ·conv_W(x) = conv_{φ·W}(x): the gate folds into the kernel
+            weights = [w * np.asarray(folded[name], w.dtype) for w in weights]
         target = [w.shape for w in layer.weights]
         if [tuple(w.shape) for w in weights] != [tuple(s) for s in target]:
             raise UserError(f"{layer.name}: weight shapes {[w.shape for w in weights]} differ "
@@ -431,9 +269,9 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
         copied.add(name)
     # Every trained weight is either copied or belongs to a removed block, a gate the
     # plain reduced net drops (open ε-gates: T = 1; folded k-gates) or the side head.
-    removed_prefixes = tuple(f"group{g}_block{b}_" for g, b in removed) + tuple(
-        f"group{g}_shared_" for g, n in enumerate(counts) if n == 0)   # no unit left to use it
-    folded_gates = {l.name for l in _gate_by_block(model).values()} if kind == "none" else set()
+    removed_prefixes = tuple(layer_prefix(g, b) for g, b in removed) + tuple(
+        shared_prefix(g) for g, n in enumerate(counts) if n == 0)   # no unit left to use it
+    folded_gates = {l.name for l in gate_by_block(model).values()} if kind == "none" else set()
     missing = [l.name for l in model.layers if l.weights and l.name not in copied
                and not l.name.startswith(removed_prefixes) and not l.name.startswith("side_head")
                and l.name not in folded_gates]
@@ -441,14 +279,14 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
         raise UserError(f"weights of {', '.join(missing[:5])} were not carried over: the "
                         "reduced layout does not match the trained net")
     info = {
-        "removed": _sort_ids(block_id(*b) for b in removed),
+        "removed": sort_block_ids(block_id(*b) for b in removed),
         "renumbered": {block_id(g, old): block_id(g, new) for (g, old), new in sorted(mapping.items())},
         "blocks_per_group_before": [layout.get(g, 0) for g in range(len(counts))],
         "blocks_per_group_after": counts,
         "first_removed": list(first_removed),
         "reduced_gates": kind,
         "gate_decision": why,
-        "folded_k": _sort_ids(folds),
+        "folded_k": sort_block_ids(folds),
     }
     return reduced, info
 
@@ -492,7 +330,7 @@ def check_equivalence(full, reduced, data, tolerance=TOLERANCE, device="cpu"):
         f_full = tf.function(lambda x: logits_of(full(x, training=False)), reduce_retracing=True)
         f_red = tf.function(lambda x: logits_of(reduced(x, training=False)), reduce_retracing=True)
         for item in data:
-            x = next(_iter_batches([item]))
+            x = next(iter_images([item]))
             x = tf.convert_to_tensor(x)
             a = np.asarray(tf.cast(f_full(x), tf.float32))
             b = np.asarray(tf.cast(f_red(x), tf.float32))
@@ -676,9 +514,8 @@ def read_run(run_dir):
     gate = cfg.get("gate", "none")
     options.update(classes=info.num_classes, input_shape=tuple(info.image_shape), gate=gate,
                    weight_decay=cfg.get("weight_decay", 2e-4))
-    if gate == "eps":
-        options.update(epsilon=cfg.get("epsilon", 0.0), gate_scope=cfg.get("gate_scope", "batch"),
-                       gate_group=cfg.get("gate_group"))
+    if G.get_gate(gate) is not None:
+        options.update(G.get_gate(gate).net_options(cfg))
     batch = int(cfg.get("batch_size", 128))
     gpus = max(int(cfg.get("gpus", 0) or 0), 1)
     if cfg.get("batch_per", "replica") == "total":
@@ -772,9 +609,9 @@ def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gate
                             "--ema-epoch")
         ema_epoch = epoch
         model, state = load_epoch(run, epoch)
-    if not _gate_by_block(model):
-        raise UserError(f"{run.model_path} has no gates: only ε- or k-gated nets have "
-                        "removable blocks (train with gate eps or k)")
+    if not gate_by_block(model):
+        raise UserError(f"{run.model_path} has no gates: only gated nets have removable "
+                        f"blocks (train with gate {' or '.join(G.gate_kinds())})")
     ema = None
     if ema_from == "history":
         rows = read_history(run.root)

@@ -19,6 +19,8 @@ import numpy as np
 
 from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import gate_by_block, kind_of
+from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
 
 ORDERS = ("greedy-k", "random", "by-response")
 
@@ -78,16 +80,16 @@ def evaluate_model(model, data=None, batches=(1, 128), top5=False, repeats=20):
 
 def _contribution_tensors(model):
     """{block id: (tensor the block adds to its shortcut, scale)}: the Add's residual input
-    (for ε-nets that is S(F), after the gate); for k-gates F with scale g(k)."""
-    from epsresnet_tf.blocks import block_id
+    (for ε-nets that is S(F), after the gate); for merging gates (k) F with scale φ (g(k))."""
+    gates = gate_by_block(model)
     out = {}
     for g, count in C.block_layout(model).items():
         for b in range(count):
-            p = f"group{g}_block{b}_"
+            p = layer_prefix(g, b)
             names = {l.name: l for l in model.layers if l.name.startswith(p)}
-            if p + "k_gate" in names:
-                layer = names[p + "k_gate"]
-                out[block_id(g, b)] = (layer.input[0], max(C._value(layer.k), 0.0))
+            gate = gates.get(block_id(g, b))
+            if gate is not None and kind_of(gate).merges:
+                out[block_id(g, b)] = (gate.input[0], kind_of(gate).factor(gate))
             elif p + "add" in names:
                 out[block_id(g, b)] = (names[p + "add"].input[0], 1.0)
     return out
@@ -110,7 +112,7 @@ def block_contributions(model, data):
                 for o in probe(x, training=False)]
 
     total, n = np.zeros(len(ids)), 0
-    for x in C._iter_batches(data):
+    for x in C.iter_images(data):
         total += np.asarray([float(v) for v in means(tf.convert_to_tensor(x))])
         n += int(x.shape[0])
     return {b: float(total[i] / max(n, 1) * tensors[b][1]) for i, b in enumerate(ids)}
@@ -119,20 +121,21 @@ def block_contributions(model, data):
 def removal_order(model, order, data=None, seed=0):
     """Blocks in the order they are removed. greedy-k: smallest g(k) first (Savarese et al.);
     random: a seeded permutation; by-response: smallest mean |contribution| first."""
-    ids = C._sort_ids(b for g, n in C.block_layout(model).items()
-                      for b in [f"group{g}/block{i}" for i in range(n)])
-    if order == "greedy-k":
-        gates = C._gate_by_block(model)
-        if not gates or not all(hasattr(gates.get(b), "k") for b in ids):
+    ids = sort_block_ids(block_id(g, i) for g, n in C.block_layout(model).items()
+                         for i in range(n))
+    if order == "greedy-k":   # any gate kind with a learned scalar φ: smallest φ first
+        gates = gate_by_block(model)
+        factors = {b: kind_of(gates[b]).factor(gates[b]) for b in ids if b in gates}
+        if len(factors) != len(ids) or None in factors.values():
             raise UserError("--order greedy-k needs a k-gated net (gate k); use by-response or random")
-        return sorted(ids, key=lambda b: (max(C._value(gates[b].k), 0.0), C.parse_block_id(b)))
+        return sorted(ids, key=lambda b: (factors[b], parse_block_id(b)))
     if order == "random":
         return [ids[i] for i in np.random.RandomState(seed).permutation(len(ids))]
     if order == "by-response":
         if data is None:
             raise UserError("--order by-response needs data to measure responses on")
         contrib = block_contributions(model, data)
-        return sorted(ids, key=lambda b: (contrib.get(b, 0.0), C.parse_block_id(b)))
+        return sorted(ids, key=lambda b: (contrib.get(b, 0.0), parse_block_id(b)))
     raise UserError(f"unknown order {order!r}: choose {', '.join(ORDERS)}")
 
 

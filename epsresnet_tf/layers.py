@@ -35,7 +35,7 @@ def _channel_axis(data_format):
     return 1 if data_format == "channels_first" else -1
 
 
-def _monitor_weight(layer, name, initial=0.0):
+def monitor_weight(layer, name, initial=0.0):
     # "mean" aggregation lets each replica assign under tf.distribute; the values
     # are then averaged over replicas (README: how discard counts combine).
     return layer.add_weight(name=name, shape=(), dtype="float32", trainable=False,
@@ -43,8 +43,15 @@ def _monitor_weight(layer, name, initial=0.0):
                             aggregation="mean", autocast=False)
 
 
+class GateLayer(keras.layers.Layer):
+    """Base of the residual gates: a gate layer sits in one unit and keeps `discarded_ema`,
+    the moving average of "this block is discarded" (docs/semantics.md §8). Everything
+    else about a gate kind (how blocks build it, its monitor fields, certification,
+    folding) is its entry in `epsresnet_tf.gates`."""
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class EpsilonGate(keras.layers.Layer):
+class EpsilonGate(GateLayer):
     """S(F) = T(F) * F, the sparsity-promoting function of epsilon-ResNet (docs/semantics.md §1).
 
     s = max(relu(F - eps) + relu(-F - eps)),  T = relu(1 - L * relu(1 - L * s)).
@@ -92,11 +99,11 @@ class EpsilonGate(keras.layers.Layer):
         self.epsilon = self.add_weight(
             name="epsilon", shape=(), dtype="float32", trainable=False, autocast=False,
             initializer=keras.initializers.Constant(self.initial_epsilon), aggregation="mean")
-        self.gate_value = _monitor_weight(self, "gate_value", 1.0)
-        self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
-        self.response_max = _monitor_weight(self, "response_max", 0.0)
-        self.response_mean = _monitor_weight(self, "response_mean", 0.0)
-        self.monitor_steps = _monitor_weight(self, "monitor_steps", 0.0)
+        self.gate_value = monitor_weight(self, "gate_value", 1.0)
+        self.discarded_ema = monitor_weight(self, "discarded_ema", 0.0)
+        self.response_max = monitor_weight(self, "response_max", 0.0)
+        self.response_mean = monitor_weight(self, "response_mean", 0.0)
+        self.monitor_steps = monitor_weight(self, "monitor_steps", 0.0)
 
     @property
     def grouped(self):
@@ -349,7 +356,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ResidualGate(keras.layers.Layer):
+class ResidualGate(GateLayer):
     """Savarese et al.'s gate on a pair [F, x] with one scalar k (initialised to 1), g = ReLU.
 
     mode="residual": u = g(k) F + x.  mode="plain": u = g(k) f + (1 - g(k)) x.
@@ -370,8 +377,8 @@ class ResidualGate(keras.layers.Layer):
         self.k = self.add_weight(name="k", shape=(), dtype="float32", trainable=True,
                                  initializer=keras.initializers.Constant(1.0),
                                  regularizer=regularizer, autocast=False)
-        self.discarded_ema = _monitor_weight(self, "discarded_ema", 0.0)
-        self.monitor_steps = _monitor_weight(self, "monitor_steps", 0.0)
+        self.discarded_ema = monitor_weight(self, "discarded_ema", 0.0)
+        self.monitor_steps = monitor_weight(self, "monitor_steps", 0.0)
 
     @property
     def gate_value(self):
@@ -487,5 +494,5 @@ class PoolPadShortcut(keras.layers.Layer):
 
 
 def gate_layers(model):
-    """The model's gate layers in network order (epsilon and residual gates)."""
-    return [layer for layer in model.layers if isinstance(layer, (EpsilonGate, ResidualGate))]
+    """The model's gate layers (every `GateLayer`, whatever its kind) in network order."""
+    return [layer for layer in model.layers if isinstance(layer, GateLayer)]

@@ -22,6 +22,7 @@ import numpy as np
 
 from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
@@ -55,9 +56,9 @@ class RunData:
 
     def block_ids(self):
         if self.certificate:
-            return C._sort_ids(self.certificate["blocks"])
+            return sort_block_ids(self.certificate["blocks"])
         if self.rows and self.rows[-1].get("blocks"):
-            return C._sort_ids(self.rows[-1]["blocks"])
+            return sort_block_ids(self.rows[-1]["blocks"])
         return []
 
     def discarded(self, threshold=C.EMA_THRESHOLD):
@@ -180,9 +181,9 @@ def fig_groups(r, path):
     plt = _plt()
     ids = r.block_ids()
     gone = r.discarded()
-    groups = sorted({C.parse_block_id(b)[0] for b in ids})
-    kept = [sum(1 for b in ids if C.parse_block_id(b)[0] == g and b not in gone) for g in groups]
-    lost = [sum(1 for b in ids if C.parse_block_id(b)[0] == g and b in gone) for g in groups]
+    groups = sorted({parse_block_id(b)[0] for b in ids})
+    kept = [sum(1 for b in ids if parse_block_id(b)[0] == g and b not in gone) for g in groups]
+    lost = [sum(1 for b in ids if parse_block_id(b)[0] == g and b in gone) for g in groups]
     fig, ax = plt.subplots(figsize=(5, 4))
     x = np.arange(len(groups))
     ax.bar(x, kept, color="tab:blue", label="kept")
@@ -260,7 +261,7 @@ def fig_weight_collapse(r, path):
     a kept block's; without histograms, the final kernels of model.keras."""
     plt = _plt()
     ids = r.block_ids()
-    gone = sorted(r.discarded(), key=C.parse_block_id)
+    gone = sorted(r.discarded(), key=parse_block_id)
     kept = [b for b in ids if b not in r.discarded()]
     chosen = [(b, "discarded") for b in gone[:1]] + [(b, "kept") for b in kept[:1]]
     if not chosen:
@@ -279,9 +280,9 @@ def fig_weight_collapse(r, path):
             ax.set_title(f"{bid} ({what}): {tag.split('/', 2)[-1]}", fontsize=9)
         else:
             model = C.load_model(r.run.model_path)
-            g, b = C.parse_block_id(bid)
+            g, b = parse_block_id(bid)
             kernels = [w.numpy().ravel() for l in model.layers
-                       if l.name.startswith(f"group{g}_block{b}_conv") for w in l.weights]
+                       if l.name.startswith(layer_prefix(g, b) + "conv") for w in l.weights]
             vals = np.percentile(np.concatenate(kernels), PERCENTILES)
             ax.bar([f"{q}%" for q in PERCENTILES], vals)
             ax.set_title(f"{bid} ({what}): final kernel percentiles", fontsize=9)

@@ -60,6 +60,7 @@ def sweep_eps(recipe, eps_values, out, data_dir, *, epochs=None, steps_per_epoch
               compress=True, max_batches=None, verbose=0, report=True):
     from epsresnet_tf import compress as C
     from epsresnet_tf import recipes
+    from epsresnet_tf.gates import get_gate
     from epsresnet_tf.train.loop import run_training
 
     out = Path(out)
@@ -67,7 +68,8 @@ def sweep_eps(recipe, eps_values, out, data_dir, *, epochs=None, steps_per_epoch
     for eps in eps_values:
         name, cfg = recipes.resolve(recipe, epsilon=eps, epochs=epochs, batch_size=batch_size,
                                     steps_per_epoch=steps_per_epoch, val_steps=val_steps, seed=seed)
-        if cfg["gate"] != "eps":
+        kind = get_gate(cfg["gate"])
+        if kind is None or "epsilon" not in kind.hyper_parameters:
             raise UserError(f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net")
         run_dir = out / f"eps{eps:g}"
         result = run_training(cfg, run_dir, data_dir, verbose=verbose)

@@ -11,6 +11,9 @@ import tensorflow as tf
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import eps as E
+from epsresnet_tf.gates import gate_by_block
+from epsresnet_tf.naming import parse_block_id
 from epsresnet_tf.layers import EpsilonGate, gate_layers
 from epsresnet_tf.models import build_model
 
@@ -19,11 +22,11 @@ HUGE = 1e6   # ε above every |F|: T = 0 for every input
 
 
 def gates(model):
-    return {C._gate_by_block(model)[b].name: l for b, l in C._gate_by_block(model).items()}
+    return {gate_by_block(model)[b].name: l for b, l in gate_by_block(model).items()}
 
 
 def gate_of(model, bid):
-    return C._gate_by_block(model)[bid]
+    return gate_by_block(model)[bid]
 
 
 def batches(n=48, batch=16, seed=0, shape=SHAPE):
@@ -69,14 +72,14 @@ def test_batch_and_image_gates_equal_the_layers_own_gate_on_the_batch():
     data = batches()
     probe = keras.Model(model.inputs, [l.input for l in gate_layers(model)])
     layer = gate_layers(model)[3]
-    resp, sizes = C.gate_responses(model, data)
+    resp, sizes = E.gate_responses(model, data)
     bid = "group1/block1"
-    assert C._gate_by_block(model)[bid] is layer
+    assert gate_by_block(model)[bid] is layer
     # ε between the smallest and largest per-image max |F|: some images open, some closed
     layer.epsilon.assign(float(np.median(resp[bid])))
-    per_image = C.per_image_gate(layer, resp[bid])
+    per_image = E.per_image_gate(layer, resp[bid])
     assert 0 < per_image.sum() < len(per_image)
-    batch_t = C.batch_gate(per_image, sizes)
+    batch_t = E.batch_gate(per_image, sizes)
     for i, x in enumerate(data):
         f = tf.cast(probe(x, training=False)[3], tf.float32)
         assert float(layer.gate(f)) == batch_t[i]                       # batch scope
@@ -91,13 +94,13 @@ def test_verdicts_closed_open_mixed_and_k():
     model, _ = build()
     data = {"train": batches(seed=1), "test": batches(seed=2)}
     close(model, "group0/block1")
-    resp, _ = C.gate_responses(model, data["test"])
+    resp, _ = E.gate_responses(model, data["test"])
     gate_of(model, "group2/block0").epsilon.assign(float(np.median(resp["group2/block0"])))
     cert = C.certify(model, data, batch_size=16)
     v = cert.blocks
-    assert v["group0/block1"].verdict == "closed" and v["group0/block1"].images_open == 0
+    assert v["group0/block1"].verdict == "closed" and v["group0/block1"].details["images_open"] == 0
     assert v["group2/block0"].verdict in ("open", "mixed")
-    assert v["group2/block0"].images_open > 0
+    assert v["group2/block0"].details["images_open"] > 0
     assert v["group0/block0"].verdict == "open"
     assert cert.closed == ["group0/block1"]
     assert cert.images == {"train": 48, "test": 48}
@@ -110,7 +113,7 @@ def test_verdicts_closed_open_mixed_and_k():
     gate_of(kmodel, "group2/block1").k.assign(-3.0)
     kcert = C.certify(kmodel, {})
     assert kcert.closed == ["group1/block1", "group2/block1"]
-    assert kcert.blocks["group0/block0"].g == 1.0
+    assert kcert.blocks["group0/block0"].details["g"] == 1.0
 
 
 # --- reduced nets give the trained net's predictions -------------------------------------
@@ -218,7 +221,7 @@ def test_mixed_gates_are_kept_so_the_reduced_net_stays_exact(tmp_path):
     model, opts = build()
     close(model, "group0/block1")
     one = [x[None] for x in batches(n=12, seed=9)[0]]      # batch 1: per-image batch gates
-    resp, _ = C.gate_responses(model, one)
+    resp, _ = E.gate_responses(model, one)
     gate_of(model, "group1/block1").epsilon.assign(float(np.median(resp["group1/block1"])))
     doc = C.compress_model(model, "cifar-basic-14", opts, certify_data={"test": one},
                            check_data=one, out_dir=tmp_path / "r", batch_size=1, export=False)
@@ -392,7 +395,7 @@ def test_compress_ema_rule_at_a_chosen_epoch(epoch_run, tmp_path, capsys):
         assert v["ema"] == pytest.approx(emas[b], abs=1e-7), b
     per_group = [2, 2, 2]
     for b in expected:
-        per_group[C.parse_block_id(b)[0]] -= 1
+        per_group[parse_block_id(b)[0]] -= 1
     assert cert["blocks_per_group_after"] == per_group
     reduced = keras.models.load_model(out / "reduced.keras", compile=False)
     assert C.block_layout(reduced) == {g: n for g, n in enumerate(per_group) if n}

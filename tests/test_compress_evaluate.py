@@ -5,6 +5,7 @@ import pytest
 from epsresnet_tf import compress as C
 from epsresnet_tf import evaluate as E
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 
 SHAPE = (16, 16, 3)
@@ -45,7 +46,7 @@ def test_evaluate_model_reports_size_and_latency():
 
 def test_greedy_k_removes_closed_blocks_first_without_changing_the_error():
     model, opts = net()
-    gates = C._gate_by_block(model)
+    gates = gate_by_block(model)
     gates["group1/block1"].k.assign(-1.0)
     gates["group2/block0"].k.assign(0.0)
     gates["group0/block1"].k.assign(0.3)
@@ -67,7 +68,7 @@ def test_random_and_by_response_orders():
     a, b = E.removal_order(model, "random", seed=3), E.removal_order(model, "random", seed=3)
     assert a == b and sorted(a) == sorted(E.removal_order(model, "random", seed=4))
     assert len(a) == 6
-    C._gate_by_block(model)["group2/block1"].epsilon.assign(1e6)   # closed: adds exactly 0
+    gate_by_block(model)["group2/block1"].epsilon.assign(1e6)   # closed: adds exactly 0
     data = labelled()
     contrib = E.block_contributions(model, data)
     assert contrib["group2/block1"] == 0.0

@@ -10,6 +10,7 @@ from epsresnet_tf import compress as C
 from epsresnet_tf import report as R
 from epsresnet_tf import sweep as S
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 
 
@@ -28,7 +29,7 @@ def fake_run(root, eps=2.5, closed=("group0/block1", "group1/block0"), errors=(0
     (root / "config.json").write_text(json.dumps(cfg))
     run = C.read_run(root)
     model = build_model(run.arch, **run.build_options)
-    for bid, gate in C._gate_by_block(model).items():   # closed: T = 0; others open: T = 1
+    for bid, gate in gate_by_block(model).items():   # closed: T = 0; others open: T = 1
         gate.epsilon.assign(1e6 if bid in closed else 0.0)
     model.save(root / "model.keras")
     ids = [f"group{g}/block{b}" for g in range(3) for b in range(2)]

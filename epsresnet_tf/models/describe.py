@@ -6,6 +6,8 @@ import numpy as np
 from tabulate import tabulate
 
 from epsresnet_tf import layers as L
+from epsresnet_tf.gates import gate_choices
+from epsresnet_tf.naming import block_of_layer_name
 
 
 def _size(weights):
@@ -55,12 +57,7 @@ def count_conv_layers(model):
 def count_blocks(model):
     """Residual units (or plain gated layers) — every layer named `group{g}_block{b}_…`
     belongs to one."""
-    names = set()
-    for layer in model.layers:
-        parts = layer.name.split("_")
-        if len(parts) > 2 and parts[0].startswith("group") and parts[1].startswith("block"):
-            names.add((parts[0], parts[1]))
-    return len(names)
+    return len({block_of_layer_name(layer.name) for layer in model.layers} - {None})
 
 
 def model_stats(model):
@@ -101,7 +98,7 @@ def register(subparsers):
     parser.add_argument("arch", help="architecture name, e.g. cifar-basic-110")
     parser.add_argument("--classes", type=int, default=None,
                         help="output classes (default: the family's: 10, or 1000 for imagenet)")
-    parser.add_argument("--gate", choices=("none", "eps", "k"), default="none",
+    parser.add_argument("--gate", choices=gate_choices(), default="none",
                         help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)")
     parser.add_argument("--epsilon", type=float, default=None, help="epsilon of the eps gate")
     parser.add_argument("--share", action="store_true",

@@ -4,7 +4,8 @@ such layers), then the classifier."""
 import keras
 
 from epsresnet_tf import blocks
-from epsresnet_tf import layers as L
+from epsresnet_tf.gates import get_gate
+from epsresnet_tf.naming import layer_prefix
 
 UNITS = 50
 
@@ -20,8 +21,7 @@ def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1), blocks_per_gro
              first_removed=()):
     if config.share:
         raise ValueError("shared 3x3 kernels need a convolutional net; mnist nets have none")
-    if config.gate == "eps" and not residual:
-        raise ValueError("the epsilon gate sits on a residual branch; use mnist-res-D or --gate k")
+    kind = get_gate(config.gate)   # between plain layers: its `plain_merge` (ε: refused)
     factory = blocks.LayerFactory(config)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
@@ -30,14 +30,13 @@ def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1), blocks_per_gro
     side_at = blocks.side_head_index([units]) if config.side_head else None
     side = None
     for b in range(units):
-        p = blocks.layer_prefix(0, b)
+        p = layer_prefix(0, b)
         if residual:
             f = _dense_bn_relu(_dense_bn_relu(x, factory, p + "1_"), factory, p + "2_")
             x = blocks.merge_branch(f, x, config, p)
         else:
             f = _dense_bn_relu(x, factory, p + "1_")
-            x = (L.ResidualGate("plain", config.k_decay, name=p + "k_gate")([f, x])
-                 if config.gate == "k" else f)
+            x = kind.plain_merge(f, x, config, p) if kind is not None else f
         if b == side_at:
             side = factory.dense(config.classes, name="side_head_fc", dtype="float32")(x)
     logits = factory.dense(config.classes, name="logits", dtype="float32")(x)

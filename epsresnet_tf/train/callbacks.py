@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsresnet_tf.layers import EpsilonGate, gate_layers
+from epsresnet_tf.gates import read_hyper, set_hyper
+from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.train import monitor
 from epsresnet_tf.train.schedules import ScheduledSetter
 
@@ -45,10 +46,14 @@ def set_learning_rate(model, value):
     _assign(model.optimizer.learning_rate, value)
 
 
-def set_epsilon(model, value):
-    for layer in gate_layers(model.net):
-        if isinstance(layer, EpsilonGate):
-            _assign(layer.epsilon, value)
+def set_gate_hyper(model, name, value):
+    """Set a gate hyper-parameter (ε) on every gate of the net whose kind has it."""
+    set_hyper(gate_layers(model.net), name, value)
+
+
+def gate_hyper(model, name):
+    """A gate hyper-parameter's current value; None where no gate has it."""
+    return read_hyper(gate_layers(model.net), name)
 
 
 class ScheduleCallback(keras.callbacks.Callback):

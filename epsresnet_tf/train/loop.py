@@ -384,10 +384,8 @@ def _training_model_class():
                 moving_average(self.discarded_count, now, self.optimizer.iterations)
 
         def epsilon_value(self):
-            from epsresnet_tf.layers import EpsilonGate
-            from epsresnet_tf.layers import gate_layers
-            gates = [g for g in gate_layers(self.net) if isinstance(g, EpsilonGate)]
-            return float(gates[0].epsilon.numpy()) if gates else None
+            from epsresnet_tf.gates import read_hyper
+            return read_hyper(self.gates, "epsilon")
 
         def wd_scale(self):
             """The staircase factor on the decay, from the optimizer's step, in the graph."""
@@ -494,10 +492,11 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     from epsresnet_tf.models.registry import authors_block_count
     from epsresnet_tf.train import callbacks as C
     from epsresnet_tf.train import multiworker
-    from epsresnet_tf.train.schedules import (AdaptiveResetSchedule, FixedSchedule,
-                                              ScheduledSetter, epsilon_schedule)
+    from epsresnet_tf.gates import get_gate
+    from epsresnet_tf.train.schedules import AdaptiveResetSchedule, FixedSchedule, ScheduledSetter
 
     validate_config(cfg)
+    gate_kind = get_gate(cfg["gate"])   # its net options, schedules (ε) and adaptive reset
     folder = RunFolder(run_dir)
     if strategy is None:
         strategy = make_strategy(cfg["gpus"])   # UserError before anything is written
@@ -521,9 +520,8 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
 
     with strategy.scope():
         options = dict(cfg["model_options"])
-        if cfg["gate"] == "eps":
-            options.update(epsilon=cfg["epsilon"] if cfg["epsilon_start_epoch"] == 0 else 0.0,
-                           gate_scope=cfg["gate_scope"], gate_group=cfg["gate_group"])
+        if gate_kind is not None:
+            options.update(gate_kind.net_options(cfg, training_start=True))
         if cfg["ghost_bn"] and cfg["gate_group"] is not None:
             options.update(bn_group=cfg["gate_group"])
         net = build_model(cfg["arch"], classes=train_src.num_classes,
@@ -535,13 +533,13 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
         model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]))
         model.optimizer.build(net.trainable_variables)
 
-    if cfg["adaptive_schedule"] and cfg["gate"] == "eps":
+    if cfg["adaptive_schedule"] and gate_kind is not None and gate_kind.adaptive_reset:
         lr_sched = AdaptiveResetSchedule(cfg["lr_schedule"], cfg["adaptive_schedule"],
                                          cfg["reset_threshold"], cfg["reset_window"],
                                          cfg["reset_tolerance"])
     else:
         lr_sched = FixedSchedule(cfg["lr_schedule"])
-    eps_sched = FixedSchedule(epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"]))
+    gate_schedules = gate_kind.schedules(cfg) if gate_kind is not None else {}
 
     def variables():
         return list(net.variables) + list(model.optimizer.variables) + model.monitor_variables
@@ -571,16 +569,16 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
     cbs = [
         C.ScheduleCallback(ScheduledSetter(lr_sched, "learning rate"), C.set_learning_rate,
                            lambda m: float(m.optimizer.learning_rate.numpy()), state),
-        C.ScheduleCallback(ScheduledSetter(eps_sched, "epsilon"), C.set_epsilon,
-                           lambda m: m.epsilon_value() or 0.0, state),
+        *(C.ScheduleCallback(ScheduledSetter(FixedSchedule(schedule), name),
+                             lambda m, v, name=name: C.set_gate_hyper(m, name, v),
+                             lambda m, name=name: C.gate_hyper(m, name) or 0.0, state)
+          for name, schedule in gate_schedules.items()),
         C.MonitorCallback(state, authors_block_count(cfg["arch"])),
         C.HistoryCallback(folder.history, state),
         C.TensorBoardCallback(str(folder.tb), state, cfg["histogram_every"]),
         C.CheckpointCallback(save, state),
         *extra_callbacks,
     ]
-    if cfg["gate"] != "eps":
-        cbs.pop(1)
     if multi:
         multiworker.check_same_start(strategy, start)
     epochs = cfg["epochs"]

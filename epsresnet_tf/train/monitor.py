@@ -1,40 +1,24 @@
 """What is monitored (docs/semantics.md §8), read from graph variables at epoch end.
 
-The gates keep their own statistics inside the graph (EpsilonGate: `discarded_ema`,
-`gate_value`, `response_max`, `response_mean`; ResidualGate: `discarded_ema`, k), updated on
-every training step by the step itself. Nothing here runs per step: `gate_snapshot` reads
+The gates keep their own statistics inside the graph (every gate `discarded_ema`; the
+other fields are its kind's `GateKind.monitor`: ε: `gate_value`, `response_max`,
+`response_mean`; k: k), updated on every training step by the step itself. Nothing here runs per step: `gate_snapshot` reads
 those variables once per epoch and `discard_strip` draws paper Fig. 1's strip from the
 per-epoch history.
 """
-import re
-
 import numpy as np
 
-from epsresnet_tf.blocks import block_id
-from epsresnet_tf.layers import EpsilonGate, gate_layers
-
-_GATE_NAME = re.compile(r"group(\d+)_block(\d+)_")
-
-
-def gate_block_id(layer):
-    """`group{g}/block{b}` of a gate layer, from its `group{g}_block{b}_…` name."""
-    m = _GATE_NAME.match(layer.name)
-    return block_id(int(m.group(1)), int(m.group(2))) if m else layer.name
-
-
-def _value(v):
-    return float(np.asarray(v.numpy() if hasattr(v, "numpy") else v))
+from epsresnet_tf.gates import kind_of, to_float
+from epsresnet_tf.layers import gate_layers
+from epsresnet_tf.naming import block_of_layer_name, split_layer_name
 
 
 def discarded_now(layer):
-    """A gate's is_discarded in the training step just run, as a float32 tensor in [0, 1]:
-    1 − T for an ε-gate (the mean over images or gate groups where T is not one number),
-    1 where g(k) = 0 for a k-gate. Summed over blocks it is the per-step discarded count
-    that the adaptive reset's moving average follows (docs/semantics.md §7)."""
-    from keras import ops
-    if isinstance(layer, EpsilonGate):
-        return 1.0 - ops.convert_to_tensor(layer.gate_value)
-    return ops.cast(ops.less_equal(layer.k, 0.0), "float32")
+    """A gate's is_discarded in the training step just run, as a float32 tensor in [0, 1]
+    (its kind's `discarded_now`: 1 − T for an ε-gate, 1 where g(k) = 0 for a k-gate).
+    Summed over blocks it is the per-step discarded count that the adaptive reset's moving
+    average follows (docs/semantics.md §7)."""
+    return kind_of(layer).discarded_now(layer)
 
 
 def gate_snapshot(net):
@@ -44,13 +28,9 @@ def gate_snapshot(net):
     "mean")."""
     blocks = {}
     for layer in gate_layers(net):
-        entry = {"discarded": _value(layer.discarded_ema)}
-        if isinstance(layer, EpsilonGate):
-            entry.update(gate=_value(layer.gate_value), response_max=_value(layer.response_max),
-                         response_mean=_value(layer.response_mean))
-        else:
-            entry.update(k=_value(layer.k))
-        blocks[gate_block_id(layer)] = entry
+        entry = {"discarded": to_float(layer.discarded_ema)}
+        entry.update(kind_of(layer).monitor(layer))
+        blocks[block_of_layer_name(layer.name) or layer.name] = entry
     return {"blocks": blocks, "num_blocks": len(blocks),
             "blocks_discarded_sum": sum(e["discarded"] for e in blocks.values())}
 
@@ -63,10 +43,10 @@ def block_kernels(net):
         path = getattr(v, "path", v.name)
         if not path.endswith("kernel"):
             continue
-        m = _GATE_NAME.match(path)
-        if m:
-            bid = block_id(int(m.group(1)), int(m.group(2)))
-            out.setdefault(bid, []).append((path[m.end():].replace("/", "_"), v))
+        parts = split_layer_name(path)
+        if parts:
+            bid = block_of_layer_name(path)
+            out.setdefault(bid, []).append((parts[2].replace("/", "_"), v))
     return out
 
 

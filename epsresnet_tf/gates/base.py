@@ -1,0 +1,176 @@
+"""What a gate kind is: the interface every entry of the registry fills in.
+
+A gate kind knows its Keras layer and how a unit builds it, its monitor fields, its
+scheduled hyper-parameters, how a trained gate is certified ("closed" / "open" / "mixed")
+and how a kept gate leaves the reduced standard ResNet (folded into a conv, or exact as
+it stands). `ScalarGateKind` fills most of it in for gates u = φ·F + x with one learned
+scalar φ (the k gate; a new scalar gate needs its layer and `factor_tensor`).
+"""
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+def to_float(v: Any) -> float:
+    """A Python float of a variable, tensor or number."""
+    return float(np.asarray(v.numpy() if hasattr(v, "numpy") else v))
+
+
+@dataclasses.dataclass
+class BlockVerdict:
+    """One block's certificate entry: `verdict` is "closed" (provably contributes 0),
+    "open" or "mixed"; `details` are the kind's own numbers (ε, max |F|, images open; k, g)."""
+    block: str
+    kind: str
+    verdict: str
+    ema: float | None = None
+    details: dict = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"block": self.block, "kind": self.kind, "verdict": self.verdict, **self.details}
+        if self.ema is not None:
+            out["ema"] = self.ema
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclasses.dataclass
+class Fold:
+    """A kept gate leaving the reduced net: the conv whose kernel absorbs `factor`."""
+    conv: Any
+    factor: float
+
+
+class GateKind:
+    """One gate kind. Subclass, fill in the class attributes, override what differs and
+    register it with `@register_gate` (epsresnet_tf.gates.registry)."""
+
+    #: The config value (`"gate": name`), the kind in certificates.
+    name: ClassVar[str] = ""
+    #: How messages name its gates ("ε" → "ε-gates").
+    label: ClassVar[str] = ""
+    #: The Keras layer (a `layers.GateLayer`).
+    layer: ClassVar[type] = None
+    #: Its layer's name in a unit: `group{g}_block{b}_` + suffix.
+    suffix: ClassVar[str] = ""
+    #: True: the layer takes [F, x] and merges them (u = φ·F + x); False: it maps F to S(F)
+    #: and the unit adds the shortcut.
+    merges: ClassVar[bool] = False
+    #: The unit's output with this gate, for messages.
+    formula: ClassVar[str] = "S(F) + x"
+    #: Scalar variables on the layer, set per epoch by schedules (name → layer attribute).
+    hyper_parameters: ClassVar[tuple[str, ...]] = ()
+    #: Whether the adaptive learning-rate reset (docs/semantics.md §7) applies to its runs.
+    adaptive_reset: ClassVar[bool] = False
+    #: Whether `--gates plain` (the authors' reduced net) drops kept gates that are not
+    #: exactly an identity on the data (ε-gates taken as T = 1); otherwise they stay.
+    plain_drops_inexact: ClassVar[bool] = False
+
+    # --- building ---------------------------------------------------------------------
+
+    def validate(self, config) -> None:
+        """ValueError where a NetConfig cannot carry this gate."""
+        from epsresnet_tf.blocks import MERGING_SHORTCUTS
+        if self.merges and config.shortcut in MERGING_SHORTCUTS:
+            raise ValueError(f"gate {self.name!r} merges the branches itself ({self.formula}); it "
+                             f"cannot combine with shortcut {config.shortcut!r}: use another "
+                             "gate or none, or shortcut identity, conv1x1 or dropout")
+
+    def net_options(self, cfg: dict, training_start: bool = False) -> dict:
+        """NetConfig fields of this kind from a run config (`training_start`: the values
+        the net is built with before the first epoch's schedules)."""
+        return {}
+
+    def make_layer(self, config, name: str):
+        """The gate layer of one unit, from the network's NetConfig."""
+        raise NotImplementedError
+
+    def plain_merge(self, f, x, config, prefix: str):
+        """A gate between plain (non-residual) layers f and x: the gates paper's plain nets."""
+        raise ValueError(f"the {self.name} gate sits on a residual branch; use mnist-res-D "
+                         "or --gate k")
+
+    def schedules(self, cfg: dict) -> dict:
+        """{hyper-parameter: per-epoch schedule} from a run config."""
+        return {}
+
+    # --- monitoring -------------------------------------------------------------------
+
+    def discarded_now(self, layer):
+        """"Discarded" in the training step just run, a float32 tensor in [0, 1]."""
+        raise NotImplementedError
+
+    def monitor(self, layer) -> dict:
+        """Per-epoch monitor fields besides "discarded" (history rows, TensorBoard)."""
+        return {}
+
+    def factor(self, layer) -> float | None:
+        """The learned scalar the gate multiplies F by (removal order greedy-k, block
+        contributions); None where the gate depends on the data."""
+        return None
+
+    # --- certification and folding ----------------------------------------------------
+
+    def scope(self, layer) -> str | None:
+        """The gate's own scope ("batch" / "sample") where it has one."""
+        return None
+
+    def certify(self, model, layers: dict, datasets: dict, scope: str):
+        """({block id: BlockVerdict}, {split: images}, {split: batches}) for this kind's
+        gates `layers` ({block id: layer}) of `model`."""
+        raise NotImplementedError
+
+    def plain_decision(self, layers: dict, certificate) -> tuple[bool, dict, str]:
+        """(exact, {block id: Fold}, why): whether dropping the kept gates `layers`
+        changes nothing on the certified data, the folds that make it so, and why."""
+        raise NotImplementedError
+
+
+class ScalarGateKind(GateKind):
+    """u = φ·F + x with φ a function of one learned scalar: closed exactly when φ = 0 (no
+    data needed); a kept gate folds into its unit's last conv, φ·conv_W(x) = conv_{φW}(x)."""
+
+    merges = True
+    #: How messages write φ ("g(k)").
+    factor_name: ClassVar[str] = "φ"
+
+    def factor_tensor(self, layer):
+        """φ as a float32 tensor."""
+        raise NotImplementedError
+
+    def factor(self, layer) -> float:
+        return to_float(self.factor_tensor(layer))
+
+    def discarded_now(self, layer):
+        from keras import ops
+        return ops.cast(ops.equal(self.factor_tensor(layer), 0.0), "float32")
+
+    def verdict_details(self, layer) -> dict:
+        return {"g": self.factor(layer)}
+
+    def certify(self, model, layers, datasets, scope):
+        verdicts = {b: BlockVerdict(b, self.name, "closed" if self.factor(l) == 0 else "open",
+                                    ema=to_float(l.discarded_ema), details=self.verdict_details(l))
+                    for b, l in layers.items()}
+        return verdicts, {}, {}
+
+    def foldable(self, layer):
+        """The conv a gate folds into: its residual input's producer when that is a
+        bias-free Conv2D used once (a shared stage kernel serves units with other φ)."""
+        import keras
+        if getattr(layer, "mode", "residual") != "residual":
+            return None
+        conv = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+        if (isinstance(conv, keras.layers.Conv2D) and not conv.use_bias
+                and len(conv._inbound_nodes) == 1):
+            return conv
+        return None
+
+    def plain_decision(self, layers, certificate):
+        convs = {b: self.foldable(l) for b, l in layers.items()}
+        unfoldable = [b for b, c in convs.items() if c is None]
+        exact = not unfoldable
+        why = (f"every kept {self.factor_name} folds into its unit's last conv" if exact else
+               f"{self.factor_name} cannot fold into a shared or non-conv last layer: "
+               f"{', '.join(unfoldable[:5])}")
+        folds = {b: Fold(c, self.factor(layers[b])) for b, c in convs.items() if c is not None}
+        return exact, folds, why
