@@ -121,8 +121,16 @@ bench-inference: install
 # speed levers, the data pipeline and (if its script exists) inference; rewrites only their
 # sections of BENCHMARKS.md. TORCH_PYTHON=/path/to/python (torch installed outside .venv)
 # adds the PyTorch reference. Takes about 25 minutes on 2 cores (it waits for an idle CPU).
-.PHONY: bench
+# The step timed is the one `epsresnet train` runs (benchmarks/trainstep.py). One
+# configuration per process: `make bench-one ARCH=cifar-basic-110 BENCH_ARGS="--gate eps"`
+# (= `benchmarks/bench_train.py --one ARCH ...`; `--one --help` lists the levers).
+.PHONY: bench bench-one
 TORCH_PYTHON ?=
+ARCH    ?= cifar-basic-110
+BENCH_ARGS ?=
+
+bench-one: install
+	$(BIN)/python benchmarks/bench_train.py --one $(ARCH) $(BENCH_ARGS)
 
 bench: install bench-data
 	@if [ -f benchmarks/bench_inference.py ]; then $(BIN)/python benchmarks/bench_inference.py; \

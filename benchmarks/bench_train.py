@@ -4,15 +4,19 @@
     .venv/bin/python benchmarks/bench_train.py [--archs 20,56,110] [--repeats 5]
         [--no-levers] [--torch-python PATH] [--quiet-wait 300] [--no-write]
         [--json-out PATH] [--from-json PATH]
+    .venv/bin/python benchmarks/bench_train.py --one ARCH [--gate eps] [--json] ...
+        (one configuration; `--one --help` lists its options)
 
 1. For cifar-basic-20, -56 and -110 at batch 128: gate none, ε-gate with the discard
    monitor on, and ε-gate with the monitor off, built in one process and timed round by
-   round interleaved (`epsresnet_tf.bench.measure_variants`, what `epsresnet bench train`
-   runs), so the gate's and the monitor's overheads are ratios within one run.
+   round interleaved (`trainstep.measure_variants`, benchmarks/trainstep.py), so the
+   gate's and the monitor's overheads are ratios within one run. The step timed is the
+   one `epsresnet train` runs (the loop's TrainingModel: side head, weight-decay
+   staircase, discarded-count average, TF1 momentum; see trainstep.py).
 2. Levers on cifar-basic-20 (unless --no-levers): each a separate
-   `epsresnet bench train --json` process (oneDNN and thread settings only take effect at
-   start-up): jit_compile, steps_per_execution, fit vs a custom tf.function step,
-   TF_ENABLE_ONEDNN_OPTS=0, thread pools, and channels_first.
+   `bench_train.py --one ARCH ... --json` process (oneDNN and thread settings only take
+   effect at start-up): jit_compile, steps_per_execution, fit vs a custom tf.function
+   around the same train_step, TF_ENABLE_ONEDNN_OPTS=0, thread pools, and channels_first.
 3. The PyTorch reference (benchmarks/bench_torch_reference.py) when --torch-python names
    an interpreter with torch.
 4. The data pipeline's figure (BENCHMARKS.md "## Data pipeline", `make bench-data`)
@@ -33,10 +37,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))   # trainstep.py beside this file
+
+import trainstep  # noqa: E402  (the measurement library; imports TensorFlow lazily)
 
 STEPS = {20: 10, 56: 4, 110: 3}     # timed steps per round at batch 128
-LEVERS = [  # (label, extra environment, extra `bench train` arguments)
+LEVERS = [  # (label, extra environment, extra `bench_train.py --one` arguments)
     ("fit, graph (the default)", {}, ["--loop", "fit", "--no-jit"]),
     ("fit, Keras BatchNormalization (not fused)", {}, ["--loop", "fit", "--no-jit", "--keras-bn"]),
     ("fit, jit_compile=True (XLA)", {}, ["--loop", "fit", "--jit"]),
@@ -87,13 +95,12 @@ def load1():
 # --- measurements -------------------------------------------------------------------------
 
 def gate_rows(archs, repeats, quiet_wait):
-    from epsresnet_tf import bench
     rows = {}
     for depth in archs:
         arch = f"cifar-basic-{depth}"
         idle = wait_quiet(quiet_wait)
         log(f"{arch}: measuring (CPU idle {idle:.0%}, load {load1():.2f})")
-        res = bench.measure_variants(
+        res = trainstep.measure_variants(
             {"none": dict(arch=arch, gate="none"),
              "eps": dict(arch=arch, gate="eps", monitor=True),
              "eps_quiet": dict(arch=arch, gate="eps", monitor=False)},
@@ -106,8 +113,8 @@ def gate_rows(archs, repeats, quiet_wait):
 
 
 def bench_cli(args, env=None):
-    """One `epsresnet bench train ... --json` process; its JSON or an error string."""
-    cmd = [sys.executable, "-m", "epsresnet_tf.cli", "bench", "train", *args, "--json"]
+    """One `bench_train.py --one ... --json` process; its JSON or an error string."""
+    cmd = [sys.executable, str(HERE / "bench_train.py"), "--one", *args, "--json"]
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -190,9 +197,8 @@ def round_pct(faster, slower):
 
 
 def header_body(machine, vers, peak, today):
-    from epsresnet_tf import bench
     name, cores, ghz, isa = machine
-    per_cycle = bench.FLOP_PER_CYCLE[isa]
+    per_cycle = trainstep.FLOP_PER_CYCLE[isa]
     return f"""
 Last full `make bench`: {today}, on {name}, {cores} cores at {ghz:.3f} GHz ({isa.upper()} FMA,
 FP32 peak {cores} × {per_cycle} FLOP/cycle × {ghz:.3f} GHz = **{peak:.1f} GFLOP/s**); Python
@@ -203,17 +209,19 @@ load average and the best/median of several rounds.
 
 
 def training_body(rows, levers, torch, pipeline, machine, peak, today, repeats):
-    from epsresnet_tf import bench
-    d = bench.CPU_DEFAULTS
+    d = trainstep.CPU_DEFAULTS
     out = [f"""
-Measured by `make bench` (`benchmarks/bench_train.py`, built on `epsresnet bench train`)
-on {today}. Synthetic in-memory batch of 128 (the input pipeline is not in the figure),
-random init, SGD momentum 0.9, L2 weight decay, cross-entropy. Configuration (the
-`bench train` defaults, the fastest measured here): loop={d['loop']},
+Measured by `make bench` (`benchmarks/bench_train.py` on `benchmarks/trainstep.py`) on
+{today}. The step timed is the one `epsresnet train` runs, built from the resolved
+config as `run_training` builds it (cifar10-eps-110's settings: the loop's TrainingModel
+with the side head at weight 0.1, the weight-decay staircase and the discarded-count
+average; TF1 momentum 0.9, lr 0.1), on a synthetic in-memory batch of 128 (the input
+pipeline is not in the figure), random init. Configuration (the `bench_train.py --one`
+defaults, the fastest measured here): loop={d['loop']},
 jit_compile={d['jit_compile']}, steps_per_execution={d['steps_per_execution']},
 {d['data_format']}, float32, TensorFlow's default threads. The three variants of each depth
 are built in one process and timed round-robin ({repeats} rounds); img/s is the best round
-(median in brackets). GFLOP/s = img/s × 3 × 2 × forward MACs (`epsresnet describe`);
+(median in brackets). GFLOP/s = img/s × 3 × 2 × forward MACs (`epsresnet describe`, side head included);
 peak {peak:.1f} GFLOP/s. Before each measurement the CPU was ≥ 90% idle (other
 people's work had stopped); "load" is the 1-minute load average then, which still
 includes this suite's own previous measurement.
@@ -278,7 +286,7 @@ includes this suite's own previous measurement.
     if levers:
         out.append("""
 Levers on cifar-basic-20 (the last row: cifar-basic-110), batch 128, no gate, each its own
-`epsresnet bench train --json` process (10 timed steps, 3 on -110, after 2 warm-up; best of
+`bench_train.py --one ARCH ... --json` process (10 timed steps, 3 on -110, after 2 warm-up; best of
 2 rounds):
 
 | configuration | arguments | img/s | speed vs first row | load |
@@ -301,18 +309,21 @@ Levers on cifar-basic-20 (the last row: cifar-basic-110), batch 128, no gate, ea
 GPU_BODY = """
 **GPU figures pending: not measured.** No GPU was available to the sessions that ran this
 suite, so there are no GPU numbers here. The GPU path is the same code with other settings:
-`epsresnet bench train ARCH --data-format channels_first --mixed-precision --jit`
+`benchmarks/bench_train.py --one ARCH --data-format channels_first --mixed-precision --jit`
 (channels_first + mixed_float16 with loss scaling + XLA), and the training loop's
 `--gpus N` (MirroredStrategy) with the multi-process tensorpack dataflow
 (`data_workers`). On CPU the tests (`tests/test_bench.py`) run the mixed-precision and
-XLA paths of `bench train` for one step on a tiny net and check the loss is finite; they
+XLA paths of the benchmarked step for one step on a tiny net and check the loss is finite; they
 say nothing about GPU speed. To fill this section, run on a GPU machine:
-`epsresnet bench train cifar-basic-110 --data-format channels_first --mixed-precision --jit
---json` with and without `--gate eps`.
+`benchmarks/bench_train.py --one cifar-basic-110 --data-format channels_first
+--mixed-precision --jit --json` with and without `--gate eps`.
 """
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--one"]:   # one configuration, in this process
+        return trainstep.main_one(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="20,56,110")
     ap.add_argument("--repeats", type=int, default=5)
@@ -332,9 +343,8 @@ def main(argv=None):
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 30000))
     archs = [int(a) for a in args.archs.split(",") if a]
 
-    from epsresnet_tf import bench
-    machine = bench.cpu_details()
-    peak = bench.peak_gflops()
+    machine = trainstep.cpu_details()
+    peak = trainstep.peak_gflops()
     if args.from_json:   # re-render BENCHMARKS.md from a saved --json-out, no measuring
         saved = json.loads(Path(args.from_json).read_text())
         rows = {int(k): v for k, v in saved["rows"].items()}
@@ -354,7 +364,7 @@ def main(argv=None):
     path = Path(args.out)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     today = datetime.date.today().isoformat()
-    text = replace_header(text, header_body(machine, bench.versions(), peak, today))
+    text = replace_header(text, header_body(machine, trainstep.versions(), peak, today))
     pipeline = pipeline_figure(text)
     text = replace_section(text, "## Training throughput",
                            training_body(rows, levers, torch, pipeline, machine, peak, today,

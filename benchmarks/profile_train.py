@@ -3,15 +3,20 @@
     .venv/bin/python benchmarks/profile_train.py [--arch cifar-basic-56] [--steps 4]
                                                  [--repeats 3] [--jit both|on|off]
 
-For one network at batch 128 on a synthetic batch, times (interleaved round by round,
-best of `repeats`) the following compiled functions:
+For one network at batch 128 on a synthetic batch, built as `epsresnet train` builds it
+(benchmarks/trainstep.py `build_training_step`: the loop's TrainingModel with the side
+head, the weight-decay staircase, the ε-gate and its monitors, TF1 momentum), times
+(interleaved round by round, best of `repeats`) the following compiled functions:
 
-  full      forward + backward + SGD-momentum update (the training step)
-  grads     forward + backward, gradients not applied
-  fwd_train forward with training=True (batch statistics, monitor updates)
-  fwd_infer forward with training=False
-  conv_only the same convolutions in a plain chain (no BN, ReLU, shortcuts, gates):
-            forward + backward + update; the floor the convolutions set
+  full      the loop's `TrainingModel.train_step`: forward + backward + TF1-momentum
+            update + monitors and metrics (the training step)
+  grads     forward + backward of the same loss (cross-entropy + side head + staircase
+            weight decay), gradients not applied
+  fwd_train that loss with training=True (batch statistics, monitor updates)
+  fwd_infer that loss with training=False
+  conv_only the same convolutions in a plain chain (no BN, ReLU, shortcuts, gates, side
+            head): forward + backward + Keras SGD-momentum update; the floor the
+            convolutions set
   full_keras_bn, fwd_train_keras_bn
             the same network with Keras's own (unfused) BatchNormalization instead of
             the fused kernel the models use
@@ -26,8 +31,13 @@ import os
 import sys
 import time
 
+from pathlib import Path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 30000))
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # trainstep.py beside this file
+
+import trainstep  # noqa: E402
 
 
 def conv_chain(arch, data_format="channels_last"):
@@ -46,29 +56,47 @@ def conv_chain(arch, data_format="channels_last"):
     return keras.Model(inp, keras.layers.Dense(10)(x))
 
 
-def functions(model, x, y, jit):
+def plain_step(model, x, y, jit):
+    """forward + backward + Keras SGD-momentum update of a plain keras.Model."""
     import keras
     import tensorflow as tf
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     opt.build(model.trainable_variables)
     lossf = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def loss_of(training=True):
-        loss = lossf(y, tf.cast(model(x, training=training), tf.float32))
-        return loss + tf.add_n(model.losses) if model.losses else loss
-
     @tf.function(jit_compile=jit)
     def full():
         with tf.GradientTape() as tape:
-            loss = loss_of()
+            loss = lossf(y, tf.cast(model(x, training=True), tf.float32))
         opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
         return loss
+
+    return full
+
+
+def functions(model, x, y, jit):
+    """Compiled pieces of the loop's training step; `model` from build_training_step."""
+    import tensorflow as tf
+    from keras import ops
+    net = model.net
+
+    def loss_of(training=True):
+        # train_step's loss (train/loop.py): _forward's cross-entropy + side head, plus
+        # the weight decay times the staircase factor
+        loss = model._forward(x, y, training)[0]
+        if net.losses:
+            loss = loss + model.wd_scale() * ops.cast(ops.sum(ops.stack(net.losses)), "float32")
+        return loss
+
+    @tf.function(jit_compile=jit)
+    def full():
+        return model.train_step((x, y))["loss"]
 
     @tf.function(jit_compile=jit)
     def grads():
         with tf.GradientTape() as tape:
             loss = loss_of()
-        g = tape.gradient(loss, model.trainable_variables)
+        g = tape.gradient(loss, net.trainable_variables)
         return tf.add_n([tf.reduce_sum(t) for t in g])
 
     @tf.function(jit_compile=jit)
@@ -100,21 +128,21 @@ def main(argv=None):
     ap.add_argument("--jit", choices=("both", "on", "off"), default="both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    from epsresnet_tf import bench
     from epsresnet_tf.models.describe import model_stats
 
     jits = {"both": (True, False), "on": (True,), "off": (False,)}[args.jit]
-    model = bench.build(args.arch, "eps")
-    unfused = bench.build(args.arch, "eps", fused_bn=False)
+    cfg = trainstep.bench_config(args.arch, "eps", batch=args.batch)
+    model = trainstep.build_training_step(cfg)
+    unfused = trainstep.build_training_step(cfg, fused_bn=False)
     chain = conv_chain(args.arch)
-    macs = model_stats(model)["macs"]
-    x, y = bench.synthetic_batch(model, args.batch)
+    macs = model_stats(model.net)["macs"]
+    x, y = trainstep.synthetic_batch(model.net, args.batch)
     fns = {}
     for jit in jits:
         tag = "xla" if jit else "graph"
         for name, fn in functions(model, x, y, jit).items():
             fns[f"{tag}/{name}"] = fn
-        fns[f"{tag}/conv_only"] = functions(chain, x, y, jit)["full"]
+        fns[f"{tag}/conv_only"] = plain_step(chain, x, y, jit)
         keras_bn = functions(unfused, x, y, jit)
         fns[f"{tag}/full_keras_bn"] = keras_bn["full"]
         fns[f"{tag}/fwd_train_keras_bn"] = keras_bn["fwd_train"]
@@ -125,9 +153,9 @@ def main(argv=None):
     for _ in range(args.repeats):
         for name, fn in fns.items():
             best[name] = min(best[name], timed(fn, args.steps))
-    peak = bench.peak_gflops()
+    peak = trainstep.peak_gflops()
     result = {"arch": args.arch, "batch": args.batch, "macs": macs, "peak_gflop_s": peak,
-              "load": bench.loadavg(), "ms": {k: 1000 * v for k, v in best.items()}}
+              "load": trainstep.loadavg(), "ms": {k: 1000 * v for k, v in best.items()}}
     if args.json:
         print(json.dumps(result))
         return 0

@@ -15,7 +15,6 @@ from epsresnet_tf.errors import UserError
 COMMAND_MODULES = (
     "epsresnet_tf.models.describe",
     "epsresnet_tf.data.check",
-    "epsresnet_tf.bench",
     "epsresnet_tf.train.run",
     "epsresnet_tf.compress",
     "epsresnet_tf.evaluate",

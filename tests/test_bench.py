@@ -1,25 +1,33 @@
-"""`epsresnet bench train` and the benchmark helpers, on tiny nets (issue 6).
+"""benchmarks/trainstep.py and `benchmarks/bench_train.py --one`, on tiny nets (issues 6, 12).
 
-Speeds are not asserted (they are benchmarks, not tests); what is asserted: the command
-runs and reports a positive img_s, its GFLOP arithmetic agrees with an independent MAC
-count, the monitor-off gate changes nothing but the monitor, and the mixed-precision and
-XLA paths train to a finite loss on CPU.
+Speeds are not asserted (they are benchmarks, not tests). What is asserted: the timed
+step is the one `epsresnet train` runs (its losses and weights equal `run_training`'s on
+the same batch and initial weights, through the weight-decay staircase), the GFLOP
+arithmetic agrees with an independent MAC count, monitors off changes nothing but the
+monitors, the mixed-precision and XLA paths train to a finite loss on CPU, and the one-
+configuration command reports and refuses in one line.
 """
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from epsresnet_tf import bench
-from epsresnet_tf.cli import main
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_train  # noqa: E402
+import trainstep  # noqa: E402
 
 TINY = (8, 8, 3)
 
 
-def cifar_basic_macs(depth, hw=32, classes=10):
+def cifar_basic_macs(depth, hw=32, classes=10, side_head=True):
     """Forward MACs per image of cifar-basic-DEPTH counted by hand: stem 3x3 conv,
-    2 convs per unit, the first unit of groups 2-3 strided from half the width."""
+    2 convs per unit, the first unit of groups 2-3 strided from half the width; the FC
+    head (64 wide), and the side head's FC after unit ⌊3n/2⌋, which is in group 2 (32 wide)."""
     n = (depth - 2) // 6
     macs = hw * hw * 9 * 3 * 16
     for g, w in enumerate((16, 32, 64)):
@@ -27,7 +35,7 @@ def cifar_basic_macs(depth, hw=32, classes=10):
         cin = 16 if g == 0 else w // 2
         macs += s * s * 9 * cin * w + s * s * 9 * w * w
         macs += (n - 1) * 2 * s * s * 9 * w * w
-    return macs + 64 * classes
+    return macs + 64 * classes + (32 * classes if side_head else 0)
 
 
 def peak_by_hand():
@@ -43,12 +51,104 @@ def peak_by_hand():
     return None if mhz is None else len(os.sched_getaffinity(0)) * 2 * lanes * 2 * mhz / 1000
 
 
-def test_bench_train_json(capsys):
-    rc = main(["bench", "train", "cifar-basic-8", "--batch", "8", "--steps", "2",
-               "--warmup", "1", "--json"])
-    assert rc == 0
+def tiny_cfg(**kw):
+    base = dict(arch="cifar-basic-8", gate="eps", batch=8, epsilon=0.05, epochs=1,
+                val_steps=0, histogram_every=0)
+    base.update(kw)
+    return trainstep.bench_config(**base)
+
+
+# --- the step is run_training's ------------------------------------------------------------
+
+class OneBatch:
+    """A data source with the pipeline's interface whose every batch is (x, y)."""
+    image_shape, num_classes = TINY, 10
+
+    def __init__(self, x, y, num_batches):
+        self.x, self.y, self.num_batches = x, y, num_batches
+
+    def batches(self, data_pass):
+        for _ in range(self.num_batches):
+            yield self.x, self.y
+
+    def normalise_np(self, x):
+        return x
+
+
+def test_timed_step_equals_run_trainings_step(tmp_path):
+    """Same config, batch and initial weights: `run_training`'s logged losses and final
+    weights are the benchmark's, step for step. wd_decay_every=1 puts the weight-decay
+    staircase's ×0.2 into the second step, so a step without it would differ there."""
+    import keras
+
+    from epsresnet_tf.train.loop import run_training
+    steps = 3
+    cfg = tiny_cfg(steps_per_epoch=steps, wd_decay_every=1)
+    assert cfg["side_head"] and cfg["optimizer"] == "momentum" and cfg["weight_decay"] > 0
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8,) + TINY).astype(np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    seen = {}
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["start"] = [w.copy() for w in self.model.net.get_weights()]
+            seen["class"] = type(self.model)
+            seen["optimizer"] = type(self.model.optimizer).__name__
+            seen["losses"] = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["losses"].append(float(logs["loss"]))
+
+        def on_train_end(self, logs=None):
+            seen["end"] = [w.copy() for w in self.model.net.get_weights()]
+            seen["count"] = self.model.discarded_count_value()
+
+    result = run_training(cfg, tmp_path / "run", sources=(OneBatch(x, y, steps), None),
+                          verbose=0, extra_callbacks=[Spy()])
+    assert result["status"] == "done" and len(seen["losses"]) == steps
+
+    model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
+    # the loop's own TrainingModel (`_training_model_class()` makes a class per call: the
+    # same code), the loop's optimizer
+    for method in ("train_step", "_forward", "wd_scale", "_update_discarded_count"):
+        assert getattr(type(model), method).__code__ is getattr(seen["class"], method).__code__
+    assert type(model.optimizer).__name__ == seen["optimizer"] == "TF1Momentum"
+    assert model.has_side and model.wd_every == 1 and model.side_weight == 0.1
+    model.net.set_weights(seen["start"])
+    timer = trainstep.StepTimer(model, 8, loop="fit", x=x, y=y)
+    timer.run(steps)
+    np.testing.assert_allclose(timer.losses, seen["losses"], rtol=1e-6)
+    for ours, theirs in zip(model.net.get_weights(), seen["end"]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert model.discarded_count_value() == pytest.approx(seen["count"], abs=1e-6)
+
+
+def test_custom_loop_runs_the_same_step():
+    """The "custom" loop is a tf.function around the same train_step: same losses as fit."""
+    cfg = tiny_cfg(wd_decay_every=1)
+    runs = []
+    for loop in ("fit", "custom"):
+        model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
+        if runs:
+            model.net.set_weights(runs[0][1])
+        start = [w.copy() for w in model.net.get_weights()]
+        timer = trainstep.StepTimer(model, 8, loop=loop)
+        timer.run(2)    # custom: one untimed call, then 2: three steps; fit: two steps
+        runs.append((timer.losses, start))
+    (fit_losses, _), (custom_losses, _) = runs
+    np.testing.assert_allclose(custom_losses[:2], fit_losses, rtol=1e-6)
+
+
+# --- GFLOP arithmetic -----------------------------------------------------------------------
+
+def test_one_json_reports_real_step_and_gflop_arithmetic(capsys):
+    assert bench_train.main(["--one", "cifar-basic-8", "--gate", "eps", "--batch", "8",
+                             "--steps", "2", "--warmup", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["img_s"] > 0 and math.isfinite(out["final_loss"])
+    assert out["side_head"] is True and out["optimizer"] == "momentum"
+    assert out["wd_decay_every"] == 480000 and out["monitor"] is True
     assert out["macs"] == cifar_basic_macs(8)
     # training ≈ 3 forward passes, 2 FLOPs per MAC
     assert out["gflop_s"] == pytest.approx(out["img_s"] * 6 * cifar_basic_macs(8) / 1e9)
@@ -63,67 +163,93 @@ def test_bench_train_json(capsys):
 def test_macs_of_the_benchmarked_depths_match_hand_count():
     from epsresnet_tf.models.describe import model_stats
     for depth in (20, 56):
-        assert model_stats(bench.build(f"cifar-basic-{depth}"))["macs"] == cifar_basic_macs(depth)
+        model = trainstep.build_training_step(trainstep.bench_config(f"cifar-basic-{depth}"))
+        assert model_stats(model.net)["macs"] == cifar_basic_macs(depth)
 
 
-def test_bench_train_text_and_user_errors(capsys):
-    assert main(["bench", "train", "cifar-basic-8", "--gate", "eps", "--no-monitor",
-                 "--batch", "4", "--steps", "1", "--warmup", "0"]) == 0
+def test_one_text_and_user_errors(capsys):
+    assert bench_train.main(["--one", "cifar-basic-8", "--gate", "eps", "--no-monitor",
+                             "--batch", "4", "--steps", "1", "--warmup", "0"]) == 0
     assert "img/s" in capsys.readouterr().out
-    assert main(["bench", "train", "cifar-basic-9"]) == 2
-    assert main(["bench", "train", "cifar-basic-8", "--no-monitor"]) == 2
+    assert bench_train.main(["--one", "cifar-basic-9"]) == 2
+    assert bench_train.main(["--one", "cifar-basic-8", "--no-monitor"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("epsresnet bench: error:") for line in err)
+    assert len(err) == 2 and all(line.startswith("bench_train.py --one: error:") for line in err)
 
 
-def _monitor_values(model):
+def test_bench_is_no_longer_a_package_command():
+    from epsresnet_tf.cli import COMMAND_MODULES
+    assert "epsresnet_tf.bench" not in COMMAND_MODULES
+    import epsresnet_tf
+    assert not (Path(epsresnet_tf.__file__).parent / "bench.py").exists()
+
+
+# --- monitors off -----------------------------------------------------------------------------
+
+def _monitors(model):
     from epsresnet_tf.layers import EpsilonGate
-    return [(float(g.gate_value.numpy()), float(g.discarded_ema.numpy()),
-             float(g.response_max.numpy()), float(g.response_mean.numpy()))
-            for g in model.layers if isinstance(g, EpsilonGate)]
+    gates = [(float(g.gate_value.numpy()), float(g.discarded_ema.numpy()),
+              float(g.response_max.numpy()), float(g.response_mean.numpy()))
+             for g in model.net.layers if isinstance(g, EpsilonGate)]
+    return gates, model.discarded_count_value()
 
 
-def test_monitor_off_gate_leaves_monitors_and_outputs_alone():
-    import tensorflow as tf
-    loud = bench.build("cifar-basic-8", "eps", epsilon=0.05, input_shape=TINY)
-    quiet = bench.build("cifar-basic-8", "eps", epsilon=0.05, input_shape=TINY, monitor=False)
-    quiet.set_weights(loud.get_weights())
-    before = _monitor_values(quiet)
-    assert len(before) == 3 and before == _monitor_values(loud)
-    x = tf.random.stateless_normal((4,) + TINY, seed=(1, 2))
-    np.testing.assert_allclose(quiet(x, training=True).numpy(), loud(x, training=True).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    assert _monitor_values(quiet) == before
-    changed = _monitor_values(loud)
-    assert changed != before and all(v[2] > 0 for v in changed)   # response_max was set
-    # and inside a compiled training step too
-    trainer = bench.Trainer(quiet, 4, loop="custom")
-    trainer.run(2)
-    assert _monitor_values(quiet) == before and math.isfinite(trainer.last_loss)
+def _non_monitor_weights(model):
+    from epsresnet_tf.layers import EpsilonGate
+    return [w.numpy() for layer in model.net.layers if not isinstance(layer, EpsilonGate)
+            for w in layer.weights]
 
+
+def test_monitor_off_changes_nothing_but_the_monitors():
+    cfg = tiny_cfg(epsilon=1000.0)   # T = 0: the discard monitors and the count move
+    loud = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
+    quiet = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY, monitor=False)
+    quiet.net.set_weights(loud.net.get_weights())
+    before = _monitors(quiet)
+    assert len(before[0]) == 3 and before == _monitors(loud)
+    runs = {}
+    for name, model in (("loud", loud), ("quiet", quiet)):
+        timer = trainstep.StepTimer(model, 8, loop="custom")
+        timer.run(2)
+        runs[name] = timer.losses
+    np.testing.assert_allclose(runs["quiet"], runs["loud"], rtol=1e-6)
+    for a, b in zip(_non_monitor_weights(quiet), _non_monitor_weights(loud)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert _monitors(quiet) == before
+    gates, count = _monitors(loud)
+    assert gates != before[0] and all(g[2] > 0 for g in gates)   # response_max was set
+    assert all(g[0] == 0.0 and g[1] > 0 for g in gates)            # T = 0, discarded EMA
+    assert type(quiet).train_step is type(loud).train_step   # the loop's step, unchanged
+    assert count > 0 and before[1] == 0.0                     # the discarded-count average
+
+
+# --- other paths --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_mixed_precision_and_xla_paths_train(loop):
-    model = bench.build("cifar-basic-8", "eps", input_shape=TINY, mixed_precision=True)
     import keras
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    cfg = tiny_cfg(mixed_precision=True, jit_compile=True)
+    model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY,
+                                          steps_per_execution=2)
+    convs = [layer for layer in model.net.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and all(layer.compute_dtype == "float16" for layer in convs)
     assert all(layer.kernel.dtype == "float32" for layer in convs)
-    trainer = bench.Trainer(model, 4, loop=loop, jit_compile=True, steps_per_execution=2)
-    assert trainer.mixed
-    seconds, steps = trainer.run(4)
+    timer = trainstep.StepTimer(model, 8, loop=loop)
+    assert timer.mixed and timer.jit_compile and timer.spe == 2
+    seconds, steps = timer.run(4)
     assert seconds > 0 and steps >= 2
-    assert math.isfinite(trainer.last_loss)
-    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert math.isfinite(timer.last_loss)
+    assert all(np.isfinite(w).all() for w in model.net.get_weights())
     assert keras.mixed_precision.global_policy().name == "float32"   # restored
 
 
 def test_interleaved_variants_report_each():
-    res = bench.measure_variants(
+    res = trainstep.measure_variants(
         {"none": dict(arch="cifar-basic-8"), "eps": dict(arch="cifar-basic-8", gate="eps"),
          "quiet": dict(arch="cifar-basic-8", gate="eps", monitor=False)},
-        batch=4, steps=2, warmup=1, repeats=2, input_shape=TINY)
+        batch=4, steps=2, warmup=1, repeats=2, input_shape=TINY, classes=10)
     assert set(res) == {"none", "eps", "quiet"}
     assert all(len(r["img_s_runs"]) == 2 and r["img_s"] > 0 for r in res.values())
     assert res["quiet"]["monitor"] is False and res["eps"]["monitor"] is True
     assert res["none"]["monitor"] is None
+    assert all(r["side_head"] and r["optimizer"] == "momentum" for r in res.values())
