@@ -149,19 +149,37 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
         specs = [(filters, 1, 1), (filters, 3, stride), (out_channels, 1, 1)]
     else:
         specs = [(filters, 3, stride), (filters, 3, 1)]
-    shared_index = 1  # basic: the second 3x3; bottleneck: the 3x3 (docs/semantics.md §4)
+    shortcut_input, residual = _preactivate(x, factory, p, preact)
+    residual = _branch_convs(residual, factory, p, specs, bottleneck=bottleneck,
+                             shared_conv=shared_conv, unit=block_id(group, block))
+    merged = _merge_with_shortcut(shortcut_input, residual, factory, p, shortcut_kind,
+                                  out_channels, stride)
+    if cfg.order == "original":
+        merged = keras.layers.ReLU(name=p + "out_relu")(merged)
+    elif cfg.order == "bn_after_add":
+        merged = factory.bn_relu(merged, p + "out_")
+    return merged
 
-    shortcut_input = x
-    residual = x
-    if cfg.order == "full_preact" and preact != "none":
-        residual = factory.bn_relu(x, p + "preact_")
-        if preact == "split":
-            shortcut_input = residual
-    elif cfg.order == "relu_preact" and preact != "none":
-        residual = keras.layers.ReLU(name=p + "preact_relu")(x)
-        if preact == "split":
-            shortcut_input = residual
 
+def _preactivate(x, factory, p, preact):
+    """(shortcut input, residual input) after the unit's pre-activation, if its order has
+    one: BN-ReLU (full) or ReLU (ReLU-only), shared with the shortcut when `preact` is
+    "split", skipped when "none"."""
+    cfg = factory.config
+    if preact == "none" or cfg.order not in ("full_preact", "relu_preact"):
+        return x, x
+    if cfg.order == "full_preact":
+        activated = factory.bn_relu(x, p + "preact_")
+    else:
+        activated = keras.layers.ReLU(name=p + "preact_relu")(x)
+    return (activated if preact == "split" else x), activated
+
+
+def _branch_convs(residual, factory, p, specs, *, bottleneck, shared_conv, unit):
+    """The residual branch's convs with the order's BN/ReLU between and after them. The
+    shared 3x3 (basic: the second conv; bottleneck: the 3x3, docs/semantics.md §4) takes
+    `shared_conv` when given."""
+    cfg = factory.config
     last = len(specs) - 1
     for i, (channels, kernel, conv_stride) in enumerate(specs):
         if i > 0 and cfg.order == "full_preact":
@@ -170,9 +188,9 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
             residual = keras.layers.ReLU(name=f"{p}{i}_relu")(residual)
         if i == 1 and not bottleneck and cfg.dropout:
             residual = keras.layers.Dropout(cfg.dropout, name=p + "dropout")(residual)
-        if shared_conv is not None and i == shared_index:
+        if shared_conv is not None and i == 1:
             if conv_stride != 1:
-                raise ValueError(f"{block_id(group, block)}: a shared 3x3 kernel cannot serve "
+                raise ValueError(f"{unit}: a shared 3x3 kernel cannot serve "
                                  "a strided unit; share every block but the stage's first")
             conv = shared_conv
         else:
@@ -186,14 +204,7 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
                 residual = keras.layers.ReLU(name=f"{p}{i + 1}_relu")(residual)
     if cfg.order == "relu_before_add":
         residual = keras.layers.ReLU(name=p + "out_relu")(residual)
-
-    merged = _merge_with_shortcut(shortcut_input, residual, factory, p, shortcut_kind,
-                                  out_channels, stride)
-    if cfg.order == "original":
-        merged = keras.layers.ReLU(name=p + "out_relu")(merged)
-    elif cfg.order == "bn_after_add":
-        merged = factory.bn_relu(merged, p + "out_")
-    return merged
+    return residual
 
 
 def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
