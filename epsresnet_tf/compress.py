@@ -51,8 +51,8 @@ import numpy as np
 
 from epsresnet_tf.blocks import block_id
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.runfolder import (CERTIFICATE, REDUCED_MODEL, SAVED_MODEL, RunFolder,
-                                    load_model, read_history, read_run)
+from epsresnet_tf.runfolder import (CERTIFICATE, REDUCED_MODEL, SAVED_MODEL, load_model,
+                                    read_history, read_run)
 
 #: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
@@ -673,7 +673,7 @@ def load_epoch(run, epoch):
     import keras
     from epsresnet_tf.models import build_model
 
-    folder = RunFolder(run.root)
+    folder = run.folder
     path = folder.checkpoint_path(epoch)
     if not path.is_file():
         kept = folder.kept_epochs()
@@ -735,7 +735,7 @@ def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gate
         ema = pick["blocks"]
     data = run_datasets(run, data_dir, splits, max_batches)
     check = data.get("test") or run_datasets(run, data_dir, ("test",), max_batches)["test"]
-    folder = RunFolder(run.root)
+    folder = run.folder
     out = Path(out) if out else folder.reduced
     weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
     extra = {"run": str(run.root), "dataset": run.dataset, "ema_from": ema_from,

@@ -19,8 +19,7 @@ import numpy as np
 
 from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.runfolder import (MODEL, REDUCED_MODEL, RunFolder, find_run, load_model,
-                                    read_run)
+from epsresnet_tf.runfolder import MODEL, REDUCED_MODEL, find_run, load_model, read_run
 
 ORDERS = ("greedy-k", "random", "by-response")
 
@@ -189,7 +188,7 @@ def _evaluate_cli(args):
 
 def _ablate_cli(args):
     run = read_run(args.run_dir)
-    out = Path(args.out) if args.out else RunFolder(run.root).ablation / f"{args.order}.json"
+    out = Path(args.out) if args.out else run.folder.ablation / f"{args.order}.json"
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to replace it or --out another file")
     model = load_model(run.model_path)
