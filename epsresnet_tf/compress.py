@@ -36,7 +36,6 @@ and reports the test error of each and the blocks only one rule removes.
 """
 import dataclasses
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +47,8 @@ from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
 from epsresnet_tf.naming import (block_id, layer_prefix, parse_block_id, shared_prefix,
                                  sort_block_ids, split_layer_name, split_transition_name)
+from epsresnet_tf.runfolder import (CERTIFICATE, REDUCED_MODEL, SAVED_MODEL, load_model,
+                                    read_history, read_run)
 
 #: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
@@ -453,14 +454,14 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
     if extra:
         doc.update(extra)
     if export:
-        reduced.save(out_dir / "reduced.keras")
-        reduced.export(str(out_dir / "saved_model"), verbose=False)
-    (out_dir / "certificate.json").write_text(json.dumps(doc, indent=2) + "\n")
+        reduced.save(out_dir / REDUCED_MODEL)
+        reduced.export(str(out_dir / SAVED_MODEL), verbose=False)
+    (out_dir / CERTIFICATE).write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
 def _prepare_out(out_dir, force):
-    names = ("reduced.keras", "saved_model", "certificate.json")
+    names = (REDUCED_MODEL, SAVED_MODEL, CERTIFICATE)
     existing = [n for n in names if (out_dir / n).exists()]
     if existing and not force:
         raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to "
@@ -471,77 +472,7 @@ def _prepare_out(out_dir, force):
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-# --- run folders -----------------------------------------------------------------------
-
-@dataclasses.dataclass
-class RunInfo:
-    """What compression, evaluation and reports need from a run folder. The one place that
-    knows the training engineer's config.json (epsresnet_tf.train.loop.DEFAULTS)."""
-    root: Path
-    config: dict
-    arch: str
-    dataset: str
-    build_options: dict
-    batch_size: int          # per replica: what one ε-gate saw per step
-    mean: str
-    seed: int
-
-    @property
-    def model_path(self):
-        return self.root / "model.keras"
-
-    @property
-    def history_path(self):
-        return self.root / "history.jsonl"
-
-
-def read_run(run_dir):
-    root = Path(run_dir)
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{root} is not a run folder (no config.json): give the folder "
-                        "`epsresnet train` wrote, e.g. runs/<name>")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{cfg_path} is not valid JSON ({err}); restore it from the run") from err
-    for key in ("arch", "dataset"):
-        if key not in cfg:
-            raise UserError(f"{cfg_path} lacks {key!r}: it was not written by `epsresnet train`")
-    from epsresnet_tf.data import datasets
-    info = datasets.get(cfg["dataset"])
-    options = dict(cfg.get("model_options") or {})
-    gate = cfg.get("gate", "none")
-    options.update(classes=info.num_classes, input_shape=tuple(info.image_shape), gate=gate,
-                   weight_decay=cfg.get("weight_decay", 2e-4))
-    if G.get_gate(gate) is not None:
-        options.update(G.get_gate(gate).net_options(cfg))
-    batch = int(cfg.get("batch_size", 128))
-    gpus = max(int(cfg.get("gpus", 0) or 0), 1)
-    if cfg.get("batch_per", "replica") == "total":
-        batch //= gpus
-    if cfg.get("gate_group"):   # a gate saw its group of images (docs/semantics.md §1)
-        batch = int(cfg["gate_group"])
-    return RunInfo(root, cfg, cfg["arch"], cfg["dataset"], options, batch,
-                   cfg.get("mean", "train"), int(cfg.get("seed", 0)))
-
-
-def load_model(path):
-    """A saved .keras net (our layers are registered, so no custom_objects)."""
-    import keras
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found: train the run to the end first (`epsresnet train`) "
-                        "or give the path of a .keras file")
-    return keras.models.load_model(path, compile=False)
-
-
-def read_history(run_dir):
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
+# --- a run's data (the run folder's layout: epsresnet_tf.runfolder) -------------------
 
 def run_datasets(run, data_dir, splits=("train", "test"), max_batches=None, batch_size=None):
     """Evaluation-order batches (no augmentation) of the run's dataset, per split name
@@ -559,12 +490,11 @@ def load_epoch(run, epoch):
     epochs and the setting to use when that checkpoint is gone."""
     import keras
     from epsresnet_tf.models import build_model
-    from epsresnet_tf.train.loop import RunFolder
 
-    folder = RunFolder(run.root)
+    folder = run.folder
     path = folder.checkpoint_path(epoch)
     if not path.is_file():
-        kept = [e for e in map(RunFolder.epoch_of, folder.checkpoints()) if e is not None]
+        kept = folder.kept_epochs()
         raise UserError(f"no checkpoint of epoch {epoch} in {folder.ckpt} (kept: "
                         f"{', '.join(map(str, kept)) or 'none'}); train with "
                         f"\"keep_checkpoints_at\": [{epoch}] (or keep_checkpoints_every) in the "
@@ -623,10 +553,12 @@ def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gate
         ema = pick["blocks"]
     data = run_datasets(run, data_dir, splits, max_batches)
     check = data.get("test") or run_datasets(run, data_dir, ("test",), max_batches)["test"]
-    out = Path(out) if out else run.root / "reduced"
+    folder = run.folder
+    out = Path(out) if out else folder.reduced
+    weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
     extra = {"run": str(run.root), "dataset": run.dataset, "ema_from": ema_from,
              "ema_epoch": ema_epoch, "epoch": epoch,
-             "weights": "model.keras" if epoch is None else f"ckpt/epoch-{epoch:05d}.npz"}
+             "weights": weights.relative_to(folder.root).as_posix()}
     if state is not None and state.get("history"):
         extra["step"] = state["history"][-1].get("step")
     return compress_model(model, run.arch, run.build_options, certify_data=data,

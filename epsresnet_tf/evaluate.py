@@ -21,6 +21,7 @@ from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
 from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
+from epsresnet_tf.runfolder import MODEL, REDUCED_MODEL, find_run, load_model, read_run
 
 ORDERS = ("greedy-k", "random", "by-response")
 
@@ -155,25 +156,17 @@ def ablate(model, arch, build_options, order_ids, data, top5=False, max_removals
 
 # --- command line ----------------------------------------------------------------------
 
-def _find_run(path):
-    """The run folder a model file belongs to (model.keras, or reduced/reduced.keras)."""
-    for parent in (path.parent, path.parent.parent):
-        if (parent / "config.json").is_file():
-            return parent
-    return None
-
-
 def _evaluate_cli(args):
     from epsresnet_tf.data import datasets
     from epsresnet_tf.data.pipeline import eval_batches
     path = Path(args.model)
     if path.is_dir():
-        path = path / ("model.keras" if (path / "model.keras").exists() else "reduced.keras")
-    model = C.load_model(path)
-    run_dir = _find_run(path)
+        path = path / (MODEL if (path / MODEL).exists() else REDUCED_MODEL)
+    model = load_model(path)
+    run_dir = find_run(path)
     dataset, mean, seed = args.dataset, "train", 0
     if run_dir is not None:
-        run = C.read_run(run_dir)
+        run = read_run(run_dir)
         dataset, mean, seed = dataset or run.dataset, run.mean, run.seed
     if dataset is None:
         raise UserError(f"cannot tell the dataset of {path}: pass --dataset (e.g. cifar10)")
@@ -197,11 +190,11 @@ def _evaluate_cli(args):
 
 
 def _ablate_cli(args):
-    run = C.read_run(args.run_dir)
-    out = Path(args.out) if args.out else run.root / "ablation" / f"{args.order}.json"
+    run = read_run(args.run_dir)
+    out = Path(args.out) if args.out else run.folder.ablation / f"{args.order}.json"
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to replace it or --out another file")
-    model = C.load_model(run.model_path)
+    model = load_model(run.model_path)
     data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
     order_ids = removal_order(model, args.order, data, args.seed)
     from epsresnet_tf.data import datasets

@@ -1,13 +1,20 @@
 """Recipes: one declarative JSON file per paper experiment in `experiments/`.
 
-A recipe holds the keys of `epsresnet_tf.train.loop.DEFAULTS` plus `name`, `description`,
+A recipe holds the keys of `epsresnet_tf.config.DEFAULTS` plus `name`, `description`,
 `source` and, for families with a depth, `depth` with `arch` as a template
-(`"cifar-basic-{depth}"`). `resolve` applies command-line overrides and validates.
+(`"cifar-basic-{depth}"`). A recipe may name another as its `base`
+(`"base": "cifar10-eps-110"`): it has every key of the base (itself perhaps based on a
+third) and overrides those it gives; its `name` is always its own. `resolve` applies
+command-line overrides and validates.
 """
+from __future__ import annotations
+
 import json
 import os
 from pathlib import Path
+from typing import Any
 
+from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 
 #: experiments/ beside the package (editable install), or $EPSRESNET_EXPERIMENTS.
@@ -15,32 +22,61 @@ EXPERIMENTS = Path(os.environ.get("EPSRESNET_EXPERIMENTS",
                                   Path(__file__).resolve().parents[1] / "experiments"))
 
 
-def available():
+def available() -> list[str]:
     """Recipe names, sorted."""
     return sorted(p.stem for p in EXPERIMENTS.glob("*.json"))
 
 
-def load(name_or_path):
-    """The raw recipe dict, by name (experiments/NAME.json) or by path to a JSON file."""
+def _path(name_or_path: str | os.PathLike) -> Path | None:
+    """The recipe file: a path to a JSON file, or experiments/NAME.json (None if neither)."""
     path = Path(name_or_path)
     if not (path.suffix == ".json" and path.is_file()):
         path = EXPERIMENTS / f"{name_or_path}.json"
-    if not path.is_file():
-        close = [n for n in available() if str(name_or_path).split("-")[0] in n][:5]
-        hint = f" (e.g. {', '.join(close)})" if close else ""
-        raise UserError(f"unknown recipe {name_or_path!r}{hint}; `epsresnet train --list` shows all")
+    return path if path.is_file() else None
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         recipe = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from err
-    recipe.setdefault("name", path.stem)
+    if not isinstance(recipe, dict):
+        raise UserError(f"{path}: a recipe is a JSON object, not {type(recipe).__name__}")
     return recipe
 
 
-def resolve(name_or_path, depth=None, **overrides):
+def load(name_or_path: str | os.PathLike,
+         _chain: tuple[tuple[str, Path], ...] = ()) -> dict[str, Any]:
+    """The recipe dict, by name (experiments/NAME.json) or by path to a JSON file, with the
+    keys of its `base` chain filled in (the `base` key itself is gone)."""
+    path = _path(name_or_path)
+    if path is None:
+        if _chain:
+            raise UserError(f"recipe {_chain[-1][0]}: unknown base {str(name_or_path)!r} "
+                            f"(no {EXPERIMENTS / f'{name_or_path}.json'})")
+        close = [n for n in available() if str(name_or_path).split("-")[0] in n][:5]
+        hint = f" (e.g. {', '.join(close)})" if close else ""
+        raise UserError(f"unknown recipe {name_or_path!r}{hint}; `epsresnet train --list` shows all")
+    recipe = _read(path)
+    name = recipe.get("name", path.stem)
+    base = recipe.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise UserError(f"recipe {name}: base must be a recipe name, got {base!r}")
+        chain = _chain + ((name, path.resolve()),)
+        base_path = _path(base)
+        if base_path is not None and base_path.resolve() in [p for _, p in chain]:
+            names = [n for n, _ in chain] + [base]
+            raise UserError(f"recipe {name}: base {base!r} makes a cycle ({' -> '.join(names)})")
+        recipe = {**load(base, chain), **recipe}
+    recipe["name"] = name
+    return recipe
+
+
+def resolve(name_or_path: str | os.PathLike, depth: int | None = None,
+            **overrides: Any) -> tuple[str, dict[str, Any]]:
     """(run name, resolved config): the recipe with `depth` and other overrides applied.
     The run name is the recipe's, plus the overrides that change what is trained."""
-    from epsresnet_tf.train.loop import resolve_config
     recipe = load(name_or_path)
     template = recipe.get("arch", "")
     if depth is not None:

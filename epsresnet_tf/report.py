@@ -15,7 +15,6 @@ model.keras (final kernels). Writes to --out (default RUN_DIR/report for one run
 Files are prefixed with the run's name when several runs are reported together.
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import numpy as np
 from epsresnet_tf import compress as C
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
+from epsresnet_tf.runfolder import RunFolder, load_model, read_run
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
@@ -38,14 +38,15 @@ def _plt():
 
 class RunData:
     def __init__(self, run_dir):
-        self.run = C.read_run(run_dir)
+        self.run = read_run(run_dir)
         self.root = self.run.root
+        self.folder = RunFolder(self.root)
         self.name = self.root.name
-        self.rows = C.read_history(self.root)
-        cert = self.root / "reduced" / "certificate.json"
+        self.rows = self.folder.read_history()
+        cert = self.folder.certificate
         self.certificate = json.loads(cert.read_text()) if cert.is_file() else None
         self.ablations = {}
-        for path in sorted((self.root / "ablation").glob("*.json")):
+        for path in sorted(self.folder.ablation.glob("*.json")):
             self.ablations[path.stem] = json.loads(path.read_text())
 
     @property
@@ -269,8 +270,8 @@ def fig_weight_collapse(r, path):
     fig, axes = plt.subplots(1, len(chosen), figsize=(5.5 * len(chosen), 4), squeeze=False)
     for ax, (bid, what) in zip(axes[0], chosen):
         series, tag = ({}, None)
-        if (r.root / "tb").is_dir():
-            series, tag = _histogram_percentiles(r.root / "tb", bid)
+        if r.folder.tb.is_dir():
+            series, tag = _histogram_percentiles(r.folder.tb, bid)
         if series:
             steps = sorted(series)
             vals = np.array([series[s] for s in steps])
@@ -279,7 +280,7 @@ def fig_weight_collapse(r, path):
             ax.set_xlabel("epoch")
             ax.set_title(f"{bid} ({what}): {tag.split('/', 2)[-1]}", fontsize=9)
         else:
-            model = C.load_model(r.run.model_path)
+            model = load_model(r.run.model_path)
             g, b = parse_block_id(bid)
             kernels = [w.numpy().ravel() for l in model.layers
                        if l.name.startswith(layer_prefix(g, b) + "conv") for w in l.weights]
@@ -342,7 +343,7 @@ def make_report(run_dirs, out=None, force=False):
     if out is None:
         if len(runs) > 1:
             raise UserError("several runs: pass --out FOLDER for the combined report")
-        out = runs[0].root / "report"
+        out = runs[0].folder.report
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} is not empty; pass --force to replace the report or --out another folder")

@@ -61,6 +61,7 @@ def sweep_eps(recipe, eps_values, out, data_dir, *, epochs=None, steps_per_epoch
     from epsresnet_tf import compress as C
     from epsresnet_tf import recipes
     from epsresnet_tf.gates import get_gate
+    from epsresnet_tf.runfolder import RunFolder
     from epsresnet_tf.train.loop import run_training
 
     out = Path(out)
@@ -77,12 +78,13 @@ def sweep_eps(recipe, eps_values, out, data_dir, *, epochs=None, steps_per_epoch
             rows.append({"epsilon": eps, "run": str(run_dir), "error": None, "status": result["status"]})
             continue
         cert = None
-        cert_path = run_dir / "reduced" / "certificate.json"
+        folder = RunFolder(run_dir)
+        cert_path = folder.certificate
         if compress and cert_path.is_file():
             cert = json.loads(cert_path.read_text())
         elif compress:
             cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
-        rows.append(_row(eps, run_dir, C.read_history(run_dir), cert))
+        rows.append(_row(eps, run_dir, folder.read_history(), cert))
         run_dirs.append(run_dir)
     choice = pick(rows, budget, max_error)
     doc = {"recipe": recipe, "budget": budget, "max_error": max_error, "rows": rows, "choice": choice}

@@ -36,7 +36,8 @@ BASE = {"arch": "cifar-basic-8", "epochs": 3, "val_steps": 1, "histogram_every":
 
 
 def main(out, mode):
-    from epsresnet_tf.train.loop import resolve_config, run_training
+    from epsresnet_tf.config import resolve_config
+    from epsresnet_tf.train.loop import run_training
     if mode == "single":
         import tensorflow as tf
         cfg, strategy, folder = dict(BASE, batch_size=8), tf.distribute.get_strategy(), "single"

@@ -8,7 +8,8 @@ import pytest
 from _reference import tensorpack_ema
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.models import build_model
-from epsresnet_tf.train.loop import resolve_config, run_training
+from epsresnet_tf.config import resolve_config
+from epsresnet_tf.train.loop import run_training
 from epsresnet_tf.train.schedules import AdaptiveResetSchedule
 
 STEPS = 60          # enough steps for the average to rise by more than 1 - tolerance

@@ -10,12 +10,14 @@ import tensorflow as tf
 
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
+from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import eps as E
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.naming import parse_block_id
 from epsresnet_tf.layers import EpsilonGate, gate_layers
 from epsresnet_tf.models import build_model
+from epsresnet_tf.runfolder import load_model, read_run
 
 SHAPE = (16, 16, 3)
 HUGE = 1e6   # ε above every |F|: T = 0 for every input
@@ -290,9 +292,9 @@ def eps_run(tmp_path_factory, shared_data):
     """A run folder written by the training loop (3 steps, ε = 2.5), then two blocks closed
     by hand in its model.keras so the outcome is known: the CLI path is what is tested."""
     loop = pytest.importorskip("epsresnet_tf.train.loop")
-    cfg = loop.resolve_config({"arch": "cifar-basic-14", "epochs": 1, "batch_size": 32,
-                               "steps_per_epoch": 3, "val_steps": 1, "epsilon": 2.5,
-                               "lr_schedule": [[0, 0.05]]})
+    cfg = resolve_config({"arch": "cifar-basic-14", "epochs": 1, "batch_size": 32,
+                          "steps_per_epoch": 3, "val_steps": 1, "epsilon": 2.5,
+                          "lr_schedule": [[0, 0.05]]})
     run_dir = tmp_path_factory.mktemp("runs") / "c10"
     loop.run_training(cfg, run_dir, shared_data / "cifar10-subset", verbose=0)
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
@@ -336,8 +338,8 @@ def test_evaluate_and_ablate_cli_on_a_run_folder(eps_run, capsys):
     # blocks that add exactly 0 go first (the two closed by hand, and any ε = 2.5 closed
     # in training), and removing them leaves the error unchanged
     from epsresnet_tf import evaluate as E
-    run = C.read_run(run_dir)
-    model = C.load_model(run.model_path)
+    run = read_run(run_dir)
+    model = load_model(run.model_path)
     contrib = E.block_contributions(model, C.run_datasets(run, data, ("test",), 1)["test"])
     zero = {b for b, v in contrib.items() if v == 0.0}
     assert {"group1/block0", "group2/block1"} <= zero
@@ -361,7 +363,7 @@ EPOCH_RECIPE = {"dataset": "digits", "arch": "cifar-basic-14", "epochs": 8, "bat
 def epoch_run(tmp_path_factory):
     loop = pytest.importorskip("epsresnet_tf.train.loop")
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    loop.run_training(loop.resolve_config(EPOCH_RECIPE), run_dir, "no-data-folder-needed",
+    loop.run_training(resolve_config(EPOCH_RECIPE), run_dir, "no-data-folder-needed",
                       verbose=0)
     rows = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     return run_dir, rows
@@ -409,7 +411,7 @@ def test_compress_ema_rule_at_a_chosen_epoch(epoch_run, tmp_path, capsys):
     assert rules["certificate"]["identical_predictions"]
     assert rules["certificate"]["test_error"] == rules["certificate"]["test_error_full"]
     from epsresnet_tf import evaluate as E
-    run = C.read_run(run_dir)
+    run = read_run(run_dir)
     test = C.run_datasets(run, "no-data-folder-needed", ("test",), 3)["test"]
     independent = E.error_rates(reduced, test)
     assert independent["images"] == rules["ema"]["test_images"] == 96

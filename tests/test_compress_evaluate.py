@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from epsresnet_tf import compress as C
 from epsresnet_tf import evaluate as E
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import datasets, pipeline, readers
+from epsresnet_tf.data import pipeline, readers
 from epsresnet_tf.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

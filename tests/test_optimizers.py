@@ -210,7 +210,8 @@ def test_make_optimizer_names(name, cls, nesterov):
 
 
 def test_make_optimizer_and_validate_config_reject_unknown_name():
-    from epsresnet_tf.train.loop import DEFAULTS, OPTIMIZERS, make_optimizer, validate_config
+    from epsresnet_tf.config import DEFAULTS, OPTIMIZERS, validate_config
+    from epsresnet_tf.train.loop import make_optimizer
     assert set(OPTIMIZERS) == {"momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam"}
     with pytest.raises(UserError) as err:
         make_optimizer(_cfg("sgd"))
@@ -222,12 +223,11 @@ def test_make_optimizer_and_validate_config_reject_unknown_name():
 
 def test_recipes_use_the_tf1_forms():
     """Every SGD recipe names (or defaults to) "momentum"/"nesterov", i.e. TF1's form."""
-    from pathlib import Path
-    from epsresnet_tf.train.loop import DEFAULTS
+    from epsresnet_tf import recipes
+    from epsresnet_tf.config import DEFAULTS
     assert DEFAULTS["optimizer"] == "momentum"
-    root = Path(__file__).resolve().parents[1] / "experiments"
-    names = {json.loads(p.read_text()).get("optimizer", DEFAULTS["optimizer"])
-             for p in root.glob("*.json")}
+    loaded = {n: recipes.load(n) for n in recipes.available()}   # with their bases' keys
+    names = {r.get("optimizer", DEFAULTS["optimizer"]) for r in loaded.values()}
     assert names and names <= {"momentum", "nesterov", "nadam"}, names
-    inet = [json.loads(p.read_text()) for p in root.glob("imagenet-*.json")]
+    inet = [r for n, r in loaded.items() if n.startswith("imagenet-")]
     assert inet and all(r["optimizer"] == "nesterov" for r in inet)

@@ -12,6 +12,7 @@ from epsresnet_tf import sweep as S
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
+from epsresnet_tf.runfolder import read_run
 
 
 def _png_size(path):
@@ -27,7 +28,7 @@ def fake_run(root, eps=2.5, closed=("group0/block1", "group1/block0"), errors=(0
     cfg = {"arch": "cifar-basic-14", "dataset": "cifar10", "gate": "eps", "epsilon": eps,
            "gate_scope": "batch", "batch_size": 8, "model_options": {}, "weight_decay": 2e-4}
     (root / "config.json").write_text(json.dumps(cfg))
-    run = C.read_run(root)
+    run = read_run(root)
     model = build_model(run.arch, **run.build_options)
     for bid, gate in gate_by_block(model).items():   # closed: T = 0; others open: T = 1
         gate.epsilon.assign(1e6 if bid in closed else 0.0)

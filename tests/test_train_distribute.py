@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from epsresnet_tf.train.loop import RunFolder, resolve_config, run_training
+from epsresnet_tf.config import resolve_config
+from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.train.loop import run_training
 
 class Doubled:
     image_shape, num_classes, num_batches = (8, 8, 3), 10, 3
@@ -80,7 +82,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from epsresnet_tf import layers as L
-from epsresnet_tf.train.loop import resolve_config, run_training
+from epsresnet_tf.config import resolve_config
+from epsresnet_tf.train.loop import run_training
 
 class Halves:
     """Global batches of 8 whose halves differ: a quiet half and a loud one."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsresnet_tf.train.loop import RunFolder
+from epsresnet_tf.runfolder import RunFolder
 
 WORKER = Path(__file__).with_name("_multiworker_worker.py")
 TIMEOUT = 240

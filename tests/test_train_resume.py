@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from epsresnet_tf.train.loop import RunFolder
+from epsresnet_tf.runfolder import RunFolder
 
 RECIPE = {"arch": "cifar-basic-8", "epochs": 4, "batch_size": 16, "steps_per_epoch": 5,
           "val_steps": 1, "epsilon": 1.0, "deterministic": True, "histogram_every": 0,
@@ -19,7 +19,8 @@ RECIPE = {"arch": "cifar-basic-8", "epochs": 4, "batch_size": 16, "steps_per_epo
 
 SCRIPT = """
 import json, sys
-from epsresnet_tf.train.loop import resolve_config, run_training
+from epsresnet_tf.config import resolve_config
+from epsresnet_tf.train.loop import run_training
 cfg = resolve_config(json.loads(sys.argv[1]))
 run_training(cfg, sys.argv[2], sys.argv[3], verbose=0)
 """
@@ -80,59 +81,3 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shared_data)
                 assert rb["blocks"][bid][key] == pytest.approx(v, abs=1e-5)
     # the weights differ from the initial ones: training happened
     assert a_rows[-1]["step"] == 20
-
-
-# --- which checkpoints stay (keep_checkpoints_at / keep_checkpoints_every) ---------------
-
-def _save_epochs(folder, epochs):
-    for e in epochs:
-        folder.save_checkpoint(e, [np.full((2,), e, np.float32)], {"epoch": e})
-    return [RunFolder.epoch_of(p) for p in folder.checkpoints()]
-
-
-def test_checkpoint_retention_keeps_the_chosen_epochs_and_the_two_newest(tmp_path):
-    from epsresnet_tf.train.loop import resolve_config
-    base = {"arch": "cifar-basic-8", "epochs": 10}
-    plain = RunFolder(tmp_path / "plain")
-    plain.check_or_create(resolve_config(base))
-    assert _save_epochs(plain, range(1, 11)) == [9, 10]
-
-    at = RunFolder(tmp_path / "at")
-    at.check_or_create(resolve_config(dict(base, keep_checkpoints_at=[2, 5, 10])))
-    assert _save_epochs(at, range(1, 9)) == [2, 5, 7, 8]       # 10 not reached yet
-    assert _save_epochs(at, [9, 10]) == [2, 5, 9, 10]
-
-    both = RunFolder(tmp_path / "both")
-    both.check_or_create(resolve_config(dict(base, keep_checkpoints_at=[3],
-                                             keep_checkpoints_every=4)))
-    assert _save_epochs(both, range(1, 11)) == [3, 4, 8, 9, 10]
-    arrays, state = both.load(both.checkpoint_path(4))
-    assert state == {"epoch": 4} and arrays[0].tolist() == [4.0, 4.0]
-
-
-def test_retention_settings_are_validated_and_may_change_on_resume(tmp_path):
-    from epsresnet_tf.errors import UserError
-    from epsresnet_tf.train.loop import resolve_config
-    base = {"arch": "cifar-basic-8", "epochs": 10}
-    for bad in ({"keep_checkpoints_at": 3}, {"keep_checkpoints_at": [0]},
-                {"keep_checkpoints_at": [1.5]}, {"keep_checkpoints_every": -1},
-                {"keep_checkpoints_every": True}):
-        with pytest.raises(UserError, match="keep_checkpoints"):
-            resolve_config(dict(base, **bad))
-    folder = RunFolder(tmp_path / "run")
-    assert folder.check_or_create(resolve_config(base)) is False
-    _save_epochs(folder, [1, 2, 3])
-    # a resume may keep more (the setting does not change the training) ...
-    assert folder.check_or_create(resolve_config(dict(base, keep_checkpoints_at=[4]))) is True
-    assert json.loads(folder.config.read_text())["keep_checkpoints_at"] == [4]
-    assert _save_epochs(folder, [4, 5, 6]) == [4, 5, 6]
-    # ... but not train differently
-    with pytest.raises(UserError, match="another config"):
-        folder.check_or_create(resolve_config(dict(base, epochs=11)))
-    # a run folder written before these settings existed still resumes
-    old = json.loads(folder.config.read_text())
-    for k in RunFolder.RETENTION_KEYS:
-        old.pop(k)
-    folder.config.write_text(json.dumps(old))
-    assert folder.check_or_create(resolve_config(base)) is True
-    assert json.loads(folder.config.read_text())["keep_checkpoints_every"] == 0

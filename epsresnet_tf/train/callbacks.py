@@ -7,7 +7,6 @@ They share one `RunState` (the per-epoch history and the NaN flag), filled by
 import json
 import logging
 import math
-import os
 
 import keras
 import numpy as np

@@ -18,236 +18,16 @@ gates' monitor variables are mean-aggregated: each step every replica's update o
 EMA of 1 − T is averaged, so a block's discarded value is the EMA of the replica-mean of
 1 − T, and the discarded count is the sum of those over blocks.
 
-Run folder: config.json, history.jsonl, tb/, ckpt/, model.keras.
+The config is `epsresnet_tf.config`'s; the run folder (config.json, history.jsonl, tb/,
+ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 """
-import copy
-import json
-import logging
-import math
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from epsresnet_tf.config import OPTIMIZERS, global_batch_size, validate_config
 from epsresnet_tf.errors import UserError
-
-log = logging.getLogger(__name__)
-
-#: Defaults of a resolved config; recipes override them (experiments/*.json).
-DEFAULTS = {
-    "name": None,
-    "dataset": "cifar10",
-    "arch": "cifar-basic-110",
-    "gate": "eps",
-    "epsilon": 2.5,
-    "epsilon_start_epoch": 0,
-    "gate_scope": "batch",
-    "gate_group": None,              # images per "virtual tower" (None: the per-device batch)
-    "ghost_bn": True,                # with gate_group: BN normalises each group on its own
-    "side_head": True,
-    "side_weight": 0.1,
-    "model_options": {},
-    "epochs": 1000,
-    "batch_size": 128,
-    "batch_per": "replica",          # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
-    "optimizer": "momentum",         # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
-    "momentum": 0.9,
-    "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
-    "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
-    "reset_threshold": 1.0,
-    "reset_tolerance": 0.01,         # above float32 rounding of the count's average (docs/semantics.md)
-    "reset_window": 1,
-    "weight_decay": 2e-4,
-    "wd_decay_every": 480000,
-    "wd_decay_factor": 0.2,
-    "steps_per_epoch": None,         # None: the whole training split
-    "val_steps": None,               # None: the whole evaluation split; 0: no validation
-    "top5": False,
-    "seed": 0,
-    "mixed_precision": False,
-    "xla": False,
-    "gpus": 0,
-    "histogram_every": 1,
-    "data_workers": 0,
-    "mean": "train+test",            # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
-    # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
-    # (BGR images normalised with the RGB mean/std); "clip" or "authors-wrap" (tensorpack
-    # 0.2.0's Saturation overflowing uint8). Passed to data.pipeline.make_pipeline.
-    "imagenet_channel_order": "rgb",
-    "imagenet_saturation": "clip",
-    "deterministic": False,
-    "keep_checkpoints_at": [],       # epochs whose checkpoints outlive the 2 newest (compress --epoch)
-    "keep_checkpoints_every": 0,     # also keep every N-th epoch's checkpoint (0: none)
-}
-
-
-def resolve_config(recipe, **overrides):
-    """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes."""
-    unknown = set(recipe) - set(DEFAULTS) - {"description", "source", "depth"}
-    if unknown:
-        raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    validate_config(cfg)
-    return cfg
-
-
-def validate_config(cfg):
-    from epsresnet_tf.models.registry import resolve
-    resolve(cfg["arch"])  # UserError for unknown architecture or depth
-    if cfg["epsilon"] < 0:
-        raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
-    if not 0 <= cfg["reset_tolerance"] < cfg["reset_threshold"]:
-        raise UserError(f"reset_tolerance must be >= 0 and below reset_threshold "
-                        f"({cfg['reset_threshold']}), got {cfg['reset_tolerance']}")
-    for key in ("epochs", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg["steps_per_epoch"] is not None and cfg["steps_per_epoch"] < 1:
-        raise UserError(f"steps per epoch must be positive, got {cfg['steps_per_epoch']}")
-    if cfg["gpus"] < 0:
-        raise UserError(f"--gpus must be >= 0, got {cfg['gpus']}")
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                        f"got {cfg['optimizer']!r}")
-    if cfg["batch_per"] not in ("replica", "total"):
-        raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
-    group = cfg["gate_group"]
-    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
-        raise UserError(f"gate_group must be a positive integer or null, got {group!r}")
-    if not isinstance(cfg["ghost_bn"], bool):
-        raise UserError(f"ghost_bn must be true or false, got {cfg['ghost_bn']!r}")
-    # --gpus N is N replicas on one machine; with several machines there are more, and a
-    # per-device batch that works there works here too (global_batch_size checks again).
-    _check_gate_group(cfg, max(cfg["gpus"], 1))
-    from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
-    PiecewiseSchedule(cfg["lr_schedule"])
-    if cfg["adaptive_schedule"]:
-        PiecewiseSchedule(cfg["adaptive_schedule"])
-    epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
-    at = cfg.get("keep_checkpoints_at", [])
-    if not isinstance(at, (list, tuple)) or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at):
-        raise UserError(f"keep_checkpoints_at must be a list of epochs >= 1, got {at!r}")
-    every = cfg.get("keep_checkpoints_every", 0)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise UserError(f"keep_checkpoints_every must be an integer >= 0 (0: none), got {every!r}")
-
-
-# --- files -------------------------------------------------------------------------------
-
-def atomic_write_text(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class RunFolder:
-    """`runs/<name>/`: paths, config check, checkpoints."""
-
-    KEEP = 2  # checkpoints kept (the newest and one before, in case the newest is bad)
-    #: Config keys that only say which checkpoints to keep: they do not change the training,
-    #: so a resume may change them (config.json is then updated).
-    RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every")
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self.config = self.root / "config.json"
-        self.history = self.root / "history.jsonl"
-        self.tb = self.root / "tb"
-        self.ckpt = self.root / "ckpt"
-        self.model = self.root / "model.keras"
-
-    def check_or_create(self, cfg):
-        """True if this is a resume. A folder with another config is refused."""
-        if self.config.exists():
-            self.check_config(cfg)
-            old = json.loads(self.config.read_text())
-            if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
-                old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
-                atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
-            return True
-        if self.root.exists() and any(self.root.iterdir()):
-            raise UserError(f"{self.root} exists and is not a run folder (no config.json)")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.ckpt.mkdir(exist_ok=True)
-        atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        return False
-
-    def check_config(self, cfg):
-        """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
-        old = json.loads(self.config.read_text())
-        diff = sorted(k for k in set(old) | set(cfg)
-                      if k not in self.RETENTION_KEYS and old.get(k) != cfg.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
-            raise UserError(f"{self.root} holds a run with another config ({shown}); "
-                            f"choose another --out or name")
-
-    def checkpoints(self):
-        return sorted(self.ckpt.glob("epoch-*.npz")) if self.ckpt.exists() else []
-
-    @staticmethod
-    def epoch_of(path):
-        """The epoch of `ckpt/epoch-00005.npz` (5), or None for another name."""
-        try:
-            return int(Path(path).stem.split("-", 1)[1])
-        except (IndexError, ValueError):
-            return None
-
-    def checkpoint_path(self, epoch):
-        return self.ckpt / f"epoch-{int(epoch):05d}.npz"
-
-    def kept_forever(self, epoch):
-        """Whether config.json's keep_checkpoints_at / keep_checkpoints_every keep `epoch`'s
-        checkpoint besides the KEEP newest (for `epsresnet compress --epoch`)."""
-        try:
-            cfg = json.loads(self.config.read_text())
-        except (OSError, ValueError):
-            return False
-        every = int(cfg.get("keep_checkpoints_every") or 0)
-        return epoch in (cfg.get("keep_checkpoints_at") or ()) or bool(every and epoch % every == 0)
-
-    def save_checkpoint(self, epoch, arrays, state):
-        """One .npz (variables + JSON state), written to a temporary name and renamed. Older
-        checkpoints go, except the KEEP newest and those the config keeps forever."""
-        self.ckpt.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_path(epoch)
-        fd, tmp = tempfile.mkstemp(dir=self.ckpt, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, state=np.frombuffer(json.dumps(state).encode(), np.uint8),
-                     **{f"v{i:05d}": a for i, a in enumerate(arrays)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        for old in self.checkpoints()[:-self.KEEP]:
-            e = self.epoch_of(old)
-            if e is None or not self.kept_forever(e):
-                old.unlink()
-        return path
-
-    def load(self, path):
-        """(arrays, state) of one checkpoint file."""
-        with np.load(path) as z:
-            state = json.loads(bytes(z["state"]).decode())
-            names = sorted(k for k in z.files if k.startswith("v"))
-            return [z[k] for k in names], state
-
-    def load_latest(self):
-        """(arrays, state) of the newest readable checkpoint, or None."""
-        for path in reversed(self.checkpoints()):
-            try:
-                return self.load(path)
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("skipping unreadable checkpoint %s: %s", path, err)
-        return None
+from epsresnet_tf.runfolder import RunFolder
 
 
 # --- strategy and precision --------------------------------------------------------------
@@ -265,46 +45,6 @@ def make_strategy(gpus):
     if gpus > len(visible):
         raise UserError(f"--gpus {gpus} asks for more GPUs than the {len(visible)} visible")
     return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-
-
-def global_batch_size(cfg, replicas):
-    """docs/semantics.md §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
-    split over the GPUs). UserError if the total does not split evenly."""
-    _check_gate_group(cfg, replicas)
-    total = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
-    if total % replicas:
-        raise UserError(f"batch {total} does not split over {replicas} replicas")
-    return total
-
-
-def _check_gate_group(cfg, replicas):
-    """A gate group (virtual tower) lies within one device: UserError unless the per-device
-    batch is a multiple of gate_group, naming the device counts that work. (A group across
-    devices would need a cross-replica max per block and step.)"""
-    group, batch = cfg.get("gate_group"), cfg["batch_size"]
-    if group is None:
-        return
-    if cfg["batch_per"] == "replica":
-        if batch % group:
-            raise UserError(f"gate group {group} needs a per-device batch that is a multiple "
-                            f"of {group}; batch {batch} per device is not")
-        return
-    if batch % replicas == 0 and (batch // replicas) % group == 0:
-        return
-    per = f"{batch // replicas}" if batch % replicas == 0 else f"{batch / replicas:.1f}"
-    works = [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
-    hint = (f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}" if len(works) > 1
-            else "use --gpus 1" if works else f"use a batch that is a multiple of {group}")
-    raise UserError(f"gate group {group} needs a per-device batch that is a multiple of "
-                    f"{group} (batch {batch} over {replicas} devices is {per} per device); "
-                    f"with batch {batch} {hint}")
-
-
-#: The optimizer names a config may give: "momentum"/"nesterov" are TF1's accumulator forms
-#: (the authors' `tf.train.MomentumOptimizer`, the default of every recipe), "keras-sgd"/
-#: "keras-nesterov" Keras's own SGD (they differ after every lr change: docs/semantics.md),
-#: "nadam" the gates paper's MNIST nets.
-OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
 
 
 def make_optimizer(cfg):
@@ -560,7 +300,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
             start = saved["epoch"]
             print(f"resuming {run_root} after epoch {start}")
         # the history file is rewritten from the checkpoint: rows of a killed epoch go
-        atomic_write_text(folder.history, "".join(json.dumps(r) + "\n" for r in state.rows))
+        folder.write_history(state.rows)
 
     def save(epoch):
         st = {"epoch": epoch, "lr_schedule": lr_sched.get_state(), "history": state.rows}
@@ -604,9 +344,7 @@ def run_training(cfg, run_dir, data_dir="data", *, sources=None, strategy=None, 
         result = {"status": "nan", "message": msg, "history": state.rows,
                   "run_dir": str(run_root)}
     else:
-        tmp = folder.root / ".model.tmp.keras"
-        net.save(tmp)
-        os.replace(tmp, folder.model)
+        folder.save_model(net)
         result = {"status": "done", "epochs": len(state.rows), "history": state.rows,
                   "run_dir": str(run_root), "model": str(RunFolder(run_root).model)}
     if multi:

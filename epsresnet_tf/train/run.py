@@ -1,5 +1,4 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
-import argparse
 import os
 from pathlib import Path
 

@@ -1,0 +1,219 @@
+"""The run config: its keys and defaults, validation, and the batch facts derived from it.
+
+A config is a flat dict of the keys of `DEFAULTS`. Recipes (`epsresnet_tf.recipes`)
+override the defaults, the command line overrides the recipe (`resolve_config`); training
+writes the result to the run folder's config.json, and compression, evaluation and reports
+read it back from there (`epsresnet_tf.runfolder.read_run`). Everything else that depends
+on the config alone — how big a global batch is, how many images one device and one gate
+see per step — is answered here, so that no other module recomputes it.
+
+    resolve_config(recipe, **overrides) -> cfg       defaults <- recipe <- overrides, validated
+    validate_config(cfg)                              UserError (one line) on a mistake
+    global_batch_size(cfg, replicas) -> int           images per step over all replicas
+    per_device_batch(cfg, replicas=None) -> int       images per step on one device
+    gate_batch(cfg) -> int                            images one ε-gate sees per step
+    saved_config(cfg) -> cfg                          a config.json with its missing keys filled
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from epsresnet_tf.errors import UserError
+
+Config = dict[str, Any]
+
+#: Defaults of a resolved config; recipes override them (experiments/*.json).
+DEFAULTS: Config = {
+    "name": None,
+    "dataset": "cifar10",
+    "arch": "cifar-basic-110",
+    "gate": "eps",
+    "epsilon": 2.5,
+    "epsilon_start_epoch": 0,
+    "gate_scope": "batch",
+    "gate_group": None,              # images per "virtual tower" (None: the per-device batch)
+    "ghost_bn": True,                # with gate_group: BN normalises each group on its own
+    "side_head": True,
+    "side_weight": 0.1,
+    "model_options": {},
+    "epochs": 1000,
+    "batch_size": 128,
+    "batch_per": "replica",          # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
+    "optimizer": "momentum",         # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
+    "momentum": 0.9,
+    "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
+    "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
+    "reset_threshold": 1.0,
+    "reset_tolerance": 0.01,         # above float32 rounding of the count's average (docs/semantics.md)
+    "reset_window": 1,
+    "weight_decay": 2e-4,
+    "wd_decay_every": 480000,
+    "wd_decay_factor": 0.2,
+    "steps_per_epoch": None,         # None: the whole training split
+    "val_steps": None,               # None: the whole evaluation split; 0: no validation
+    "top5": False,
+    "seed": 0,
+    "mixed_precision": False,
+    "xla": False,
+    "gpus": 0,
+    "histogram_every": 1,
+    "data_workers": 0,
+    "mean": "train+test",            # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
+    # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
+    # (BGR images normalised with the RGB mean/std); "clip" or "authors-wrap" (tensorpack
+    # 0.2.0's Saturation overflowing uint8). Passed to data.pipeline.make_pipeline.
+    "imagenet_channel_order": "rgb",
+    "imagenet_saturation": "clip",
+    "deterministic": False,
+    "keep_checkpoints_at": [],       # epochs whose checkpoints outlive the 2 newest (compress --epoch)
+    "keep_checkpoints_every": 0,     # also keep every N-th epoch's checkpoint (0: none)
+}
+
+#: Keys a recipe may hold besides those of DEFAULTS: they describe it and are not trained.
+RECIPE_KEYS = ("description", "source", "depth")
+
+#: What a saved config.json that lacks a key means: hand-written configs, and run folders
+#: written before the key existed. Not DEFAULTS: a config without "gate" is an ungated net,
+#: one without "mean" was normalised with the training split's mean.
+SAVED_FALLBACKS: Config = {
+    "gate": "none",
+    "epsilon": 0.0,
+    "gate_scope": "batch",
+    "gate_group": None,
+    "model_options": {},
+    "weight_decay": 2e-4,
+    "batch_size": 128,
+    "batch_per": "replica",
+    "gpus": 0,
+    "mean": "train",
+    "seed": 0,
+}
+
+#: The optimizer names a config may give: "momentum"/"nesterov" are TF1's accumulator forms
+#: (the authors' `tf.train.MomentumOptimizer`, the default of every recipe), "keras-sgd"/
+#: "keras-nesterov" Keras's own SGD (they differ after every lr change: docs/semantics.md),
+#: "nadam" the gates paper's MNIST nets.
+OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
+
+
+def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
+    """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes."""
+    unknown = set(recipe) - set(DEFAULTS) - set(RECIPE_KEYS)
+    if unknown:
+        raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """UserError (one line, naming the key) unless `cfg` is a config training can run."""
+    from epsresnet_tf.models.registry import resolve
+    resolve(cfg["arch"])  # UserError for unknown architecture or depth
+    if cfg["epsilon"] < 0:
+        raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
+    if not 0 <= cfg["reset_tolerance"] < cfg["reset_threshold"]:
+        raise UserError(f"reset_tolerance must be >= 0 and below reset_threshold "
+                        f"({cfg['reset_threshold']}), got {cfg['reset_tolerance']}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["steps_per_epoch"] is not None and cfg["steps_per_epoch"] < 1:
+        raise UserError(f"steps per epoch must be positive, got {cfg['steps_per_epoch']}")
+    if cfg["gpus"] < 0:
+        raise UserError(f"--gpus must be >= 0, got {cfg['gpus']}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                        f"got {cfg['optimizer']!r}")
+    if cfg["batch_per"] not in ("replica", "total"):
+        raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
+    group = cfg["gate_group"]
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+        raise UserError(f"gate_group must be a positive integer or null, got {group!r}")
+    if not isinstance(cfg["ghost_bn"], bool):
+        raise UserError(f"ghost_bn must be true or false, got {cfg['ghost_bn']!r}")
+    # --gpus N is N replicas on one machine; with several machines there are more, and a
+    # per-device batch that works there works here too (global_batch_size checks again).
+    _check_gate_group(cfg, max(cfg["gpus"], 1))
+    from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
+    PiecewiseSchedule(cfg["lr_schedule"])
+    if cfg["adaptive_schedule"]:
+        PiecewiseSchedule(cfg["adaptive_schedule"])
+    epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
+    _check_retention(cfg)
+
+
+def _check_retention(cfg: Mapping[str, Any]) -> None:
+    at = cfg.get("keep_checkpoints_at", [])
+    if not isinstance(at, (list, tuple)) or not all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at):
+        raise UserError(f"keep_checkpoints_at must be a list of epochs >= 1, got {at!r}")
+    every = cfg.get("keep_checkpoints_every", 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise UserError(f"keep_checkpoints_every must be an integer >= 0 (0: none), got {every!r}")
+
+
+# --- batch facts -------------------------------------------------------------------------
+
+def global_batch_size(cfg: Mapping[str, Any], replicas: int) -> int:
+    """docs/semantics.md §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
+    split over the GPUs). UserError if the total does not split evenly."""
+    _check_gate_group(cfg, replicas)
+    total = cfg["batch_size"] * (replicas if cfg["batch_per"] == "replica" else 1)
+    if total % replicas:
+        raise UserError(f"batch {total} does not split over {replicas} replicas")
+    return total
+
+
+def per_device_batch(cfg: Mapping[str, Any], replicas: int | None = None) -> int:
+    """Images one device (replica) takes per step: batch_size with a per-replica batch, the
+    total split over the replicas otherwise (`replicas` default: the config's --gpus, at
+    least 1). Missing keys read as a saved config.json's (SAVED_FALLBACKS)."""
+    cfg = saved_config(cfg)
+    batch = int(cfg["batch_size"])
+    if cfg["batch_per"] == "total":
+        batch //= replicas if replicas else max(int(cfg["gpus"] or 0), 1)
+    return batch
+
+
+def gate_batch(cfg: Mapping[str, Any], replicas: int | None = None) -> int:
+    """Images one ε-gate computes T over per step: its gate group (a "virtual tower",
+    docs/semantics.md §1) or else the per-device batch."""
+    group = cfg.get("gate_group")
+    return int(group) if group else per_device_batch(cfg, replicas)
+
+
+def _check_gate_group(cfg: Mapping[str, Any], replicas: int) -> None:
+    """A gate group (virtual tower) lies within one device: UserError unless the per-device
+    batch is a multiple of gate_group, naming the device counts that work. (A group across
+    devices would need a cross-replica max per block and step.)"""
+    group, batch = cfg.get("gate_group"), cfg["batch_size"]
+    if group is None:
+        return
+    if cfg["batch_per"] == "replica":
+        if batch % group:
+            raise UserError(f"gate group {group} needs a per-device batch that is a multiple "
+                            f"of {group}; batch {batch} per device is not")
+        return
+    if batch % replicas == 0 and (batch // replicas) % group == 0:
+        return
+    per = f"{batch // replicas}" if batch % replicas == 0 else f"{batch / replicas:.1f}"
+    works = [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
+    hint = (f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}" if len(works) > 1
+            else "use --gpus 1" if works else f"use a batch that is a multiple of {group}")
+    raise UserError(f"gate group {group} needs a per-device batch that is a multiple of "
+                    f"{group} (batch {batch} over {replicas} devices is {per} per device); "
+                    f"with batch {batch} {hint}")
+
+
+# --- saved configs -----------------------------------------------------------------------
+
+def saved_config(cfg: Mapping[str, Any]) -> Config:
+    """A config read back from a run folder, its missing keys filled with SAVED_FALLBACKS
+    (a copy; `cfg` is not changed)."""
+    out = copy.deepcopy(SAVED_FALLBACKS)
+    out.update(cfg)
+    return out
