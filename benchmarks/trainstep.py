@@ -11,7 +11,7 @@ What is timed is the step `epsresnet train` runs: `build_training_step` takes a 
 config (`resolve_config`: the defaults are cifar10-eps-110's, or a recipe's) and does what
 `epsresnet_tf.train.loop.run_training` does between "set the seed" and "build the
 optimizer": `build_model` with the gate kind's net options, the side head and the weight
-decay; the loop's own `TrainingModel` (`_training_model_class()`: cross-entropy + side
+decay; the loop's own `TrainingModel` (`epsresnet_tf.train.model`: cross-entropy + side
 weight × the side head's, the weight-decay staircase from the optimizer's step, the
 discarded-count moving average, the metrics); `make_optimizer(cfg)` (TF1 momentum);
 `compile` with the config's `xla`. Only the data differ: one synthetic in-memory batch,
@@ -154,20 +154,16 @@ def disable_monitors(net):
 
 
 @functools.lru_cache(maxsize=None)
-def _training_model_classes():
-    """(the loop's TrainingModel, its monitor-off subclass). `_training_model_class()`
-    defines a new class per call, so both are made once here."""
-    from epsresnet_tf.train.loop import _training_model_class
-    base = _training_model_class()
+def _quiet_training_model_class():
+    """The loop's TrainingModel without the discarded-count moving average (benchmarks
+    only): the same loss, gradients and update. Made on first use (it imports TensorFlow)."""
+    from epsresnet_tf.train.model import TrainingModel
 
-    class QuietTrainingModel(base):
-        """The loop's TrainingModel without the discarded-count moving average (benchmarks
-        only): the same loss, gradients and update."""
-
+    class QuietTrainingModel(TrainingModel):
         def _update_discarded_count(self):
             return None
 
-    return base, QuietTrainingModel
+    return QuietTrainingModel
 
 
 def unfuse_batchnorm(model):
@@ -202,7 +198,7 @@ def bench_config(arch=None, gate=None, *, recipe=None, batch=None, epsilon=None,
     the config has it. `jit_compile` is the config's `xla`, `data_format` goes into
     `model_options`. UserError on mistakes."""
     from epsresnet_tf.gates import gate_choices
-    from epsresnet_tf.train.loop import resolve_config, validate_config
+    from epsresnet_tf.config import resolve_config, validate_config
     if gate is not None and gate not in gate_choices():
         raise UserError(f"--gate must be one of {', '.join(gate_choices())}, got {gate!r}")
     changes = dict(arch=arch, gate=gate, batch_size=batch, epsilon=epsilon,
@@ -233,12 +229,11 @@ def build_training_step(cfg, *, num_classes=None, image_shape=None, strategy=Non
     import keras
     import tensorflow as tf
 
-    from epsresnet_tf.gates import get_gate
-    from epsresnet_tf.models import build_model
-    from epsresnet_tf.train.loop import make_optimizer, validate_config
+    from epsresnet_tf.config import validate_config
+    from epsresnet_tf.train.model import TrainingModel, build_net
+    from epsresnet_tf.train.optimizers import make_optimizer
 
     validate_config(cfg)
-    gate_kind = get_gate(cfg["gate"])
     if not monitor and cfg["gate"] != "eps":
         raise UserError("--no-monitor only applies to --gate eps")
     if steps_per_execution < 1:
@@ -258,21 +253,14 @@ def build_training_step(cfg, *, num_classes=None, image_shape=None, strategy=Non
                                             else "float32")
     try:
         with strategy.scope():
-            options = dict(cfg["model_options"])
-            if gate_kind is not None:
-                options.update(gate_kind.net_options(cfg, training_start=True))
-            if cfg["ghost_bn"] and cfg["gate_group"] is not None:
-                options.update(bn_group=cfg["gate_group"])
-            net = build_model(cfg["arch"], classes=num_classes, input_shape=tuple(image_shape),
-                              gate=cfg["gate"], side_head=cfg["side_head"],
-                              weight_decay=cfg["weight_decay"], **options)
+            net = build_net(cfg, num_classes, image_shape)   # the loop's own network build
             if not monitor:
                 disable_monitors(net)
             if not fused_bn:
                 unfuse_batchnorm(net)
-            loud, quiet = _training_model_classes()
-            model = (loud if monitor else quiet)(net, cfg["side_weight"], cfg["wd_decay_every"],
-                                                 cfg["wd_decay_factor"], cfg["top5"])
+            cls = TrainingModel if monitor else _quiet_training_model_class()
+            model = cls(net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"],
+                        cfg["top5"])
             model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]),
                           steps_per_execution=int(steps_per_execution))
             model.optimizer.build(net.trainable_variables)
@@ -419,7 +407,7 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
     if batch < 1 or steps < 1 or warmup < 0 or repeats < 1:
         raise UserError("batch, steps and repeats must be >= 1 and warmup >= 0")
     from epsresnet_tf.models.describe import model_stats
-    from epsresnet_tf.train.loop import global_batch_size
+    from epsresnet_tf.config import global_batch_size
     timers, stats, opts, cfgs = {}, {}, {}, {}
     for label, v in variants.items():
         cfg = cfgs[label] = _variant_config(v, recipe=recipe, batch=batch,

@@ -222,9 +222,6 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
     input_shape, gate, epsilon, gate_scope, share, weight_decay, order, …); the side head
     is never part of the reduced net.
     """
-    import keras
-    from epsresnet_tf.models import build_model
-
     if gates not in GATE_POLICIES:
         raise UserError(f"gates must be one of {', '.join(GATE_POLICIES)}, not {gates!r}")
     layout = block_layout(model)
@@ -236,38 +233,10 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
     kept = [block_id(g, b) for (g, b) in sorted(mapping)]
     kind, folds, why = _decide_gates(model, kept, gates, certificate)
 
-    options = dict(build_options)
-    options.update(side_head=False, gate=kind)
-    # Same precision as the trained net, so the check compares like with like.
-    policy = keras.config.dtype_policy()
-    first = next(l for l in model.layers if l.weights)   # the stem: the net's compute policy
-    try:
-        keras.config.set_dtype_policy(first.dtype_policy.name)
-        reduced = build_model(arch, blocks_per_group=counts, first_removed=first_removed, **options)
-    finally:
-        keras.config.set_dtype_policy(policy)
-
+    options = dict(build_options, side_head=False, gate=kind)
+    reduced = _build_like(model, arch, counts, first_removed, options)
     inverse = {(g, new): old for (g, old), new in mapping.items()}
-    source = {l.name: l for l in model.layers}
-    folded = {fold.conv.name: fold.factor for fold in folds.values()}
-    copied = set()
-    for layer in reduced.layers:
-        if not layer.weights:
-            continue
-        name = _source_name(layer.name, inverse)
-        if name not in source:
-            raise UserError(f"reduced layer {layer.name} has no counterpart {name} in the "
-                            "trained net: were the build options the ones it was trained with?")
-        src = source[name]
-        weights = src.get_weights()
-        if name in folded:  # φ·conv_W(x) = conv_{φ·W}(x): the gate folds into the kernel
-            weights = [w * np.asarray(folded[name], w.dtype) for w in weights]
-        target = [w.shape for w in layer.weights]
-        if [tuple(w.shape) for w in weights] != [tuple(s) for s in target]:
-            raise UserError(f"{layer.name}: weight shapes {[w.shape for w in weights]} differ "
-                            f"from {name}'s {target}: build options do not match the trained net")
-        layer.set_weights(weights)
-        copied.add(name)
+    copied = _copy_weights(model, reduced, inverse, {f.conv.name: f.factor for f in folds.values()})
     # Every trained weight is either copied or belongs to a removed block, a gate the
     # plain reduced net drops (open ε-gates: T = 1; folded k-gates) or the side head.
     removed_prefixes = tuple(layer_prefix(g, b) for g, b in removed) + tuple(
@@ -290,6 +259,44 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
         "folded_k": sort_block_ids(folds),
     }
     return reduced, info
+
+
+def _build_like(model, arch, counts, first_removed, options):
+    """The reduced architecture at the trained net's precision (so the check compares like
+    with like)."""
+    import keras
+    from epsresnet_tf.models import build_model
+    policy = keras.config.dtype_policy()
+    first = next(l for l in model.layers if l.weights)   # the stem: the net's compute policy
+    try:
+        keras.config.set_dtype_policy(first.dtype_policy.name)
+        return build_model(arch, blocks_per_group=counts, first_removed=first_removed, **options)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _copy_weights(model, reduced, inverse, folded):
+    """Copy every weighted layer of `reduced` from its counterpart in `model` (renumbered by
+    `inverse`; a folded gate's factor multiplied into its conv). The names copied from."""
+    source = {l.name: l for l in model.layers}
+    copied = set()
+    for layer in reduced.layers:
+        if not layer.weights:
+            continue
+        name = _source_name(layer.name, inverse)
+        if name not in source:
+            raise UserError(f"reduced layer {layer.name} has no counterpart {name} in the "
+                            "trained net: were the build options the ones it was trained with?")
+        weights = source[name].get_weights()
+        if name in folded:  # φ·conv_W(x) = conv_{φ·W}(x): the gate folds into the kernel
+            weights = [w * np.asarray(folded[name], w.dtype) for w in weights]
+        target = [w.shape for w in layer.weights]
+        if [tuple(w.shape) for w in weights] != [tuple(t) for t in target]:
+            raise UserError(f"{layer.name}: weight shapes {[w.shape for w in weights]} differ "
+                            f"from {name}'s {target}: build options do not match the trained net")
+        layer.set_weights(weights)
+        copied.add(name)
+    return copied
 
 
 # --- sizes and the check ---------------------------------------------------------------
@@ -396,32 +403,18 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
     _prepare_out(out_dir, force)
     cert = certify(model, certify_data, scope=scope, batch_size=batch_size)
     ema_ids = ema_removable(model if ema is None else ema, ema_threshold)
-    removable = {"certificate": cert.closed, "ema": ema_ids}
     policy = {"certificate": "auto", "ema": "plain"}
     if gates is not None:
         policy[rule] = gates
-    nets, infos, checks = {}, {}, {}
-    for name in (rule,) + tuple(r for r in RULES if r != rule):   # the exported one first
-        nets[name], infos[name] = reduce(model, arch, build_options, removable[name],
-                                         gates=policy[name], certificate=cert)
-        checks[name] = check_equivalence(model, nets[name], check_data, tolerance, check_device)
+    nets, infos, checks = _reduce_by_both_rules(
+        model, arch, build_options, {"certificate": cert.closed, "ema": ema_ids}, policy, rule,
+        cert, lambda net: check_equivalence(model, net, check_data, tolerance, check_device))
     reduced, info, equivalence = nets[rule], infos[rule], checks[rule]
     full_inference, _ = reduce(model, arch, build_options, [], gates="keep", certificate=cert)
     before, after = model_size(full_inference), model_size(reduced)
     dis = disagreements(cert, ema_ids)
-    rules = {}
-    for name in RULES:
-        i, c = infos[name], checks[name]
-        rules[name] = {
-            "net": RULES[name], "gates": policy[name], "removed": i["removed"],
-            "removed_count": len(i["removed"]),
-            "blocks_per_group_after": i["blocks_per_group_after"],
-            "first_removed_groups": i["first_removed"], "reduced_gates": i["reduced_gates"],
-            "gate_decision": i["gate_decision"],
-            "test_error": c.get("error_reduced"),           # None on unlabelled check data
-            "test_error_full": c.get("error_full"),
-            "max_abs_logit_diff": c["max_abs_logit_diff"], "same_top1": c["same_top1"],
-            "identical_predictions": c["passed"], "test_images": c["images"]}
+    rules = {name: _rule_summary(name, policy[name], infos[name], checks[name])
+             for name in RULES}
     doc = {
         "arch": arch,
         "rule": rule,
@@ -432,13 +425,10 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
         "removed_count": len(info["removed"]),
         "blocks_before": before["blocks"],
         "blocks_after": after["blocks"],
-        "blocks_per_group_before": info["blocks_per_group_before"],
-        "blocks_per_group_after": info["blocks_per_group_after"],
+        **{key: info[key] for key in ("blocks_per_group_before", "blocks_per_group_after",
+                                      "renumbered", "reduced_gates", "gate_decision",
+                                      "folded_k")},
         "first_removed_groups": info["first_removed"],
-        "renumbered": info["renumbered"],
-        "reduced_gates": info["reduced_gates"],
-        "gate_decision": info["gate_decision"],
-        "folded_k": info["folded_k"],
         "before": before,
         "after": after,
         "compression": {k: (before[k] / after[k] if after[k] else None)
@@ -458,6 +448,31 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
         reduced.export(str(out_dir / SAVED_MODEL), verbose=False)
     (out_dir / CERTIFICATE).write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, cert, check):
+    """Each rule's reduced net, its info and its check (`check(net)`), the exported rule's
+    first: ({rule: net}, {rule: info}, {rule: check})."""
+    nets, infos, checks = {}, {}, {}
+    for name in (rule,) + tuple(r for r in RULES if r != rule):
+        nets[name], infos[name] = reduce(model, arch, build_options, removable[name],
+                                         gates=policy[name], certificate=cert)
+        checks[name] = check(nets[name])
+    return nets, infos, checks
+
+
+def _rule_summary(name, policy, info, check):
+    """One rule's part of the certificate: what it removed, its net and its test error."""
+    return {
+        "net": RULES[name], "gates": policy, "removed": info["removed"],
+        "removed_count": len(info["removed"]),
+        "blocks_per_group_after": info["blocks_per_group_after"],
+        "first_removed_groups": info["first_removed"], "reduced_gates": info["reduced_gates"],
+        "gate_decision": info["gate_decision"],
+        "test_error": check.get("error_reduced"),           # None on unlabelled check data
+        "test_error_full": check.get("error_full"),
+        "max_abs_logit_diff": check["max_abs_logit_diff"], "same_top1": check["same_top1"],
+        "identical_predictions": check["passed"], "test_images": check["images"]}
 
 
 def _prepare_out(out_dir, force):

@@ -109,8 +109,7 @@ def test_timed_step_equals_run_trainings_step(tmp_path):
     assert result["status"] == "done" and len(seen["losses"]) == steps
 
     model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
-    # the loop's own TrainingModel (`_training_model_class()` makes a class per call: the
-    # same code), the loop's optimizer
+    # the loop's own TrainingModel (epsresnet_tf.train.model), the loop's optimizer
     for method in ("train_step", "_forward", "wd_scale", "_update_discarded_count"):
         assert getattr(type(model), method).__code__ is getattr(seen["class"], method).__code__
     assert type(model.optimizer).__name__ == seen["optimizer"] == "TF1Momentum"

@@ -10,7 +10,8 @@ from epsresnet_tf import compress as C
 from epsresnet_tf import gates as G
 from epsresnet_tf import layers as L
 from epsresnet_tf.models import build_model
-from epsresnet_tf.train.loop import resolve_config, run_training
+from epsresnet_tf.config import resolve_config
+from epsresnet_tf.train.loop import run_training
 
 
 @keras.saving.register_keras_serializable(package="epsresnet_tf_tests")

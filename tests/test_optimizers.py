@@ -201,7 +201,7 @@ def _cfg(name):
     ("momentum", TF1Momentum, False), ("nesterov", TF1Momentum, True),
     ("keras-sgd", keras.optimizers.SGD, False), ("keras-nesterov", keras.optimizers.SGD, True)])
 def test_make_optimizer_names(name, cls, nesterov):
-    from epsresnet_tf.train.loop import make_optimizer
+    from epsresnet_tf.train.optimizers import make_optimizer
     opt = make_optimizer(_cfg(name))
     assert type(opt) is cls
     assert opt.nesterov is nesterov
@@ -211,7 +211,7 @@ def test_make_optimizer_names(name, cls, nesterov):
 
 def test_make_optimizer_and_validate_config_reject_unknown_name():
     from epsresnet_tf.config import DEFAULTS, OPTIMIZERS, validate_config
-    from epsresnet_tf.train.loop import make_optimizer
+    from epsresnet_tf.train.optimizers import make_optimizer
     assert set(OPTIMIZERS) == {"momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam"}
     with pytest.raises(UserError) as err:
         make_optimizer(_cfg("sgd"))

@@ -156,10 +156,10 @@ def test_weight_decay_factor_in_graph_follows_the_staircase():
     step; compare it with the pure-Python staircase at the boundaries."""
     import keras
     from epsresnet_tf.models import build_model
-    from epsresnet_tf.train.loop import _training_model_class
+    from epsresnet_tf.train.model import TrainingModel
     from epsresnet_tf.train.schedules import weight_decay_factor
     net = build_model("cifar-basic-8", input_shape=(8, 8, 3), gate="eps", epsilon=1.0)
-    model = _training_model_class()(net, wd_every=480_000, wd_factor=0.2)
+    model = TrainingModel(net, wd_every=480_000, wd_factor=0.2)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     model.optimizer.build(net.trainable_variables)
     for step in (0, 479_999, 480_000, 960_000, 1_500_000):

@@ -21,6 +21,9 @@ lists the slots in `optimizer.variables` (which the training loop checkpoints).
 import keras
 from keras import ops
 
+from epsresnet_tf.config import OPTIMIZERS
+from epsresnet_tf.errors import UserError
+
 
 @keras.saving.register_keras_serializable(package="epsresnet_tf")
 class TF1Momentum(keras.optimizers.Optimizer):
@@ -64,3 +67,19 @@ class TF1Momentum(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"momentum": self.momentum, "nesterov": self.nesterov})
         return config
+
+
+def make_optimizer(cfg: dict) -> keras.optimizers.Optimizer:
+    """SGD with momentum 0.9 (Nesterov on ImageNet) in TF1's form, Keras's SGD, or Nadam for
+    the gates paper's MNIST nets (docs/semantics.md §3, §6); the lr starts at the
+    schedule's first value."""
+    name = cfg["optimizer"]
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    first_lr = cfg["lr_schedule"][0][1]
+    if name == "nadam":
+        return keras.optimizers.Nadam(first_lr)
+    if name in ("momentum", "nesterov"):
+        return TF1Momentum(first_lr, momentum=cfg["momentum"], nesterov=name == "nesterov")
+    return keras.optimizers.SGD(first_lr, momentum=float(cfg["momentum"]),
+                                nesterov=name == "keras-nesterov")

@@ -1,0 +1,155 @@
+"""The model `fit` trains: the network wrapped with its loss, metrics and the discarded
+count's moving average (docs/semantics.md §6–§7). Not saved itself: the run folder keeps the
+network (model.keras) and every variable (checkpoints).
+
+Imported by the training loop and the benchmarks when they train, so importing the loop
+(e.g. for `epsresnet --help`) does not load TensorFlow.
+"""
+import keras
+import tensorflow as tf
+from keras import ops
+
+from epsresnet_tf.gates import get_gate, read_hyper
+from epsresnet_tf.layers import gate_layers, moving_average
+from epsresnet_tf.models import build_model
+from epsresnet_tf.train.monitor import discarded_now
+from epsresnet_tf.train.optimizers import make_optimizer
+
+
+class TrainingModel(keras.Model):
+    """Wraps the network; owns the loss (docs/semantics.md §6) and the metrics. Not saved itself:
+    the run folder keeps `net` (model.keras) and the variables (checkpoints)."""
+
+    def __init__(self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False):
+        super().__init__()
+        self.net = net
+        self.gates = gate_layers(net)
+        # The authors' `discarded_cnt` summary: ONE moving average of the per-step
+        # count of discarded blocks, the statistic the adaptive reset reads
+        # (docs/semantics.md §7); "mean" over replicas like the gates'.
+        self.discarded_count = self.add_weight(
+            name="discarded_count", shape=(), dtype="float32", trainable=False,
+            initializer="zeros", aggregation="mean", autocast=False)
+        self.side_weight = float(side_weight)
+        self.wd_every = int(wd_every or 0)
+        self.wd_factor = float(wd_factor)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.xent_tracker = keras.metrics.Mean(name="xent")
+        self.acc = keras.metrics.SparseCategoricalAccuracy(name="acc")
+        self.side_acc = keras.metrics.SparseCategoricalAccuracy(name="side_acc")
+        self.top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5") if top5 else None
+        self.has_side = isinstance(net.output, dict)
+
+    @property
+    def metrics(self):
+        ms = [self.loss_tracker, self.xent_tracker, self.acc]
+        if self.has_side:
+            ms.append(self.side_acc)
+        if self.top5 is not None:
+            ms.append(self.top5)
+        return ms
+
+    def call(self, x, training=False):
+        return self.net(x, training=training)
+
+    @property
+    def monitor_variables(self):
+        """Variables of the training model itself that a checkpoint must keep."""
+        return [self.discarded_count]
+
+    def discarded_count_value(self):
+        return float(self.discarded_count.numpy())
+
+    def _update_discarded_count(self):
+        if self.gates:
+            now = ops.sum(ops.stack([discarded_now(g) for g in self.gates]))
+            moving_average(self.discarded_count, now, self.optimizer.iterations)
+
+    def epsilon_value(self):
+        return read_hyper(self.gates, "epsilon")
+
+    def wd_scale(self):
+        """The staircase factor on the decay, from the optimizer's step, in the graph."""
+        if not self.wd_every:
+            return ops.cast(1.0, "float32")
+        k = ops.floor(ops.cast(self.optimizer.iterations, "float32") / float(self.wd_every))
+        return ops.power(ops.cast(self.wd_factor, "float32"), k)
+
+    def _forward(self, x, y, training):
+        out = self.net(x, training=training)
+        side = None
+        if isinstance(out, dict):
+            logits, side = out["logits"], out["side_logits"]
+        else:
+            logits = out
+        logits = ops.cast(logits, "float32")
+        xent = ops.mean(keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True))
+        loss = xent
+        if side is not None:
+            side = ops.cast(side, "float32")
+            loss = loss + self.side_weight * ops.mean(
+                keras.losses.sparse_categorical_crossentropy(y, side, from_logits=True))
+        return loss, xent, logits, side
+
+    def _update(self, loss, xent, y, logits, side):
+        self.loss_tracker.update_state(loss)
+        self.xent_tracker.update_state(xent)
+        self.acc.update_state(y, logits)
+        if side is not None:
+            self.side_acc.update_state(y, side)
+        if self.top5 is not None:
+            self.top5.update_state(y, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss, xent, logits, side = self._forward(x, y, True)
+            reg = self.net.losses
+            if reg:
+                loss = loss + self.wd_scale() * ops.cast(ops.sum(ops.stack(reg)), "float32")
+            # Gradients are summed over replicas: scale each replica's mean loss.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        # after the forward pass (the gates' T of this step), before the step counter moves
+        self._update_discarded_count()
+        variables = self.net.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update(loss, xent, y, logits, side)
+
+    def test_step(self, data):
+        x, y = data
+        loss, xent, logits, side = self._forward(x, y, False)
+        return self._update(loss, xent, y, logits, side)
+
+
+
+def build_net(cfg: dict, num_classes: int, image_shape: tuple) -> keras.Model:
+    """The network `cfg` trains, as it stands before the first epoch: the gate kind's
+    settings at the start of its schedules (ε), ghost BN over the gate group."""
+    options = dict(cfg["model_options"])
+    kind = get_gate(cfg["gate"])
+    if kind is not None:
+        options.update(kind.net_options(cfg, training_start=True))
+    if cfg["ghost_bn"] and cfg["gate_group"] is not None:
+        options.update(bn_group=cfg["gate_group"])
+    return build_model(cfg["arch"], classes=num_classes, input_shape=tuple(image_shape),
+                       gate=cfg["gate"], side_head=cfg["side_head"],
+                       weight_decay=cfg["weight_decay"], **options)
+
+
+def build_training_model(cfg: dict, num_classes: int, image_shape: tuple,
+                         strategy=None) -> TrainingModel:
+    """The compiled training model of `cfg` (optimizer built), under `strategy`'s scope:
+    what `epsresnet train` runs and the benchmarks time. The caller sets the seed and the
+    precision policy first."""
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        net = build_net(cfg, num_classes, image_shape)
+        model = TrainingModel(net, cfg["side_weight"], cfg["wd_decay_every"],
+                              cfg["wd_decay_factor"], cfg["top5"])
+        model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]))
+        model.optimizer.build(net.trainable_variables)
+    return model
