@@ -8,7 +8,7 @@ GPUS    ?= 0
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-slow describe-zoo
+.PHONY: install test test-slow lint describe-zoo
 
 install: $(BIN)/epsresnet
 
@@ -20,6 +20,10 @@ $(BIN)/epsresnet: setup.cfg pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear.
+lint: install
+	$(BIN)/ruff check epsresnet_tf tests benchmarks
 
 # The multi-minute checks (marked `slow`), for CI machines with time to spare.
 test-slow: install

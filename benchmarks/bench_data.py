@@ -50,10 +50,10 @@ def machine():
 
 
 def versions():
+    import cv2
     import numpy
     import tensorflow as tf
     import tensorpack
-    import cv2
     return (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
             f"tensorpack {tensorpack.__version__}, numpy {numpy.__version__}, "
             f"OpenCV {cv2.__version__}")

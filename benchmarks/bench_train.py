@@ -292,7 +292,7 @@ Levers on cifar-basic-20 (the last row: cifar-basic-110), batch 128, no gate, ea
 | configuration | arguments | img/s | speed vs first row | load |
 |---|---|---|---|---|""")
         first = None
-        for label, env, extra, res, idle, load in levers:
+        for label, env, extra, res, _idle, load in levers:
             args = " ".join([f"{k}={v}" for k, v in env.items()] + extra)
             if isinstance(res, dict):
                 other_net = extra and not extra[0].startswith("--")

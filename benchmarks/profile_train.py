@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import time
-
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -146,7 +145,7 @@ def main(argv=None):
         keras_bn = functions(unfused, x, y, jit)
         fns[f"{tag}/full_keras_bn"] = keras_bn["full"]
         fns[f"{tag}/fwd_train_keras_bn"] = keras_bn["fwd_train"]
-    for name, fn in fns.items():      # trace, compile, warm up
+    for fn in fns.values():      # trace, compile, warm up
         fn().numpy()
         fn().numpy()
     best = {name: float("inf") for name in fns}

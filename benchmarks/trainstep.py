@@ -197,8 +197,8 @@ def bench_config(arch=None, gate=None, *, recipe=None, batch=None, epsilon=None,
     or recipe `recipe`'s) with the benchmark's settings applied; None leaves a value as
     the config has it. `jit_compile` is the config's `xla`, `data_format` goes into
     `model_options`. UserError on mistakes."""
-    from epsresnet_tf.gates import gate_choices
     from epsresnet_tf.config import resolve_config, validate_config
+    from epsresnet_tf.gates import gate_choices
     if gate is not None and gate not in gate_choices():
         raise UserError(f"--gate must be one of {', '.join(gate_choices())}, got {gate!r}")
     changes = dict(arch=arch, gate=gate, batch_size=batch, epsilon=epsilon,
@@ -406,8 +406,8 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
     data_format = data_format or CPU_DEFAULTS["data_format"]
     if batch < 1 or steps < 1 or warmup < 0 or repeats < 1:
         raise UserError("batch, steps and repeats must be >= 1 and warmup >= 0")
-    from epsresnet_tf.models.describe import model_stats
     from epsresnet_tf.config import global_batch_size
+    from epsresnet_tf.models.describe import model_stats
     timers, stats, opts, cfgs = {}, {}, {}, {}
     for label, v in variants.items():
         cfg = cfgs[label] = _variant_config(v, recipe=recipe, batch=batch,
@@ -481,6 +481,7 @@ def _positive(value):
 
 def one_parser(prog="bench_train.py --one"):
     import argparse
+
     from epsresnet_tf.gates import gate_choices
     p = argparse.ArgumentParser(
         prog=prog,

@@ -45,10 +45,23 @@ import numpy as np
 from epsresnet_tf import gates as G
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
-from epsresnet_tf.naming import (block_id, layer_prefix, parse_block_id, shared_prefix,
-                                 sort_block_ids, split_layer_name, split_transition_name)
-from epsresnet_tf.runfolder import (CERTIFICATE, REDUCED_MODEL, SAVED_MODEL, load_model,
-                                    read_history, read_run)
+from epsresnet_tf.naming import (
+    block_id,
+    layer_prefix,
+    parse_block_id,
+    shared_prefix,
+    sort_block_ids,
+    split_layer_name,
+    split_transition_name,
+)
+from epsresnet_tf.runfolder import (
+    CERTIFICATE,
+    REDUCED_MODEL,
+    SAVED_MODEL,
+    load_model,
+    read_history,
+    read_run,
+)
 
 #: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
@@ -265,6 +278,7 @@ def _build_like(model, arch, counts, first_removed, options):
     """The reduced architecture at the trained net's precision (so the check compares like
     with like)."""
     import keras
+
     from epsresnet_tf.models import build_model
     policy = keras.config.dtype_policy()
     first = next(l for l in model.layers if l.weights)   # the stem: the net's compute policy
@@ -307,6 +321,7 @@ def model_size(model):
     on the main path: convs at every use except shortcuts, + dense; 6n+2 for CIFAR basic),
     blocks and MACs per image."""
     import keras
+
     from epsresnet_tf.models.describe import _calls, model_stats
 
     stats = model_stats(model)
@@ -441,13 +456,17 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
         "note": SCOPE_NOTE[cert.scope],
         "blocks": cert.as_dict()["blocks"],
     }
-    if extra:
-        doc.update(extra)
-    if export:
+    doc.update(extra or {})
+    _write_outputs(out_dir, reduced if export else None, doc)
+    return doc
+
+
+def _write_outputs(out_dir, reduced, doc):
+    """reduced.keras and the SavedModel (unless `reduced` is None), then certificate.json."""
+    if reduced is not None:
         reduced.save(out_dir / REDUCED_MODEL)
         reduced.export(str(out_dir / SAVED_MODEL), verbose=False)
     (out_dir / CERTIFICATE).write_text(json.dumps(doc, indent=2) + "\n")
-    return doc
 
 
 def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, cert, check):
@@ -504,6 +523,7 @@ def load_epoch(run, epoch):
     the gates' moving averages) from `ckpt/epoch-<epoch>.npz`. UserError naming the kept
     epochs and the setting to use when that checkpoint is gone."""
     import keras
+
     from epsresnet_tf.models import build_model
 
     folder = run.folder

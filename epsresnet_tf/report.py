@@ -231,8 +231,8 @@ def fig_strip(r, path):
 def _histogram_percentiles(tb_dir, tag_prefix):
     """{epoch: percentiles} of a block's first kernel from the per-epoch TensorBoard
     histograms (bucket edges and counts; percentiles interpolated inside buckets)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0})
     acc.Reload()
     tags = sorted(t for t in acc.Tags().get("tensors", []) if t.startswith(tag_prefix + "/")

@@ -4,11 +4,11 @@ discarded block resets the lr to the adaptive schedule's first value."""
 import keras
 import numpy as np
 import pytest
-
 from _reference import tensorpack_ema
+
+from epsresnet_tf.config import resolve_config
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.models import build_model
-from epsresnet_tf.config import resolve_config
 from epsresnet_tf.train.loop import run_training
 from epsresnet_tf.train.schedules import AdaptiveResetSchedule
 

@@ -14,9 +14,9 @@ from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import eps as E
 from epsresnet_tf.gates import gate_by_block
-from epsresnet_tf.naming import parse_block_id
 from epsresnet_tf.layers import EpsilonGate, gate_layers
 from epsresnet_tf.models import build_model
+from epsresnet_tf.naming import parse_block_id
 from epsresnet_tf.runfolder import load_model, read_run
 
 SHAPE = (16, 16, 3)

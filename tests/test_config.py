@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from epsresnet_tf import recipes
-from epsresnet_tf.config import (DEFAULTS, gate_batch, global_batch_size, per_device_batch,
-                                 resolve_config, saved_config)
+from epsresnet_tf.config import (
+    DEFAULTS,
+    gate_batch,
+    global_batch_size,
+    per_device_batch,
+    resolve_config,
+    saved_config,
+)
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.models.registry import resolve
 

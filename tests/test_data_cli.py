@@ -113,7 +113,7 @@ def test_download_verifies_renames_extracts_and_never_replaces(tmp_path):
 
 
 def test_official_sources_and_checksums_are_well_formed():
-    for name, rows in download.SOURCES.items():
+    for _name, rows in download.SOURCES.items():
         for url, fname, md5, _, _ in rows:
             assert url.endswith("/" + fname) and len(md5) == 32
             int(md5, 16)

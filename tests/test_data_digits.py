@@ -3,8 +3,7 @@ package ships, whatever --data-dir says, split 1,437 / 360, and fed like MNIST (
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import readers
-from epsresnet_tf.data import datasets
+from epsresnet_tf.data import datasets, readers
 from epsresnet_tf.data.pipeline import make_pipeline
 from epsresnet_tf.errors import UserError
 

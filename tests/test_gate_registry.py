@@ -9,8 +9,8 @@ from keras import ops
 from epsresnet_tf import compress as C
 from epsresnet_tf import gates as G
 from epsresnet_tf import layers as L
-from epsresnet_tf.models import build_model
 from epsresnet_tf.config import resolve_config
+from epsresnet_tf.models import build_model
 from epsresnet_tf.train.loop import run_training
 
 

@@ -3,7 +3,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from _reference import tensorpack_ema
 
 from epsresnet_tf import layers as L

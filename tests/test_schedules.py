@@ -6,9 +6,14 @@ import logging
 import pytest
 
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.train.schedules import (AdaptiveResetSchedule, FixedSchedule,
-                                          PiecewiseSchedule, ScheduledSetter,
-                                          epsilon_schedule, weight_decay_factor)
+from epsresnet_tf.train.schedules import (
+    AdaptiveResetSchedule,
+    FixedSchedule,
+    PiecewiseSchedule,
+    ScheduledSetter,
+    epsilon_schedule,
+    weight_decay_factor,
+)
 
 STANDARD = [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)]
 ADAPTIVE = [(0, 0.1), (41, 0.01), (61, 0.001), (150, 0.0002)]

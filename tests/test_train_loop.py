@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _reference import tensorpack_ema
+
 from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.train.loop import run_training
@@ -155,6 +155,7 @@ def test_weight_decay_factor_in_graph_follows_the_staircase():
     """The ×0.2-every-480,000-steps factor is computed in the graph from the optimizer's
     step; compare it with the pure-Python staircase at the boundaries."""
     import keras
+
     from epsresnet_tf.models import build_model
     from epsresnet_tf.train.model import TrainingModel
     from epsresnet_tf.train.schedules import weight_decay_factor

@@ -45,10 +45,10 @@ Validation resize is bilinear, as their ``ResizeShortestEdge(256)``.
 import cv2
 import numpy as np
 from tensorpack.dataflow import imgaug
+
 # GaussianDeform is deprecated in tensorpack 0.11 and not exported from imgaug (docs/semantics.md).
 from tensorpack.dataflow.imgaug.deform import GaussianDeform
-from tensorpack.dataflow.imgaug.transform import (CropTransform, ResizeTransform,
-                                                  TransformFactory)
+from tensorpack.dataflow.imgaug.transform import CropTransform, ResizeTransform, TransformFactory
 
 # AlexNet's PCA lighting noise (fb.resnet.torch), RGB order, for pixels in [0, 255].
 IMAGENET_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], dtype=np.float32) * 255.0

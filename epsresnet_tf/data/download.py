@@ -52,7 +52,7 @@ def _fetch(url, dest, md5, timeout):
             shutil.copyfileobj(resp, out, 1 << 20)
     except (urllib.error.URLError, OSError, ValueError) as err:
         part.unlink(missing_ok=True)
-        raise Unreachable(f"cannot download {url} ({getattr(err, 'reason', err)})")
+        raise Unreachable(f"cannot download {url} ({getattr(err, 'reason', err)})") from err
     got = md5sum(part)
     if got != md5:
         part.unlink(missing_ok=True)
@@ -134,7 +134,7 @@ def _extract(archive, root, folder):
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, OSError, EOFError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot extract {archive} ({err}); delete it and download it again")
+        raise UserError(f"cannot extract {archive} ({err}); delete it and download it again") from err
     os.replace(tmp / folder, root / folder)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -65,7 +65,7 @@ class FileData:
 
 
 def _how_to_get(name):
-    from epsresnet_tf.data import datasets   # the description owns the text
+    from epsresnet_tf.data import datasets  # the description owns the text
     return datasets.get(name).how_to_get
 
 
@@ -93,7 +93,7 @@ def _load_pickle(path):
         raise
     except Exception as err:  # truncated/corrupt pickles raise many different types
         raise DataFileError(f"cannot read {path}: not a valid CIFAR pickle "
-                            f"({type(err).__name__}: {err}); delete it and fetch it again")
+                            f"({type(err).__name__}: {err}); delete it and fetch it again") from err
 
 
 def _key(d, name):
@@ -118,7 +118,7 @@ def _cifar_batch(path, label_key, classes):
         labels = np.asarray(_key(d, label_key), dtype=np.int32)
     except (KeyError, TypeError, ValueError) as err:
         raise DataFileError(f"cannot read {path}: missing or bad key {err} in the CIFAR pickle; "
-                            "delete it and fetch it again")
+                            "delete it and fetch it again") from err
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataFileError(f"cannot read {path}: data has shape {data.shape} with "
                             f"{len(labels)} labels, expected (N, 3072) with N labels")
@@ -183,7 +183,7 @@ def _svhn_mat(path):
         x, y = mat["X"], mat["y"]
     except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
         raise DataFileError(f"cannot read {path}: not a valid SVHN .mat file "
-                            f"({type(err).__name__}: {err}); delete it and fetch it again")
+                            f"({type(err).__name__}: {err}); delete it and fetch it again") from err
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
         raise DataFileError(f"cannot read {path}: X has shape {x.shape} and y {y.shape}, "
                             "expected 32x32x3xN and N labels")
@@ -237,7 +237,7 @@ def _read_idx(folder, stem, magic, ndim):
             raise ValueError(f"header says {dims} but the file holds {arr.size} bytes of data")
     except (OSError, EOFError, ValueError, struct.error) as err:
         raise DataFileError(f"cannot read {path}: not a valid IDX file ({err}); "
-                            "delete it and fetch it again")
+                            "delete it and fetch it again") from err
     return path, arr.reshape(dims)
 
 
@@ -308,7 +308,7 @@ def _devkit_synsets(path):
                                                    synsets["num_children"]) if int(c) == 0}
     except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
         raise DataFileError(f"cannot read {path}: not the devkit's meta.mat "
-                            f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again")
+                            f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again") from err
 
 
 def imagenet_synsets(folder: Path) -> list:

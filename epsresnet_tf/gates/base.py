@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+
 def to_float(v: Any) -> float:
     """A Python float of a variable, tensor or number."""
     return float(np.asarray(v.numpy() if hasattr(v, "numpy") else v))

@@ -41,7 +41,7 @@ def count_macs(model):
             for _, _ in _calls(layer, model):
                 total += int(np.prod(layer.kernel.shape))
         elif isinstance(layer, L.SigmoidShortcutGate):
-            for in_shapes, out_shape in _calls(layer, model):
+            for _in_shapes, out_shape in _calls(layer, model):
                 total += _conv_macs(layer.gate_conv.kernel, out_shape, layer.data_format)
     return total
 

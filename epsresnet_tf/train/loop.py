@@ -29,7 +29,6 @@ from epsresnet_tf.config import global_batch_size, validate_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
 
-
 # --- strategy and precision --------------------------------------------------------------
 
 def make_strategy(gpus):

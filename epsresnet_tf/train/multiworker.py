@@ -46,7 +46,7 @@ def make_multi_worker_strategy(gpus):
     try:
         tf.config.set_visible_devices(visible[:gpus], "GPU")
     except RuntimeError as err:   # the runtime has started: too late to choose devices
-        raise UserError(f"multi-worker strategy must be made before TensorFlow starts: {err}")
+        raise UserError(f"multi-worker strategy must be made before TensorFlow starts: {err}") from err
     impl = tf.distribute.experimental.CommunicationImplementation
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=impl.AUTO if gpus else impl.RING)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from epsresnet_tf.errors import UserError
 
+
 def _number(text, flag, kind, low):
     """Flags are parsed here rather than by argparse, so a bad value is one UserError line."""
     if text is None:
@@ -32,15 +33,15 @@ def register(subparsers):
                     "config is refused.")
     p.add_argument("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument("--depth", 
+    p.add_argument("--depth",
                    help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)")
     p.add_argument("--epsilon", help="the ε of the gates (>= 0)")
     p.add_argument("--epochs", help="number of epochs to train in total")
-    p.add_argument("--batch-size", 
+    p.add_argument("--batch-size",
                    help="batch size (per replica, or in total where the recipe says so)")
-    p.add_argument("--steps-per-epoch", 
+    p.add_argument("--steps-per-epoch",
                    help="cap on training steps per epoch (default: the whole split)")
-    p.add_argument("--val-steps", 
+    p.add_argument("--val-steps",
                    help="cap on validation batches per epoch; 0 skips validation")
     p.add_argument("--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"),
                    help="folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
