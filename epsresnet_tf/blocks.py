@@ -370,6 +370,47 @@ def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, p
     return x
 
 
+def _unit_plan(x, factory, stride, out_channels, dim_shortcut, activated):
+    """(shortcut kind, pre-activation) of a unit or transition fed `x`."""
+    changes = stride != 1 or factory.channels(x) != out_channels
+    kind = dim_shortcut if changes else "identity"
+    if activated:  # the input already went through BN-ReLU
+        return kind, "none"
+    return kind, ("split" if kind == "projection" else "residual")
+
+
+def _group_transition(x, factory, g, out_channels, stride, dim_shortcut, activated):
+    """The transition that opens group `g` when compression removed its first unit."""
+    kind, preact = _unit_plan(x, factory, stride, out_channels, dim_shortcut, activated)
+    return transition_unit(
+        x,
+        factory,
+        group=g,
+        out_channels=out_channels,
+        stride=stride,
+        shortcut_kind=kind,
+        preact=preact,
+    )
+
+
+def _stack_unit(x, factory, g, b, width, stride, out_channels, activated, shared, options):
+    """Unit `b` of group `g`, planned by `_unit_plan`; `options` holds bottleneck and
+    dim_shortcut."""
+    kind, preact = _unit_plan(x, factory, stride, out_channels, options["dim_shortcut"], activated)
+    return residual_unit(
+        x,
+        factory,
+        group=g,
+        block=b,
+        filters=width,
+        stride=stride,
+        bottleneck=options["bottleneck"],
+        shortcut_kind=kind,
+        preact=preact,
+        shared_conv=shared,
+    )
+
+
 def residual_stack(
     x,
     factory,
@@ -398,51 +439,23 @@ def residual_stack(
     side_at = side_head_at(blocks_per_group) if cfg.side_head else None
     side = None
     index = 0
-    expansion = 4 if bottleneck else 1
+    options = {"bottleneck": bottleneck, "dim_shortcut": dim_shortcut}
     for g, (count, width) in enumerate(zip(blocks_per_group, widths)):
         shared = shared_kernel(factory, g, width) if cfg.share and count else None
         group_stride = first_stride if g == 0 else 2
-        out_channels = width * expansion
+        out_channels = width * (4 if bottleneck else 1)
         if g in first_removed:
-            changes = group_stride != 1 or factory.channels(x) != out_channels
-            kind = dim_shortcut if changes else "identity"
-            preact = (
-                "none"
-                if (g == 0 and first_unit_activated)
-                else ("split" if kind == "projection" else "residual")
-            )
-            x = transition_unit(
-                x,
-                factory,
-                group=g,
-                out_channels=out_channels,
-                stride=group_stride,
-                shortcut_kind=kind,
-                preact=preact,
+            activated = g == 0 and first_unit_activated
+            x = _group_transition(
+                x, factory, g, out_channels, group_stride, dim_shortcut, activated
             )
         for b in range(count):
-            original_first = b == 0 and g not in first_removed
-            stride = group_stride if original_first else 1
-            changes = stride != 1 or factory.channels(x) != out_channels
-            kind = dim_shortcut if changes else "identity"
-            if g == 0 and original_first and first_unit_activated:
-                preact = "none"
-            elif kind == "projection":
-                preact = "split"
-            else:
-                preact = "residual"
-            use_shared = shared if (not original_first or share_first) else None
-            x = residual_unit(
-                x,
-                factory,
-                group=g,
-                block=b,
-                filters=width,
-                stride=stride,
-                bottleneck=bottleneck,
-                shortcut_kind=kind,
-                preact=preact,
-                shared_conv=use_shared,
+            first = b == 0 and g not in first_removed  # the group's original first unit
+            stride = group_stride if first else 1
+            activated = g == 0 and first and first_unit_activated
+            unit_shared = shared if (not first or share_first) else None
+            x = _stack_unit(
+                x, factory, g, b, width, stride, out_channels, activated, unit_shared, options
             )
             if index == side_at:
                 side = classifier(x, factory, "side_head")

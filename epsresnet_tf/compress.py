@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -498,12 +499,31 @@ def compress_model(
         cert,
         lambda net: check_equivalence(model, net, check_data, tolerance, check_device),
     )
-    reduced, info, equivalence = nets[rule], infos[rule], checks[rule]
     full_inference, _ = reduce(model, arch, build_options, [], gates="keep", certificate=cert)
-    before, after = model_size(full_inference), model_size(reduced)
+    sizes = model_size(full_inference), model_size(nets[rule])
+    doc = _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, checks, sizes)
+    doc.update(extra or {})
+    _write_outputs(out_dir, nets[rule] if export else None, doc)
+    return doc
+
+
+#: The reduction's facts that certificate.json copies as they are.
+_INFO_KEYS = (
+    "blocks_per_group_before",
+    "blocks_per_group_after",
+    "renumbered",
+    "reduced_gates",
+    "gate_decision",
+    "folded_k",
+)
+
+
+def _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, checks, sizes):
+    """certificate.json's document (before the caller's extras); `sizes`: the model_size of
+    the full and of the exported reduced net."""
+    info, (before, after) = infos[rule], sizes
     dis = disagreements(cert, ema_ids)
-    rules = {name: _rule_summary(name, policy[name], infos[name], checks[name]) for name in RULES}
-    doc = {
+    return {
         "arch": arch,
         "rule": rule,
         "scope": cert.scope,
@@ -516,17 +536,7 @@ def compress_model(
         "removed_count": len(info["removed"]),
         "blocks_before": before["blocks"],
         "blocks_after": after["blocks"],
-        **{
-            key: info[key]
-            for key in (
-                "blocks_per_group_before",
-                "blocks_per_group_after",
-                "renumbered",
-                "reduced_gates",
-                "gate_decision",
-                "folded_k",
-            )
-        },
+        **{key: info[key] for key in _INFO_KEYS},
         "first_removed_groups": info["first_removed"],
         "before": before,
         "after": after,
@@ -534,8 +544,8 @@ def compress_model(
             k: (before[k] / after[k] if after[k] else None)
             for k in ("params", "layers", "macs", "blocks")
         },
-        "equivalence": equivalence,
-        "rules": rules,
+        "equivalence": checks[rule],
+        "rules": {n: _rule_summary(n, policy[n], infos[n], checks[n]) for n in RULES},
         "disagreements": dis,
         "ema_rule": {
             "threshold": ema_threshold,
@@ -546,9 +556,6 @@ def compress_model(
         "note": SCOPE_NOTE[cert.scope],
         "blocks": cert.as_dict()["blocks"],
     }
-    doc.update(extra or {})
-    _write_outputs(out_dir, reduced if export else None, doc)
-    return doc
 
 
 def _write_outputs(out_dir, reduced, doc):
@@ -672,6 +679,51 @@ def load_epoch(run, epoch):
     return net, state
 
 
+def _load_weights(run, epoch, ema_epoch):
+    """The net to compress: (model, checkpoint state or None, the EMA's epoch). The final
+    model.keras, or with `epoch` its checkpoint (then the EMA's epoch must be the same)."""
+    if epoch is None:
+        return load_model(run.model_path), None, ema_epoch
+    if ema_epoch is not None and ema_epoch != epoch:
+        raise UserError(
+            f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "
+            "averages would not be those of the compressed weights; drop "
+            "--ema-epoch"
+        )
+    model, state = load_epoch(run, epoch)
+    return model, state, epoch
+
+
+def _history_ema(run, ema_epoch):
+    """The gates' moving averages in history.jsonl's row of `ema_epoch` (None: the last)."""
+    rows = read_history(run.root)
+    if not rows:
+        raise UserError(f"{run.history_path} is missing or empty: use --ema-from model")
+    pick = (
+        rows[-1] if ema_epoch is None else next((r for r in rows if r["epoch"] == ema_epoch), None)
+    )
+    if pick is None:
+        raise UserError(f"no history row for epoch {ema_epoch} (epochs 1–{len(rows)})")
+    return pick["blocks"]
+
+
+def _run_extra(run, epoch, ema_from, ema_epoch, state):
+    """What certificate.json records about the run and the weights it compressed."""
+    folder = run.folder
+    weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
+    extra = {
+        "run": str(run.root),
+        "dataset": run.dataset,
+        "ema_from": ema_from,
+        "ema_epoch": ema_epoch,
+        "epoch": epoch,
+        "weights": weights.relative_to(folder.root).as_posix(),
+    }
+    if state is not None and state.get("history"):
+        extra["step"] = state["history"][-1].get("step")
+    return extra
+
+
 def compress_run(
     run_dir,
     data_dir="data",
@@ -692,58 +744,22 @@ def compress_run(
     end of that epoch (its checkpoint's weights and moving averages; the history row of
     that epoch for ema_from="history")."""
     run = read_run(run_dir)
-    state = None
-    if epoch is None:
-        model = load_model(run.model_path)
-    else:
-        if ema_epoch is not None and ema_epoch != epoch:
-            raise UserError(
-                f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "
-                "averages would not be those of the compressed weights; drop "
-                "--ema-epoch"
-            )
-        ema_epoch = epoch
-        model, state = load_epoch(run, epoch)
+    model, state, ema_epoch = _load_weights(run, epoch, ema_epoch)
     if not gate_by_block(model):
         raise UserError(
             f"{run.model_path} has no gates: only gated nets have removable "
             f"blocks (train with gate {' or '.join(G.gate_kinds())})"
         )
-    ema = None
-    if ema_from == "history":
-        rows = read_history(run.root)
-        if not rows:
-            raise UserError(f"{run.history_path} is missing or empty: use --ema-from model")
-        pick = (
-            rows[-1]
-            if ema_epoch is None
-            else next((r for r in rows if r["epoch"] == ema_epoch), None)
-        )
-        if pick is None:
-            raise UserError(f"no history row for epoch {ema_epoch} (epochs 1–{len(rows)})")
-        ema = pick["blocks"]
+    ema = _history_ema(run, ema_epoch) if ema_from == "history" else None
     data = run_datasets(run, data_dir, splits, max_batches)
     check = data.get("test") or run_datasets(run, data_dir, ("test",), max_batches)["test"]
-    folder = run.folder
-    out = Path(out) if out else folder.reduced
-    weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
-    extra = {
-        "run": str(run.root),
-        "dataset": run.dataset,
-        "ema_from": ema_from,
-        "ema_epoch": ema_epoch,
-        "epoch": epoch,
-        "weights": weights.relative_to(folder.root).as_posix(),
-    }
-    if state is not None and state.get("history"):
-        extra["step"] = state["history"][-1].get("step")
     return compress_model(
         model,
         run.arch,
         run.build_options,
         certify_data=data,
         check_data=check,
-        out_dir=out,
+        out_dir=Path(out) if out else run.folder.reduced,
         batch_size=run.batch_size,
         rule=rule,
         ema=ema,
@@ -751,7 +767,7 @@ def compress_run(
         gates=gates,
         check_device=check_device,
         force=force,
-        extra=extra,
+        extra=_run_extra(run, epoch, ema_from, ema_epoch, state),
     )
 
 
@@ -759,24 +775,12 @@ def compress_run(
 
 
 def _pct(v):
+    """A fraction as a percentage with two decimals, or "n/a"."""
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _cli(args):
-    doc = compress_run(
-        args.run_dir,
-        args.data_dir,
-        args.out,
-        rule=args.rule,
-        gates=args.gates,
-        epoch=args.epoch,
-        ema_from=args.ema_from,
-        ema_epoch=args.ema_epoch,
-        ema_threshold=args.ema_threshold,
-        splits=tuple(args.splits.split(",")),
-        max_batches=args.max_batches,
-        force=args.force,
-    )
+def _print_summary(doc):
+    """Print what was removed, the sizes, whether the rules agree and the test errors."""
     eq = doc["equivalence"]
     b, a = doc["before"], doc["after"]
     where = "final model" if doc.get("epoch") is None else f"epoch {doc['epoch']}"
@@ -806,27 +810,121 @@ def _cli(args):
             for n in RULES
         )
     )
+
+
+def _report_equivalence(doc):
+    """Print the equivalence check's verdict; the exit status (1: a certified net differs)."""
+    eq = doc["equivalence"]
     print(
         f"equivalence on {eq['images']} test images: max |logit diff| "
         f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
         f"tolerance {eq['tolerance']:g})"
     )
-    if not eq["passed"]:
-        if doc["rule"] == "ema":  # expected: the authors' rule is not a proof
-            print(
-                "the authors' EMA rule changed predictions (it is not certified); "
-                "the difference is in certificate.json"
-            )
-            return 0
+    if eq["passed"]:
+        return 0
+    if doc["rule"] == "ema":  # expected: the authors' rule is not a proof
         print(
-            "the reduced net does not reproduce the trained one; exports kept for inspection",
-            file=__import__("sys").stderr,
+            "the authors' EMA rule changed predictions (it is not certified); "
+            "the difference is in certificate.json"
         )
-        return 1
-    return 0
+        return 0
+    print(
+        "the reduced net does not reproduce the trained one; exports kept for inspection",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _cli(args):
+    """`epsresnet compress`: compress the run, print the summary; the exit status."""
+    doc = compress_run(
+        args.run_dir,
+        args.data_dir,
+        args.out,
+        rule=args.rule,
+        gates=args.gates,
+        epoch=args.epoch,
+        ema_from=args.ema_from,
+        ema_epoch=args.ema_epoch,
+        ema_threshold=args.ema_threshold,
+        splits=tuple(args.splits.split(",")),
+        max_batches=args.max_batches,
+        force=args.force,
+    )
+    _print_summary(doc)
+    return _report_equivalence(doc)
+
+
+#: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
+#: keywords), in the order --help lists them.
+_OPTIONS = [
+    (("--out",), dict(default=None, help="output folder (default: RUN_DIR/reduced)")),
+    (
+        ("--rule",),
+        dict(
+            choices=("certificate", "ema"),
+            default="certificate",
+            help="certificate (proof on the data, default) or ema (the authors' rule: "
+            "the moving average printed with 5 significant digits reads 1); "
+            "both nets are built and their test errors reported",
+        ),
+    ),
+    (
+        ("--epoch",),
+        dict(
+            type=int,
+            default=None,
+            help="compress the state at the end of this epoch (its checkpoint, kept "
+            "with the config's keep_checkpoints_at / keep_checkpoints_every) "
+            "instead of the final model.keras",
+        ),
+    ),
+    (
+        ("--gates",),
+        dict(
+            choices=GATE_POLICIES,
+            default=None,
+            help="gates of the kept blocks of the exported net: auto (plain where "
+            "exact; the certificate's default), keep, none, plain (always the "
+            "standard ResNet, as the authors; the EMA rule's default)",
+        ),
+    ),
+    (
+        ("--ema-from",),
+        dict(
+            choices=("model", "history"),
+            default="model",
+            help="EMA values of the compressed net's gates, or a history.jsonl row",
+        ),
+    ),
+    (
+        ("--ema-epoch",),
+        dict(type=int, default=None, help="history row (default: --epoch, else the last)"),
+    ),
+    (
+        ("--ema-threshold",),
+        dict(
+            type=float,
+            default=EMA_THRESHOLD,
+            help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
+            "the authors' log printed it as 1)",
+        ),
+    ),
+    (("--splits",), dict(default="train,test", help="splits to certify on (train,test)")),
+    (
+        ("--max-batches",),
+        dict(
+            type=int,
+            default=None,
+            help="certify and check on the first N batches of each split only (smoke runs)",
+        ),
+    ),
+    (("--force",), dict(action="store_true", help="replace existing outputs")),
+]
 
 
 def register(subparsers):
+    """Add the `compress` subcommand to the CLI's subparsers."""
     p = subparsers.add_parser(
         "compress",
         help="certify removable blocks and export the reduced standard ResNet",
@@ -836,58 +934,11 @@ def register(subparsers):
         "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json}.",
     )
     p.add_argument("run_dir", help="run folder written by `epsresnet train`")
-    p.add_argument(
+    p.add_argument(  # the default is read when the parser is built, as the environment then
         "--data-dir",
         default=os.environ.get("EPSRESNET_DATA", "data"),
         help="dataset root (default: data, or $EPSRESNET_DATA)",
     )
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/reduced)")
-    p.add_argument(
-        "--rule",
-        choices=("certificate", "ema"),
-        default="certificate",
-        help="certificate (proof on the data, default) or ema (the authors' rule: "
-        "the moving average printed with 5 significant digits reads 1); "
-        "both nets are built and their test errors reported",
-    )
-    p.add_argument(
-        "--epoch",
-        type=int,
-        default=None,
-        help="compress the state at the end of this epoch (its checkpoint, kept "
-        "with the config's keep_checkpoints_at / keep_checkpoints_every) "
-        "instead of the final model.keras",
-    )
-    p.add_argument(
-        "--gates",
-        choices=GATE_POLICIES,
-        default=None,
-        help="gates of the kept blocks of the exported net: auto (plain where "
-        "exact; the certificate's default), keep, none, plain (always the "
-        "standard ResNet, as the authors; the EMA rule's default)",
-    )
-    p.add_argument(
-        "--ema-from",
-        choices=("model", "history"),
-        default="model",
-        help="EMA values of the compressed net's gates, or a history.jsonl row",
-    )
-    p.add_argument(
-        "--ema-epoch", type=int, default=None, help="history row (default: --epoch, else the last)"
-    )
-    p.add_argument(
-        "--ema-threshold",
-        type=float,
-        default=EMA_THRESHOLD,
-        help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
-        "the authors' log printed it as 1)",
-    )
-    p.add_argument("--splits", default="train,test", help="splits to certify on (train,test)")
-    p.add_argument(
-        "--max-batches",
-        type=int,
-        default=None,
-        help="certify and check on the first N batches of each split only (smoke runs)",
-    )
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    for flags, kwargs in _OPTIONS:
+        p.add_argument(*flags, **kwargs)
     p.set_defaults(func=_cli)

@@ -67,6 +67,38 @@ def _row(eps, run_dir, history, cert):
     return row
 
 
+def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, verbose):
+    """Train (or resume) the sweep's run for one ε and certify it: (row, run_dir), run_dir
+    None when training did not finish."""
+    from epsresnet_tf import compress as C
+    from epsresnet_tf import recipes
+    from epsresnet_tf.gates import get_gate
+    from epsresnet_tf.runfolder import RunFolder
+    from epsresnet_tf.train.loop import run_training
+
+    _, cfg = recipes.resolve(recipe, epsilon=eps, **overrides)
+    kind = get_gate(cfg["gate"])
+    if kind is None or "epsilon" not in kind.hyper_parameters:
+        raise UserError(f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net")
+    run_dir = out / f"eps{eps:g}"
+    result = run_training(cfg, run_dir, data_dir, verbose=verbose)
+    if result["status"] != "done":
+        return {
+            "epsilon": eps,
+            "run": str(run_dir),
+            "error": None,
+            "status": result["status"],
+        }, None
+    cert = None
+    folder = RunFolder(run_dir)
+    cert_path = folder.certificate
+    if compress and cert_path.is_file():
+        cert = json.loads(cert_path.read_text())
+    elif compress:
+        cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
+    return _row(eps, run_dir, folder.read_history(), cert), run_dir
+
+
 def sweep_eps(
     recipe,
     eps_values,
@@ -85,45 +117,24 @@ def sweep_eps(
     verbose=0,
     report=True,
 ):
-    from epsresnet_tf import compress as C
-    from epsresnet_tf import recipes
-    from epsresnet_tf.gates import get_gate
-    from epsresnet_tf.runfolder import RunFolder
-    from epsresnet_tf.train.loop import run_training
-
+    """Train one run of `recipe` per ε, certify each, pick the best within the budget; writes
+    `out/sweep.json` (and `out/report/` for two or more finished runs) and returns its doc."""
     out = Path(out)
+    overrides = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        val_steps=val_steps,
+        seed=seed,
+    )
     rows, run_dirs = [], []
     for eps in eps_values:
-        name, cfg = recipes.resolve(
-            recipe,
-            epsilon=eps,
-            epochs=epochs,
-            batch_size=batch_size,
-            steps_per_epoch=steps_per_epoch,
-            val_steps=val_steps,
-            seed=seed,
+        row, run_dir = _train_one(
+            recipe, eps, out, data_dir, overrides, compress, max_batches, verbose
         )
-        kind = get_gate(cfg["gate"])
-        if kind is None or "epsilon" not in kind.hyper_parameters:
-            raise UserError(
-                f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net"
-            )
-        run_dir = out / f"eps{eps:g}"
-        result = run_training(cfg, run_dir, data_dir, verbose=verbose)
-        if result["status"] != "done":
-            rows.append(
-                {"epsilon": eps, "run": str(run_dir), "error": None, "status": result["status"]}
-            )
-            continue
-        cert = None
-        folder = RunFolder(run_dir)
-        cert_path = folder.certificate
-        if compress and cert_path.is_file():
-            cert = json.loads(cert_path.read_text())
-        elif compress:
-            cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
-        rows.append(_row(eps, run_dir, folder.read_history(), cert))
-        run_dirs.append(run_dir)
+        rows.append(row)
+        if run_dir is not None:
+            run_dirs.append(run_dir)
     choice = pick(rows, budget, max_error)
     doc = {
         "recipe": recipe,

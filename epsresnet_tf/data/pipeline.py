@@ -173,6 +173,23 @@ def _decode(path):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _check_options(channel_order, saturation, batch_size, num_shards, shard_index):
+    """UserError for an unknown ImageNet channel order or saturation mode, a batch size
+    below 1 or a shard index outside [0, num_shards)."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise UserError(
+            f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, not {channel_order!r}"
+        )
+    if saturation not in augment.SATURATION_MODES:
+        raise UserError(
+            f"imagenet_saturation must be one of {augment.SATURATION_MODES}, not {saturation!r}"
+        )
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"shard index {shard_index} is not in [0, {num_shards})")
+
+
 class Pipeline:
     """One dataset split with its augmentation, batching, sharding and seeding; see module doc."""
 
@@ -195,22 +212,11 @@ class Pipeline:
         imagenet_saturation="clip",
     ):
         ds = self.description = datasets.get(name)
-        if imagenet_channel_order not in CHANNEL_ORDERS:
-            raise UserError(
-                f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, "
-                f"not {imagenet_channel_order!r}"
-            )
-        if imagenet_saturation not in augment.SATURATION_MODES:
-            raise UserError(
-                f"imagenet_saturation must be one of {augment.SATURATION_MODES}, "
-                f"not {imagenet_saturation!r}"
-            )
+        _check_options(
+            imagenet_channel_order, imagenet_saturation, batch_size, num_shards, shard_index
+        )
         # Only datasets with these quirks (ImageNet) use them; others ignore them.
         self.channel_order = imagenet_channel_order if "channel_order" in ds.quirks else "rgb"
-        if batch_size < 1:
-            raise UserError(f"batch size must be positive, got {batch_size}")
-        if not 0 <= shard_index < num_shards:
-            raise UserError(f"shard index {shard_index} is not in [0, {num_shards})")
         self.name, self.split, self.train, self.seed = name, split, bool(train), int(seed)
         self.batch_size, self.num_shards, self.shard_index = batch_size, num_shards, shard_index
         self.drop_remainder = self.train if drop_remainder is None else bool(drop_remainder)
@@ -228,15 +234,24 @@ class Pipeline:
         self.raw_dtype = ds.raw_dtype(self.train)
         self.reports = []
         self.failure = None  # the UserError that stopped the last epoch, if any
-        n = len(self.source)
-        self.shard_size = n // num_shards if self.train else len(range(shard_index, n, num_shards))
+        self._count_batches()
+
+    def _count_batches(self):
+        """Set shard_size and num_batches from the source's length; UserError when the shard
+        makes no batch."""
+        n, num_shards, batch_size = len(self.source), self.num_shards, self.batch_size
+        if self.train:
+            self.shard_size = n // num_shards
+        else:
+            self.shard_size = len(range(self.shard_index, n, num_shards))
         if self.drop_remainder:
             self.num_batches = self.shard_size // batch_size
         else:
             self.num_batches = -(-self.shard_size // batch_size)
         if self.num_batches == 0:
             raise UserError(
-                f"{name} {split}: {self.shard_size} images per shard make no batch of {batch_size}"
+                f"{self.name} {self.split}: {self.shard_size} images per shard make no batch "
+                f"of {batch_size}"
             )
 
     def __len__(self):
