@@ -24,6 +24,7 @@ test: install
 # ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear.
 lint: install
 	$(BIN)/ruff check epsresnet_tf tests benchmarks
+	$(BIN)/ruff format --check epsresnet_tf tests benchmarks
 
 # The multi-minute checks (marked `slow`), for CI machines with time to spare.
 test-slow: install

@@ -9,6 +9,7 @@ median of `repeats` runs, in-process and with 2 ZMQ worker processes. It only re
 "## Data pipeline" section of BENCHMARKS.md (up to the next "## " heading); the comparison
 with cifar-basic-20's training speed is filled in by the `make bench` integration.
 """
+
 import argparse
 import datetime
 import os
@@ -26,10 +27,12 @@ SECTION = "## Data pipeline"
 
 def measure(data_dir, batches, workers, batch_size=128):
     from epsresnet_tf.data import pipeline
-    pipe = pipeline.make_pipeline("cifar10", "train", data_dir, batch_size, train=True, seed=0,
-                                  workers=workers)
+
+    pipe = pipeline.make_pipeline(
+        "cifar10", "train", data_dir, batch_size, train=True, seed=0, workers=workers
+    )
     it = iter(pipe.dataset(0, epochs=None))
-    for _ in range(5):                       # warm-up: graph building, worker start
+    for _ in range(5):  # warm-up: graph building, worker start
         next(it)
     start, n = time.perf_counter(), 0
     for _ in range(batches):
@@ -54,9 +57,12 @@ def versions():
     import numpy
     import tensorflow as tf
     import tensorpack
-    return (f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-            f"tensorpack {tensorpack.__version__}, numpy {numpy.__version__}, "
-            f"OpenCV {cv2.__version__}")
+
+    return (
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"tensorpack {tensorpack.__version__}, numpy {numpy.__version__}, "
+        f"OpenCV {cv2.__version__}"
+    )
 
 
 def write_section(path, body):
@@ -79,15 +85,21 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     if not Path(args.data_dir).is_dir():
-        print(f"bench-data: error: {args.data_dir} is missing; it needs the CIFAR-10 batches "
-              "(the shared subset is at ../shared/data/cifar10-subset)", file=sys.stderr)
+        print(
+            f"bench-data: error: {args.data_dir} is missing; it needs the CIFAR-10 batches "
+            "(the shared subset is at ../shared/data/cifar10-subset)",
+            file=sys.stderr,
+        )
         return 2
     results = {}
     for workers in (0, 2):
         runs = [measure(args.data_dir, args.batches, workers) for _ in range(args.repeats)]
         results[workers] = statistics.median(runs)
-        print(f"workers={workers}: " + ", ".join(f"{r:.0f}" for r in runs)
-              + f" images/s (median {results[workers]:.0f})")
+        print(
+            f"workers={workers}: "
+            + ", ".join(f"{r:.0f}" for r in runs)
+            + f" images/s (median {results[workers]:.0f})"
+        )
     best = max(results.values())
     body = f"""
 Measured by `make bench-data` (`benchmarks/bench_data.py`) on

@@ -10,6 +10,7 @@ Requirement (issue 5): reduced/full time <= 1.1 x reduced/full MACs.
 
     .venv/bin/python benchmarks/bench_inference.py [--arch cifar-basic-56] [--repeats 15]
 """
+
 import argparse
 import datetime
 import os
@@ -85,41 +86,63 @@ def main(argv=None):
         xb = tf.constant(np.resize(x, (b, 32, 32, 3)))
         t_full, t_red = timed([f_full, f_red], xb, args.repeats)
         rows.append((b, t_full / b * 1e3, t_red / b * 1e3, t_red / t_full))
-    device = ("GPU " + tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "")
-              if tf.config.list_physical_devices("GPU") else f"CPU, {os.cpu_count()} cores")
+    device = (
+        "GPU "
+        + tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get(
+            "device_name", ""
+        )
+        if tf.config.list_physical_devices("GPU")
+        else f"CPU, {os.cpu_count()} cores"
+    )
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Measured by `make bench-inference` (`benchmarks/bench_inference.py --arch {args.arch}`) on "
         f"{datetime.date.today()}: {device} ({platform.processor() or platform.machine()}); "
-        f"Python {platform.python_version()}, TensorFlow {tf.__version__}.", "",
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}.",
+        "",
         f"{args.arch} with ε-gates; {len(cert.closed)} of {s_full['blocks']} blocks closed "
         f"(every second unit and the first unit of groups 1–2, so two pool+pad transitions "
         f"stay), certified and removed by `compress`; the reduced net is a plain pre-activation "
         f"ResNet (gates: {info['reduced_gates']}), blocks per group {info['blocks_per_group_before']} "
         f"→ {info['blocks_per_group_after']}. Equivalence on 256 images: max |logit diff| "
         f"{eq['max_abs_logit_diff']:.2g}. Compiled inference (`tf.function`, training=False), "
-        f"median of {args.repeats} alternating calls after 3 warm-up calls.", "",
-        "| | full | reduced | reduced / full |", "|---|---|---|---|",
+        f"median of {args.repeats} alternating calls after 3 warm-up calls.",
+        "",
+        "| | full | reduced | reduced / full |",
+        "|---|---|---|---|",
         f"| MACs per image | {s_full['macs']:,} | {s_red['macs']:,} | {macs_ratio:.3f} |",
         f"| trainable parameters | {s_full['trainable_params']:,} | {s_red['trainable_params']:,} | "
         f"{s_red['trainable_params'] / s_full['trainable_params']:.3f} |",
     ]
     verdicts = []
     for b, tf_ms, tr_ms, ratio in rows:
-        lines.append(f"| time per image, batch {b} | {tf_ms:.3f} ms | {tr_ms:.3f} ms | {ratio:.3f} |")
-        verdicts.append(f"batch {b}: {ratio:.3f} {'≤' if ratio <= 1.1 * macs_ratio else '>'} "
-                        f"1.1 × {macs_ratio:.3f} = {1.1 * macs_ratio:.3f}")
-    lines += ["", "Requirement reduced/full time ≤ 1.1 × reduced/full MACs: " + "; ".join(verdicts) + ".",
-              "The full net is the trained ε-net as it runs: its gates' elementwise ops and "
-              "reductions cost time that MACs do not count, so the time ratio can fall below the "
-              "MAC ratio. At batch 1 fixed per-layer overheads dominate on CPU.", ""]
+        lines.append(
+            f"| time per image, batch {b} | {tf_ms:.3f} ms | {tr_ms:.3f} ms | {ratio:.3f} |"
+        )
+        verdicts.append(
+            f"batch {b}: {ratio:.3f} {'≤' if ratio <= 1.1 * macs_ratio else '>'} "
+            f"1.1 × {macs_ratio:.3f} = {1.1 * macs_ratio:.3f}"
+        )
+    lines += [
+        "",
+        "Requirement reduced/full time ≤ 1.1 × reduced/full MACs: " + "; ".join(verdicts) + ".",
+        "The full net is the trained ε-net as it runs: its gates' elementwise ops and "
+        "reductions cost time that MACs do not count, so the time ratio can fall below the "
+        "MAC ratio. At batch 1 fixed per-layer overheads dominate on CPU.",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
         path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
         old = path.read_text() if path.exists() else "# Benchmarks\n"
         pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-        new = pattern.sub(lambda m: text.rstrip() + "\n", old) if SECTION in old else old.rstrip() + "\n\n" + text
+        new = (
+            pattern.sub(lambda m: text.rstrip() + "\n", old)
+            if SECTION in old
+            else old.rstrip() + "\n\n" + text
+        )
         path.write_text(new)
     return 0
 

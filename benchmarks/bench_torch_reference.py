@@ -13,6 +13,7 @@ with SGD (momentum 0.9, weight decay 2e-4 on every parameter, as torch applies i
 prints images/s after a warm-up. Run it with an interpreter that has torch (`make bench
 TORCH_PYTHON=/path/to/python`); it is never installed into the project's venv.
 """
+
 import argparse
 import json
 import os
@@ -38,7 +39,7 @@ class PoolPad(nn.Module):
 class PreActBasic(nn.Module):
     def __init__(self, cin, cout, stride, preactivated):
         super().__init__()
-        self.preactivated = preactivated   # the first unit gets the stem's BN-ReLU output
+        self.preactivated = preactivated  # the first unit gets the stem's BN-ReLU output
         self.bn1 = None if preactivated else nn.BatchNorm2d(cin, momentum=0.1, eps=1e-5)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout, momentum=0.1, eps=1e-5)
@@ -85,7 +86,7 @@ def forward_macs(depth):
     macs = 32 * 32 * 3 * 3 * 3 * 16
     for g, (hw, w) in enumerate(((32, 16), (16, 32), (8, 64))):
         cin = 16 if g == 0 else w // 2
-        macs += hw * hw * 9 * cin * w + hw * hw * 9 * w * w          # the group's first unit
+        macs += hw * hw * 9 * cin * w + hw * hw * 9 * w * w  # the group's first unit
         macs += (n - 1) * 2 * hw * hw * 9 * w * w
     return macs + 64 * 10
 
@@ -97,7 +98,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
-    ap.add_argument("--channels-last", action="store_true", help="torch.channels_last memory format")
+    ap.add_argument(
+        "--channels-last", action="store_true", help="torch.channels_last memory format"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -127,15 +130,25 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     img_s = args.steps * args.batch / seconds
     gflop_img = 6 * forward_macs(args.depth) / 1e9
-    result = {"framework": "pytorch", "torch": torch.__version__, "depth": args.depth,
-              "batch": args.batch, "steps": args.steps, "threads": threads,
-              "channels_last": args.channels_last, "img_s": img_s,
-              "gflop_s": img_s * gflop_img, "final_loss": loss}
+    result = {
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "depth": args.depth,
+        "batch": args.batch,
+        "steps": args.steps,
+        "threads": threads,
+        "channels_last": args.channels_last,
+        "img_s": img_s,
+        "gflop_s": img_s * gflop_img,
+        "final_loss": loss,
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"PyTorch {torch.__version__} cifar-basic-{args.depth} batch {args.batch}: "
-              f"{img_s:.1f} img/s, {img_s * gflop_img:.1f} GFLOP/s ({threads} threads)")
+        print(
+            f"PyTorch {torch.__version__} cifar-basic-{args.depth} batch {args.batch}: "
+            f"{img_s:.1f} img/s, {img_s * gflop_img:.1f} GFLOP/s ({threads} threads)"
+        )
     return 0
 
 

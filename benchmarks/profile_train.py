@@ -25,6 +25,7 @@ Differences give the optimizer's share (full - grads), the backward pass (grads 
 fwd_train) and the non-convolution work (full - conv_only). Each is reported as ms/step,
 img/s and GFLOP/s where the FLOPs are 6 x forward MACs (or 2 x for forward-only).
 """
+
 import argparse
 import json
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 30000))
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # trainstep.py beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # trainstep.py beside this file
 
 import trainstep  # noqa: E402
 
@@ -42,6 +43,7 @@ import trainstep  # noqa: E402
 def conv_chain(arch, data_format="channels_last"):
     """The convolutions of cifar-basic-D in a plain chain, same shapes and strides."""
     import keras
+
     depth = int(arch.rsplit("-", 1)[1])
     n = (depth - 2) // 6
     inp = keras.Input((32, 32, 3))
@@ -59,6 +61,7 @@ def plain_step(model, x, y, jit):
     """forward + backward + Keras SGD-momentum update of a plain keras.Model."""
     import keras
     import tensorflow as tf
+
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     opt.build(model.trainable_variables)
     lossf = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -77,6 +80,7 @@ def functions(model, x, y, jit):
     """Compiled pieces of the loop's training step; `model` from build_training_step."""
     import tensorflow as tf
     from keras import ops
+
     net = model.net
 
     def loss_of(training=True):
@@ -145,7 +149,7 @@ def main(argv=None):
         keras_bn = functions(unfused, x, y, jit)
         fns[f"{tag}/full_keras_bn"] = keras_bn["full"]
         fns[f"{tag}/fwd_train_keras_bn"] = keras_bn["fwd_train"]
-    for fn in fns.values():      # trace, compile, warm up
+    for fn in fns.values():  # trace, compile, warm up
         fn().numpy()
         fn().numpy()
     best = {name: float("inf") for name in fns}
@@ -153,18 +157,28 @@ def main(argv=None):
         for name, fn in fns.items():
             best[name] = min(best[name], timed(fn, args.steps))
     peak = trainstep.peak_gflops()
-    result = {"arch": args.arch, "batch": args.batch, "macs": macs, "peak_gflop_s": peak,
-              "load": trainstep.loadavg(), "ms": {k: 1000 * v for k, v in best.items()}}
+    result = {
+        "arch": args.arch,
+        "batch": args.batch,
+        "macs": macs,
+        "peak_gflop_s": peak,
+        "load": trainstep.loadavg(),
+        "ms": {k: 1000 * v for k, v in best.items()},
+    }
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{args.arch}, batch {args.batch}, forward {macs / 1e6:.1f} MMAC/img, "
-          f"peak {peak:.1f} GFLOP/s, load {result['load']}")
+    print(
+        f"{args.arch}, batch {args.batch}, forward {macs / 1e6:.1f} MMAC/img, "
+        f"peak {peak:.1f} GFLOP/s, load {result['load']}"
+    )
     print(f"{'function':22s} {'ms/step':>8s} {'img/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
     for name, s in best.items():
         flop = (2 if "fwd" in name else 6) * macs * args.batch
-        print(f"{name:22s} {1000 * s:8.1f} {args.batch / s:8.1f} {flop / s / 1e9:8.1f} "
-              f"{100 * flop / s / 1e9 / peak:6.0f}%")
+        print(
+            f"{name:22s} {1000 * s:8.1f} {args.batch / s:8.1f} {flop / s / 1e9:8.1f} "
+            f"{100 * flop / s / 1e9 / peak:6.0f}%"
+        )
     return 0
 
 

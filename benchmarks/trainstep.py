@@ -35,6 +35,7 @@ Two ways to drive the step: "fit" is what `epsresnet train` does (Keras `fit` ca
 start-up is not counted) and "custom" is a `tf.function` of our own calling the same
 `train_step` (what the multi-worker loop does under `strategy.run`).
 """
+
 import functools
 import json
 import os
@@ -48,7 +49,7 @@ from epsresnet_tf.errors import UserError
 #: (BENCHMARKS.md "## Training throughput", docs/PROFILE.md); `bench_train.py --one` defaults.
 CPU_DEFAULTS = {
     "loop": "fit",
-    "jit_compile": False,   # XLA's CPU convolutions are AVX2 Eigen; oneDNN's use AVX-512/AMX
+    "jit_compile": False,  # XLA's CPU convolutions are AVX2 Eigen; oneDNN's use AVX-512/AMX
     "steps_per_execution": 1,
     "data_format": "channels_last",
 }
@@ -59,6 +60,7 @@ LOOPS = ("fit", "custom")
 
 
 # --- machine ------------------------------------------------------------------------------
+
 
 def vector_isa(flags):
     """The widest FP32 FMA instruction set in a /proc/cpuinfo flags list."""
@@ -115,11 +117,16 @@ def loadavg():
 def versions():
     import keras
     import tensorflow as tf
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__}
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 # --- the monitor-off gate -----------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=None)
 def _quiet_gate_class():
@@ -150,6 +157,7 @@ def _swap_layer_class(model, old, new):
 def disable_monitors(net):
     """Turn every EpsilonGate of `net` into a QuietEpsilonGate (see _swap_layer_class)."""
     from epsresnet_tf.layers import EpsilonGate
+
     return _swap_layer_class(net, EpsilonGate, _quiet_gate_class())
 
 
@@ -172,14 +180,17 @@ def unfuse_batchnorm(model):
     import keras
 
     from epsresnet_tf.layers import FusedBatchNormalization
+
     return _swap_layer_class(model, FusedBatchNormalization, keras.layers.BatchNormalization)
 
 
 # --- threads ------------------------------------------------------------------------------
 
+
 def configure_threads(intra=None, inter=None):
     """TensorFlow's op thread pools; only effective before the runtime starts."""
     import tensorflow as tf
+
     try:
         if intra:
             tf.config.threading.set_intra_op_parallelism_threads(int(intra))
@@ -191,22 +202,40 @@ def configure_threads(intra=None, inter=None):
 
 # --- the step `epsresnet train` runs ------------------------------------------------------
 
-def bench_config(arch=None, gate=None, *, recipe=None, batch=None, epsilon=None,
-                 jit_compile=None, data_format=None, mixed_precision=None, **overrides):
+
+def bench_config(
+    arch=None,
+    gate=None,
+    *,
+    recipe=None,
+    batch=None,
+    epsilon=None,
+    jit_compile=None,
+    data_format=None,
+    mixed_precision=None,
+    **overrides,
+):
     """A resolved run config (`resolve_config`: the loop's defaults, i.e. cifar10-eps-110's,
     or recipe `recipe`'s) with the benchmark's settings applied; None leaves a value as
     the config has it. `jit_compile` is the config's `xla`, `data_format` goes into
     `model_options`. UserError on mistakes."""
     from epsresnet_tf.config import resolve_config, validate_config
     from epsresnet_tf.gates import gate_choices
+
     if gate is not None and gate not in gate_choices():
         raise UserError(f"--gate must be one of {', '.join(gate_choices())}, got {gate!r}")
-    changes = dict(arch=arch, gate=gate, batch_size=batch, epsilon=epsilon,
-                   xla=None if jit_compile is None else bool(jit_compile),
-                   mixed_precision=None if mixed_precision is None else bool(mixed_precision),
-                   **overrides)
+    changes = dict(
+        arch=arch,
+        gate=gate,
+        batch_size=batch,
+        epsilon=epsilon,
+        xla=None if jit_compile is None else bool(jit_compile),
+        mixed_precision=None if mixed_precision is None else bool(mixed_precision),
+        **overrides,
+    )
     if recipe is not None:
         from epsresnet_tf import recipes
+
         _, cfg = recipes.resolve(recipe, **changes)
     else:
         cfg = resolve_config({}, **changes)
@@ -216,8 +245,16 @@ def bench_config(arch=None, gate=None, *, recipe=None, batch=None, epsilon=None,
     return cfg
 
 
-def build_training_step(cfg, *, num_classes=None, image_shape=None, strategy=None,
-                        monitor=True, fused_bn=True, steps_per_execution=1):
+def build_training_step(
+    cfg,
+    *,
+    num_classes=None,
+    image_shape=None,
+    strategy=None,
+    monitor=True,
+    fused_bn=True,
+    steps_per_execution=1,
+):
     """The training model `run_training` builds for `cfg` (same calls, same order: seed,
     precision policy, the gate kind's net options, ghost BN, `build_model`, the loop's
     TrainingModel, `make_optimizer`, `compile` with the config's `xla`, the optimizer
@@ -240,6 +277,7 @@ def build_training_step(cfg, *, num_classes=None, image_shape=None, strategy=Non
         raise UserError(f"--steps-per-execution must be >= 1, got {steps_per_execution}")
     if num_classes is None or image_shape is None:
         from epsresnet_tf.data import datasets
+
         description = datasets.get(cfg["dataset"])
         num_classes = num_classes or description.num_classes
         image_shape = image_shape or description.image_shape
@@ -249,20 +287,25 @@ def build_training_step(cfg, *, num_classes=None, image_shape=None, strategy=Non
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
     old = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg["mixed_precision"]
-                                            else "float32")
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if cfg["mixed_precision"] else "float32"
+    )
     try:
         with strategy.scope():
-            net = build_net(cfg, num_classes, image_shape)   # the loop's own network build
+            net = build_net(cfg, num_classes, image_shape)  # the loop's own network build
             if not monitor:
                 disable_monitors(net)
             if not fused_bn:
                 unfuse_batchnorm(net)
             cls = TrainingModel if monitor else _quiet_training_model_class()
-            model = cls(net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"],
-                        cfg["top5"])
-            model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]),
-                          steps_per_execution=int(steps_per_execution))
+            model = cls(
+                net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
+            )
+            model.compile(
+                optimizer=make_optimizer(cfg),
+                jit_compile=bool(cfg["xla"]),
+                steps_per_execution=int(steps_per_execution),
+            )
             model.optimizer.build(net.trainable_variables)
     finally:
         keras.mixed_precision.set_global_policy(old)
@@ -279,6 +322,7 @@ def synthetic_batch(net, batch, seed=0):
     """A fixed (images, labels) batch of the network's input shape, as tf constants."""
     import numpy as np
     import tensorflow as tf
+
     rng = np.random.default_rng(seed)
     shape = (batch,) + tuple(net.input_shape[1:])
     x = tf.constant(rng.standard_normal(shape, dtype=np.float32))
@@ -295,6 +339,7 @@ class StepTimer:
 
     def __init__(self, model, batch, *, loop="fit", seed=0, x=None, y=None):
         import tensorflow as tf
+
         if loop not in LOOPS:
             raise UserError(f"--loop must be one of {', '.join(LOOPS)}, got {loop!r}")
         self.model, self.batch, self.loop = model, batch, loop
@@ -312,11 +357,14 @@ class StepTimer:
     def mixed(self):
         return self.model.net.dtype_policy.name == "mixed_float16" or any(
             getattr(layer, "dtype_policy", None) is not None
-            and layer.dtype_policy.name == "mixed_float16" for layer in self.model.net.layers)
+            and layer.dtype_policy.name == "mixed_float16"
+            for layer in self.model.net.layers
+        )
 
     # Keras fit, as `epsresnet train` drives the step ---------------------------------------
     def _run_fit(self, steps):
         import keras
+
         steps = max(steps, 2 * self.spe)
         steps -= steps % self.spe
         stamps, losses = [], []
@@ -327,8 +375,14 @@ class StepTimer:
                 if logs and "loss" in logs:
                     losses.append(float(logs["loss"]))
 
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0,
-                       shuffle=False, callbacks=[Clock()])
+        self.model.fit(
+            self.dataset,
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=0,
+            shuffle=False,
+            callbacks=[Clock()],
+        )
         self.losses = losses
         self.last_loss = losses[-1] if losses else None
         # Keras passes the index of the last step of each execution to on_train_batch_end.
@@ -338,12 +392,13 @@ class StepTimer:
     # a tf.function of our own around the same train_step -----------------------------------
     def _setup_custom(self):
         import tensorflow as tf
+
         model, spe = self.model, self.spe
 
         @tf.function(jit_compile=self.jit_compile)
         def step(x, y):
             logs = None
-            for _ in range(spe):       # unrolled: steps_per_execution steps per call
+            for _ in range(spe):  # unrolled: steps_per_execution steps per call
                 logs = model.train_step((x, y))
             return logs["loss"]
 
@@ -352,13 +407,13 @@ class StepTimer:
     def _run_custom(self, steps):
         calls = max(1, steps // self.spe)
         self.model.reset_metrics()
-        loss = self._step(self.x, self.y)          # not timed: the clock starts after it
+        loss = self._step(self.x, self.y)  # not timed: the clock starts after it
         losses = [float(loss.numpy())]
         t0 = time.perf_counter()
         out = []
         for _ in range(calls):
             out.append(self._step(self.x, self.y))
-        out[-1].numpy()                        # the last step has finished
+        out[-1].numpy()  # the last step has finished
         seconds = time.perf_counter() - t0
         self.losses = losses + [float(v.numpy()) for v in out]
         self.last_loss = self.losses[-1]
@@ -371,28 +426,51 @@ class StepTimer:
 def _checked(run, steps):
     """run(steps), with TensorFlow's CPU refusal of NCHW convolutions as a UserError."""
     import tensorflow as tf
+
     try:
         return run(steps)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
         if "NHWC" in str(err):
-            raise UserError("channels_first training has no TensorFlow CPU kernels (conv "
-                            "backprop supports NHWC only): use --jit, a GPU, or "
-                            "channels_last") from None
+            raise UserError(
+                "channels_first training has no TensorFlow CPU kernels (conv "
+                "backprop supports NHWC only): use --jit, a GPU, or "
+                "channels_last"
+            ) from None
         raise
 
 
 def _variant_config(v, *, recipe, batch, jit_compile, data_format, mixed_precision):
-    return bench_config(v.get("arch"), v.get("gate", "none"), recipe=v.get("recipe", recipe),
-                        batch=batch, epsilon=v.get("epsilon"),
-                        jit_compile=bool(v.get("jit_compile", jit_compile)),
-                        data_format=data_format, mixed_precision=mixed_precision,
-                        **v.get("config", {}))
+    return bench_config(
+        v.get("arch"),
+        v.get("gate", "none"),
+        recipe=v.get("recipe", recipe),
+        batch=batch,
+        epsilon=v.get("epsilon"),
+        jit_compile=bool(v.get("jit_compile", jit_compile)),
+        data_format=data_format,
+        mixed_precision=mixed_precision,
+        **v.get("config", {}),
+    )
 
 
-def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop=None,
-                     jit_compile=None, steps_per_execution=None, data_format=None,
-                     mixed_precision=False, input_shape=None, classes=None, fused_bn=True,
-                     recipe=None, log=None):
+def measure_variants(
+    variants,
+    *,
+    batch=128,
+    steps=15,
+    warmup=3,
+    repeats=1,
+    loop=None,
+    jit_compile=None,
+    steps_per_execution=None,
+    data_format=None,
+    mixed_precision=False,
+    input_shape=None,
+    classes=None,
+    fused_bn=True,
+    recipe=None,
+    log=None,
+):
     """Time several variants of the training step in one process, interleaved round by
     round (so slow drifts of a shared machine hit each alike). `variants` maps a label to
     dict(arch=, gate=, monitor=) and optionally epsilon=, recipe=, config= (more config
@@ -408,23 +486,39 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
         raise UserError("batch, steps and repeats must be >= 1 and warmup >= 0")
     from epsresnet_tf.config import global_batch_size
     from epsresnet_tf.models.describe import model_stats
+
     timers, stats, opts, cfgs = {}, {}, {}, {}
     for label, v in variants.items():
-        cfg = cfgs[label] = _variant_config(v, recipe=recipe, batch=batch,
-                                            jit_compile=jit_compile, data_format=data_format,
-                                            mixed_precision=mixed_precision)
-        opts[label] = dict(loop=v.get("loop", loop), jit_compile=bool(cfg["xla"]),
-                           steps_per_execution=int(v.get("steps_per_execution", spe)))
-        model = build_training_step(cfg, num_classes=classes, image_shape=input_shape,
-                                    monitor=v.get("monitor", True), fused_bn=fused_bn,
-                                    steps_per_execution=opts[label]["steps_per_execution"])
+        cfg = cfgs[label] = _variant_config(
+            v,
+            recipe=recipe,
+            batch=batch,
+            jit_compile=jit_compile,
+            data_format=data_format,
+            mixed_precision=mixed_precision,
+        )
+        opts[label] = dict(
+            loop=v.get("loop", loop),
+            jit_compile=bool(cfg["xla"]),
+            steps_per_execution=int(v.get("steps_per_execution", spe)),
+        )
+        model = build_training_step(
+            cfg,
+            num_classes=classes,
+            image_shape=input_shape,
+            monitor=v.get("monitor", True),
+            fused_bn=fused_bn,
+            steps_per_execution=opts[label]["steps_per_execution"],
+        )
         stats[label] = model_stats(model.net)
         global_batch = global_batch_size(cfg, 1)
         timers[label] = StepTimer(model, global_batch, loop=opts[label]["loop"])
         t = time.perf_counter()
         o = opts[label]
-        _checked(timers[label].run, max(warmup, 1)
-                 + (o["steps_per_execution"] if o["loop"] == "fit" else 0))
+        _checked(
+            timers[label].run,
+            max(warmup, 1) + (o["steps_per_execution"] if o["loop"] == "fit" else 0),
+        )
         if log:
             log(f"{label}: built and warmed up in {time.perf_counter() - t:.1f} s")
     rates = {label: [] for label in variants}
@@ -444,21 +538,35 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
         macs = stats[label]["macs"]
         gflop_img = train_gflop_per_image(macs)
         out[label] = {
-            "arch": cfg["arch"], "gate": cfg["gate"],
+            "arch": cfg["arch"],
+            "gate": cfg["gate"],
             "monitor": bool(v.get("monitor", True)) if cfg["gate"] == "eps" else None,
-            "batch": timer.batch, "steps": steps, "warmup": warmup, "repeats": repeats,
+            "batch": timer.batch,
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": repeats,
             **opts[label],
             "data_format": cfg["model_options"].get("data_format", "channels_last"),
-            "mixed_precision": bool(cfg["mixed_precision"]), "fused_bn": bool(fused_bn),
-            "optimizer": cfg["optimizer"], "side_head": bool(cfg["side_head"]),
-            "side_weight": cfg["side_weight"], "weight_decay": cfg["weight_decay"],
-            "wd_decay_every": cfg["wd_decay_every"], "epsilon": cfg["epsilon"],
-            "img_s": img_s, "img_s_best": max(rates[label]), "img_s_runs": rates[label],
+            "mixed_precision": bool(cfg["mixed_precision"]),
+            "fused_bn": bool(fused_bn),
+            "optimizer": cfg["optimizer"],
+            "side_head": bool(cfg["side_head"]),
+            "side_weight": cfg["side_weight"],
+            "weight_decay": cfg["weight_decay"],
+            "wd_decay_every": cfg["wd_decay_every"],
+            "epsilon": cfg["epsilon"],
+            "img_s": img_s,
+            "img_s_best": max(rates[label]),
+            "img_s_runs": rates[label],
             "step_ms": 1000.0 * timer.batch / img_s,
-            "macs": macs, "train_gflop_per_img": gflop_img, "gflop_s": img_s * gflop_img,
-            "peak_gflop_s": peak, "peak_share": (img_s * gflop_img / peak) if peak else None,
+            "macs": macs,
+            "train_gflop_per_img": gflop_img,
+            "gflop_s": img_s * gflop_img,
+            "peak_gflop_s": peak,
+            "peak_share": (img_s * gflop_img / peak) if peak else None,
             "final_loss": timer.last_loss,
-            "load_before": load_before, "load_after": load_after,
+            "load_before": load_before,
+            "load_after": load_after,
         }
     return out
 
@@ -466,11 +574,13 @@ def measure_variants(variants, *, batch=128, steps=15, warmup=3, repeats=1, loop
 def measure(arch, gate="none", *, monitor=True, epsilon=None, **kwargs):
     """One configuration; see measure_variants for the keyword arguments."""
     label = f"{arch}/{gate}"
-    return measure_variants({label: dict(arch=arch, gate=gate, monitor=monitor,
-                                         epsilon=epsilon)}, **kwargs)[label]
+    return measure_variants(
+        {label: dict(arch=arch, gate=gate, monitor=monitor, epsilon=epsilon)}, **kwargs
+    )[label]
 
 
 # --- one configuration per process: `bench_train.py --one` --------------------------------
+
 
 def _positive(value):
     n = int(value)
@@ -483,52 +593,96 @@ def one_parser(prog="bench_train.py --one"):
     import argparse
 
     from epsresnet_tf.gates import gate_choices
+
     p = argparse.ArgumentParser(
         prog=prog,
         description="Time the training step `epsresnet train` runs (side head, weight-decay "
-                    "staircase, gate and monitors, TF1 momentum) on a synthetic batch after "
-                    "a warm-up; print images/s and achieved GFLOP/s. Defaults are the "
-                    "fastest combination measured on CPU. One process per configuration: "
-                    "oneDNN and thread settings only take effect at start-up.")
-    p.add_argument("arch", nargs="?", default=None,
-                   help="architecture name, e.g. cifar-basic-110 (default: the recipe's, "
-                        "or the defaults' cifar-basic-110)")
-    p.add_argument("--recipe", default=None,
-                   help="start from this recipe's config (experiments/NAME.json) instead of "
-                        "the defaults (cifar10-eps-110's)")
-    p.add_argument("--gate", choices=gate_choices(), default="none",
-                   help="residual gate (default none)")
+        "staircase, gate and monitors, TF1 momentum) on a synthetic batch after "
+        "a warm-up; print images/s and achieved GFLOP/s. Defaults are the "
+        "fastest combination measured on CPU. One process per configuration: "
+        "oneDNN and thread settings only take effect at start-up.",
+    )
+    p.add_argument(
+        "arch",
+        nargs="?",
+        default=None,
+        help="architecture name, e.g. cifar-basic-110 (default: the recipe's, "
+        "or the defaults' cifar-basic-110)",
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="start from this recipe's config (experiments/NAME.json) instead of "
+        "the defaults (cifar10-eps-110's)",
+    )
+    p.add_argument(
+        "--gate", choices=gate_choices(), default="none", help="residual gate (default none)"
+    )
     p.add_argument("--epsilon", type=float, default=None, help="ε of --gate eps")
-    p.add_argument("--no-monitor", action="store_true",
-                   help="with --gate eps: switch the gates' monitors and the discarded-count "
-                        "average off")
+    p.add_argument(
+        "--no-monitor",
+        action="store_true",
+        help="with --gate eps: switch the gates' monitors and the discarded-count average off",
+    )
     p.add_argument("--batch", type=_positive, default=128, help="batch size (default 128)")
     p.add_argument("--steps", type=_positive, default=20, help="timed steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--repeats", type=_positive, default=1,
-                   help="timed rounds; the median is reported (default 1)")
-    p.add_argument("--loop", choices=LOOPS, default=CPU_DEFAULTS["loop"],
-                   help="Keras fit (what `epsresnet train` does) or a tf.function of our own "
-                        f"around the same train_step (default {CPU_DEFAULTS['loop']})")
-    p.add_argument("--jit", dest="jit", action="store_true", default=CPU_DEFAULTS["jit_compile"],
-                   help="XLA-compile the step (the config's xla)")
+    p.add_argument(
+        "--repeats",
+        type=_positive,
+        default=1,
+        help="timed rounds; the median is reported (default 1)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=CPU_DEFAULTS["loop"],
+        help="Keras fit (what `epsresnet train` does) or a tf.function of our own "
+        f"around the same train_step (default {CPU_DEFAULTS['loop']})",
+    )
+    p.add_argument(
+        "--jit",
+        dest="jit",
+        action="store_true",
+        default=CPU_DEFAULTS["jit_compile"],
+        help="XLA-compile the step (the config's xla)",
+    )
     p.add_argument("--no-jit", dest="jit", action="store_false", help="no XLA")
-    p.add_argument("--steps-per-execution", type=_positive,
-                   default=CPU_DEFAULTS["steps_per_execution"],
-                   help=f"steps per compiled call (default {CPU_DEFAULTS['steps_per_execution']})")
-    p.add_argument("--data-format", choices=("channels_last", "channels_first"),
-                   default=CPU_DEFAULTS["data_format"],
-                   help=f"conv layout (default {CPU_DEFAULTS['data_format']}; channels_first "
-                        "is for GPUs)")
-    p.add_argument("--mixed-precision", action="store_true",
-                   help="the config's mixed_precision (mixed_float16, loss scaling)")
-    p.add_argument("--keras-bn", action="store_true",
-                   help="Keras's own BatchNormalization instead of the fused kernel the "
-                        "models use (to measure what fusing buys)")
-    p.add_argument("--intra-threads", type=_positive, default=None,
-                   help="TensorFlow intra-op threads (default: TensorFlow's, = cores)")
-    p.add_argument("--inter-threads", type=_positive, default=None,
-                   help="TensorFlow inter-op threads (default: TensorFlow's)")
+    p.add_argument(
+        "--steps-per-execution",
+        type=_positive,
+        default=CPU_DEFAULTS["steps_per_execution"],
+        help=f"steps per compiled call (default {CPU_DEFAULTS['steps_per_execution']})",
+    )
+    p.add_argument(
+        "--data-format",
+        choices=("channels_last", "channels_first"),
+        default=CPU_DEFAULTS["data_format"],
+        help=f"conv layout (default {CPU_DEFAULTS['data_format']}; channels_first is for GPUs)",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="the config's mixed_precision (mixed_float16, loss scaling)",
+    )
+    p.add_argument(
+        "--keras-bn",
+        action="store_true",
+        help="Keras's own BatchNormalization instead of the fused kernel the "
+        "models use (to measure what fusing buys)",
+    )
+    p.add_argument(
+        "--intra-threads",
+        type=_positive,
+        default=None,
+        help="TensorFlow intra-op threads (default: TensorFlow's, = cores)",
+    )
+    p.add_argument(
+        "--inter-threads",
+        type=_positive,
+        default=None,
+        help="TensorFlow inter-op threads (default: TensorFlow's)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (img_s, gflop_s, …)")
     return p
 
@@ -539,32 +693,54 @@ def run_one(args):
     if args.gate != "eps" and args.no_monitor:
         raise UserError("--no-monitor only applies to --gate eps")
     result = measure(
-        args.arch, args.gate, monitor=not args.no_monitor, epsilon=args.epsilon,
-        recipe=args.recipe, batch=args.batch, steps=args.steps, warmup=args.warmup,
-        repeats=args.repeats, loop=args.loop, jit_compile=args.jit,
-        steps_per_execution=args.steps_per_execution, data_format=args.data_format,
-        mixed_precision=args.mixed_precision, fused_bn=not args.keras_bn)
-    result.update(intra_threads=args.intra_threads, inter_threads=args.inter_threads,
-                  onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"), **versions())
+        args.arch,
+        args.gate,
+        monitor=not args.no_monitor,
+        epsilon=args.epsilon,
+        recipe=args.recipe,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        loop=args.loop,
+        jit_compile=args.jit,
+        steps_per_execution=args.steps_per_execution,
+        data_format=args.data_format,
+        mixed_precision=args.mixed_precision,
+        fused_bn=not args.keras_bn,
+    )
+    result.update(
+        intra_threads=args.intra_threads,
+        inter_threads=args.inter_threads,
+        onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        **versions(),
+    )
     if args.json:
         print(json.dumps(result))
         return result
-    peak = (f", {100 * result['peak_share']:.0f}% of the {result['peak_gflop_s']:.0f} "
-            f"GFLOP/s FP32 peak" if result["peak_share"] else "")
-    print(f"{result['arch']} gate={args.gate}"
-          + (" monitor=off" if args.no_monitor else "")
-          + f" batch={args.batch}: {result['img_s']:.1f} img/s "
-          f"({result['step_ms']:.0f} ms/step), {result['gflop_s']:.1f} GFLOP/s{peak} "
-          f"[loop={result['loop']} jit={result['jit_compile']} "
-          f"spe={result['steps_per_execution']} {result['data_format']}"
-          + (" mixed_float16" if args.mixed_precision else "")
-          + (" keras-bn" if args.keras_bn else "") + "]")
+    peak = (
+        f", {100 * result['peak_share']:.0f}% of the {result['peak_gflop_s']:.0f} GFLOP/s FP32 peak"
+        if result["peak_share"]
+        else ""
+    )
+    print(
+        f"{result['arch']} gate={args.gate}"
+        + (" monitor=off" if args.no_monitor else "")
+        + f" batch={args.batch}: {result['img_s']:.1f} img/s "
+        f"({result['step_ms']:.0f} ms/step), {result['gflop_s']:.1f} GFLOP/s{peak} "
+        f"[loop={result['loop']} jit={result['jit_compile']} "
+        f"spe={result['steps_per_execution']} {result['data_format']}"
+        + (" mixed_float16" if args.mixed_precision else "")
+        + (" keras-bn" if args.keras_bn else "")
+        + "]"
+    )
     return result
 
 
 def main_one(argv=None, prog="bench_train.py --one"):
     """`bench_train.py --one ...`: 0, or 2 with a one-line error on a user mistake."""
     import sys
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 30000))
     args = one_parser(prog).parse_args(argv)

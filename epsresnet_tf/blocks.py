@@ -5,6 +5,7 @@ orders) → optional gate (epsilon or k) → merge with a shortcut (identity and
 variants, 1x1 projection, or the parameter-free pool+pad). Settings common to a whole
 network live in one `NetConfig`; layers are made by a `LayerFactory` bound to it.
 """
+
 import dataclasses
 
 import keras
@@ -17,8 +18,14 @@ from epsresnet_tf.naming import block_id, layer_prefix, shared_prefix, transitio
 #: (d) ReLU-only pre-activation, (e) full pre-activation (the default).
 ORDERS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
 #: He et al. 2016 Fig. 2 shortcut variants on identity-shaped units.
-SHORTCUTS = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
-             "conv1x1", "dropout")
+SHORTCUTS = (
+    "identity",
+    "constant_scaling",
+    "exclusive_gating",
+    "shortcut_only_gating",
+    "conv1x1",
+    "dropout",
+)
 #: The variants that merge the two branches themselves (Fig. 2(b–d)); a gate that is a
 #: merge of its own (`GateKind.merges`, e.g. k: g(k) F + x) cannot combine with them.
 MERGING_SHORTCUTS = ("constant_scaling", "exclusive_gating", "shortcut_only_gating")
@@ -43,12 +50,12 @@ class NetConfig:
     data_format: str = "channels_last"
     order: str = "full_preact"
     shortcut: str = "identity"
-    shortcut_scale: float = 0.5   # constant scaling: λ on the shortcut ...
-    residual_scale: float = 0.5   # ... and the scale of F (He et al. Table 1: 1 or 1 - λ)
+    shortcut_scale: float = 0.5  # constant scaling: λ on the shortcut ...
+    residual_scale: float = 0.5  # ... and the scale of F (He et al. Table 1: 1 or 1 - λ)
     gate_bias: float = 0.0
     shortcut_dropout: float = 0.5
     dropout: float = 0.0
-    bn_momentum: float = 0.9      # tensorpack's BatchNorm defaults
+    bn_momentum: float = 0.9  # tensorpack's BatchNorm defaults
     bn_epsilon: float = 1e-5
     # "Virtual towers" (docs/semantics.md): images per ε-gate group (None: the whole
     # per-device batch) and per BatchNorm group in training (None: the whole batch).
@@ -56,9 +63,14 @@ class NetConfig:
     bn_group: int = None
 
     def __post_init__(self):
-        for field, allowed in (("gate", gate_choices()), ("order", ORDERS), ("shortcut", SHORTCUTS),
-                               ("init", INITS), ("gate_scope", SCOPES),
-                               ("data_format", ("channels_last", "channels_first"))):
+        for field, allowed in (
+            ("gate", gate_choices()),
+            ("order", ORDERS),
+            ("shortcut", SHORTCUTS),
+            ("init", INITS),
+            ("gate_scope", SCOPES),
+            ("data_format", ("channels_last", "channels_first")),
+        ):
             value = getattr(self, field)
             if value not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {value!r}")
@@ -70,8 +82,9 @@ class NetConfig:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         for field in ("gate_group", "bn_group"):
             value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"{field} must be None or a positive integer; got {value!r}")
         if get_gate(self.gate) is not None:
             get_gate(self.gate).validate(self)
@@ -82,7 +95,7 @@ class NetConfig:
 
 
 def __getattr__(name):
-    if name == "GATES":   # "none" and the registered kinds, kinds registered later included
+    if name == "GATES":  # "none" and the registered kinds, kinds registered later included
         return gate_choices()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -94,25 +107,39 @@ class LayerFactory:
         self.config = config
         self.channel_axis = 1 if config.data_format == "channels_first" else -1
         # Kernels carry c·½‖w‖² = L2(c/2); BN, biases, epsilon and k carry none (docs/semantics.md §6).
-        self.regularizer = (keras.regularizers.L2(config.weight_decay / 2)
-                            if config.weight_decay else None)
+        self.regularizer = (
+            keras.regularizers.L2(config.weight_decay / 2) if config.weight_decay else None
+        )
 
     def kernel_initializer(self, fan_mode="fan_out"):
         if self.config.init == "gaussian":
             return keras.initializers.RandomNormal(stddev=0.01)
         # tf.variance_scaling_initializer(scale=2.0, mode='fan_out'), as in the authors' code.
-        return keras.initializers.VarianceScaling(2.0, mode=fan_mode, distribution="truncated_normal")
+        return keras.initializers.VarianceScaling(
+            2.0, mode=fan_mode, distribution="truncated_normal"
+        )
 
     def conv(self, filters, kernel, stride=1, name=None):
         return keras.layers.Conv2D(
-            filters, kernel, strides=stride, padding="same", use_bias=False,
-            data_format=self.config.data_format, kernel_initializer=self.kernel_initializer(),
-            kernel_regularizer=self.regularizer, name=name)
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            use_bias=False,
+            data_format=self.config.data_format,
+            kernel_initializer=self.kernel_initializer(),
+            kernel_regularizer=self.regularizer,
+            name=name,
+        )
 
     def bn(self, name):
         return L.FusedBatchNormalization(
-            axis=self.channel_axis, momentum=self.config.bn_momentum,
-            epsilon=self.config.bn_epsilon, group_size=self.config.bn_group, name=name)
+            axis=self.channel_axis,
+            momentum=self.config.bn_momentum,
+            epsilon=self.config.bn_epsilon,
+            group_size=self.config.bn_group,
+            name=name,
+        )
 
     def bn_relu(self, x, name):
         x = self.bn(name + "bn")(x)
@@ -120,15 +147,31 @@ class LayerFactory:
 
     def dense(self, units, name, dtype=None):
         return keras.layers.Dense(
-            units, kernel_initializer=self.kernel_initializer("fan_in"),
-            kernel_regularizer=self.regularizer, name=name, dtype=dtype)
+            units,
+            kernel_initializer=self.kernel_initializer("fan_in"),
+            kernel_regularizer=self.regularizer,
+            name=name,
+            dtype=dtype,
+        )
 
     def channels(self, x):
         return x.shape[self.channel_axis]
 
 
-def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=False,
-                  expansion=4, shortcut_kind="identity", preact="residual", shared_conv=None):
+def residual_unit(
+    x,
+    factory,
+    *,
+    group,
+    block,
+    filters,
+    stride=1,
+    bottleneck=False,
+    expansion=4,
+    shortcut_kind="identity",
+    preact="residual",
+    shared_conv=None,
+):
     """One residual unit named `group{g}_block{b}_…`; returns its output tensor.
 
     shortcut_kind: "identity" (with the NetConfig's He et al. variant), "projection"
@@ -142,18 +185,28 @@ def residual_unit(x, factory, *, group, block, filters, stride=1, bottleneck=Fal
     cfg = factory.config
     p = layer_prefix(group, block)
     if bottleneck and cfg.dropout:
-        raise ValueError("dropout between the two convs is an option of basic units "
-                         "(cifar-basic, wrn, imagenet-18/34), not of bottleneck units")
+        raise ValueError(
+            "dropout between the two convs is an option of basic units "
+            "(cifar-basic, wrn, imagenet-18/34), not of bottleneck units"
+        )
     out_channels = filters * expansion if bottleneck else filters
     if bottleneck:
         specs = [(filters, 1, 1), (filters, 3, stride), (out_channels, 1, 1)]
     else:
         specs = [(filters, 3, stride), (filters, 3, 1)]
     shortcut_input, residual = _preactivate(x, factory, p, preact)
-    residual = _branch_convs(residual, factory, p, specs, bottleneck=bottleneck,
-                             shared_conv=shared_conv, unit=block_id(group, block))
-    merged = _merge_with_shortcut(shortcut_input, residual, factory, p, shortcut_kind,
-                                  out_channels, stride)
+    residual = _branch_convs(
+        residual,
+        factory,
+        p,
+        specs,
+        bottleneck=bottleneck,
+        shared_conv=shared_conv,
+        unit=block_id(group, block),
+    )
+    merged = _merge_with_shortcut(
+        shortcut_input, residual, factory, p, shortcut_kind, out_channels, stride
+    )
     if cfg.order == "original":
         merged = keras.layers.ReLU(name=p + "out_relu")(merged)
     elif cfg.order == "bn_after_add":
@@ -190,14 +243,17 @@ def _branch_convs(residual, factory, p, specs, *, bottleneck, shared_conv, unit)
             residual = keras.layers.Dropout(cfg.dropout, name=p + "dropout")(residual)
         if shared_conv is not None and i == 1:
             if conv_stride != 1:
-                raise ValueError(f"{unit}: a shared 3x3 kernel cannot serve "
-                                 "a strided unit; share every block but the stage's first")
+                raise ValueError(
+                    f"{unit}: a shared 3x3 kernel cannot serve "
+                    "a strided unit; share every block but the stage's first"
+                )
             conv = shared_conv
         else:
             conv = factory.conv(channels, kernel, conv_stride, name=f"{p}conv{i + 1}")
         residual = conv(residual)
         post_bn = cfg.order in ("original", "relu_before_add", "relu_preact") or (
-            cfg.order == "bn_after_add" and i < last)
+            cfg.order == "bn_after_add" and i < last
+        )
         if post_bn:
             residual = factory.bn(f"{p}{i + 1}_bn")(residual)
             if i < last and cfg.order != "relu_preact":
@@ -213,23 +269,33 @@ def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
     identity-shaped units)."""
     cfg = factory.config
     if kind == "projection":
-        return merge_branch(residual, factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x), cfg, p)
+        return merge_branch(
+            residual, factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x), cfg, p
+        )
     if kind == "pool_pad":
-        pool_pad = L.PoolPadShortcut(out_channels, stride, cfg.data_format, name=p + "shortcut_pool_pad")
+        pool_pad = L.PoolPadShortcut(
+            out_channels, stride, cfg.data_format, name=p + "shortcut_pool_pad"
+        )
         return merge_branch(residual, pool_pad(x), cfg, p)
     if factory.channels(x) != out_channels or stride != 1:
         raise ValueError(f"{p}: an identity shortcut needs equal shapes; use a projection")
     variant = cfg.shortcut
     if variant == "constant_scaling":  # Fig. 2(b): (1 - λ) F + λ x, or F + λ x
         f = keras.layers.Rescaling(cfg.residual_scale, name=p + "residual_scale")(
-            gated_residual(residual, cfg, p))
+            gated_residual(residual, cfg, p)
+        )
         h = keras.layers.Rescaling(cfg.shortcut_scale, name=p + "shortcut_scale")(x)
         return keras.layers.Add(name=p + "add")([f, h])
     if variant in ("exclusive_gating", "shortcut_only_gating"):  # Fig. 2(c, d)
         mode = "exclusive" if variant == "exclusive_gating" else "shortcut_only"
-        gate = L.SigmoidShortcutGate(mode, cfg.gate_bias, cfg.data_format,
-                                     factory.kernel_initializer(), factory.regularizer,
-                                     name=p + "shortcut_gate")
+        gate = L.SigmoidShortcutGate(
+            mode,
+            cfg.gate_bias,
+            cfg.data_format,
+            factory.kernel_initializer(),
+            factory.regularizer,
+            name=p + "shortcut_gate",
+        )
         return gate([gated_residual(residual, cfg, p), x])
     if variant == "conv1x1":  # Fig. 2(e)
         x = factory.conv(out_channels, 1, 1, name=p + "shortcut_conv")(x)
@@ -265,8 +331,9 @@ def classifier(x, factory, name, activate=True):
     if activate:
         x = factory.bn_relu(x, name + "_")
     x = keras.layers.GlobalAveragePooling2D(data_format=cfg.data_format, name=name + "_pool")(x)
-    return factory.dense(cfg.classes, name=name + "_fc" if name != "head" else "logits",
-                         dtype="float32")(x)
+    return factory.dense(
+        cfg.classes, name=name + "_fc" if name != "head" else "logits", dtype="float32"
+    )(x)
 
 
 def side_head_index(blocks_per_group):
@@ -297,14 +364,67 @@ def transition_unit(x, factory, *, group, out_channels, stride, shortcut_kind, p
             x = keras.layers.ReLU(name=p + "preact_relu")(x)
         return factory.conv(out_channels, 1, stride, name=p + "shortcut_conv")(x)
     if shortcut_kind == "pool_pad":
-        return L.PoolPadShortcut(out_channels, stride, factory.config.data_format,
-                                 name=p + "shortcut_pool_pad")(x)
+        return L.PoolPadShortcut(
+            out_channels, stride, factory.config.data_format, name=p + "shortcut_pool_pad"
+        )(x)
     return x
 
 
-def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_stride,
-                   dim_shortcut, first_unit_activated, share_first, first_removed=(),
-                   side_head_at=side_head_index):
+def _unit_plan(x, factory, stride, out_channels, dim_shortcut, activated):
+    """(shortcut kind, pre-activation) of a unit or transition fed `x`."""
+    changes = stride != 1 or factory.channels(x) != out_channels
+    kind = dim_shortcut if changes else "identity"
+    if activated:  # the input already went through BN-ReLU
+        return kind, "none"
+    return kind, ("split" if kind == "projection" else "residual")
+
+
+def _group_transition(x, factory, g, out_channels, stride, dim_shortcut, activated):
+    """The transition that opens group `g` when compression removed its first unit."""
+    kind, preact = _unit_plan(x, factory, stride, out_channels, dim_shortcut, activated)
+    return transition_unit(
+        x,
+        factory,
+        group=g,
+        out_channels=out_channels,
+        stride=stride,
+        shortcut_kind=kind,
+        preact=preact,
+    )
+
+
+def _stack_unit(x, factory, g, b, width, stride, out_channels, activated, shared, options):
+    """Unit `b` of group `g`, planned by `_unit_plan`; `options` holds bottleneck and
+    dim_shortcut."""
+    kind, preact = _unit_plan(x, factory, stride, out_channels, options["dim_shortcut"], activated)
+    return residual_unit(
+        x,
+        factory,
+        group=g,
+        block=b,
+        filters=width,
+        stride=stride,
+        bottleneck=options["bottleneck"],
+        shortcut_kind=kind,
+        preact=preact,
+        shared_conv=shared,
+    )
+
+
+def residual_stack(
+    x,
+    factory,
+    blocks_per_group,
+    widths,
+    *,
+    bottleneck,
+    first_stride,
+    dim_shortcut,
+    first_unit_activated,
+    share_first,
+    first_removed=(),
+    side_head_at=side_head_index,
+):
     """All groups of units. Returns (output, side_tensor or None).
 
     dim_shortcut: shortcut where shapes change ("projection" or "pool_pad").
@@ -319,33 +439,24 @@ def residual_stack(x, factory, blocks_per_group, widths, *, bottleneck, first_st
     side_at = side_head_at(blocks_per_group) if cfg.side_head else None
     side = None
     index = 0
-    expansion = 4 if bottleneck else 1
+    options = {"bottleneck": bottleneck, "dim_shortcut": dim_shortcut}
     for g, (count, width) in enumerate(zip(blocks_per_group, widths)):
         shared = shared_kernel(factory, g, width) if cfg.share and count else None
         group_stride = first_stride if g == 0 else 2
-        out_channels = width * expansion
+        out_channels = width * (4 if bottleneck else 1)
         if g in first_removed:
-            changes = group_stride != 1 or factory.channels(x) != out_channels
-            kind = dim_shortcut if changes else "identity"
-            preact = "none" if (g == 0 and first_unit_activated) else (
-                "split" if kind == "projection" else "residual")
-            x = transition_unit(x, factory, group=g, out_channels=out_channels,
-                                stride=group_stride, shortcut_kind=kind, preact=preact)
+            activated = g == 0 and first_unit_activated
+            x = _group_transition(
+                x, factory, g, out_channels, group_stride, dim_shortcut, activated
+            )
         for b in range(count):
-            original_first = b == 0 and g not in first_removed
-            stride = group_stride if original_first else 1
-            changes = stride != 1 or factory.channels(x) != out_channels
-            kind = dim_shortcut if changes else "identity"
-            if g == 0 and original_first and first_unit_activated:
-                preact = "none"
-            elif kind == "projection":
-                preact = "split"
-            else:
-                preact = "residual"
-            use_shared = shared if (not original_first or share_first) else None
-            x = residual_unit(x, factory, group=g, block=b, filters=width, stride=stride,
-                              bottleneck=bottleneck, shortcut_kind=kind, preact=preact,
-                              shared_conv=use_shared)
+            first = b == 0 and g not in first_removed  # the group's original first unit
+            stride = group_stride if first else 1
+            activated = g == 0 and first and first_unit_activated
+            unit_shared = shared if (not first or share_first) else None
+            x = _stack_unit(
+                x, factory, g, b, width, stride, out_channels, activated, unit_shared, options
+            )
             if index == side_at:
                 side = classifier(x, factory, "side_head")
             index += 1

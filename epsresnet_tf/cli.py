@@ -3,6 +3,7 @@
 Each subcommand lives beside the code it drives and exposes `register(subparsers)`;
 this module only collects them and turns user mistakes into one-line errors.
 """
+
 import argparse
 import importlib
 import os
@@ -55,7 +56,8 @@ def build_parser():
     parser = OneLineErrorParser(
         prog="epsresnet",
         description="epsilon-ResNet: train deep ResNets that discard their own blocks, "
-                    "then compress them into smaller standard ResNets.")
+        "then compress them into smaller standard ResNets.",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module in import_quietly(COMMAND_MODULES):

@@ -34,10 +34,12 @@ so dropping it changes no activation. Kept blocks follow `gates`:
 `compress_model` builds both reduced nets — the certified one and the authors' (EMA rule) —
 and reports the test error of each and the blocks only one rule removes.
 """
+
 import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +75,13 @@ TOLERANCE = 1e-5
 #: are 0.99999493… and 0.99999505…), so `ema >= EMA_THRESHOLD` and "prints as 1" agree on
 #: every float32 (tests/test_compress.py checks this).
 EMA_DIGITS = 5
-EMA_THRESHOLD = 1 - 0.5 * 10 ** -EMA_DIGITS      # 0.999995
+EMA_THRESHOLD = 1 - 0.5 * 10**-EMA_DIGITS  # 0.999995
 #: Gates of the kept blocks: "auto", "keep", "none" (see the module docstring) and "plain":
 #: always the standard ResNet, exact or not — the authors' reduced net (their EMA rule).
 GATE_POLICIES = ("auto", "keep", "none", "plain")
 
 # --- model structure -------------------------------------------------------------------
+
 
 def logits_of(outputs):
     """The prediction logits of a model output (a dict when the side head is present)."""
@@ -98,22 +101,27 @@ def block_layout(model):
 
 # --- the certificate -------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Certificate:
     scope: str
     batch_size: int
-    images: dict               # split -> images certified
-    batches: dict              # split -> batches
-    blocks: dict               # id -> BlockVerdict
+    images: dict  # split -> images certified
+    batches: dict  # split -> batches
+    blocks: dict  # id -> BlockVerdict
 
     @property
     def closed(self):
         return sort_block_ids(b for b, v in self.blocks.items() if v.verdict == "closed")
 
     def as_dict(self):
-        return {"scope": self.scope, "batch_size": self.batch_size, "images": self.images,
-                "batches": self.batches,
-                "blocks": {b: self.blocks[b].as_dict() for b in sort_block_ids(self.blocks)}}
+        return {
+            "scope": self.scope,
+            "batch_size": self.batch_size,
+            "images": self.images,
+            "batches": self.batches,
+            "blocks": {b: self.blocks[b].as_dict() for b in sort_block_ids(self.blocks)},
+        }
 
 
 def iter_images(data):
@@ -145,7 +153,7 @@ def certify(model, datasets, scope=None, batch_size=None):
         verdicts.update(v)
         images.update(i)
         batches.update(n)
-    verdicts = {b: verdicts[b] for b in gates}   # network order
+    verdicts = {b: verdicts[b] for b in gates}  # network order
     return Certificate(scope, int(batch_size) if batch_size else None, images, batches, verdicts)
 
 
@@ -172,10 +180,14 @@ def disagreements(certificate, ema_ids):
     removed by the EMA rule but are not provably closed (removing them may change
     predictions); "certificate_only" blocks are provably closed but the EMA lags."""
     closed, ema = set(certificate.closed), set(ema_ids)
-    return {"ema_only": sort_block_ids(ema - closed), "certificate_only": sort_block_ids(closed - ema)}
+    return {
+        "ema_only": sort_block_ids(ema - closed),
+        "certificate_only": sort_block_ids(closed - ema),
+    }
 
 
 # --- the reduced network ---------------------------------------------------------------
+
 
 def _renumbering(layout, removed):
     """{(g, old b): new b} for kept units, counts per group and groups whose first went."""
@@ -210,15 +222,21 @@ def _decide_gates(model, kept, gates, certificate):
     kept_gates = {b: by_block[b] for b in kept if b in by_block}
     if not kept_gates:
         return "none", {}, "no gates remain"
-    kind = G.kind_of(next(iter(kept_gates.values())))   # one kind per net
+    kind = G.kind_of(next(iter(kept_gates.values())))  # one kind per net
     exact, folds, why = kind.plain_decision(kept_gates, certificate)
     if gates == "keep":
         return kind.name, {}, "gates kept on request (--gates keep)"
-    if gates == "plain":     # the authors' reduced net: a standard ResNet whatever the data say
+    if gates == "plain":  # the authors' reduced net: a standard ResNet whatever the data say
         if not exact and not kind.plain_drops_inexact:
             return kind.name, {}, f"{kind.label}-gates kept: {why}"
-        return "none", folds, ("standard ResNet (the authors' reduced net): " +
-                               (why if exact else f"not exact, {why}"))
+        return (
+            "none",
+            folds,
+            (
+                "standard ResNet (the authors' reduced net): "
+                + (why if exact else f"not exact, {why}")
+            ),
+        )
     if gates == "none" and not exact:
         raise UserError(f"--gates none is not exact here ({why}); use --gates auto or keep")
     if exact:
@@ -253,17 +271,28 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
     # Every trained weight is either copied or belongs to a removed block, a gate the
     # plain reduced net drops (open ε-gates: T = 1; folded k-gates) or the side head.
     removed_prefixes = tuple(layer_prefix(g, b) for g, b in removed) + tuple(
-        shared_prefix(g) for g, n in enumerate(counts) if n == 0)   # no unit left to use it
+        shared_prefix(g) for g, n in enumerate(counts) if n == 0
+    )  # no unit left to use it
     folded_gates = {l.name for l in gate_by_block(model).values()} if kind == "none" else set()
-    missing = [l.name for l in model.layers if l.weights and l.name not in copied
-               and not l.name.startswith(removed_prefixes) and not l.name.startswith("side_head")
-               and l.name not in folded_gates]
+    missing = [
+        l.name
+        for l in model.layers
+        if l.weights
+        and l.name not in copied
+        and not l.name.startswith(removed_prefixes)
+        and not l.name.startswith("side_head")
+        and l.name not in folded_gates
+    ]
     if missing:
-        raise UserError(f"weights of {', '.join(missing[:5])} were not carried over: the "
-                        "reduced layout does not match the trained net")
+        raise UserError(
+            f"weights of {', '.join(missing[:5])} were not carried over: the "
+            "reduced layout does not match the trained net"
+        )
     info = {
         "removed": sort_block_ids(block_id(*b) for b in removed),
-        "renumbered": {block_id(g, old): block_id(g, new) for (g, old), new in sorted(mapping.items())},
+        "renumbered": {
+            block_id(g, old): block_id(g, new) for (g, old), new in sorted(mapping.items())
+        },
         "blocks_per_group_before": [layout.get(g, 0) for g in range(len(counts))],
         "blocks_per_group_after": counts,
         "first_removed": list(first_removed),
@@ -280,8 +309,9 @@ def _build_like(model, arch, counts, first_removed, options):
     import keras
 
     from epsresnet_tf.models import build_model
+
     policy = keras.config.dtype_policy()
-    first = next(l for l in model.layers if l.weights)   # the stem: the net's compute policy
+    first = next(l for l in model.layers if l.weights)  # the stem: the net's compute policy
     try:
         keras.config.set_dtype_policy(first.dtype_policy.name)
         return build_model(arch, blocks_per_group=counts, first_removed=first_removed, **options)
@@ -299,21 +329,26 @@ def _copy_weights(model, reduced, inverse, folded):
             continue
         name = _source_name(layer.name, inverse)
         if name not in source:
-            raise UserError(f"reduced layer {layer.name} has no counterpart {name} in the "
-                            "trained net: were the build options the ones it was trained with?")
+            raise UserError(
+                f"reduced layer {layer.name} has no counterpart {name} in the "
+                "trained net: were the build options the ones it was trained with?"
+            )
         weights = source[name].get_weights()
         if name in folded:  # φ·conv_W(x) = conv_{φ·W}(x): the gate folds into the kernel
             weights = [w * np.asarray(folded[name], w.dtype) for w in weights]
         target = [w.shape for w in layer.weights]
         if [tuple(w.shape) for w in weights] != [tuple(t) for t in target]:
-            raise UserError(f"{layer.name}: weight shapes {[w.shape for w in weights]} differ "
-                            f"from {name}'s {target}: build options do not match the trained net")
+            raise UserError(
+                f"{layer.name}: weight shapes {[w.shape for w in weights]} differ "
+                f"from {name}'s {target}: build options do not match the trained net"
+            )
         layer.set_weights(weights)
         copied.add(name)
     return copied
 
 
 # --- sizes and the check ---------------------------------------------------------------
+
 
 def model_size(model):
     """Sizes of the prediction path (the side head excluded): the paper's trainable
@@ -337,10 +372,16 @@ def model_size(model):
             layers += sum(1 for _ in _calls(layer, model))
     params = stats["params"] - side_params
     trainable = stats["trainable_params"] - side_trainable
-    return {"params": params, "trainable_params": trainable,
-            "param_bytes": 4 * params, "trainable_bytes": 4 * trainable,
-            "conv_layers": stats["conv_layers"], "layers": layers, "blocks": stats["blocks"],
-            "macs": stats["macs"] - side_macs}
+    return {
+        "params": params,
+        "trainable_params": trainable,
+        "param_bytes": 4 * params,
+        "trainable_bytes": 4 * trainable,
+        "conv_layers": stats["conv_layers"],
+        "layers": layers,
+        "blocks": stats["blocks"],
+        "macs": stats["macs"] - side_macs,
+    }
 
 
 def check_equivalence(full, reduced, data, tolerance=TOLERANCE, device="cpu"):
@@ -374,9 +415,16 @@ def check_equivalence(full, reduced, data, tolerance=TOLERANCE, device="cpu"):
             worst, images, same, batches, wrong = run()
     else:
         worst, images, same, batches, wrong = run()
-    out = {"max_abs_logit_diff": worst, "tolerance": tolerance, "passed": bool(worst <= tolerance),
-           "images": images, "batches": batches, "same_top1": same, "device": device}
-    if wrong is not None:   # top-1 errors of both nets on the check's (test) images
+    out = {
+        "max_abs_logit_diff": worst,
+        "tolerance": tolerance,
+        "passed": bool(worst <= tolerance),
+        "images": images,
+        "batches": batches,
+        "same_top1": same,
+        "device": device,
+    }
+    if wrong is not None:  # top-1 errors of both nets on the check's (test) images
         out.update(error_full=wrong[0] / images, error_reduced=wrong[1] / images)
     return out
 
@@ -384,14 +432,18 @@ def check_equivalence(full, reduced, data, tolerance=TOLERANCE, device="cpu"):
 # --- everything, with exports ----------------------------------------------------------
 
 SCOPE_NOTE = {
-    "batch": ("Batch scope: a closed block has T = 0 for every certified image, hence on every "
-              "batch of any size or order drawn from these images. A kept gate certified "
-              "'open' was open on every batch at this batch size and order; on other batches "
-              "(another size, batch 1, unseen images) it could still close, and a gated net "
-              "would then differ from the plain reduced net."),
-    "sample": ("Sample scope: a closed block has T = 0 for every certified image; a kept gate "
-               "certified 'open' was open for every certified image, and may close on unseen "
-               "images."),
+    "batch": (
+        "Batch scope: a closed block has T = 0 for every certified image, hence on every "
+        "batch of any size or order drawn from these images. A kept gate certified "
+        "'open' was open on every batch at this batch size and order; on other batches "
+        "(another size, batch 1, unseen images) it could still close, and a gated net "
+        "would then differ from the plain reduced net."
+    ),
+    "sample": (
+        "Sample scope: a closed block has T = 0 for every certified image; a kept gate "
+        "certified 'open' was open for every certified image, and may close on unseen "
+        "images."
+    ),
 }
 
 
@@ -399,10 +451,26 @@ SCOPE_NOTE = {
 RULES = {"certificate": "certified", "ema": "authors' EMA rule"}
 
 
-def compress_model(model, arch, build_options, *, certify_data, check_data, out_dir,
-                   scope=None, batch_size=None, rule="certificate", ema=None,
-                   ema_threshold=EMA_THRESHOLD, gates=None, tolerance=TOLERANCE,
-                   check_device="cpu", force=False, export=True, extra=None):
+def compress_model(
+    model,
+    arch,
+    build_options,
+    *,
+    certify_data,
+    check_data,
+    out_dir,
+    scope=None,
+    batch_size=None,
+    rule="certificate",
+    ema=None,
+    ema_threshold=EMA_THRESHOLD,
+    gates=None,
+    tolerance=TOLERANCE,
+    check_device="cpu",
+    force=False,
+    export=True,
+    extra=None,
+):
     """Certify, reduce, check, export. Writes `out_dir/{reduced.keras, saved_model/,
     certificate.json}` and returns the certificate dict. rule: "certificate" (default) or
     "ema" (the authors' moving-average rule; the check then says whether it was safe).
@@ -422,43 +490,72 @@ def compress_model(model, arch, build_options, *, certify_data, check_data, out_
     if gates is not None:
         policy[rule] = gates
     nets, infos, checks = _reduce_by_both_rules(
-        model, arch, build_options, {"certificate": cert.closed, "ema": ema_ids}, policy, rule,
-        cert, lambda net: check_equivalence(model, net, check_data, tolerance, check_device))
-    reduced, info, equivalence = nets[rule], infos[rule], checks[rule]
+        model,
+        arch,
+        build_options,
+        {"certificate": cert.closed, "ema": ema_ids},
+        policy,
+        rule,
+        cert,
+        lambda net: check_equivalence(model, net, check_data, tolerance, check_device),
+    )
     full_inference, _ = reduce(model, arch, build_options, [], gates="keep", certificate=cert)
-    before, after = model_size(full_inference), model_size(reduced)
+    sizes = model_size(full_inference), model_size(nets[rule])
+    doc = _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, checks, sizes)
+    doc.update(extra or {})
+    _write_outputs(out_dir, nets[rule] if export else None, doc)
+    return doc
+
+
+#: The reduction's facts that certificate.json copies as they are.
+_INFO_KEYS = (
+    "blocks_per_group_before",
+    "blocks_per_group_after",
+    "renumbered",
+    "reduced_gates",
+    "gate_decision",
+    "folded_k",
+)
+
+
+def _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, checks, sizes):
+    """certificate.json's document (before the caller's extras); `sizes`: the model_size of
+    the full and of the exported reduced net."""
+    info, (before, after) = infos[rule], sizes
     dis = disagreements(cert, ema_ids)
-    rules = {name: _rule_summary(name, policy[name], infos[name], checks[name])
-             for name in RULES}
-    doc = {
+    return {
         "arch": arch,
         "rule": rule,
         "scope": cert.scope,
-        "certified_on": {"images": cert.images, "batches": cert.batches,
-                         "batch_size": cert.batch_size},
+        "certified_on": {
+            "images": cert.images,
+            "batches": cert.batches,
+            "batch_size": cert.batch_size,
+        },
         "removed": info["removed"],
         "removed_count": len(info["removed"]),
         "blocks_before": before["blocks"],
         "blocks_after": after["blocks"],
-        **{key: info[key] for key in ("blocks_per_group_before", "blocks_per_group_after",
-                                      "renumbered", "reduced_gates", "gate_decision",
-                                      "folded_k")},
+        **{key: info[key] for key in _INFO_KEYS},
         "first_removed_groups": info["first_removed"],
         "before": before,
         "after": after,
-        "compression": {k: (before[k] / after[k] if after[k] else None)
-                        for k in ("params", "layers", "macs", "blocks")},
-        "equivalence": equivalence,
-        "rules": rules,
+        "compression": {
+            k: (before[k] / after[k] if after[k] else None)
+            for k in ("params", "layers", "macs", "blocks")
+        },
+        "equivalence": checks[rule],
+        "rules": {n: _rule_summary(n, policy[n], infos[n], checks[n]) for n in RULES},
         "disagreements": dis,
-        "ema_rule": {"threshold": ema_threshold, "digits": EMA_DIGITS, "removable": ema_ids,
-                     "disagreements": dis},
+        "ema_rule": {
+            "threshold": ema_threshold,
+            "digits": EMA_DIGITS,
+            "removable": ema_ids,
+            "disagreements": dis,
+        },
         "note": SCOPE_NOTE[cert.scope],
         "blocks": cert.as_dict()["blocks"],
     }
-    doc.update(extra or {})
-    _write_outputs(out_dir, reduced if export else None, doc)
-    return doc
 
 
 def _write_outputs(out_dir, reduced, doc):
@@ -474,8 +571,9 @@ def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, c
     first: ({rule: net}, {rule: info}, {rule: check})."""
     nets, infos, checks = {}, {}, {}
     for name in (rule,) + tuple(r for r in RULES if r != rule):
-        nets[name], infos[name] = reduce(model, arch, build_options, removable[name],
-                                         gates=policy[name], certificate=cert)
+        nets[name], infos[name] = reduce(
+            model, arch, build_options, removable[name], gates=policy[name], certificate=cert
+        )
         checks[name] = check(nets[name])
     return nets, infos, checks
 
@@ -483,23 +581,31 @@ def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, c
 def _rule_summary(name, policy, info, check):
     """One rule's part of the certificate: what it removed, its net and its test error."""
     return {
-        "net": RULES[name], "gates": policy, "removed": info["removed"],
+        "net": RULES[name],
+        "gates": policy,
+        "removed": info["removed"],
         "removed_count": len(info["removed"]),
         "blocks_per_group_after": info["blocks_per_group_after"],
-        "first_removed_groups": info["first_removed"], "reduced_gates": info["reduced_gates"],
+        "first_removed_groups": info["first_removed"],
+        "reduced_gates": info["reduced_gates"],
         "gate_decision": info["gate_decision"],
-        "test_error": check.get("error_reduced"),           # None on unlabelled check data
+        "test_error": check.get("error_reduced"),  # None on unlabelled check data
         "test_error_full": check.get("error_full"),
-        "max_abs_logit_diff": check["max_abs_logit_diff"], "same_top1": check["same_top1"],
-        "identical_predictions": check["passed"], "test_images": check["images"]}
+        "max_abs_logit_diff": check["max_abs_logit_diff"],
+        "same_top1": check["same_top1"],
+        "identical_predictions": check["passed"],
+        "test_images": check["images"],
+    }
 
 
 def _prepare_out(out_dir, force):
     names = (REDUCED_MODEL, SAVED_MODEL, CERTIFICATE)
     existing = [n for n in names if (out_dir / n).exists()]
     if existing and not force:
-        raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to "
-                        "replace them or --out another folder")
+        raise UserError(
+            f"{out_dir} already holds {', '.join(existing)}; pass --force to "
+            "replace them or --out another folder"
+        )
     for n in existing:
         p = out_dir / n
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -508,13 +614,24 @@ def _prepare_out(out_dir, force):
 
 # --- a run's data (the run folder's layout: epsresnet_tf.runfolder) -------------------
 
+
 def run_datasets(run, data_dir, splits=("train", "test"), max_batches=None, batch_size=None):
     """Evaluation-order batches (no augmentation) of the run's dataset, per split name
     ("train" and "test" map to the dataset's own split names)."""
     from epsresnet_tf.data.pipeline import eval_batches
-    return {split: eval_batches(run.dataset, split, data_dir, batch_size or run.batch_size,
-                                seed=run.seed, mean=run.mean, max_batches=max_batches)
-            for split in splits}
+
+    return {
+        split: eval_batches(
+            run.dataset,
+            split,
+            data_dir,
+            batch_size or run.batch_size,
+            seed=run.seed,
+            mean=run.mean,
+            max_batches=max_batches,
+        )
+        for split in splits
+    }
 
 
 def load_epoch(run, epoch):
@@ -530,26 +647,31 @@ def load_epoch(run, epoch):
     path = folder.checkpoint_path(epoch)
     if not path.is_file():
         kept = folder.kept_epochs()
-        raise UserError(f"no checkpoint of epoch {epoch} in {folder.ckpt} (kept: "
-                        f"{', '.join(map(str, kept)) or 'none'}); train with "
-                        f"\"keep_checkpoints_at\": [{epoch}] (or keep_checkpoints_every) in the "
-                        "config to keep it, or compress a kept epoch")
+        raise UserError(
+            f"no checkpoint of epoch {epoch} in {folder.ckpt} (kept: "
+            f"{', '.join(map(str, kept)) or 'none'}); train with "
+            f'"keep_checkpoints_at": [{epoch}] (or keep_checkpoints_every) in the '
+            "config to keep it, or compress a kept epoch"
+        )
     try:
         arrays, state = folder.load(path)
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{path} is unreadable ({err}): compress another kept epoch") from err
     cfg = run.config
     policy = keras.config.dtype_policy()
-    try:   # the run's precision, as training set it
+    try:  # the run's precision, as training set it
         keras.config.set_dtype_policy("mixed_float16" if cfg.get("mixed_precision") else "float32")
         net = build_model(run.arch, side_head=cfg.get("side_head", True), **run.build_options)
     finally:
         keras.config.set_dtype_policy(policy)
-    variables = net.variables   # the checkpoint holds these first, then the optimizer's
+    variables = net.variables  # the checkpoint holds these first, then the optimizer's
     if len(arrays) < len(variables) or any(
-            tuple(v.shape) != a.shape for v, a in zip(variables, arrays)):
-        raise UserError(f"{path} does not match the net config.json describes: was the run "
-                        "folder's config.json edited?")
+        tuple(v.shape) != a.shape for v, a in zip(variables, arrays)
+    ):
+        raise UserError(
+            f"{path} does not match the net config.json describes: was the run "
+            "folder's config.json edited?"
+        )
     for v, a in zip(variables, arrays):
         v.assign(a)
     if state.get("epoch") != epoch:
@@ -557,127 +679,266 @@ def load_epoch(run, epoch):
     return net, state
 
 
-def compress_run(run_dir, data_dir="data", out=None, *, rule="certificate", gates=None,
-                 epoch=None, ema_from="model", ema_epoch=None, ema_threshold=EMA_THRESHOLD,
-                 splits=("train", "test"), max_batches=None, force=False, check_device="cpu"):
+def _load_weights(run, epoch, ema_epoch):
+    """The net to compress: (model, checkpoint state or None, the EMA's epoch). The final
+    model.keras, or with `epoch` its checkpoint (then the EMA's epoch must be the same)."""
+    if epoch is None:
+        return load_model(run.model_path), None, ema_epoch
+    if ema_epoch is not None and ema_epoch != epoch:
+        raise UserError(
+            f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "
+            "averages would not be those of the compressed weights; drop "
+            "--ema-epoch"
+        )
+    model, state = load_epoch(run, epoch)
+    return model, state, epoch
+
+
+def _history_ema(run, ema_epoch):
+    """The gates' moving averages in history.jsonl's row of `ema_epoch` (None: the last)."""
+    rows = read_history(run.root)
+    if not rows:
+        raise UserError(f"{run.history_path} is missing or empty: use --ema-from model")
+    pick = (
+        rows[-1] if ema_epoch is None else next((r for r in rows if r["epoch"] == ema_epoch), None)
+    )
+    if pick is None:
+        raise UserError(f"no history row for epoch {ema_epoch} (epochs 1–{len(rows)})")
+    return pick["blocks"]
+
+
+def _run_extra(run, epoch, ema_from, ema_epoch, state):
+    """What certificate.json records about the run and the weights it compressed."""
+    folder = run.folder
+    weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
+    extra = {
+        "run": str(run.root),
+        "dataset": run.dataset,
+        "ema_from": ema_from,
+        "ema_epoch": ema_epoch,
+        "epoch": epoch,
+        "weights": weights.relative_to(folder.root).as_posix(),
+    }
+    if state is not None and state.get("history"):
+        extra["step"] = state["history"][-1].get("step")
+    return extra
+
+
+def compress_run(
+    run_dir,
+    data_dir="data",
+    out=None,
+    *,
+    rule="certificate",
+    gates=None,
+    epoch=None,
+    ema_from="model",
+    ema_epoch=None,
+    ema_threshold=EMA_THRESHOLD,
+    splits=("train", "test"),
+    max_batches=None,
+    force=False,
+    check_device="cpu",
+):
     """Compress a run folder: the final net (model.keras), or with `epoch` the state at the
     end of that epoch (its checkpoint's weights and moving averages; the history row of
     that epoch for ema_from="history")."""
     run = read_run(run_dir)
-    state = None
-    if epoch is None:
-        model = load_model(run.model_path)
-    else:
-        if ema_epoch is not None and ema_epoch != epoch:
-            raise UserError(f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "
-                            "averages would not be those of the compressed weights; drop "
-                            "--ema-epoch")
-        ema_epoch = epoch
-        model, state = load_epoch(run, epoch)
+    model, state, ema_epoch = _load_weights(run, epoch, ema_epoch)
     if not gate_by_block(model):
-        raise UserError(f"{run.model_path} has no gates: only gated nets have removable "
-                        f"blocks (train with gate {' or '.join(G.gate_kinds())})")
-    ema = None
-    if ema_from == "history":
-        rows = read_history(run.root)
-        if not rows:
-            raise UserError(f"{run.history_path} is missing or empty: use --ema-from model")
-        pick = rows[-1] if ema_epoch is None else next((r for r in rows if r["epoch"] == ema_epoch), None)
-        if pick is None:
-            raise UserError(f"no history row for epoch {ema_epoch} (epochs 1–{len(rows)})")
-        ema = pick["blocks"]
+        raise UserError(
+            f"{run.model_path} has no gates: only gated nets have removable "
+            f"blocks (train with gate {' or '.join(G.gate_kinds())})"
+        )
+    ema = _history_ema(run, ema_epoch) if ema_from == "history" else None
     data = run_datasets(run, data_dir, splits, max_batches)
     check = data.get("test") or run_datasets(run, data_dir, ("test",), max_batches)["test"]
-    folder = run.folder
-    out = Path(out) if out else folder.reduced
-    weights = folder.model if epoch is None else folder.checkpoint_path(epoch)
-    extra = {"run": str(run.root), "dataset": run.dataset, "ema_from": ema_from,
-             "ema_epoch": ema_epoch, "epoch": epoch,
-             "weights": weights.relative_to(folder.root).as_posix()}
-    if state is not None and state.get("history"):
-        extra["step"] = state["history"][-1].get("step")
-    return compress_model(model, run.arch, run.build_options, certify_data=data,
-                          check_data=check, out_dir=out, batch_size=run.batch_size, rule=rule,
-                          ema=ema, ema_threshold=ema_threshold, gates=gates,
-                          check_device=check_device, force=force, extra=extra)
+    return compress_model(
+        model,
+        run.arch,
+        run.build_options,
+        certify_data=data,
+        check_data=check,
+        out_dir=Path(out) if out else run.folder.reduced,
+        batch_size=run.batch_size,
+        rule=rule,
+        ema=ema,
+        ema_threshold=ema_threshold,
+        gates=gates,
+        check_device=check_device,
+        force=force,
+        extra=_run_extra(run, epoch, ema_from, ema_epoch, state),
+    )
 
 
 # --- command line ----------------------------------------------------------------------
 
+
 def _pct(v):
+    """A fraction as a percentage with two decimals, or "n/a"."""
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
-def _cli(args):
-    doc = compress_run(args.run_dir, args.data_dir, args.out, rule=args.rule, gates=args.gates,
-                       epoch=args.epoch, ema_from=args.ema_from, ema_epoch=args.ema_epoch,
-                       ema_threshold=args.ema_threshold, splits=tuple(args.splits.split(",")),
-                       max_batches=args.max_batches, force=args.force)
+def _print_summary(doc):
+    """Print what was removed, the sizes, whether the rules agree and the test errors."""
     eq = doc["equivalence"]
     b, a = doc["before"], doc["after"]
     where = "final model" if doc.get("epoch") is None else f"epoch {doc['epoch']}"
-    print(f"{where}, rule {doc['rule']}: removed {doc['removed_count']} of "
-          f"{doc['blocks_before']} blocks ({', '.join(doc['removed']) or 'none'}); "
-          f"reduced net gates: {doc['reduced_gates']}")
-    print(f"params {b['trainable_params']:,} -> {a['trainable_params']:,}; layers {b['layers']} -> "
-          f"{a['layers']}; MACs {b['macs']:,} -> {a['macs']:,}")
+    print(
+        f"{where}, rule {doc['rule']}: removed {doc['removed_count']} of "
+        f"{doc['blocks_before']} blocks ({', '.join(doc['removed']) or 'none'}); "
+        f"reduced net gates: {doc['reduced_gates']}"
+    )
+    print(
+        f"params {b['trainable_params']:,} -> {a['trainable_params']:,}; layers {b['layers']} -> "
+        f"{a['layers']}; MACs {b['macs']:,} -> {a['macs']:,}"
+    )
     dis = doc["disagreements"]
     if dis["ema_only"] or dis["certificate_only"]:
-        print(f"the rules disagree: only the authors' EMA rule removes "
-              f"{', '.join(dis['ema_only']) or 'none'}; only the certificate removes "
-              f"{', '.join(dis['certificate_only']) or 'none'}")
+        print(
+            f"the rules disagree: only the authors' EMA rule removes "
+            f"{', '.join(dis['ema_only']) or 'none'}; only the certificate removes "
+            f"{', '.join(dis['certificate_only']) or 'none'}"
+        )
     else:
         print("the rules agree: both remove the same blocks")
     r = doc["rules"]
-    print(f"test error on {eq['images']} images: trained {_pct(eq.get('error_full'))}; "
-          + "; ".join(f"{RULES[n]} ({r[n]['removed_count']} removed) {_pct(r[n]['test_error'])}"
-                      for n in RULES))
-    print(f"equivalence on {eq['images']} test images: max |logit diff| "
-          f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
-          f"tolerance {eq['tolerance']:g})")
-    if not eq["passed"]:
-        if doc["rule"] == "ema":   # expected: the authors' rule is not a proof
-            print("the authors' EMA rule changed predictions (it is not certified); "
-                  "the difference is in certificate.json")
-            return 0
-        print("the reduced net does not reproduce the trained one; exports kept for inspection",
-              file=__import__("sys").stderr)
-        return 1
-    return 0
+    print(
+        f"test error on {eq['images']} images: trained {_pct(eq.get('error_full'))}; "
+        + "; ".join(
+            f"{RULES[n]} ({r[n]['removed_count']} removed) {_pct(r[n]['test_error'])}"
+            for n in RULES
+        )
+    )
+
+
+def _report_equivalence(doc):
+    """Print the equivalence check's verdict; the exit status (1: a certified net differs)."""
+    eq = doc["equivalence"]
+    print(
+        f"equivalence on {eq['images']} test images: max |logit diff| "
+        f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
+        f"tolerance {eq['tolerance']:g})"
+    )
+    if eq["passed"]:
+        return 0
+    if doc["rule"] == "ema":  # expected: the authors' rule is not a proof
+        print(
+            "the authors' EMA rule changed predictions (it is not certified); "
+            "the difference is in certificate.json"
+        )
+        return 0
+    print(
+        "the reduced net does not reproduce the trained one; exports kept for inspection",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _cli(args):
+    """`epsresnet compress`: compress the run, print the summary; the exit status."""
+    doc = compress_run(
+        args.run_dir,
+        args.data_dir,
+        args.out,
+        rule=args.rule,
+        gates=args.gates,
+        epoch=args.epoch,
+        ema_from=args.ema_from,
+        ema_epoch=args.ema_epoch,
+        ema_threshold=args.ema_threshold,
+        splits=tuple(args.splits.split(",")),
+        max_batches=args.max_batches,
+        force=args.force,
+    )
+    _print_summary(doc)
+    return _report_equivalence(doc)
+
+
+#: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
+#: keywords), in the order --help lists them.
+_OPTIONS = [
+    (("--out",), dict(default=None, help="output folder (default: RUN_DIR/reduced)")),
+    (
+        ("--rule",),
+        dict(
+            choices=("certificate", "ema"),
+            default="certificate",
+            help="certificate (proof on the data, default) or ema (the authors' rule: "
+            "the moving average printed with 5 significant digits reads 1); "
+            "both nets are built and their test errors reported",
+        ),
+    ),
+    (
+        ("--epoch",),
+        dict(
+            type=int,
+            default=None,
+            help="compress the state at the end of this epoch (its checkpoint, kept "
+            "with the config's keep_checkpoints_at / keep_checkpoints_every) "
+            "instead of the final model.keras",
+        ),
+    ),
+    (
+        ("--gates",),
+        dict(
+            choices=GATE_POLICIES,
+            default=None,
+            help="gates of the kept blocks of the exported net: auto (plain where "
+            "exact; the certificate's default), keep, none, plain (always the "
+            "standard ResNet, as the authors; the EMA rule's default)",
+        ),
+    ),
+    (
+        ("--ema-from",),
+        dict(
+            choices=("model", "history"),
+            default="model",
+            help="EMA values of the compressed net's gates, or a history.jsonl row",
+        ),
+    ),
+    (
+        ("--ema-epoch",),
+        dict(type=int, default=None, help="history row (default: --epoch, else the last)"),
+    ),
+    (
+        ("--ema-threshold",),
+        dict(
+            type=float,
+            default=EMA_THRESHOLD,
+            help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
+            "the authors' log printed it as 1)",
+        ),
+    ),
+    (("--splits",), dict(default="train,test", help="splits to certify on (train,test)")),
+    (
+        ("--max-batches",),
+        dict(
+            type=int,
+            default=None,
+            help="certify and check on the first N batches of each split only (smoke runs)",
+        ),
+    ),
+    (("--force",), dict(action="store_true", help="replace existing outputs")),
+]
 
 
 def register(subparsers):
+    """Add the `compress` subcommand to the CLI's subparsers."""
     p = subparsers.add_parser(
-        "compress", help="certify removable blocks and export the reduced standard ResNet",
+        "compress",
+        help="certify removable blocks and export the reduced standard ResNet",
         description="Certify which blocks of a trained run contribute nothing (gate 0 on every "
-                    "image of the training and test sets, or g(k) = 0), rebuild the net "
-                    "without them, check identical predictions on the test set and export "
-                    "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json}.")
+        "image of the training and test sets, or g(k) = 0), rebuild the net "
+        "without them, check identical predictions on the test set and export "
+        "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json}.",
+    )
     p.add_argument("run_dir", help="run folder written by `epsresnet train`")
-    p.add_argument("--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"),
-                   help="dataset root (default: data, or $EPSRESNET_DATA)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/reduced)")
-    p.add_argument("--rule", choices=("certificate", "ema"), default="certificate",
-                   help="certificate (proof on the data, default) or ema (the authors' rule: "
-                        "the moving average printed with 5 significant digits reads 1); "
-                        "both nets are built and their test errors reported")
-    p.add_argument("--epoch", type=int, default=None,
-                   help="compress the state at the end of this epoch (its checkpoint, kept "
-                        "with the config's keep_checkpoints_at / keep_checkpoints_every) "
-                        "instead of the final model.keras")
-    p.add_argument("--gates", choices=GATE_POLICIES, default=None,
-                   help="gates of the kept blocks of the exported net: auto (plain where "
-                        "exact; the certificate's default), keep, none, plain (always the "
-                        "standard ResNet, as the authors; the EMA rule's default)")
-    p.add_argument("--ema-from", choices=("model", "history"), default="model",
-                   help="EMA values of the compressed net's gates, or a history.jsonl row")
-    p.add_argument("--ema-epoch", type=int, default=None,
-                   help="history row (default: --epoch, else the last)")
-    p.add_argument("--ema-threshold", type=float, default=EMA_THRESHOLD,
-                   help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
-                        "the authors' log printed it as 1)")
-    p.add_argument("--splits", default="train,test", help="splits to certify on (train,test)")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="certify and check on the first N batches of each split only (smoke runs)")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument(  # the default is read when the parser is built, as the environment then
+        "--data-dir",
+        default=os.environ.get("EPSRESNET_DATA", "data"),
+        help="dataset root (default: data, or $EPSRESNET_DATA)",
+    )
+    for flags, kwargs in _OPTIONS:
+        p.add_argument(*flags, **kwargs)
     p.set_defaults(func=_cli)

@@ -14,6 +14,7 @@ see per step — is answered here, so that no other module recomputes it.
     gate_batch(cfg) -> int                            images one ε-gate sees per step
     saved_config(cfg) -> cfg                          a config.json with its missing keys filled
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,26 +33,26 @@ DEFAULTS: Config = {
     "epsilon": 2.5,
     "epsilon_start_epoch": 0,
     "gate_scope": "batch",
-    "gate_group": None,              # images per "virtual tower" (None: the per-device batch)
-    "ghost_bn": True,                # with gate_group: BN normalises each group on its own
+    "gate_group": None,  # images per "virtual tower" (None: the per-device batch)
+    "ghost_bn": True,  # with gate_group: BN normalises each group on its own
     "side_head": True,
     "side_weight": 0.1,
     "model_options": {},
     "epochs": 1000,
     "batch_size": 128,
-    "batch_per": "replica",          # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
-    "optimizer": "momentum",         # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
+    "batch_per": "replica",  # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
+    "optimizer": "momentum",  # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
     "momentum": 0.9,
     "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
     "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
     "reset_threshold": 1.0,
-    "reset_tolerance": 0.01,         # above float32 rounding of the count's average (docs/semantics.md)
+    "reset_tolerance": 0.01,  # above float32 rounding of the count's average (docs/semantics.md)
     "reset_window": 1,
     "weight_decay": 2e-4,
     "wd_decay_every": 480000,
     "wd_decay_factor": 0.2,
-    "steps_per_epoch": None,         # None: the whole training split
-    "val_steps": None,               # None: the whole evaluation split; 0: no validation
+    "steps_per_epoch": None,  # None: the whole training split
+    "val_steps": None,  # None: the whole evaluation split; 0: no validation
     "top5": False,
     "seed": 0,
     "mixed_precision": False,
@@ -59,15 +60,15 @@ DEFAULTS: Config = {
     "gpus": 0,
     "histogram_every": 1,
     "data_workers": 0,
-    "mean": "train+test",            # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
+    "mean": "train+test",  # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
     # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
     # (BGR images normalised with the RGB mean/std); "clip" or "authors-wrap" (tensorpack
     # 0.2.0's Saturation overflowing uint8). Passed to data.pipeline.make_pipeline.
     "imagenet_channel_order": "rgb",
     "imagenet_saturation": "clip",
     "deterministic": False,
-    "keep_checkpoints_at": [],       # epochs whose checkpoints outlive the 2 newest (compress --epoch)
-    "keep_checkpoints_every": 0,     # also keep every N-th epoch's checkpoint (0: none)
+    "keep_checkpoints_at": [],  # epochs whose checkpoints outlive the 2 newest (compress --epoch)
+    "keep_checkpoints_every": 0,  # also keep every N-th epoch's checkpoint (0: none)
 }
 
 #: Keys a recipe may hold besides those of DEFAULTS: they describe it and are not trained.
@@ -112,12 +113,15 @@ def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """UserError (one line, naming the key) unless `cfg` is a config training can run."""
     from epsresnet_tf.models.registry import resolve
+
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
     if cfg["epsilon"] < 0:
         raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
     if not 0 <= cfg["reset_tolerance"] < cfg["reset_threshold"]:
-        raise UserError(f"reset_tolerance must be >= 0 and below reset_threshold "
-                        f"({cfg['reset_threshold']}), got {cfg['reset_tolerance']}")
+        raise UserError(
+            f"reset_tolerance must be >= 0 and below reset_threshold "
+            f"({cfg['reset_threshold']}), got {cfg['reset_tolerance']}"
+        )
     for key in ("epochs", "batch_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
@@ -126,8 +130,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if cfg["gpus"] < 0:
         raise UserError(f"--gpus must be >= 0, got {cfg['gpus']}")
     if cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                        f"got {cfg['optimizer']!r}")
+        raise UserError(
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}"
+        )
     if cfg["batch_per"] not in ("replica", "total"):
         raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
     group = cfg["gate_group"]
@@ -139,6 +144,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     # per-device batch that works there works here too (global_batch_size checks again).
     _check_gate_group(cfg, max(cfg["gpus"], 1))
     from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
+
     PiecewiseSchedule(cfg["lr_schedule"])
     if cfg["adaptive_schedule"]:
         PiecewiseSchedule(cfg["adaptive_schedule"])
@@ -149,7 +155,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 def _check_retention(cfg: Mapping[str, Any]) -> None:
     at = cfg.get("keep_checkpoints_at", [])
     if not isinstance(at, (list, tuple)) or not all(
-            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at):
+        isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at
+    ):
         raise UserError(f"keep_checkpoints_at must be a list of epochs >= 1, got {at!r}")
     every = cfg.get("keep_checkpoints_every", 0)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -157,6 +164,7 @@ def _check_retention(cfg: Mapping[str, Any]) -> None:
 
 
 # --- batch facts -------------------------------------------------------------------------
+
 
 def global_batch_size(cfg: Mapping[str, Any], replicas: int) -> int:
     """docs/semantics.md §6: CIFAR/SVHN batch_size per replica (128 per GPU), ImageNet in total (256,
@@ -195,21 +203,31 @@ def _check_gate_group(cfg: Mapping[str, Any], replicas: int) -> None:
         return
     if cfg["batch_per"] == "replica":
         if batch % group:
-            raise UserError(f"gate group {group} needs a per-device batch that is a multiple "
-                            f"of {group}; batch {batch} per device is not")
+            raise UserError(
+                f"gate group {group} needs a per-device batch that is a multiple "
+                f"of {group}; batch {batch} per device is not"
+            )
         return
     if batch % replicas == 0 and (batch // replicas) % group == 0:
         return
     per = f"{batch // replicas}" if batch % replicas == 0 else f"{batch / replicas:.1f}"
     works = [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
-    hint = (f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}" if len(works) > 1
-            else "use --gpus 1" if works else f"use a batch that is a multiple of {group}")
-    raise UserError(f"gate group {group} needs a per-device batch that is a multiple of "
-                    f"{group} (batch {batch} over {replicas} devices is {per} per device); "
-                    f"with batch {batch} {hint}")
+    hint = (
+        f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}"
+        if len(works) > 1
+        else "use --gpus 1"
+        if works
+        else f"use a batch that is a multiple of {group}"
+    )
+    raise UserError(
+        f"gate group {group} needs a per-device batch that is a multiple of "
+        f"{group} (batch {batch} over {replicas} devices is {per} per device); "
+        f"with batch {batch} {hint}"
+    )
 
 
 # --- saved configs -----------------------------------------------------------------------
+
 
 def saved_config(cfg: Mapping[str, Any]) -> Config:
     """A config read back from a run folder, its missing keys filled with SAVED_FALLBACKS

@@ -10,6 +10,7 @@ Library API::
     removal_order(model, order, data=None, seed=0) -> [block ids]
     ablate(model, arch, build_options, order_ids, data, top5=False) -> rows
 """
+
 import json
 import os
 import time
@@ -28,6 +29,7 @@ ORDERS = ("greedy-k", "random", "by-response")
 
 def _logits_fn(model):
     import tensorflow as tf
+
     return tf.function(lambda x: C.logits_of(model(x, training=False)), reduce_retracing=True)
 
 
@@ -55,6 +57,7 @@ def latency(model, input_shape, batch, repeats=20, warmup=3):
     """Median wall time per image of a compiled inference call at `batch` (random input,
     result fetched to the host so asynchronous devices are timed to completion)."""
     import tensorflow as tf
+
     f = _logits_fn(model)
     x = tf.random.normal((batch,) + tuple(input_shape), seed=0)
     for _ in range(warmup):
@@ -79,6 +82,7 @@ def evaluate_model(model, data=None, batches=(1, 128), top5=False, repeats=20):
 
 # --- removal curves --------------------------------------------------------------------
 
+
 def _contribution_tensors(model):
     """{block id: (tensor the block adds to its shortcut, scale)}: the Add's residual input
     (for ε-nets that is S(F), after the gate); for merging gates (k) F with scale φ (g(k))."""
@@ -100,6 +104,7 @@ def block_contributions(model, data):
     """Mean |contribution| of each block over the images of `data` (inference mode)."""
     import keras
     import tensorflow as tf
+
     tensors = _contribution_tensors(model)
     if not tensors:
         raise UserError(f"{model.name}: no residual blocks found to measure")
@@ -108,9 +113,12 @@ def block_contributions(model, data):
 
     @tf.function(reduce_retracing=True)
     def means(x):
-        return [tf.reduce_sum(tf.reduce_mean(tf.abs(tf.cast(o, tf.float32)),
-                                             axis=list(range(1, len(o.shape)))))
-                for o in probe(x, training=False)]
+        return [
+            tf.reduce_sum(
+                tf.reduce_mean(tf.abs(tf.cast(o, tf.float32)), axis=list(range(1, len(o.shape))))
+            )
+            for o in probe(x, training=False)
+        ]
 
     total, n = np.zeros(len(ids)), 0
     for x in C.iter_images(data):
@@ -122,13 +130,14 @@ def block_contributions(model, data):
 def removal_order(model, order, data=None, seed=0):
     """Blocks in the order they are removed. greedy-k: smallest g(k) first (Savarese et al.);
     random: a seeded permutation; by-response: smallest mean |contribution| first."""
-    ids = sort_block_ids(block_id(g, i) for g, n in C.block_layout(model).items()
-                         for i in range(n))
-    if order == "greedy-k":   # any gate kind with a learned scalar φ: smallest φ first
+    ids = sort_block_ids(block_id(g, i) for g, n in C.block_layout(model).items() for i in range(n))
+    if order == "greedy-k":  # any gate kind with a learned scalar φ: smallest φ first
         gates = gate_by_block(model)
         factors = {b: kind_of(gates[b]).factor(gates[b]) for b in ids if b in gates}
         if len(factors) != len(ids) or None in factors.values():
-            raise UserError("--order greedy-k needs a k-gated net (gate k); use by-response or random")
+            raise UserError(
+                "--order greedy-k needs a k-gated net (gate k); use by-response or random"
+            )
         return sorted(ids, key=lambda b: (factors[b], parse_block_id(b)))
     if order == "random":
         return [ids[i] for i in np.random.RandomState(seed).permutation(len(ids))]
@@ -156,9 +165,11 @@ def ablate(model, arch, build_options, order_ids, data, top5=False, max_removals
 
 # --- command line ----------------------------------------------------------------------
 
+
 def _evaluate_cli(args):
     from epsresnet_tf.data import datasets
     from epsresnet_tf.data.pipeline import eval_batches
+
     path = Path(args.model)
     if path.is_dir():
         path = path / (MODEL if (path / MODEL).exists() else REDUCED_MODEL)
@@ -171,8 +182,15 @@ def _evaluate_cli(args):
     if dataset is None:
         raise UserError(f"cannot tell the dataset of {path}: pass --dataset (e.g. cifar10)")
     info = datasets.get(dataset)
-    data = eval_batches(dataset, info.eval_split, args.data_dir, args.batch_size, seed=seed,
-                        mean=mean, max_batches=args.max_batches)
+    data = eval_batches(
+        dataset,
+        info.eval_split,
+        args.data_dir,
+        args.batch_size,
+        seed=seed,
+        mean=mean,
+        max_batches=args.max_batches,
+    )
     batches = [int(b) for b in args.latency_batches.split(",") if b]
     result = evaluate_model(model, data, batches, top5=info.top5, repeats=args.repeats)
     result.update(model_path=str(path), dataset=dataset)
@@ -180,10 +198,14 @@ def _evaluate_cli(args):
         print(json.dumps(result))
         return 0
     print(f"{path}: {dataset} {info.eval_split} ({result['images']} images)")
-    print(f"  top-1 error {100 * result['top1_error']:.2f}%" +
-          (f", top-5 error {100 * result['top5_error']:.2f}%" if "top5_error" in result else ""))
-    print(f"  params {result['trainable_params']:,} trainable ({result['params']:,} with BN "
-          f"statistics), MACs {result['macs']:,}, layers {result['layers']}, blocks {result['blocks']}")
+    print(
+        f"  top-1 error {100 * result['top1_error']:.2f}%"
+        + (f", top-5 error {100 * result['top5_error']:.2f}%" if "top5_error" in result else "")
+    )
+    print(
+        f"  params {result['trainable_params']:,} trainable ({result['params']:,} with BN "
+        f"statistics), MACs {result['macs']:,}, layers {result['layers']}, blocks {result['blocks']}"
+    )
     for b, t in result["latency_per_image_s"].items():
         print(f"  latency at batch {b}: {1e3 * t:.3f} ms per image")
     return 0
@@ -198,8 +220,16 @@ def _ablate_cli(args):
     data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
     order_ids = removal_order(model, args.order, data, args.seed)
     from epsresnet_tf.data import datasets
-    rows = ablate(model, run.arch, run.build_options, order_ids, data,
-                  top5=datasets.get(run.dataset).top5, max_removals=args.max_removals)
+
+    rows = ablate(
+        model,
+        run.arch,
+        run.build_options,
+        order_ids,
+        data,
+        top5=datasets.get(run.dataset).top5,
+        max_removals=args.max_removals,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": str(run.root), "order": args.order, "seed": args.seed, "rows": rows}
     out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -212,12 +242,16 @@ def _ablate_cli(args):
 def register(subparsers):
     data_dir = os.environ.get("EPSRESNET_DATA", "data")
     p = subparsers.add_parser(
-        "evaluate", help="error, parameters, MACs and latency of a saved net",
+        "evaluate",
+        help="error, parameters, MACs and latency of a saved net",
         description="Evaluate a .keras net (a run folder's model.keras or reduced/reduced.keras, "
-                    "or any path) on the dataset's evaluation split.")
+        "or any path) on the dataset's evaluation split.",
+    )
     p.add_argument("model", help=".keras file, or a run folder / reduced folder")
     p.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
-    p.add_argument("--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)")
+    p.add_argument(
+        "--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)"
+    )
     p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (128)")
     p.add_argument("--max-batches", type=int, default=None, help="evaluate on the first N batches")
     p.add_argument("--latency-batches", default="1,128", help="batch sizes to time (1,128)")
@@ -226,13 +260,19 @@ def register(subparsers):
     p.set_defaults(func=_evaluate_cli)
 
     a = subparsers.add_parser(
-        "ablate", help="remove blocks one at a time and record the error after each removal",
+        "ablate",
+        help="remove blocks one at a time and record the error after each removal",
         description="Removal-robustness curve (Savarese et al. Fig. 5, right) of a trained run: "
-                    "writes RUN_DIR/ablation/ORDER.json, which `epsresnet report` plots.")
+        "writes RUN_DIR/ablation/ORDER.json, which `epsresnet report` plots.",
+    )
     a.add_argument("run_dir", help="run folder written by `epsresnet train`")
-    a.add_argument("--order", choices=ORDERS, default="by-response",
-                   help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
-                        "(smallest mean |contribution| first)")
+    a.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="by-response",
+        help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
+        "(smallest mean |contribution| first)",
+    )
     a.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
     a.add_argument("--seed", type=int, default=0, help="seed of the random order")
     a.add_argument("--max-batches", type=int, default=None, help="test on the first N batches")

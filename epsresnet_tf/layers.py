@@ -4,6 +4,7 @@ sigmoid shortcut gate and the parameter-free "option A" shortcut.
 Every layer is registered for serialisation, so models built from them save to `.keras`
 and load back without custom_objects.
 """
+
 import keras
 from keras import ops
 
@@ -38,9 +39,15 @@ def _channel_axis(data_format):
 def monitor_weight(layer, name, initial=0.0):
     # "mean" aggregation lets each replica assign under tf.distribute; the values
     # are then averaged over replicas (README: how discard counts combine).
-    return layer.add_weight(name=name, shape=(), dtype="float32", trainable=False,
-                            initializer=keras.initializers.Constant(initial),
-                            aggregation="mean", autocast=False)
+    return layer.add_weight(
+        name=name,
+        shape=(),
+        dtype="float32",
+        trainable=False,
+        initializer=keras.initializers.Constant(initial),
+        aggregation="mean",
+        autocast=False,
+    )
 
 
 class GateLayer(keras.layers.Layer):
@@ -81,8 +88,16 @@ class EpsilonGate(GateLayer):
     have decay `monitor_decay` (0.95, tensorpack's moving summaries) and start from 0.
     """
 
-    def __init__(self, epsilon=0.0, scope="batch", sharpness=GATE_SHARPNESS,
-                 gate_gradient=False, monitor_decay=MONITOR_DECAY, group_size=None, **kwargs):
+    def __init__(
+        self,
+        epsilon=0.0,
+        scope="batch",
+        sharpness=GATE_SHARPNESS,
+        gate_gradient=False,
+        monitor_decay=MONITOR_DECAY,
+        group_size=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if scope not in ("batch", "sample"):
             raise ValueError(f"EpsilonGate scope must be 'batch' or 'sample', got {scope!r}")
@@ -97,8 +112,14 @@ class EpsilonGate(GateLayer):
 
     def build(self, input_shape):
         self.epsilon = self.add_weight(
-            name="epsilon", shape=(), dtype="float32", trainable=False, autocast=False,
-            initializer=keras.initializers.Constant(self.initial_epsilon), aggregation="mean")
+            name="epsilon",
+            shape=(),
+            dtype="float32",
+            trainable=False,
+            autocast=False,
+            initializer=keras.initializers.Constant(self.initial_epsilon),
+            aggregation="mean",
+        )
         self.gate_value = monitor_weight(self, "gate_value", 1.0)
         self.discarded_ema = monitor_weight(self, "discarded_ema", 0.0)
         self.response_max = monitor_weight(self, "response_max", 0.0)
@@ -123,9 +144,10 @@ class EpsilonGate(GateLayer):
         if self.scope == "batch" and not self.grouped:
             return ops.maximum(ops.max(f), -ops.min(f))
         axes = tuple(range(1, len(f.shape)))
-        per_image = ops.maximum(ops.max(f, axis=axes, keepdims=True),
-                                -ops.min(f, axis=axes, keepdims=True))
-        if self.grouped:   # then over each group's G per-image values: (ceil(N/G),)
+        per_image = ops.maximum(
+            ops.max(f, axis=axes, keepdims=True), -ops.min(f, axis=axes, keepdims=True)
+        )
+        if self.grouped:  # then over each group's G per-image values: (ceil(N/G),)
             return ops.max(_group_rows(ops.reshape(per_image, (-1,)), self.group_size), axis=1)
         return per_image
 
@@ -147,13 +169,16 @@ class EpsilonGate(GateLayer):
             gate = ops.stop_gradient(gate)
         if training:
             self._update_monitors(f32, peak, gate)
-        if self.grouped:   # each image takes its group's T
+        if self.grouped:  # each image takes its group's T
             n = ops.shape(residual)[0]
             per_image = ops.repeat(gate, self.group_size)[:n]
             per_image = ops.reshape(per_image, (-1,) + (1,) * (len(residual.shape) - 1))
             return ops.cast(per_image, residual.dtype) * residual
-        if self.scope == "batch" and not self.gate_gradient \
-                and keras.backend.backend() == "tensorflow":
+        if (
+            self.scope == "batch"
+            and not self.gate_gradient
+            and keras.backend.backend() == "tensorflow"
+        ):
             return _scaled_by_scalar_gate(residual, gate)
         return ops.cast(gate, residual.dtype) * residual
 
@@ -163,7 +188,7 @@ class EpsilonGate(GateLayer):
         # `monitor_steps` counts this gate's training steps: the global step for a gate
         # that trains from the first step on.
         steps = ops.convert_to_tensor(self.monitor_steps)
-        t = ops.mean(gate)   # over groups (or images): what mean-aggregated replicas give
+        t = ops.mean(gate)  # over groups (or images): what mean-aggregated replicas give
         d = self.monitor_decay
         self.gate_value.assign(t)
         moving_average(self.discarded_ema, 1.0 - t, steps, d)
@@ -184,9 +209,14 @@ class EpsilonGate(GateLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(epsilon=self.initial_epsilon, scope=self.scope, sharpness=self.sharpness,
-                      gate_gradient=self.gate_gradient, monitor_decay=self.monitor_decay,
-                      group_size=self.group_size)
+        config.update(
+            epsilon=self.initial_epsilon,
+            scope=self.scope,
+            sharpness=self.sharpness,
+            gate_gradient=self.gate_gradient,
+            monitor_decay=self.monitor_decay,
+            group_size=self.group_size,
+        )
         return config
 
 
@@ -258,8 +288,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable) or mask is not None:
             return super().call(inputs, training=training, mask=mask)
-        fused = len(inputs.shape) == 4 and self.scale and self.center \
+        fused = (
+            len(inputs.shape) == 4
+            and self.scale
+            and self.center
             and keras.backend.backend() == "tensorflow"
+        )
         if self.group_size is not None:
             if fused:
                 return self._fused_ghost(inputs)
@@ -267,13 +301,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if not fused:
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
+
         axis = self._axis()
         data_format = "NCHW" if axis == 1 else "NHWC"
         # The kernel takes float16/bfloat16 activations with float32 statistics.
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16) else ops.cast(inputs, "float32")
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"),
-            epsilon=self.epsilon, data_format=data_format, is_training=True)
+            x,
+            ops.cast(self.gamma, "float32"),
+            ops.cast(self.beta, "float32"),
+            epsilon=self.epsilon,
+            data_format=data_format,
+            is_training=True,
+        )
         # The kernel returns the Bessel-corrected variance; Keras's moving variance (and so
         # a run's agreement across replica counts) uses the plain batch variance.
         count = ops.cast(ops.size(x) // ops.shape(x)[axis], "float32")
@@ -296,6 +336,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         channels holds one group's images of one channel; gamma and beta are tiled K times.
         One transpose each way instead of K kernel calls (NCHW alike, with (G, K*C, H, W))."""
         import tensorflow as tf
+
         g = self.group_size
         channels_first = self._axis() == 1
         x = inputs if inputs.dtype in (tf.float16, tf.bfloat16) else ops.cast(inputs, "float32")
@@ -303,27 +344,36 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         c = x.shape[1] if channels_first else x.shape[3]
         k = shape[0] // g
         grouped = tf.reshape(x, tf.concat([[k, g], shape[1:]], 0))
-        if channels_first:   # (K, G, C, H, W) -> (G, K, C, H, W) -> (G, K*C, H, W)
-            blocks = tf.reshape(tf.transpose(grouped, [1, 0, 2, 3, 4]),
-                                tf.stack([g, k * c, shape[2], shape[3]]))
-        else:                # (K, G, H, W, C) -> (G, H, W, K, C) -> (G, H, W, K*C)
-            blocks = tf.reshape(tf.transpose(grouped, [1, 2, 3, 0, 4]),
-                                tf.stack([g, shape[1], shape[2], k * c]))
+        if channels_first:  # (K, G, C, H, W) -> (G, K, C, H, W) -> (G, K*C, H, W)
+            blocks = tf.reshape(
+                tf.transpose(grouped, [1, 0, 2, 3, 4]), tf.stack([g, k * c, shape[2], shape[3]])
+            )
+        else:  # (K, G, H, W, C) -> (G, H, W, K, C) -> (G, H, W, K*C)
+            blocks = tf.reshape(
+                tf.transpose(grouped, [1, 2, 3, 0, 4]), tf.stack([g, shape[1], shape[2], k * c])
+            )
         gamma = tf.tile(ops.cast(self.gamma, "float32"), [k])
         beta = tf.tile(ops.cast(self.beta, "float32"), [k])
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            blocks, gamma, beta, epsilon=self.epsilon,
-            data_format="NCHW" if channels_first else "NHWC", is_training=True)
+            blocks,
+            gamma,
+            beta,
+            epsilon=self.epsilon,
+            data_format="NCHW" if channels_first else "NHWC",
+            is_training=True,
+        )
         if channels_first:
             y = tf.reshape(y, tf.stack([g, k, c, shape[2], shape[3]]))
             y = tf.reshape(tf.transpose(y, [1, 0, 2, 3, 4]), shape)
         else:
             y = tf.reshape(y, tf.stack([g, shape[1], shape[2], k, c]))
             y = tf.reshape(tf.transpose(y, [3, 0, 1, 2, 4]), shape)
-        count = ops.cast(ops.size(x) // (shape[0] // g * c), "float32")   # G*H*W per group
-        variance = variance * (count - 1.0) / count   # the kernel's is Bessel-corrected
-        self._move(ops.mean(ops.reshape(mean, (-1, c)), axis=0),
-                   ops.mean(ops.reshape(variance, (-1, c)), axis=0))
+        count = ops.cast(ops.size(x) // (shape[0] // g * c), "float32")  # G*H*W per group
+        variance = variance * (count - 1.0) / count  # the kernel's is Bessel-corrected
+        self._move(
+            ops.mean(ops.reshape(mean, (-1, c)), axis=0),
+            ops.mean(ops.reshape(variance, (-1, c)), axis=0),
+        )
         return ops.cast(y, self.compute_dtype)
 
     def _ghost(self, inputs):
@@ -335,7 +385,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         axis = self.axis[0] if isinstance(self.axis, (list, tuple)) else self.axis
         axis = axis % ndim
         grouped = ops.reshape(x, (-1, g) + tuple(x.shape[1:]))
-        reduce = tuple(i + 1 for i in range(ndim) if i != axis)   # G and the non-channel axes
+        reduce = tuple(i + 1 for i in range(ndim) if i != axis)  # G and the non-channel axes
         mean, variance = ops.moments(grouped, axes=reduce, keepdims=True)
         y = (grouped - mean) / ops.sqrt(variance + self.epsilon)
         shape = [1] * (ndim + 1)
@@ -345,8 +395,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if self.center:
             y = y + ops.reshape(ops.cast(self.beta, "float32"), shape)
         channels = x.shape[axis]
-        self._move(ops.mean(ops.reshape(mean, (-1, channels)), axis=0),
-                   ops.mean(ops.reshape(variance, (-1, channels)), axis=0))
+        self._move(
+            ops.mean(ops.reshape(mean, (-1, channels)), axis=0),
+            ops.mean(ops.reshape(variance, (-1, channels)), axis=0),
+        )
         return ops.cast(ops.reshape(y, ops.shape(x)), self.compute_dtype)
 
     def get_config(self):
@@ -374,9 +426,15 @@ class ResidualGate(GateLayer):
 
     def build(self, input_shape):
         regularizer = keras.regularizers.L2(self.k_decay) if self.k_decay > 0 else None
-        self.k = self.add_weight(name="k", shape=(), dtype="float32", trainable=True,
-                                 initializer=keras.initializers.Constant(1.0),
-                                 regularizer=regularizer, autocast=False)
+        self.k = self.add_weight(
+            name="k",
+            shape=(),
+            dtype="float32",
+            trainable=True,
+            initializer=keras.initializers.Constant(1.0),
+            regularizer=regularizer,
+            autocast=False,
+        )
         self.discarded_ema = monitor_weight(self, "discarded_ema", 0.0)
         self.monitor_steps = monitor_weight(self, "monitor_steps", 0.0)
 
@@ -387,7 +445,7 @@ class ResidualGate(GateLayer):
     def call(self, inputs, training=None):
         residual, shortcut = inputs
         g = ops.relu(self.k)
-        if training:   # a tensorpack moving summary, as the ε-gate's (docs/semantics.md §8)
+        if training:  # a tensorpack moving summary, as the ε-gate's (docs/semantics.md §8)
             steps = ops.convert_to_tensor(self.monitor_steps)
             discarded = ops.cast(ops.less_equal(self.k, 0.0), "float32")
             moving_average(self.discarded_ema, discarded, steps, self.monitor_decay)
@@ -414,11 +472,20 @@ class SigmoidShortcutGate(keras.layers.Layer):
     `bias_init` is the gate bias b_g the paper sweeps (0 … -10).
     """
 
-    def __init__(self, mode="exclusive", bias_init=0.0, data_format="channels_last",
-                 kernel_initializer="he_normal", kernel_regularizer=None, **kwargs):
+    def __init__(
+        self,
+        mode="exclusive",
+        bias_init=0.0,
+        data_format="channels_last",
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in ("exclusive", "shortcut_only"):
-            raise ValueError(f"SigmoidShortcutGate mode must be 'exclusive' or 'shortcut_only', got {mode!r}")
+            raise ValueError(
+                f"SigmoidShortcutGate mode must be 'exclusive' or 'shortcut_only', got {mode!r}"
+            )
         self.mode = mode
         self.bias_init = float(bias_init)
         self.data_format = data_format
@@ -428,9 +495,15 @@ class SigmoidShortcutGate(keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[1][_channel_axis(self.data_format)]
         self.gate_conv = keras.layers.Conv2D(
-            channels, 1, data_format=self.data_format, activation="sigmoid",
-            kernel_initializer=self.kernel_initializer, kernel_regularizer=self.kernel_regularizer,
-            bias_initializer=keras.initializers.Constant(self.bias_init), name="gate_conv")
+            channels,
+            1,
+            data_format=self.data_format,
+            activation="sigmoid",
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.kernel_regularizer,
+            bias_initializer=keras.initializers.Constant(self.bias_init),
+            name="gate_conv",
+        )
         self.gate_conv.build(input_shape[1])
 
     def call(self, inputs):
@@ -446,9 +519,13 @@ class SigmoidShortcutGate(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(mode=self.mode, bias_init=self.bias_init, data_format=self.data_format,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-                      kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer))
+        config.update(
+            mode=self.mode,
+            bias_init=self.bias_init,
+            data_format=self.data_format,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
         return config
 
 
@@ -468,8 +545,9 @@ class PoolPadShortcut(keras.layers.Layer):
 
     def call(self, x):
         if self.stride > 1:
-            x = ops.average_pool(x, self.stride, self.stride, padding="valid",
-                                 data_format=self.data_format)
+            x = ops.average_pool(
+                x, self.stride, self.stride, padding="valid", data_format=self.data_format
+            )
         axis = _channel_axis(self.data_format) % len(x.shape)
         missing = self.out_channels - x.shape[axis]
         if missing:
@@ -488,8 +566,9 @@ class PoolPadShortcut(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(out_channels=self.out_channels, stride=self.stride,
-                      data_format=self.data_format)
+        config.update(
+            out_channels=self.out_channels, stride=self.stride, data_format=self.data_format
+        )
         return config
 
 

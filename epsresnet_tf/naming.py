@@ -5,6 +5,7 @@ A residual unit is `group{g}/block{b}` in history keys, TensorBoard tags and cer
 What stays of a group's removed first unit is `group{g}_transition_…`; a stage's shared
 kernel is `group{g}_shared_…`.
 """
+
 import re
 from collections.abc import Iterable
 

@@ -7,6 +7,7 @@ A recipe holds the keys of `epsresnet_tf.config.DEFAULTS` plus `name`, `descript
 third) and overrides those it gives; its `name` is always its own. `resolve` applies
 command-line overrides and validates.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 
 #: experiments/ beside the package (editable install), or $EPSRESNET_EXPERIMENTS.
-EXPERIMENTS = Path(os.environ.get("EPSRESNET_EXPERIMENTS",
-                                  Path(__file__).resolve().parents[1] / "experiments"))
+EXPERIMENTS = Path(
+    os.environ.get("EPSRESNET_EXPERIMENTS", Path(__file__).resolve().parents[1] / "experiments")
+)
 
 
 def available() -> list[str]:
@@ -45,18 +47,23 @@ def _read(path: Path) -> dict[str, Any]:
     return recipe
 
 
-def load(name_or_path: str | os.PathLike,
-         _chain: tuple[tuple[str, Path], ...] = ()) -> dict[str, Any]:
+def load(
+    name_or_path: str | os.PathLike, _chain: tuple[tuple[str, Path], ...] = ()
+) -> dict[str, Any]:
     """The recipe dict, by name (experiments/NAME.json) or by path to a JSON file, with the
     keys of its `base` chain filled in (the `base` key itself is gone)."""
     path = _path(name_or_path)
     if path is None:
         if _chain:
-            raise UserError(f"recipe {_chain[-1][0]}: unknown base {str(name_or_path)!r} "
-                            f"(no {EXPERIMENTS / f'{name_or_path}.json'})")
+            raise UserError(
+                f"recipe {_chain[-1][0]}: unknown base {str(name_or_path)!r} "
+                f"(no {EXPERIMENTS / f'{name_or_path}.json'})"
+            )
         close = [n for n in available() if str(name_or_path).split("-")[0] in n][:5]
         hint = f" (e.g. {', '.join(close)})" if close else ""
-        raise UserError(f"unknown recipe {name_or_path!r}{hint}; `epsresnet train --list` shows all")
+        raise UserError(
+            f"unknown recipe {name_or_path!r}{hint}; `epsresnet train --list` shows all"
+        )
     recipe = _read(path)
     name = recipe.get("name", path.stem)
     base = recipe.pop("base", None)
@@ -73,16 +80,19 @@ def load(name_or_path: str | os.PathLike,
     return recipe
 
 
-def resolve(name_or_path: str | os.PathLike, depth: int | None = None,
-            **overrides: Any) -> tuple[str, dict[str, Any]]:
+def resolve(
+    name_or_path: str | os.PathLike, depth: int | None = None, **overrides: Any
+) -> tuple[str, dict[str, Any]]:
     """(run name, resolved config): the recipe with `depth` and other overrides applied.
     The run name is the recipe's, plus the overrides that change what is trained."""
     recipe = load(name_or_path)
     template = recipe.get("arch", "")
     if depth is not None:
         if "{depth}" not in template:
-            raise UserError(f"recipe {recipe['name']} has a fixed architecture ({template}); "
-                            f"--depth does not apply")
+            raise UserError(
+                f"recipe {recipe['name']} has a fixed architecture ({template}); "
+                f"--depth does not apply"
+            )
         recipe["depth"] = depth
     if "{depth}" in template:
         recipe["arch"] = template.format(depth=recipe["depth"])

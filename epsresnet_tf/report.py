@@ -14,6 +14,7 @@ model.keras (final kernels). Writes to --out (default RUN_DIR/report for one run
 
 Files are prefixed with the run's name when several runs are reported together.
 """
+
 import json
 from pathlib import Path
 
@@ -29,12 +30,15 @@ PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
 def _plt():
     import matplotlib
-    matplotlib.use("Agg")   # files only; no display on servers
+
+    matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
+
     return plt
 
 
 # --- reading a run ---------------------------------------------------------------------
+
 
 class RunData:
     def __init__(self, run_dir):
@@ -79,8 +83,9 @@ class RunData:
 
 # --- tables ----------------------------------------------------------------------------
 
+
 def _mb(n):
-    return f"{n / 2 ** 20:.2f} MB"
+    return f"{n / 2**20:.2f} MB"
 
 
 def summary_rows(runs):
@@ -89,84 +94,173 @@ def summary_rows(runs):
     for r in runs:
         c = r.certificate
         err = r.final_error()
-        row = {"run": r.name, "arch": r.run.arch, "epsilon": r.epsilon,
-               "error_full": err, "error_reduced": None}
+        row = {
+            "run": r.name,
+            "arch": r.run.arch,
+            "epsilon": r.epsilon,
+            "error_full": err,
+            "error_reduced": None,
+        }
         if c:
             b, a = c["before"], c["after"]
             eq = c["equivalence"]
-            if "error_full" in eq:   # measured on the whole test split by `compress`
-                row.update(error_full=eq["error_full"], error_reduced=eq["error_reduced"],
-                           error_source="test split (compress check)")
+            if "error_full" in eq:  # measured on the whole test split by `compress`
+                row.update(
+                    error_full=eq["error_full"],
+                    error_reduced=eq["error_reduced"],
+                    error_source="test split (compress check)",
+                )
             else:  # identical predictions: the reduced net's error is the full one's
                 row["error_reduced"] = err if eq["passed"] else None
-            row.update(blocks_full=c["blocks_before"], blocks_reduced=c["blocks_after"],
-                       layers_full=b["layers"], layers_reduced=a["layers"],
-                       params_full=b["trainable_params"], params_reduced=a["trainable_params"],
-                       memory_full=b["param_bytes"], memory_reduced=a["param_bytes"],
-                       layer_compression=b["layers"] / a["layers"],
-                       discarded_fraction=c["removed_count"] / max(c["blocks_before"], 1),
-                       max_logit_diff=c["equivalence"]["max_abs_logit_diff"])
+            row.update(
+                blocks_full=c["blocks_before"],
+                blocks_reduced=c["blocks_after"],
+                layers_full=b["layers"],
+                layers_reduced=a["layers"],
+                params_full=b["trainable_params"],
+                params_reduced=a["trainable_params"],
+                memory_full=b["param_bytes"],
+                memory_reduced=a["param_bytes"],
+                layer_compression=b["layers"] / a["layers"],
+                discarded_fraction=c["removed_count"] / max(c["blocks_before"], 1),
+                max_logit_diff=c["equivalence"]["max_abs_logit_diff"],
+            )
         else:
             n = len(r.block_ids())
-            row.update(blocks_full=n, blocks_reduced=n - len(r.discarded()),
-                       discarded_fraction=len(r.discarded()) / n if n else None)
+            row.update(
+                blocks_full=n,
+                blocks_reduced=n - len(r.discarded()),
+                discarded_fraction=len(r.discarded()) / n if n else None,
+            )
         out.append(row)
     return out
 
 
-def tables(runs):
+def _pct(v):
+    """A fraction as a percentage with two decimals, or "n/a"."""
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _get(row, key, fmt=str):
+    """row[key] formatted with `fmt`, or "n/a" when it is missing or None."""
+    v = row.get(key)
+    return "n/a" if v is None else fmt(v)
+
+
+def _thousands(v):
+    """An integer with thousands separators."""
+    return f"{v:,}"
+
+
+_MAIN_HEADERS = [
+    "run",
+    "arch",
+    "ε",
+    "error full",
+    "error reduced",
+    "blocks",
+    "layers",
+    "params",
+    "param memory (float32)",
+    "layer compression",
+]
+
+
+def _main_table(rows):
+    """The cells of the full-against-reduced table, one list per summary row."""
+    return [
+        [
+            r["run"],
+            r["arch"],
+            _get(r, "epsilon", lambda v: f"{v:g}"),
+            _pct(r["error_full"]),
+            _pct(r["error_reduced"]),
+            f"{_get(r, 'blocks_full')} → {_get(r, 'blocks_reduced')}",
+            f"{_get(r, 'layers_full')} → {_get(r, 'layers_reduced')}",
+            f"{_get(r, 'params_full', _thousands)} → {_get(r, 'params_reduced', _thousands)}",
+            f"{_get(r, 'memory_full', _mb)} → {_get(r, 'memory_reduced', _mb)}",
+            _get(r, "layer_compression", lambda v: f"{v:.2f}×"),
+        ]
+        for r in rows
+    ]
+
+
+def _per_group_section(runs):
+    """The markdown lines of the kept-blocks-per-group table ([] when no run has a
+    certificate)."""
     from tabulate import tabulate
-    rows = summary_rows(runs)
 
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    def get(row, key, fmt=str):
-        v = row.get(key)
-        return "n/a" if v is None else fmt(v)
-
-    main = [[r["run"], r["arch"], get(r, "epsilon", lambda v: f"{v:g}"), pct(r["error_full"]),
-             pct(r["error_reduced"]), f"{get(r, 'blocks_full')} → {get(r, 'blocks_reduced')}",
-             f"{get(r, 'layers_full')} → {get(r, 'layers_reduced')}",
-             f"{get(r, 'params_full', lambda v: f'{v:,}')} → {get(r, 'params_reduced', lambda v: f'{v:,}')}",
-             f"{get(r, 'memory_full', _mb)} → {get(r, 'memory_reduced', _mb)}",
-             get(r, "layer_compression", lambda v: f"{v:.2f}×")] for r in rows]
-    text = ["## Full against reduced (paper Figs. 6–7)", "",
-            tabulate(main, headers=["run", "arch", "ε", "error full", "error reduced", "blocks",
-                                    "layers", "params", "param memory (float32)",
-                                    "layer compression"], tablefmt="github"), "",
-            "Error: top-1 on the test images of `compress`'s equivalence check where present, "
-            "else the last validation error in history.jsonl (the reduced net's is then the same "
-            "when the check passed, else n/a).", ""]
     per_group = []
     for r in runs:
         c = r.certificate
         if c:
-            per_group.append([r.name] + [f"{a}/{b}" for a, b in zip(c["blocks_per_group_after"],
-                                                                    c["blocks_per_group_before"])])
-    if per_group:
-        width = max(len(p) for p in per_group) - 1
-        text += ["## Kept blocks per group (kept/total)", "",
-                 tabulate(per_group, headers=["run"] + [f"group {g}" for g in range(width)],
-                          tablefmt="github"), ""]
+            per_group.append(
+                [r.name]
+                + [
+                    f"{a}/{b}"
+                    for a, b in zip(c["blocks_per_group_after"], c["blocks_per_group_before"])
+                ]
+            )
+    if not per_group:
+        return []
+    width = max(len(p) for p in per_group) - 1
+    return [
+        "## Kept blocks per group (kept/total)",
+        "",
+        tabulate(
+            per_group, headers=["run"] + [f"group {g}" for g in range(width)], tablefmt="github"
+        ),
+        "",
+    ]
+
+
+def tables(runs):
+    """The report's markdown tables and the summary rows they show: (text, rows)."""
+    from tabulate import tabulate
+
+    rows = summary_rows(runs)
+    text = [
+        "## Full against reduced (paper Figs. 6–7)",
+        "",
+        tabulate(_main_table(rows), headers=_MAIN_HEADERS, tablefmt="github"),
+        "",
+        "Error: top-1 on the test images of `compress`'s equivalence check where present, "
+        "else the last validation error in history.jsonl (the reduced net's is then the same "
+        "when the check passed, else n/a).",
+        "",
+    ]
+    text += _per_group_section(runs)
     return "\n".join(text), rows
 
 
 # --- figures ---------------------------------------------------------------------------
 
+
 def fig_discarded_ratio(r, path):
     plt = _plt()
     epochs = [row["epoch"] for row in r.rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(epochs, [row.get("discarded_ratio", 0) for row in r.rows], "k-o", ms=3,
-            label="discarded ratio")
+    ax.plot(
+        epochs,
+        [row.get("discarded_ratio", 0) for row in r.rows],
+        "k-o",
+        ms=3,
+        label="discarded ratio",
+    )
     if any(row.get("val_error") is not None for row in r.rows):
-        ax.plot(epochs, [row.get("val_error", np.nan) for row in r.rows], "r--", label="validation error")
+        ax.plot(
+            epochs,
+            [row.get("val_error", np.nan) for row in r.rows],
+            "r--",
+            label="validation error",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("ratio")
     ax.set_ylim(-0.02, 1.02)
     ax2 = ax.twinx()
-    ax2.step(epochs, [row.get("lr", np.nan) for row in r.rows], "b:", where="post", label="learning rate")
+    ax2.step(
+        epochs, [row.get("lr", np.nan) for row in r.rows], "b:", where="post", label="learning rate"
+    )
     ax2.set_yscale("log")
     ax2.set_ylabel("learning rate")
     lines = ax.get_legend_handles_labels()
@@ -191,7 +285,7 @@ def fig_groups(r, path):
     ax.bar(x, lost, bottom=kept, color="lightgray", edgecolor="k", label="discarded")
     ax.set_xticks(x, [f"group {g}" for g in groups])
     ax.set_ylabel("blocks")
-    ax.set_ylim(0, 1.3 * max([k + d for k, d in zip(kept, lost)] + [1]))   # room for the legend
+    ax.set_ylim(0, 1.3 * max([k + d for k, d in zip(kept, lost)] + [1]))  # room for the legend
     source = "certificate" if r.certificate else "EMA rule"
     ax.set_title(f"{r.name}: kept / discarded per group ({source})")
     ax.legend()
@@ -203,24 +297,42 @@ def fig_groups(r, path):
 def fig_strip(r, path):
     plt = _plt()
     ids = r.block_ids()
-    grid = np.array([[row["blocks"].get(b, {}).get("discarded", np.nan) for b in ids]
-                     for row in r.rows if row.get("blocks")], np.float32)
+    grid = np.array(
+        [
+            [row["blocks"].get(b, {}).get("discarded", np.nan) for b in ids]
+            for row in r.rows
+            if row.get("blocks")
+        ],
+        np.float32,
+    )
     panels = 2 if r.certificate else 1
     heights = [max(len(grid), 1), 1] if panels == 2 else [1]
-    fig, axes = plt.subplots(panels, 1, figsize=(max(6, 0.35 * len(ids)), 1.2 + 0.25 * len(grid)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        panels,
+        1,
+        figsize=(max(6, 0.35 * len(ids)), 1.2 + 0.25 * len(grid)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     ax = axes[0, 0]
     ax.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_ylabel("epoch")
-    ax.set_yticks(range(len(grid)), [str(row["epoch"]) for row in r.rows if row.get("blocks")],
-                  fontsize=6)
+    ax.set_yticks(
+        range(len(grid)), [str(row["epoch"]) for row in r.rows if row.get("blocks")], fontsize=6
+    )
     ax.set_title(f"{r.name}: discarded blocks (black = EMA of 1−T near 1)")
     ax.set_xticks([])
     if panels == 2:
         gone = set(r.certificate["removed"])
         ax = axes[1, 0]
-        ax.imshow([[0.0 if b in gone else 1.0 for b in ids]], cmap="gray", vmin=0, vmax=1,
-                  aspect="auto", interpolation="nearest")
+        ax.imshow(
+            [[0.0 if b in gone else 1.0 for b in ids]],
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            aspect="auto",
+            interpolation="nearest",
+        )
         ax.set_yticks([0], ["certified"], fontsize=7)
     axes[-1, 0].set_xticks(range(len(ids)), ids, rotation=90, fontsize=6)
     fig.tight_layout()
@@ -233,15 +345,17 @@ def _histogram_percentiles(tb_dir, tag_prefix):
     histograms (bucket edges and counts; percentiles interpolated inside buckets)."""
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0})
     acc.Reload()
-    tags = sorted(t for t in acc.Tags().get("tensors", []) if t.startswith(tag_prefix + "/")
-                  and "kernel" in t)
+    tags = sorted(
+        t for t in acc.Tags().get("tensors", []) if t.startswith(tag_prefix + "/") and "kernel" in t
+    )
     if not tags:
         return {}, None
     out = {}
     for event in acc.Tensors(tags[0]):
-        buckets = tf.make_ndarray(event.tensor_proto)   # (k, 3): left, right, count
+        buckets = tf.make_ndarray(event.tensor_proto)  # (k, 3): left, right, count
         if buckets.size == 0:
             continue
         left, right, count = buckets[:, 0], buckets[:, 1], buckets[:, 2]
@@ -282,8 +396,12 @@ def fig_weight_collapse(r, path):
         else:
             model = load_model(r.run.model_path)
             g, b = parse_block_id(bid)
-            kernels = [w.numpy().ravel() for l in model.layers
-                       if l.name.startswith(layer_prefix(g, b) + "conv") for w in l.weights]
+            kernels = [
+                w.numpy().ravel()
+                for l in model.layers
+                if l.name.startswith(layer_prefix(g, b) + "conv")
+                for w in l.weights
+            ]
             vals = np.percentile(np.concatenate(kernels), PERCENTILES)
             ax.bar([f"{q}%" for q in PERCENTILES], vals)
             ax.set_title(f"{bid} ({what}): final kernel percentiles", fontsize=9)
@@ -302,8 +420,13 @@ def fig_removal_curves(r, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     for order, doc in sorted(r.ablations.items()):
         rows = doc["rows"]
-        ax.plot([x["removed"] for x in rows], [100 * x["top1_error"] for x in rows], "-o", ms=3,
-                label=order)
+        ax.plot(
+            [x["removed"] for x in rows],
+            [100 * x["top1_error"] for x in rows],
+            "-o",
+            ms=3,
+            label=order,
+        )
     ax.set_xlabel("blocks removed")
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{r.name}: removal robustness")
@@ -316,11 +439,19 @@ def fig_removal_curves(r, path):
 def fig_epsilon_sweep(summary, path):
     """ε against compression (discarded fraction) and error, one point per run (Fig. 8)."""
     plt = _plt()
-    pts = sorted((s["epsilon"], s.get("discarded_fraction"), s.get("error_full"))
-                 for s in summary if s.get("epsilon") is not None)
+    pts = sorted(
+        (s["epsilon"], s.get("discarded_fraction"), s.get("error_full"))
+        for s in summary
+        if s.get("epsilon") is not None
+    )
     fig, ax = plt.subplots(figsize=(6, 4))
     eps = [p[0] for p in pts]
-    ax.plot(eps, [np.nan if p[1] is None else 100 * p[1] for p in pts], "k-o", label="blocks discarded (%)")
+    ax.plot(
+        eps,
+        [np.nan if p[1] is None else 100 * p[1] for p in pts],
+        "k-o",
+        label="blocks discarded (%)",
+    )
     ax.set_xlabel("ε")
     ax.set_ylabel("blocks discarded (%)")
     ax2 = ax.twinx()
@@ -346,7 +477,9 @@ def make_report(run_dirs, out=None, force=False):
         out = runs[0].folder.report
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} is not empty; pass --force to replace the report or --out another folder")
+        raise UserError(
+            f"{out} is not empty; pass --force to replace the report or --out another folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     files = []
     text, rows = tables(runs)
@@ -363,7 +496,9 @@ def make_report(run_dirs, out=None, force=False):
         if r.rows and r.rows[-1].get("blocks"):
             fig_strip(r, out / f"{prefix}strip.png")
             files.append(out / f"{prefix}strip.png")
-        if r.run.model_path.is_file() and fig_weight_collapse(r, out / f"{prefix}weight_collapse.png"):
+        if r.run.model_path.is_file() and fig_weight_collapse(
+            r, out / f"{prefix}weight_collapse.png"
+        ):
             files.append(out / f"{prefix}weight_collapse.png")
         if r.ablations:
             fig_removal_curves(r, out / f"{prefix}removal_curves.png")
@@ -384,11 +519,17 @@ def _cli(args):
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "report", help="tables and figures (paper Figs. 1, 5–10) from run folders",
+        "report",
+        help="tables and figures (paper Figs. 1, 5–10) from run folders",
         description="Tables (full vs reduced error, blocks, layers, params, memory) and PNGs "
-                    "(discarded ratio, kept per group, discard strip, weight collapse, removal "
-                    "curves, ε sweep) from one or more run folders.")
-    p.add_argument("run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run)")
+        "(discarded ratio, kept per group, discard strip, weight collapse, removal "
+        "curves, ε sweep) from one or more run folders.",
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)"
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (default: RUN_DIR/report for one run)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.set_defaults(func=_cli)

@@ -20,6 +20,7 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
     find_run(model_path) -> the run folder a saved net belongs to, or None
     atomic_write_text(path, text)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,28 +113,37 @@ class RunFolder:
     def check_config(self, cfg: Mapping[str, Any]) -> None:
         """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
         old = json.loads(self.config.read_text())
-        diff = sorted(k for k in set(old) | set(cfg)
-                      if k not in self.RETENTION_KEYS and old.get(k) != cfg.get(k))
+        diff = sorted(
+            k
+            for k in set(old) | set(cfg)
+            if k not in self.RETENTION_KEYS and old.get(k) != cfg.get(k)
+        )
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
-            raise UserError(f"{self.root} holds a run with another config ({shown}); "
-                            f"choose another --out or name")
+            raise UserError(
+                f"{self.root} holds a run with another config ({shown}); "
+                f"choose another --out or name"
+            )
 
     def read_config(self) -> dict[str, Any]:
         """config.json as training wrote it; UserError (one line) when it is missing, not
         JSON, or lacks the keys every run has."""
         if not self.config.is_file():
-            raise UserError(f"{self.root} is not a run folder (no {CONFIG}): give the folder "
-                            "`epsresnet train` wrote, e.g. runs/<name>")
+            raise UserError(
+                f"{self.root} is not a run folder (no {CONFIG}): give the folder "
+                "`epsresnet train` wrote, e.g. runs/<name>"
+            )
         try:
             cfg = json.loads(self.config.read_text())
         except json.JSONDecodeError as err:
-            raise UserError(f"{self.config} is not valid JSON ({err}); restore it from the "
-                            "run") from err
+            raise UserError(
+                f"{self.config} is not valid JSON ({err}); restore it from the run"
+            ) from err
         for key in ("arch", "dataset"):
             if key not in cfg:
-                raise UserError(f"{self.config} lacks {key!r}: it was not written by "
-                                "`epsresnet train`")
+                raise UserError(
+                    f"{self.config} lacks {key!r}: it was not written by `epsresnet train`"
+                )
         return cfg
 
     # --- history ---
@@ -178,20 +188,24 @@ class RunFolder:
         every = int(cfg.get("keep_checkpoints_every") or 0)
         return epoch in (cfg.get("keep_checkpoints_at") or ()) or bool(every and epoch % every == 0)
 
-    def save_checkpoint(self, epoch: int, arrays: Sequence[np.ndarray],
-                        state: Mapping[str, Any]) -> Path:
+    def save_checkpoint(
+        self, epoch: int, arrays: Sequence[np.ndarray], state: Mapping[str, Any]
+    ) -> Path:
         """One .npz (variables + JSON state), written to a temporary name and renamed. Older
         checkpoints go, except the KEEP newest and those the config keeps forever."""
         self.ckpt.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_path(epoch)
         fd, tmp = tempfile.mkstemp(dir=self.ckpt, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, state=np.frombuffer(json.dumps(state).encode(), np.uint8),
-                     **{f"v{i:05d}": a for i, a in enumerate(arrays)})
+            np.savez(
+                f,
+                state=np.frombuffer(json.dumps(state).encode(), np.uint8),
+                **{f"v{i:05d}": a for i, a in enumerate(arrays)},
+            )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        for old in self.checkpoints()[:-self.KEEP]:
+        for old in self.checkpoints()[: -self.KEEP]:
             e = self.epoch_of(old)
             if e is None or not self.kept_forever(e):
                 old.unlink()
@@ -225,16 +239,18 @@ class RunFolder:
 
 # --- reading a finished run --------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class RunInfo:
     """What compression, evaluation and reports need from a run folder: its config.json as
     training wrote it, and the facts derived from it (epsresnet_tf.config)."""
+
     root: Path
     config: dict
     arch: str
     dataset: str
     build_options: dict
-    batch_size: int          # per replica: what one ε-gate saw per step
+    batch_size: int  # per replica: what one ε-gate saw per step
     mean: str
     seed: int
 
@@ -255,18 +271,31 @@ def read_run(run_dir: PathLike) -> RunInfo:
     """The run in `run_dir`; UserError (one line) when it is not a run folder."""
     folder = RunFolder(run_dir)
     cfg = folder.read_config()
-    full = saved_config(cfg)   # keys missing from an older or hand-written config.json
+    full = saved_config(cfg)  # keys missing from an older or hand-written config.json
     from epsresnet_tf.data import datasets
     from epsresnet_tf.gates import get_gate
+
     info = datasets.get(cfg["dataset"])
     options = dict(full["model_options"] or {})
     gate = full["gate"]
-    options.update(classes=info.num_classes, input_shape=tuple(info.image_shape), gate=gate,
-                   weight_decay=full["weight_decay"])
-    if get_gate(gate) is not None:   # the kind's own build settings (ε, scope, group …)
+    options.update(
+        classes=info.num_classes,
+        input_shape=tuple(info.image_shape),
+        gate=gate,
+        weight_decay=full["weight_decay"],
+    )
+    if get_gate(gate) is not None:  # the kind's own build settings (ε, scope, group …)
         options.update(get_gate(gate).net_options(full))
-    return RunInfo(folder.root, cfg, cfg["arch"], cfg["dataset"], options, gate_batch(cfg),
-                   full["mean"], int(full["seed"]))
+    return RunInfo(
+        folder.root,
+        cfg,
+        cfg["arch"],
+        cfg["dataset"],
+        options,
+        gate_batch(cfg),
+        full["mean"],
+        int(full["seed"]),
+    )
 
 
 def read_history(run_dir: PathLike) -> list[dict[str, Any]]:
@@ -277,10 +306,13 @@ def read_history(run_dir: PathLike) -> list[dict[str, Any]]:
 def load_model(path: PathLike) -> Any:
     """A saved .keras net (our layers are registered, so no custom_objects)."""
     import keras
+
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} not found: train the run to the end first (`epsresnet train`) "
-                        "or give the path of a .keras file")
+        raise UserError(
+            f"{path} not found: train the run to the end first (`epsresnet train`) "
+            "or give the path of a .keras file"
+        )
     return keras.models.load_model(path, compile=False)
 
 

@@ -9,6 +9,7 @@ Rows: epsilon, run, error (last validation error), removed/blocks, layer and par
 compression. Re-running resumes finished runs (the training loop's resume) and reuses their
 certificates, so a sweep can be extended by adding values.
 """
+
 import json
 import os
 from pathlib import Path
@@ -36,8 +37,14 @@ def pick(rows, budget=None, max_error=None):
     ok = [r for r in rows if r.get("error") is not None and r["error"] <= limit + 1e-12]
     if not ok:
         return None
-    return max(ok, key=lambda r: (r.get("layer_compression") or 1.0,
-                                  r.get("param_compression") or 1.0, -r["error"]))
+    return max(
+        ok,
+        key=lambda r: (
+            r.get("layer_compression") or 1.0,
+            r.get("param_compression") or 1.0,
+            -r["error"],
+        ),
+    )
 
 
 def _row(eps, run_dir, history, cert):
@@ -45,76 +52,146 @@ def _row(eps, run_dir, history, cert):
     row = {"epsilon": eps, "run": str(run_dir), "error": err}
     if cert:
         b, a = cert["before"], cert["after"]
-        row.update(removed=cert["removed_count"], blocks=cert["blocks_before"],
-                   layer_compression=b["layers"] / a["layers"],
-                   param_compression=b["trainable_params"] / a["trainable_params"],
-                   equivalent=cert["equivalence"]["passed"])
+        row.update(
+            removed=cert["removed_count"],
+            blocks=cert["blocks_before"],
+            layer_compression=b["layers"] / a["layers"],
+            param_compression=b["trainable_params"] / a["trainable_params"],
+            equivalent=cert["equivalence"]["passed"],
+        )
     elif history:
         last = history[-1]
-        row.update(removed=round(last.get("discarded_count", 0.0), 2), blocks=len(last.get("blocks", {})))
+        row.update(
+            removed=round(last.get("discarded_count", 0.0), 2), blocks=len(last.get("blocks", {}))
+        )
     return row
 
 
-def sweep_eps(recipe, eps_values, out, data_dir, *, epochs=None, steps_per_epoch=None,
-              val_steps=None, batch_size=None, seed=None, budget=0.01, max_error=None,
-              compress=True, max_batches=None, verbose=0, report=True):
+def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, verbose):
+    """Train (or resume) the sweep's run for one ε and certify it: (row, run_dir), run_dir
+    None when training did not finish."""
     from epsresnet_tf import compress as C
     from epsresnet_tf import recipes
     from epsresnet_tf.gates import get_gate
     from epsresnet_tf.runfolder import RunFolder
     from epsresnet_tf.train.loop import run_training
 
+    _, cfg = recipes.resolve(recipe, epsilon=eps, **overrides)
+    kind = get_gate(cfg["gate"])
+    if kind is None or "epsilon" not in kind.hyper_parameters:
+        raise UserError(f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net")
+    run_dir = out / f"eps{eps:g}"
+    result = run_training(cfg, run_dir, data_dir, verbose=verbose)
+    if result["status"] != "done":
+        return {
+            "epsilon": eps,
+            "run": str(run_dir),
+            "error": None,
+            "status": result["status"],
+        }, None
+    cert = None
+    folder = RunFolder(run_dir)
+    cert_path = folder.certificate
+    if compress and cert_path.is_file():
+        cert = json.loads(cert_path.read_text())
+    elif compress:
+        cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
+    return _row(eps, run_dir, folder.read_history(), cert), run_dir
+
+
+def sweep_eps(
+    recipe,
+    eps_values,
+    out,
+    data_dir,
+    *,
+    epochs=None,
+    steps_per_epoch=None,
+    val_steps=None,
+    batch_size=None,
+    seed=None,
+    budget=0.01,
+    max_error=None,
+    compress=True,
+    max_batches=None,
+    verbose=0,
+    report=True,
+):
+    """Train one run of `recipe` per ε, certify each, pick the best within the budget; writes
+    `out/sweep.json` (and `out/report/` for two or more finished runs) and returns its doc."""
     out = Path(out)
+    overrides = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        val_steps=val_steps,
+        seed=seed,
+    )
     rows, run_dirs = [], []
     for eps in eps_values:
-        name, cfg = recipes.resolve(recipe, epsilon=eps, epochs=epochs, batch_size=batch_size,
-                                    steps_per_epoch=steps_per_epoch, val_steps=val_steps, seed=seed)
-        kind = get_gate(cfg["gate"])
-        if kind is None or "epsilon" not in kind.hyper_parameters:
-            raise UserError(f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net")
-        run_dir = out / f"eps{eps:g}"
-        result = run_training(cfg, run_dir, data_dir, verbose=verbose)
-        if result["status"] != "done":
-            rows.append({"epsilon": eps, "run": str(run_dir), "error": None, "status": result["status"]})
-            continue
-        cert = None
-        folder = RunFolder(run_dir)
-        cert_path = folder.certificate
-        if compress and cert_path.is_file():
-            cert = json.loads(cert_path.read_text())
-        elif compress:
-            cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
-        rows.append(_row(eps, run_dir, folder.read_history(), cert))
-        run_dirs.append(run_dir)
+        row, run_dir = _train_one(
+            recipe, eps, out, data_dir, overrides, compress, max_batches, verbose
+        )
+        rows.append(row)
+        if run_dir is not None:
+            run_dirs.append(run_dir)
     choice = pick(rows, budget, max_error)
-    doc = {"recipe": recipe, "budget": budget, "max_error": max_error, "rows": rows, "choice": choice}
+    doc = {
+        "recipe": recipe,
+        "budget": budget,
+        "max_error": max_error,
+        "rows": rows,
+        "choice": choice,
+    }
     (out / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
     if report and len(run_dirs) > 1:
         from epsresnet_tf.report import make_report
+
         doc["report"] = make_report(run_dirs, out / "report", force=True)["files"]
     return doc
 
 
 def _cli(args):
     from tabulate import tabulate
+
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.recipe).stem}"
-    doc = sweep_eps(args.recipe, parse_eps(args.eps), out, args.data_dir, epochs=args.epochs,
-                    steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps,
-                    batch_size=args.batch_size, seed=args.seed, budget=args.budget,
-                    max_error=args.max_error, compress=not args.no_compress,
-                    max_batches=args.max_batches, verbose=0 if args.quiet else 2)
+    doc = sweep_eps(
+        args.recipe,
+        parse_eps(args.eps),
+        out,
+        args.data_dir,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        val_steps=args.val_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        budget=args.budget,
+        max_error=args.max_error,
+        compress=not args.no_compress,
+        max_batches=args.max_batches,
+        verbose=0 if args.quiet else 2,
+    )
 
     def f(v, fmt):
         return "n/a" if v is None else fmt.format(v)
 
-    table = [[r["epsilon"], f(r.get("error"), "{:.2%}"), f"{r.get('removed', 'n/a')}/{r.get('blocks', 'n/a')}",
-              f(r.get("layer_compression"), "{:.2f}×"), f(r.get("param_compression"), "{:.2f}×")]
-             for r in doc["rows"]]
+    table = [
+        [
+            r["epsilon"],
+            f(r.get("error"), "{:.2%}"),
+            f"{r.get('removed', 'n/a')}/{r.get('blocks', 'n/a')}",
+            f(r.get("layer_compression"), "{:.2f}×"),
+            f(r.get("param_compression"), "{:.2f}×"),
+        ]
+        for r in doc["rows"]
+    ]
     print(tabulate(table, headers=["ε", "error", "removed/blocks", "layers", "params"]))
     c = doc["choice"]
     if c:
-        print(f"largest compression within the budget: ε = {c['epsilon']:g} (error "
-              f"{c['error']:.2%}, layers {f(c.get('layer_compression'), '{:.2f}×')})")
+        print(
+            f"largest compression within the budget: ε = {c['epsilon']:g} (error "
+            f"{c['error']:.2%}, layers {f(c.get('layer_compression'), '{:.2f}×')})"
+        )
     else:
         print("no run finished with an error within the budget")
     print(f"wrote {out / 'sweep.json'}")
@@ -123,24 +200,35 @@ def _cli(args):
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "sweep-eps", help="train short runs over a list of ε and report compression against error",
+        "sweep-eps",
+        help="train short runs over a list of ε and report compression against error",
         description="Train RECIPE once per ε (short schedule overrides), compress each run, and "
-                    "name the largest compression within the error budget. Writes "
-                    "OUT/eps<ε>/ run folders, OUT/sweep.json and OUT/report/.")
+        "name the largest compression within the error budget. Writes "
+        "OUT/eps<ε>/ run folders, OUT/sweep.json and OUT/report/.",
+    )
     p.add_argument("recipe", help="recipe name (epsresnet train --list) or JSON path")
     p.add_argument("--eps", required=True, help="comma-separated ε values, e.g. 1.5,2,2.5,3")
-    p.add_argument("--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"), help="dataset root")
+    p.add_argument(
+        "--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"), help="dataset root"
+    )
     p.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-RECIPE)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (short schedules)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="steps per epoch")
     p.add_argument("--val-steps", type=int, default=None, help="validation batches per epoch")
     p.add_argument("--batch-size", type=int, default=None, help="batch size per replica")
     p.add_argument("--seed", type=int, default=None, help="seed of every run")
-    p.add_argument("--budget", type=float, default=0.01,
-                   help="allowed error above the sweep's best, as a fraction (0.01 = 1 point)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.01,
+        help="allowed error above the sweep's best, as a fraction (0.01 = 1 point)",
+    )
     p.add_argument("--max-error", type=float, default=None, help="absolute error ceiling instead")
-    p.add_argument("--no-compress", action="store_true",
-                   help="skip certification; compression from the EMA rule of the last epoch")
+    p.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="skip certification; compression from the EMA rule of the last epoch",
+    )
     p.add_argument("--max-batches", type=int, default=None, help="certify on N batches per split")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=_cli)

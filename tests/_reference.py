@@ -1,5 +1,6 @@
 """Independent numpy re-computations of the authors' arithmetic, for the tests to compare
 the package against (written from the formulas in docs/semantics.md, not from the code)."""
+
 import numpy as np
 
 

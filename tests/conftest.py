@@ -15,5 +15,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def shared_data():
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data subsets not found at {SHARED_DATA} (they sit beside the checkout in CI)")
+        pytest.skip(
+            f"real data subsets not found at {SHARED_DATA} (they sit beside the checkout in CI)"
+        )
     return SHARED_DATA

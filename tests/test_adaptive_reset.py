@@ -1,6 +1,7 @@
 """The adaptive lr reset on real training runs (docs/semantics.md §7): the
 statistic is ONE float32 moving average of the per-step discarded count, and one more
 discarded block resets the lr to the adaptive schedule's first value."""
+
 import keras
 import numpy as np
 import pytest
@@ -12,14 +13,15 @@ from epsresnet_tf.models import build_model
 from epsresnet_tf.train.loop import run_training
 from epsresnet_tf.train.schedules import AdaptiveResetSchedule
 
-STEPS = 60          # enough steps for the average to rise by more than 1 - tolerance
+STEPS = 60  # enough steps for the average to rise by more than 1 - tolerance
 SEED = 3
-STANDARD = [[0, 0.0], [2, 0.001]]   # lr 0: weights (and so every block's |F|) stay put
+STANDARD = [[0, 0.0], [2, 0.001]]  # lr 0: weights (and so every block's |F|) stay put
 ADAPTIVE = [[0, 0.5], [10, 0.05]]
 
 
 class FixedBatch:
     """The same batch every step: with lr 0 each block's max |F| is the same every step."""
+
     image_shape, num_classes, num_batches = (8, 8, 3), 10, STEPS
 
     def __init__(self):
@@ -36,9 +38,17 @@ class FixedBatch:
 
 
 def config(**kw):
-    base = {"arch": "cifar-basic-8", "epochs": 3, "batch_size": 4, "val_steps": 0,
-            "histogram_every": 0, "seed": SEED, "side_head": False,
-            "lr_schedule": STANDARD, "adaptive_schedule": ADAPTIVE}
+    base = {
+        "arch": "cifar-basic-8",
+        "epochs": 3,
+        "batch_size": 4,
+        "val_steps": 0,
+        "histogram_every": 0,
+        "seed": SEED,
+        "side_head": False,
+        "lr_schedule": STANDARD,
+        "adaptive_schedule": ADAPTIVE,
+    }
     base.update(kw)
     return resolve_config(base)
 
@@ -47,9 +57,15 @@ def block_peaks(cfg, source):
     """Each block's max |F| on the fixed batch in training mode, for the weights the run
     starts from (run_training seeds Keras with cfg["seed"] before building the net)."""
     keras.utils.set_random_seed(cfg["seed"])
-    net = build_model(cfg["arch"], classes=source.num_classes, input_shape=source.image_shape,
-                      gate="eps", side_head=cfg["side_head"], weight_decay=cfg["weight_decay"],
-                      epsilon=0.0)
+    net = build_model(
+        cfg["arch"],
+        classes=source.num_classes,
+        input_shape=source.image_shape,
+        gate="eps",
+        side_head=cfg["side_head"],
+        weight_decay=cfg["weight_decay"],
+        epsilon=0.0,
+    )
     gates = gate_layers(net)
     probe = keras.Model(net.inputs, [g.input for g in gates])
     return [float(np.max(np.abs(f))) for f in probe([source.x], training=True)]
@@ -60,7 +76,7 @@ def one_block_epsilon():
     source = FixedBatch()
     peaks = sorted(block_peaks(config(), source))
     assert peaks[0] < peaks[1], peaks
-    return (peaks[0] + peaks[1]) / 2       # between the smallest block and the others
+    return (peaks[0] + peaks[1]) / 2  # between the smallest block and the others
 
 
 def test_one_more_discarded_block_resets_the_lr(tmp_path, one_block_epsilon):
@@ -121,8 +137,9 @@ def test_count_is_one_float32_moving_average_of_the_integer_count(tmp_path):
     peaks = sorted(block_peaks(config(), FixedBatch()))
     cfg = config(epochs=2, epsilon=peaks[1], lr_schedule=[[0, 0.01]], adaptive_schedule=None)
     recorder = GateRecorder()
-    rows = run_training(cfg, tmp_path / "noisy", sources=(Noisy(), None), verbose=0,
-                        extra_callbacks=[recorder])["history"]
+    rows = run_training(
+        cfg, tmp_path / "noisy", sources=(Noisy(), None), verbose=0, extra_callbacks=[recorder]
+    )["history"]
     counts = [sum(step) for step in recorder.steps]
     assert len(counts) == 2 * STEPS
     assert all(float(c).is_integer() for c in counts)

@@ -7,6 +7,7 @@ arithmetic agrees with an independent MAC count, monitors off changes nothing bu
 monitors, the mixed-precision and XLA paths train to a finite loss on CPU, and the one-
 configuration command reports and refuses in one line.
 """
+
 import json
 import math
 import sys
@@ -31,7 +32,7 @@ def cifar_basic_macs(depth, hw=32, classes=10, side_head=True):
     n = (depth - 2) // 6
     macs = hw * hw * 9 * 3 * 16
     for g, w in enumerate((16, 32, 64)):
-        s = hw // (2 ** g)
+        s = hw // (2**g)
         cin = 16 if g == 0 else w // 2
         macs += s * s * 9 * cin * w + s * s * 9 * w * w
         macs += (n - 1) * 2 * s * s * 9 * w * w
@@ -48,20 +49,30 @@ def peak_by_hand():
             flags = line.split()
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     import os
+
     return None if mhz is None else len(os.sched_getaffinity(0)) * 2 * lanes * 2 * mhz / 1000
 
 
 def tiny_cfg(**kw):
-    base = dict(arch="cifar-basic-8", gate="eps", batch=8, epsilon=0.05, epochs=1,
-                val_steps=0, histogram_every=0)
+    base = dict(
+        arch="cifar-basic-8",
+        gate="eps",
+        batch=8,
+        epsilon=0.05,
+        epochs=1,
+        val_steps=0,
+        histogram_every=0,
+    )
     base.update(kw)
     return trainstep.bench_config(**base)
 
 
 # --- the step is run_training's ------------------------------------------------------------
 
+
 class OneBatch:
     """A data source with the pipeline's interface whose every batch is (x, y)."""
+
     image_shape, num_classes = TINY, 10
 
     def __init__(self, x, y, num_batches):
@@ -82,6 +93,7 @@ def test_timed_step_equals_run_trainings_step(tmp_path):
     import keras
 
     from epsresnet_tf.train.loop import run_training
+
     steps = 3
     cfg = tiny_cfg(steps_per_epoch=steps, wd_decay_every=1)
     assert cfg["side_head"] and cfg["optimizer"] == "momentum" and cfg["weight_decay"] > 0
@@ -104,8 +116,13 @@ def test_timed_step_equals_run_trainings_step(tmp_path):
             seen["end"] = [w.copy() for w in self.model.net.get_weights()]
             seen["count"] = self.model.discarded_count_value()
 
-    result = run_training(cfg, tmp_path / "run", sources=(OneBatch(x, y, steps), None),
-                          verbose=0, extra_callbacks=[Spy()])
+    result = run_training(
+        cfg,
+        tmp_path / "run",
+        sources=(OneBatch(x, y, steps), None),
+        verbose=0,
+        extra_callbacks=[Spy()],
+    )
     assert result["status"] == "done" and len(seen["losses"]) == steps
 
     model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
@@ -133,7 +150,7 @@ def test_custom_loop_runs_the_same_step():
             model.net.set_weights(runs[0][1])
         start = [w.copy() for w in model.net.get_weights()]
         timer = trainstep.StepTimer(model, 8, loop=loop)
-        timer.run(2)    # custom: one untimed call, then 2: three steps; fit: two steps
+        timer.run(2)  # custom: one untimed call, then 2: three steps; fit: two steps
         runs.append((timer.losses, start))
     (fit_losses, _), (custom_losses, _) = runs
     np.testing.assert_allclose(custom_losses[:2], fit_losses, rtol=1e-6)
@@ -141,9 +158,26 @@ def test_custom_loop_runs_the_same_step():
 
 # --- GFLOP arithmetic -----------------------------------------------------------------------
 
+
 def test_one_json_reports_real_step_and_gflop_arithmetic(capsys):
-    assert bench_train.main(["--one", "cifar-basic-8", "--gate", "eps", "--batch", "8",
-                             "--steps", "2", "--warmup", "1", "--json"]) == 0
+    assert (
+        bench_train.main(
+            [
+                "--one",
+                "cifar-basic-8",
+                "--gate",
+                "eps",
+                "--batch",
+                "8",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["img_s"] > 0 and math.isfinite(out["final_loss"])
     assert out["side_head"] is True and out["optimizer"] == "momentum"
@@ -161,14 +195,31 @@ def test_one_json_reports_real_step_and_gflop_arithmetic(capsys):
 
 def test_macs_of_the_benchmarked_depths_match_hand_count():
     from epsresnet_tf.models.describe import model_stats
+
     for depth in (20, 56):
         model = trainstep.build_training_step(trainstep.bench_config(f"cifar-basic-{depth}"))
         assert model_stats(model.net)["macs"] == cifar_basic_macs(depth)
 
 
 def test_one_text_and_user_errors(capsys):
-    assert bench_train.main(["--one", "cifar-basic-8", "--gate", "eps", "--no-monitor",
-                             "--batch", "4", "--steps", "1", "--warmup", "0"]) == 0
+    assert (
+        bench_train.main(
+            [
+                "--one",
+                "cifar-basic-8",
+                "--gate",
+                "eps",
+                "--no-monitor",
+                "--batch",
+                "4",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "img/s" in capsys.readouterr().out
     assert bench_train.main(["--one", "cifar-basic-9"]) == 2
     assert bench_train.main(["--one", "cifar-basic-8", "--no-monitor"]) == 2
@@ -178,29 +229,45 @@ def test_one_text_and_user_errors(capsys):
 
 def test_bench_is_no_longer_a_package_command():
     from epsresnet_tf.cli import COMMAND_MODULES
+
     assert "epsresnet_tf.bench" not in COMMAND_MODULES
     import epsresnet_tf
+
     assert not (Path(epsresnet_tf.__file__).parent / "bench.py").exists()
 
 
 # --- monitors off -----------------------------------------------------------------------------
 
+
 def _monitors(model):
     from epsresnet_tf.layers import EpsilonGate
-    gates = [(float(g.gate_value.numpy()), float(g.discarded_ema.numpy()),
-              float(g.response_max.numpy()), float(g.response_mean.numpy()))
-             for g in model.net.layers if isinstance(g, EpsilonGate)]
+
+    gates = [
+        (
+            float(g.gate_value.numpy()),
+            float(g.discarded_ema.numpy()),
+            float(g.response_max.numpy()),
+            float(g.response_mean.numpy()),
+        )
+        for g in model.net.layers
+        if isinstance(g, EpsilonGate)
+    ]
     return gates, model.discarded_count_value()
 
 
 def _non_monitor_weights(model):
     from epsresnet_tf.layers import EpsilonGate
-    return [w.numpy() for layer in model.net.layers if not isinstance(layer, EpsilonGate)
-            for w in layer.weights]
+
+    return [
+        w.numpy()
+        for layer in model.net.layers
+        if not isinstance(layer, EpsilonGate)
+        for w in layer.weights
+    ]
 
 
 def test_monitor_off_changes_nothing_but_the_monitors():
-    cfg = tiny_cfg(epsilon=1000.0)   # T = 0: the discard monitors and the count move
+    cfg = tiny_cfg(epsilon=1000.0)  # T = 0: the discard monitors and the count move
     loud = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY)
     quiet = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY, monitor=False)
     quiet.net.set_weights(loud.net.get_weights())
@@ -216,20 +283,23 @@ def test_monitor_off_changes_nothing_but_the_monitors():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert _monitors(quiet) == before
     gates, count = _monitors(loud)
-    assert gates != before[0] and all(g[2] > 0 for g in gates)   # response_max was set
-    assert all(g[0] == 0.0 and g[1] > 0 for g in gates)            # T = 0, discarded EMA
-    assert type(quiet).train_step is type(loud).train_step   # the loop's step, unchanged
-    assert count > 0 and before[1] == 0.0                     # the discarded-count average
+    assert gates != before[0] and all(g[2] > 0 for g in gates)  # response_max was set
+    assert all(g[0] == 0.0 and g[1] > 0 for g in gates)  # T = 0, discarded EMA
+    assert type(quiet).train_step is type(loud).train_step  # the loop's step, unchanged
+    assert count > 0 and before[1] == 0.0  # the discarded-count average
 
 
 # --- other paths --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_mixed_precision_and_xla_paths_train(loop):
     import keras
+
     cfg = tiny_cfg(mixed_precision=True, jit_compile=True)
-    model = trainstep.build_training_step(cfg, num_classes=10, image_shape=TINY,
-                                          steps_per_execution=2)
+    model = trainstep.build_training_step(
+        cfg, num_classes=10, image_shape=TINY, steps_per_execution=2
+    )
     convs = [layer for layer in model.net.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and all(layer.compute_dtype == "float16" for layer in convs)
     assert all(layer.kernel.dtype == "float32" for layer in convs)
@@ -239,14 +309,23 @@ def test_mixed_precision_and_xla_paths_train(loop):
     assert seconds > 0 and steps >= 2
     assert math.isfinite(timer.last_loss)
     assert all(np.isfinite(w).all() for w in model.net.get_weights())
-    assert keras.mixed_precision.global_policy().name == "float32"   # restored
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
 
 
 def test_interleaved_variants_report_each():
     res = trainstep.measure_variants(
-        {"none": dict(arch="cifar-basic-8"), "eps": dict(arch="cifar-basic-8", gate="eps"),
-         "quiet": dict(arch="cifar-basic-8", gate="eps", monitor=False)},
-        batch=4, steps=2, warmup=1, repeats=2, input_shape=TINY, classes=10)
+        {
+            "none": dict(arch="cifar-basic-8"),
+            "eps": dict(arch="cifar-basic-8", gate="eps"),
+            "quiet": dict(arch="cifar-basic-8", gate="eps", monitor=False),
+        },
+        batch=4,
+        steps=2,
+        warmup=1,
+        repeats=2,
+        input_shape=TINY,
+        classes=10,
+    )
     assert set(res) == {"none", "eps", "quiet"}
     assert all(len(r["img_s_runs"]) == 2 and r["img_s"] > 0 for r in res.values())
     assert res["quiet"]["monitor"] is False and res["eps"]["monitor"] is True

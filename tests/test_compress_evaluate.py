@@ -1,4 +1,5 @@
 """Evaluation (errors against an independent count, latency) and removal curves."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ def labelled(n=40, batch=20, seed=0, classes=10):
     rs = np.random.RandomState(seed)
     x = rs.randn(n, *SHAPE).astype("float32")
     y = rs.randint(0, classes, n).astype("int32")
-    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
 def net(**kw):
@@ -67,7 +68,7 @@ def test_random_and_by_response_orders():
     a, b = E.removal_order(model, "random", seed=3), E.removal_order(model, "random", seed=3)
     assert a == b and sorted(a) == sorted(E.removal_order(model, "random", seed=4))
     assert len(a) == 6
-    gate_by_block(model)["group2/block1"].epsilon.assign(1e6)   # closed: adds exactly 0
+    gate_by_block(model)["group2/block1"].epsilon.assign(1e6)  # closed: adds exactly 0
     data = labelled()
     contrib = E.block_contributions(model, data)
     assert contrib["group2/block1"] == 0.0

@@ -1,6 +1,7 @@
 """The config (epsresnet_tf.config) and the recipes that fill it (epsresnet_tf.recipes):
 validation in one line, batch facts, recipe inheritance ("base"), and every recipe resolving
 to the config it resolved to before the recipes inherited (tests/fixtures)."""
+
 import json
 from pathlib import Path
 
@@ -22,22 +23,35 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def tiny(**kw):
-    base = {"arch": "cifar-basic-8", "epochs": 3, "batch_size": 8, "val_steps": 0,
-            "histogram_every": 0}
+    base = {
+        "arch": "cifar-basic-8",
+        "epochs": 3,
+        "batch_size": 8,
+        "val_steps": 0,
+        "histogram_every": 0,
+    }
     base.update(kw)
     return resolve_config(base)
 
 
 # --- validation --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, message", [
-    ({"epsilon": -1.0}, "epsilon"), ({"arch": "cifar-basic-13"}, "depth"),
-    ({"arch": "vgg-16"}, "unknown architecture"), ({"epochs": 0}, "epochs"),
-    ({"optimizer": "adam"}, "optimizer")])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"epsilon": -1.0}, "epsilon"),
+        ({"arch": "cifar-basic-13"}, "depth"),
+        ({"arch": "vgg-16"}, "unknown architecture"),
+        ({"epochs": 0}, "epochs"),
+        ({"optimizer": "adam"}, "optimizer"),
+    ],
+)
 def test_bad_config_is_one_line_error(override, message, tmp_path):
     with pytest.raises(UserError, match=message) as err:
         tiny(**override)
     assert "\n" not in str(err.value)
+
 
 def test_unknown_recipe_keys_are_named():
     with pytest.raises(UserError, match="unknown recipe keys: epsilno$"):
@@ -51,6 +65,7 @@ def test_overrides_win_and_none_overrides_are_ignored():
 
 
 # --- batch facts -------------------------------------------------------------------------
+
 
 def test_gate_group_must_lie_within_one_device():
     # The authors' towers: ResNet-152 on 6 GPUs x 42 (252 in all), ResNet-101 on 4 x 64.
@@ -68,7 +83,8 @@ def test_gate_group_must_lie_within_one_device():
             global_batch_size(r152, replicas)
         message = str(err.value)
         assert "\n" not in message and message.startswith(
-            "gate group 42 needs a per-device batch that is a multiple of 42")
+            "gate group 42 needs a per-device batch that is a multiple of 42"
+        )
         assert message.endswith("with batch 252 use --gpus 1, 2, 3 or 6")
     with pytest.raises(UserError, match=r"8 devices is 32 per device.*--gpus 1, 2 or 4$"):
         global_batch_size(r101, 8)
@@ -83,13 +99,14 @@ def test_gate_group_must_lie_within_one_device():
     with pytest.raises(UserError, match="gate_group"):
         tiny(gate_group=0)
 
+
 def test_per_device_and_gate_batch():
     cifar = tiny(batch_size=8)
-    assert per_device_batch(cifar) == gate_batch(cifar) == 8       # 8 per replica
+    assert per_device_batch(cifar) == gate_batch(cifar) == 8  # 8 per replica
     assert global_batch_size(cifar, 2) == 16
-    _, r152 = recipes.resolve("imagenet-eps-152-e1.8")             # 252 in all, groups of 42
+    _, r152 = recipes.resolve("imagenet-eps-152-e1.8")  # 252 in all, groups of 42
     assert per_device_batch(r152, 6) == 42 and per_device_batch(dict(r152, gpus=6)) == 42
-    assert per_device_batch(r152) == 252                           # --gpus 0: one device
+    assert per_device_batch(r152) == 252  # --gpus 0: one device
     assert gate_batch(r152) == 42
     # a config.json without the batch keys: the defaults of the runs that wrote it
     assert per_device_batch({"arch": "cifar-basic-8"}) == 128
@@ -106,15 +123,27 @@ def test_saved_config_fills_missing_keys_without_changing_the_given():
 
 # --- recipes -----------------------------------------------------------------------------
 
+
 def test_every_recipe_resolves_to_a_valid_config():
     names = recipes.available()
     # the runs the issue lists, at least
-    for must in ("cifar10-eps-110", "cifar10-eps-752", "cifar100-eps-500", "cifar10-base-200",
-                 "cifar10-base-side-110", "svhn-eps-302", "imagenet-eps-101-e2.0",
-                 "imagenet-eps-101-e2.1", "imagenet-eps-152-e1.8",
-                 "gates-cifar10-resnet-32-gated", "gates-cifar10-wrn-28-10-dropout-gated",
-                 "sharesnet-cifar10-164-shared", "sharesnet-cifar100-wrn-28-10-shared",
-                 "gates-mnist-res-50-gated", "demo"):
+    for must in (
+        "cifar10-eps-110",
+        "cifar10-eps-752",
+        "cifar100-eps-500",
+        "cifar10-base-200",
+        "cifar10-base-side-110",
+        "svhn-eps-302",
+        "imagenet-eps-101-e2.0",
+        "imagenet-eps-101-e2.1",
+        "imagenet-eps-152-e1.8",
+        "gates-cifar10-resnet-32-gated",
+        "gates-cifar10-wrn-28-10-dropout-gated",
+        "sharesnet-cifar10-164-shared",
+        "sharesnet-cifar100-wrn-28-10-shared",
+        "gates-mnist-res-50-gated",
+        "demo",
+    ):
         assert must in names, must
     for name in names:
         _, cfg = recipes.resolve(name)
@@ -131,16 +160,23 @@ def test_recipe_values_follow_the_spec():
     svhn = recipes.resolve("svhn-eps-302")[1]
     assert svhn["epsilon"] == 1.5 and svhn["arch"] == "cifar-basic-302"
     inet = recipes.resolve("imagenet-eps-152-e1.8")[1]
-    assert (inet["optimizer"], inet["batch_size"], inet["batch_per"], inet["steps_per_epoch"],
-            inet["top5"], inet["epsilon"]) == ("nesterov", 252, "total", 5000, True, 1.8)
-    assert inet["gate_group"] == 42   # the authors' 6 GPUs x 42 images (256 // 6 each)
+    assert (
+        inet["optimizer"],
+        inet["batch_size"],
+        inet["batch_per"],
+        inet["steps_per_epoch"],
+        inet["top5"],
+        inet["epsilon"],
+    ) == ("nesterov", 252, "total", 5000, True, 1.8)
+    assert inet["gate_group"] == 42  # the authors' 6 GPUs x 42 images (256 // 6 each)
     name, deeper = recipes.resolve("cifar10-eps-110", depth=200, epsilon=2.0)
     assert deeper["arch"] == "cifar-basic-200" and deeper["epsilon"] == 2.0
     assert name == "cifar10-eps-110_depth200_epsilon2.0"
 
 
-@pytest.mark.parametrize("name", ["svhn-eps-110", "svhn-eps-200", "svhn-eps-302",
-                                  "svhn-base-110", "svhn-eps-paper-110"])
+@pytest.mark.parametrize(
+    "name", ["svhn-eps-110", "svhn-eps-200", "svhn-eps-302", "svhn-base-110", "svhn-eps-paper-110"]
+)
 def test_svhn_recipes_run_the_cifar_model_with_its_weight_decay_staircase(name):
     # The SVHN script reuses the CIFAR model and so its decay ×0.2 every 480,000 steps; it
     # trains ε-ResNets 200 epochs (the paper says 150: the svhn-eps-paper variant).
@@ -151,15 +187,17 @@ def test_svhn_recipes_run_the_cifar_model_with_its_weight_decay_staircase(name):
         assert cfg["adaptive_schedule"] == [[1, 0.1], [10, 0.01], [14, 0.001], [25, 0.0001]]
 
 
-@pytest.mark.parametrize("name,published", [("imagenet-eps-101-e2.1", 2.1),
-                                            ("imagenet-eps-152-e1.8", 1.8)])
+@pytest.mark.parametrize(
+    "name,published", [("imagenet-eps-101-e2.1", 2.1), ("imagenet-eps-152-e1.8", 1.8)]
+)
 def test_imagenet_as_run_variants_gate_at_the_scripts_constant(name, published):
     # imagenetEpsilonResnet.py reads -e but gates with EPSILON = 2.0: the published 2.1
     # and 1.8 runs gated at 2.0. Ours gate at the named ε; the as-run variants at 2.0.
     named, as_run = recipes.resolve(name)[1], recipes.resolve(name + "-as-run")[1]
     assert named["epsilon"] == published and as_run["epsilon"] == 2.0
-    assert {k: v for k, v in named.items() if k not in ("epsilon", "name")} == \
-        {k: v for k, v in as_run.items() if k not in ("epsilon", "name")}
+    assert {k: v for k, v in named.items() if k not in ("epsilon", "name")} == {
+        k: v for k, v in as_run.items() if k not in ("epsilon", "name")
+    }
 
 
 def test_recipe_from_a_path(tmp_path):
@@ -171,6 +209,7 @@ def test_recipe_from_a_path(tmp_path):
 
 # --- recipe inheritance ("base") ---------------------------------------------------------
 
+
 @pytest.fixture
 def experiments(tmp_path, monkeypatch):
     """An experiments/ folder of our own; write(name, **keys) adds a recipe."""
@@ -178,17 +217,25 @@ def experiments(tmp_path, monkeypatch):
 
     def write(name, **keys):
         (tmp_path / f"{name}.json").write_text(json.dumps(keys))
+
     return write
 
 
 def test_a_recipe_inherits_its_base_chain_and_overrides_it(experiments):
-    experiments("root", description="the root", arch="cifar-basic-{depth}", depth=8,
-                epsilon=2.0, epochs=10)
+    experiments(
+        "root", description="the root", arch="cifar-basic-{depth}", depth=8, epsilon=2.0, epochs=10
+    )
     experiments("child", base="root", depth=14, epochs=20)
     experiments("grandchild", base="child", description="mine", epsilon=1.0)
     child = recipes.load("child")
-    assert child == {"name": "child", "description": "the root", "arch": "cifar-basic-{depth}",
-                     "depth": 14, "epsilon": 2.0, "epochs": 20}
+    assert child == {
+        "name": "child",
+        "description": "the root",
+        "arch": "cifar-basic-{depth}",
+        "depth": 14,
+        "epsilon": 2.0,
+        "epochs": 20,
+    }
     name, cfg = recipes.resolve("grandchild")
     assert name == cfg["name"] == "grandchild"
     assert (cfg["arch"], cfg["epsilon"], cfg["epochs"]) == ("cifar-basic-14", 1.0, 20)
@@ -203,9 +250,11 @@ def test_a_recipe_file_may_inherit_from_experiments(tmp_path):
     path.write_text(json.dumps({"base": "cifar10-eps-110", "epochs": 3}))
     name, cfg = recipes.resolve(str(path))
     assert name == "mine" and cfg["epochs"] == 3
-    assert {k: v for k, v in cfg.items() if k not in ("name", "epochs")} == \
-        {k: v for k, v in recipes.resolve("cifar10-eps-110")[1].items()
-         if k not in ("name", "epochs")}
+    assert {k: v for k, v in cfg.items() if k not in ("name", "epochs")} == {
+        k: v
+        for k, v in recipes.resolve("cifar10-eps-110")[1].items()
+        if k not in ("name", "epochs")
+    }
 
 
 def test_a_cycle_of_bases_is_a_one_line_error_naming_it(experiments):
@@ -227,7 +276,8 @@ def test_an_unknown_base_is_a_one_line_error_naming_it(experiments):
         recipes.resolve("orphan")
     message = str(err.value)
     assert "\n" not in message and message.startswith(
-        "recipe orphan: unknown base 'no-such-recipe'")
+        "recipe orphan: unknown base 'no-such-recipe'"
+    )
     with pytest.raises(UserError, match="^recipe bad: base must be a recipe name"):
         recipes.load("bad")
 
@@ -236,21 +286,25 @@ def test_every_recipe_resolves_as_before_the_recipes_inherited():
     """tests/fixtures/resolved_recipes.json was written (snapshot_recipes.py) before the
     CIFAR/SVHN recipes were rewritten to inherit: every config and run name is unchanged."""
     import sys
+
     sys.path.insert(0, str(FIXTURES))
     try:
         from snapshot_recipes import snapshot
     finally:
         sys.path.remove(str(FIXTURES))
     before = json.loads((FIXTURES / "resolved_recipes.json").read_text())
-    now = json.loads(json.dumps(snapshot(), sort_keys=True))   # JSON's keys and types
+    now = json.loads(json.dumps(snapshot(), sort_keys=True))  # JSON's keys and types
     assert sorted(now) == sorted(before)
     for name in before:
         assert now[name] == before[name], name
 
 
 def test_the_depth_families_inherit_from_one_recipe_each():
-    inheriting = [n for n in recipes.available()
-                  if "base" in json.loads((recipes.EXPERIMENTS / f"{n}.json").read_text())]
+    inheriting = [
+        n
+        for n in recipes.available()
+        if "base" in json.loads((recipes.EXPERIMENTS / f"{n}.json").read_text())
+    ]
     assert len(inheriting) >= 32
     for name in inheriting:
         assert recipes.load(name)["name"] == name

@@ -1,4 +1,5 @@
 """Pipelines: determinism from (seed, epoch), sharding, normalisation, mean image, bad JPEGs."""
+
 import pickle
 from pathlib import Path
 
@@ -13,7 +14,8 @@ CIFAR = SHARED / "cifar10-subset"
 MNIST = SHARED / "mnist-subset"
 needs_shared = pytest.mark.skipif(
     not (CIFAR.is_dir() and MNIST.is_dir()),
-    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine")
+    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine",
+)
 
 
 def _numpy_cifar_train():
@@ -66,7 +68,7 @@ def test_default_mean_is_train_plus_test_from_the_readers_arrays():
     np.testing.assert_allclose(pipeline.mean_image("cifar10", CIFAR), want, rtol=1e-6)
     only = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False, mean="train")
     np.testing.assert_allclose(only.mean, tr.mean(axis=0), rtol=1e-6)
-    assert np.abs(pipe.mean - only.mean).max() > 0.1     # the option really differs
+    assert np.abs(pipe.mean - only.mean).max() > 0.1  # the option really differs
     x, _ = next(iter(pipe.dataset(0)))
     np.testing.assert_allclose(x.numpy(), (te[:100] - want) / 128.0, atol=1e-5)
 
@@ -80,7 +82,7 @@ def test_same_seed_epoch_identical_other_epoch_or_seed_differs():
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     e4 = _take(a, 4, 4)
-    assert not np.array_equal(e3a[0][1], e4[0][1])         # different order
+    assert not np.array_equal(e3a[0][1], e4[0][1])  # different order
     other = pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=12)
     assert not np.array_equal(e3a[0][0], _take(other, 3, 1)[0][0])
     assert len(a) == 5085 // 64
@@ -102,15 +104,17 @@ def test_training_batches_are_augmented_windows_of_the_served_images():
     pipe = pipeline.make_pipeline("cifar10", "train", CIFAR, 100, train=True, seed=1)
     x = _numpy_cifar_train()
     order = pipe.order(0)
-    assert sorted(order.tolist()) == list(range(5085))     # a permutation
+    assert sorted(order.tolist()) == list(range(5085))  # a permutation
     images, labels = next(pipe.batches(0))
     np.testing.assert_array_equal(labels, pipe.source.labels[order[:100]])
     for k in range(0, 100, 9):
         padded = np.zeros((40, 40, 3), np.uint8)
         padded[4:36, 4:36] = x[order[k]]
         # Offsets 0..7 (tensorpack 0.2.0's RandomCrop), not 0..8.
-        ok = any(np.array_equal(images[k], w) or np.array_equal(images[k], w[:, ::-1])
-                 for w in (padded[dy:dy + 32, dx:dx + 32] for dy in range(8) for dx in range(8)))
+        ok = any(
+            np.array_equal(images[k], w) or np.array_equal(images[k], w[:, ::-1])
+            for w in (padded[dy : dy + 32, dx : dx + 32] for dy in range(8) for dx in range(8))
+        )
         assert ok
 
 
@@ -119,23 +123,29 @@ def test_eval_covers_whole_split_once_across_shards_without_dropping():
     t = _numpy_cifar_test()
     seen = []
     for shard in range(3):
-        pipe = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False,
-                                      num_shards=3, shard_index=shard)
+        pipe = pipeline.make_pipeline(
+            "cifar10", "test", CIFAR, 100, train=False, num_shards=3, shard_index=shard
+        )
         batches = _take(pipe, 0)
         assert len(batches) == pipe.num_batches == -(-len(range(shard, 1017, 3)) // 100)
-        assert len(batches[-1][1]) < 100                   # remainder kept
+        assert len(batches[-1][1]) < 100  # remainder kept
         for xb, _ in batches:
             seen.append(xb)
     seen = np.concatenate(seen)
     assert len(seen) == 1017
-    assert sorted(bytes(r) for r in seen.reshape(1017, -1)) == \
-        sorted(bytes(r) for r in t.reshape(1017, -1))
+    assert sorted(bytes(r) for r in seen.reshape(1017, -1)) == sorted(
+        bytes(r) for r in t.reshape(1017, -1)
+    )
 
 
 @needs_shared
 def test_training_shards_are_disjoint_and_equal_length():
-    pipes = [pipeline.make_pipeline("cifar10", "train", CIFAR, 64, train=True, seed=2,
-                                    num_shards=2, shard_index=i) for i in range(2)]
+    pipes = [
+        pipeline.make_pipeline(
+            "cifar10", "train", CIFAR, 64, train=True, seed=2, num_shards=2, shard_index=i
+        )
+        for i in range(2)
+    ]
     o0, o1 = pipes[0].order(7), pipes[1].order(7)
     assert len(o0) == len(o1) == 5085 // 2 and not set(o0) & set(o1)
     assert pipes[0].num_batches == pipes[1].num_batches
@@ -144,6 +154,7 @@ def test_training_shards_are_disjoint_and_equal_length():
 @needs_shared
 def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
     import tensorflow as tf
+
     ds = pipeline.make_pipeline("cifar10", "test", CIFAR, 256, train=False, seed=0).dataset(0)
     batches = list(ds)
     assert [int(b[1].shape[0]) for b in batches] == [256, 256, 256, 249]
@@ -153,15 +164,18 @@ def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
     # The default mean is now train+test (tensorpack's get_per_pixel_mean), was train.
     mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)
     np.testing.assert_allclose(x0.numpy(), (t[:256] - mean) / 128.0, atol=1e-5)
-    tr1 = next(iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
-                                           seed=4).dataset(2)))
-    tr2 = next(iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
-                                           seed=4).dataset(2)))
+    tr1 = next(
+        iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=4).dataset(2))
+    )
+    tr2 = next(
+        iter(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=4).dataset(2))
+    )
     np.testing.assert_array_equal(tr1[0].numpy(), tr2[0].numpy())
     assert tr1[0].shape[0] == 128
     # Padding becomes -mean/128, as the authors' MapImage after the crop gives.
-    raw, _ = next(pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True,
-                                         seed=4).batches(2))
+    raw, _ = next(
+        pipeline.make_pipeline("cifar10", "train", CIFAR, 128, train=True, seed=4).batches(2)
+    )
     m = pipeline.mean_image("cifar10", CIFAR)
     np.testing.assert_allclose(tr1[0].numpy(), (raw.astype(np.float32) - m) / 128.0, atol=1e-6)
 
@@ -197,20 +211,22 @@ def test_bad_arguments():
 
 def _imagenet(tmp_path):
     from test_data_readers import write_imagenet_tree
+
     return write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(8))
 
 
 def test_imagenet_corrupt_jpeg_skipped_counted_reported(tmp_path, monkeypatch, caplog):
     wnids, truth, bad = _imagenet(tmp_path)
     monkeypatch.setattr(pipeline, "MAX_BAD_FRACTION", 0.5)
-    pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 3, train=True, seed=0,
-                                  drop_remainder=False)
+    pipe = pipeline.make_pipeline(
+        "imagenet", "train", tmp_path, 3, train=True, seed=0, drop_remainder=False
+    )
     with caplog.at_level("WARNING"):
         batches = _take(pipe, 0)
     n = sum(len(y) for _, y in batches)
-    assert n == len(truth) - 1                              # everything but the corrupt file
+    assert n == len(truth) - 1  # everything but the corrupt file
     assert all(x.shape[1:] == (224, 224, 3) and x.dtype == np.uint8 for x, _ in batches)
-    assert [len(y) for _, y in batches[:-1]] == [3] * (len(batches) - 1)   # re-batched
+    assert [len(y) for _, y in batches[:-1]] == [3] * (len(batches) - 1)  # re-batched
     rep = pipe.reports[-1]
     assert rep.skipped == 1 and rep.skipped_paths == [str(bad)] and rep.seen == len(truth)
     assert "undecodable" in caplog.text and str(bad) in caplog.text
@@ -220,7 +236,7 @@ def test_imagenet_corrupt_jpeg_skipped_counted_reported(tmp_path, monkeypatch, c
 
 
 def test_imagenet_too_many_undecodable_stops(tmp_path):
-    _imagenet(tmp_path)       # 1 of 8 files corrupt: far above 0.1 %
+    _imagenet(tmp_path)  # 1 of 8 files corrupt: far above 0.1 %
     pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True, seed=0)
     with pytest.raises(UserError, match="undecodable") as err:
         _take(pipe, 0)
@@ -229,23 +245,23 @@ def test_imagenet_too_many_undecodable_stops(tmp_path):
 
 def test_svhn_pipeline_on_written_mat(tmp_path):
     from test_data_readers import _write_svhn
+
     rng = np.random.default_rng(9)
     (tmp_path / "svhn").mkdir()
     xt, _ = _write_svhn(tmp_path / "svhn" / "train_32x32.mat", 20, rng)
     xe, _ = _write_svhn(tmp_path / "svhn" / "extra_32x32.mat", 12, rng)
     xs, _ = _write_svhn(tmp_path / "svhn" / "test_32x32.mat", 5, rng)
     pipe = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1)
-    assert pipe.num_batches == 4                            # train + extra mixed
+    assert pipe.num_batches == 4  # train + extra mixed
     # Default mean as tensorpack's SVHNDigit.get_per_pixel_mean: train, test and extra.
     allx = np.concatenate([np.transpose(v, (3, 0, 1, 2)) for v in (xt, xe, xs)])
     np.testing.assert_allclose(pipe.mean, allx.astype(np.float64).mean(axis=0), rtol=1e-6)
-    only = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1,
-                                  mean="train")
+    only = pipeline.make_pipeline("svhn", "train", tmp_path, 8, train=True, seed=1, mean="train")
     np.testing.assert_allclose(only.mean, allx[:32].astype(np.float64).mean(axis=0), rtol=1e-6)
     assert (pipe.order(0) >= 20).any() and (pipe.order(0) < 20).any()
     x, y = next(pipe.batches(0))
     assert x.shape == (8, 32, 32, 3) and x.dtype == np.float32 and (y < 10).all()
-    assert (x != np.round(x)).any()          # float canvas: not truncated to uint8 (0.2.0)
+    assert (x != np.round(x)).any()  # float canvas: not truncated to uint8 (0.2.0)
     x2, _ = next(pipe.batches(0))
     np.testing.assert_array_equal(x, x2)
 
@@ -255,10 +271,11 @@ def test_pipeline_dataset_is_the_stream_the_training_loop_feeds():
     # One data -> tf.data path: Pipeline.dataset, the loop's epochs_dataset and the
     # evaluation batches are the same normalised batches of the same stream.
     import tensorflow as tf
+
     pipe = pipeline.make_pipeline("cifar10", "train", CIFAR, 200, train=True, seed=6)
-    n = pipe.num_batches                                    # 25
+    n = pipe.num_batches  # 25
     direct = [b for _, b in zip(range(3), pipe.dataset(1, epochs=2, start_batch=n - 2))]
-    cut = list(pipeline.epochs_dataset(pipe, 0, 1, n + 1, 200))   # epoch 0 of n + 1 steps
+    cut = list(pipeline.epochs_dataset(pipe, 0, 1, n + 1, 200))  # epoch 0 of n + 1 steps
     assert [int(b[1].shape[0]) for b in direct] == [200] * 3
     # epoch 0 of n + 1 steps is pass 0 then pass 1's first batch
     raw1, y1 = next(pipe.batches(1))
@@ -270,11 +287,11 @@ def test_pipeline_dataset_is_the_stream_the_training_loop_feeds():
     assert direct[0][0].dtype == tf.float32 and direct[0][1].dtype == tf.int32
     ev = pipeline.eval_batches("cifar10", "test", CIFAR, 400, max_batches=2)
     got = list(ev)
-    assert [len(y) for _, y in got] == [400, 400] and len(list(ev)) == 2   # re-iterable
+    assert [len(y) for _, y in got] == [400, 400] and len(list(ev)) == 2  # re-iterable
     t = _numpy_cifar_test().astype(np.float64)
     mean = np.concatenate([_numpy_cifar_train().astype(np.float64), t]).mean(axis=0)
     np.testing.assert_allclose(got[0][0], (t[:400] - mean) / 128.0, atol=1e-5)
-    assert len(list(pipeline.eval_batches("cifar10", "test", CIFAR, 400))) == 3   # 1017
+    assert len(list(pipeline.eval_batches("cifar10", "test", CIFAR, 400))) == 3  # 1017
 
 
 def test_a_pass_cut_short_does_not_repeat_its_batches():
@@ -293,14 +310,18 @@ def test_a_pass_cut_short_does_not_repeat_its_batches():
 
     got = [int(x[0, 0, 0, 0]) for x, _ in pipeline.stream_batches(Short(), 0, 6)]
     assert got == [0, 1, 100, 101, 102, 200]
-    assert [int(x[0, 0, 0, 0]) for x, _ in pipeline.stream_batches(Short(), 4, 7)] == \
-        [101, 102, 200]
+    assert [int(x[0, 0, 0, 0]) for x, _ in pipeline.stream_batches(Short(), 4, 7)] == [
+        101,
+        102,
+        200,
+    ]
 
 
 def test_too_many_undecodable_through_tf_data_is_the_one_line_user_error(tmp_path):
     # tf.data turns the generator's exception into an OpError with a traceback;
     # user_errors_from gives back the pipeline's own UserError.
     import tensorflow as tf
+
     _imagenet(tmp_path)
     pipe = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True, seed=0)
     with pytest.raises(tf.errors.OpError):
@@ -310,7 +331,7 @@ def test_too_many_undecodable_through_tf_data_is_the_one_line_user_error(tmp_pat
             list(pipe.dataset(0))
     assert "undecodable" in str(err.value) and "\n" not in str(err.value)
     assert pipe.failure is err.value
-    with pytest.raises(tf.errors.OpError):          # other TF errors pass through untouched
+    with pytest.raises(tf.errors.OpError):  # other TF errors pass through untouched
         with pipeline.user_errors_from(pipe):
             pipe.failure = None
             tf.debugging.assert_equal(tf.constant(1), tf.constant(2))
@@ -324,7 +345,7 @@ def test_skipped_images_reported_when_the_consumer_stops_early(tmp_path, monkeyp
     assert pipe.source.paths.index(str(bad)) < 6
     with caplog.at_level("WARNING"):
         gen = pipe.batches(0)
-        x, y = next(gen)          # a capped epoch (steps_per_epoch) stops here
+        x, y = next(gen)  # a capped epoch (steps_per_epoch) stops here
         gen.close()
     assert len(y) == 6 and pipe.reports[-1].skipped == 1 and pipe.reports[-1].epoch == 0
     assert str(bad) in caplog.text
@@ -332,6 +353,7 @@ def test_skipped_images_reported_when_the_consumer_stops_early(tmp_path, monkeyp
 
 def test_imagenet_normalisation_is_spec(tmp_path):
     from test_data_readers import write_imagenet_tree
+
     write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(10), corrupt=False)
     pipe = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False)
     raw, _ = next(pipe.batches(0))
@@ -344,13 +366,15 @@ def test_imagenet_authors_bgr_option_normalises_bgr_with_rgb_constants(tmp_path)
     # The authors' bug: cv2.imread's BGR image normalised with the RGB mean/std in RGB
     # order. Same raw (RGB) batch; the option reverses the channels before normalising.
     from test_data_readers import write_imagenet_tree
+
     write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(10), corrupt=False)
     rgb = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False)
-    bgr = pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
-                                 imagenet_channel_order="authors-bgr")
+    bgr = pipeline.make_pipeline(
+        "imagenet", "val", tmp_path, 4, train=False, imagenet_channel_order="authors-bgr"
+    )
     raw, _ = next(rgb.batches(0))
     raw2, _ = next(bgr.batches(0))
-    np.testing.assert_array_equal(raw, raw2)                 # augmentation unchanged
+    np.testing.assert_array_equal(raw, raw2)  # augmentation unchanged
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     x_rgb = next(iter(rgb.dataset(0)))[0].numpy()
     x_bgr = next(iter(bgr.dataset(0)))[0].numpy()
@@ -364,17 +388,21 @@ def test_imagenet_authors_bgr_option_normalises_bgr_with_rgb_constants(tmp_path)
     assert np.abs(x_bgr[..., 0] - x_rgb[..., 2]).max() > 0.05
     # Other datasets ignore it; unknown values are a UserError.
     if CIFAR.is_dir():
-        cifar = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False,
-                                       imagenet_channel_order="authors-bgr")
+        cifar = pipeline.make_pipeline(
+            "cifar10", "test", CIFAR, 100, train=False, imagenet_channel_order="authors-bgr"
+        )
         assert cifar.channel_order == "rgb"
     with pytest.raises(UserError, match="imagenet_channel_order"):
-        pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
-                               imagenet_channel_order="bgr")
+        pipeline.make_pipeline(
+            "imagenet", "val", tmp_path, 4, train=False, imagenet_channel_order="bgr"
+        )
     with pytest.raises(UserError, match="imagenet_saturation"):
-        pipeline.make_pipeline("imagenet", "val", tmp_path, 4, train=False,
-                               imagenet_saturation="wrap")
-    wrap = pipeline.make_pipeline("imagenet", "train", tmp_path, 2, train=True,
-                                  imagenet_saturation="authors-wrap")
+        pipeline.make_pipeline(
+            "imagenet", "val", tmp_path, 4, train=False, imagenet_saturation="wrap"
+        )
+    wrap = pipeline.make_pipeline(
+        "imagenet", "train", tmp_path, 2, train=True, imagenet_saturation="authors-wrap"
+    )
     sat = wrap.augmentors.augmentors[1].aug_lists[2]
     assert type(sat).__name__ == "SaturationWrap"
 

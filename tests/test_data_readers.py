@@ -1,4 +1,5 @@
 """Readers: the real subsets in ../shared/data and small files written in the official formats."""
+
 import gzip
 import pickle
 from pathlib import Path
@@ -16,7 +17,8 @@ CIFAR_SUBSET = SHARED / "cifar10-subset"
 MNIST_SUBSET = SHARED / "mnist-subset"
 needs_shared = pytest.mark.skipif(
     not (CIFAR_SUBSET.is_dir() and MNIST_SUBSET.is_dir()),
-    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine")
+    reason=f"the real CIFAR-10/MNIST subsets are not at {SHARED} on this machine",
+)
 
 
 def _raw_cifar(files):
@@ -37,7 +39,9 @@ def test_cifar10_subset_counts_histogram_and_pixels():
     test = readers.read_split("cifar10", "test", CIFAR_SUBSET)
     assert len(train) == 5085 and len(test) == 1017
     x, y = _raw_cifar([folder / f"data_batch_{i}" for i in range(1, 6)])
-    np.testing.assert_array_equal(np.bincount(train.labels, minlength=10), np.bincount(y, minlength=10))
+    np.testing.assert_array_equal(
+        np.bincount(train.labels, minlength=10), np.bincount(y, minlength=10)
+    )
     np.testing.assert_array_equal(train.labels, y)
     np.testing.assert_array_equal(train.images, x)
     # Channel-major rows: pixel (0, 0) of image 0 is data[0, 0], data[0, 1024], data[0, 2048].
@@ -67,15 +71,19 @@ def test_mnist_subset_counts_and_pixels():
 def test_mnist_uncompressed_and_truncated(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     (tmp_path / "train-images-idx3-ubyte").write_bytes(
-        np.array([2051, 5, 28, 28], ">u4").tobytes() + imgs.tobytes())
+        np.array([2051, 5, 28, 28], ">u4").tobytes() + imgs.tobytes()
+    )
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(
-        np.array([2049, 5], ">u4").tobytes() + bytes([3, 1, 4, 1, 5]))
+        np.array([2049, 5], ">u4").tobytes() + bytes([3, 1, 4, 1, 5])
+    )
     d = readers.read_split("mnist", "train", tmp_path)
     np.testing.assert_array_equal(d.images[..., 0], imgs)
     assert list(d.labels) == [3, 1, 4, 1, 5]
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(np.array([2051, 5, 28, 28], ">u4").tobytes() + imgs.tobytes()[:-10])
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(np.array([2049, 5], ">u4").tobytes() + bytes(5))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(
+        np.array([2049, 5], ">u4").tobytes() + bytes(5)
+    )
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz"):
         readers.read_split("mnist", "test", tmp_path)
 
@@ -96,18 +104,27 @@ def test_cifar100_official_pickles_fine_and_coarse(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    data, labels = _write_cifar_batch(folder / "train", 37, rng, ("fine_labels", "coarse_labels"), 100)
+    data, labels = _write_cifar_batch(
+        folder / "train", 37, rng, ("fine_labels", "coarse_labels"), 100
+    )
     _write_cifar_batch(folder / "test", 11, rng, ("fine_labels", "coarse_labels"), 100)
     with open(folder / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}, f)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"c{i}".encode() for i in range(20)],
+            },
+            f,
+        )
     fine = readers.read_split("cifar100", "train", tmp_path)
     coarse = readers.read_split("cifar100", "train", tmp_path, label="coarse")
     assert len(fine) == 37 and len(readers.read_split("cifar100", "test", tmp_path)) == 11
     np.testing.assert_array_equal(fine.labels, labels["fine_labels"])
     np.testing.assert_array_equal(coarse.labels, labels["coarse_labels"])
     assert fine.num_classes == 100 and coarse.num_classes == 20 and fine.class_names[7] == "f7"
-    np.testing.assert_array_equal(fine.images[5, 2, 3], data[5, [2 * 32 + 3, 1024 + 2 * 32 + 3, 2048 + 2 * 32 + 3]])
+    np.testing.assert_array_equal(
+        fine.images[5, 2, 3], data[5, [2 * 32 + 3, 1024 + 2 * 32 + 3, 2048 + 2 * 32 + 3]]
+    )
 
 
 def test_cifar_any_batch_length_and_corrupt_pickle(tmp_path):
@@ -127,8 +144,13 @@ def test_cifar_any_batch_length_and_corrupt_pickle(tmp_path):
 
 
 def test_missing_files_name_the_path_and_the_fix(tmp_path):
-    for name, hint in [("cifar10", "make data-cifar10"), ("cifar100", "make data-cifar100"),
-                       ("svhn", "make data-svhn"), ("mnist", "README"), ("imagenet", "README")]:
+    for name, hint in [
+        ("cifar10", "make data-cifar10"),
+        ("cifar100", "make data-cifar100"),
+        ("svhn", "make data-svhn"),
+        ("mnist", "README"),
+        ("imagenet", "README"),
+    ]:
         with pytest.raises(UserError) as err:
             readers.read_split(name, "train", tmp_path)
         msg = str(err.value)
@@ -202,9 +224,12 @@ def test_imagenet_tree_synsets_from_train_and_flat_val(tmp_path):
     assert val.labels.tolist() == [0, 1, 2, 2] and all(Path(p).exists() for p in val.paths)
     # A synsets.txt fixes another order.
     (tmp_path / "imagenet" / "synsets.txt").write_text(
-        "\n".join(f"{w} some words" for w in reversed(wnids)) + "\n")
+        "\n".join(f"{w} some words" for w in reversed(wnids)) + "\n"
+    )
     train2 = readers.read_split("imagenet", "train", tmp_path)
-    assert {p: l for p, l in zip(train2.paths, train2.labels)} == {p: 2 - l for p, l in truth.items()}
+    assert {p: l for p, l in zip(train2.paths, train2.labels)} == {
+        p: 2 - l for p, l in truth.items()
+    }
 
 
 def test_imagenet_val_by_folder(tmp_path):
@@ -232,19 +257,28 @@ def test_cifar_missing_batch_and_labels_out_of_range(tmp_path):
     with pytest.raises(UserError) as err:
         readers.read_split("cifar10", "train", tmp_path)
     assert str(folder / "data_batch_3") in str(err.value) and "make data-cifar10" in str(err.value)
-    with open(folder / "test_batch", "wb") as f:          # a label 10 in CIFAR-10
+    with open(folder / "test_batch", "wb") as f:  # a label 10 in CIFAR-10
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, f)
     with pytest.raises(readers.DataFileError, match="test_batch.*0..9"):
         readers.read_split("cifar10", "test", tmp_path)
     c100 = tmp_path / "cifar-100-python"
     c100.mkdir()
     _write_cifar_batch(c100 / "test", 4, rng, ("fine_labels", "coarse_labels"), 100)
-    with open(c100 / "train", "wb") as f:                 # a fine label of 100
-        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [99, 100],
-                     b"coarse_labels": [19, 0]}, f)
+    with open(c100 / "train", "wb") as f:  # a fine label of 100
+        pickle.dump(
+            {
+                b"data": np.zeros((2, 3072), np.uint8),
+                b"fine_labels": [99, 100],
+                b"coarse_labels": [19, 0],
+            },
+            f,
+        )
     with pytest.raises(readers.DataFileError, match="train.*0..99"):
         readers.read_split("cifar100", "train", tmp_path)
-    assert readers.read_split("cifar100", "train", tmp_path, label="coarse").labels.tolist() == [19, 0]
+    assert readers.read_split("cifar100", "train", tmp_path, label="coarse").labels.tolist() == [
+        19,
+        0,
+    ]
 
 
 def test_svhn_truncated_mat_names_the_file(tmp_path):
@@ -252,7 +286,7 @@ def test_svhn_truncated_mat_names_the_file(tmp_path):
     path = tmp_path / "svhn" / "test_32x32.mat"
     _write_svhn(path, 40, np.random.default_rng(7))
     blob = path.read_bytes()
-    path.write_bytes(blob[: len(blob) // 2])               # a download cut in half
+    path.write_bytes(blob[: len(blob) // 2])  # a download cut in half
     with pytest.raises(readers.DataFileError) as err:
         readers.read_split("svhn", "test", tmp_path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -275,13 +309,32 @@ def test_imagenet_flat_val_with_a_missing_listed_file(tmp_path):
 def _write_devkit_meta(path, leaves):
     """The devkit's meta.mat: a 'synsets' struct array, leaves first with ILSVRC2012_ID 1..K
     (in WordNet order, not sorted by wnid), then a non-leaf synset."""
-    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"),
-          ("num_children", "O"), ("children", "O"), ("wordnet_height", "O"),
-          ("num_train_images", "O")]
-    rows = [(i + 1, w, f"words {i}", "gloss", 0, np.zeros((1, 0)), 0, 1300)
-            for i, w in enumerate(leaves)]
-    rows.append((len(leaves) + 1, "n00001740", "entity", "gloss", len(leaves),
-                 np.arange(1, len(leaves) + 1), 18, 0))
+    dt = [
+        ("ILSVRC2012_ID", "O"),
+        ("WNID", "O"),
+        ("words", "O"),
+        ("gloss", "O"),
+        ("num_children", "O"),
+        ("children", "O"),
+        ("wordnet_height", "O"),
+        ("num_train_images", "O"),
+    ]
+    rows = [
+        (i + 1, w, f"words {i}", "gloss", 0, np.zeros((1, 0)), 0, 1300)
+        for i, w in enumerate(leaves)
+    ]
+    rows.append(
+        (
+            len(leaves) + 1,
+            "n00001740",
+            "entity",
+            "gloss",
+            len(leaves),
+            np.arange(1, len(leaves) + 1),
+            18,
+            0,
+        )
+    )
     arr = np.zeros((len(rows), 1), dtype=dt)
     for k, r in enumerate(rows):
         arr[k, 0] = r
@@ -295,16 +348,19 @@ def test_imagenet_devkit_ground_truth_and_class_order(tmp_path):
     (root / "val.txt").unlink()
     data = root / "ILSVRC2012_devkit_t12" / "data"
     data.mkdir(parents=True)
-    devkit_order = [wnids[2], wnids[0], wnids[1]]           # ILSVRC2012_ID 1, 2, 3
+    devkit_order = [wnids[2], wnids[0], wnids[1]]  # ILSVRC2012_ID 1, 2, 3
     _write_devkit_meta(data / "meta.mat", devkit_order)
-    ids = [3, 1, 2, 1]                                      # ground truth of val images 1..4
+    ids = [3, 1, 2, 1]  # ground truth of val images 1..4
     (data / readers.DEVKIT_GROUND_TRUTH).write_text("".join(f"{i}\n" for i in ids))
     val = readers.read_split("imagenet", "val", tmp_path)
     expect = [sorted(wnids).index(devkit_order[i - 1]) for i in ids]
     assert val.labels.tolist() == expect and val.class_names == sorted(wnids)
-    assert [Path(p).name for p in val.paths] == [f"ILSVRC2012_val_{k:08d}.JPEG" for k in range(1, 5)]
+    assert [Path(p).name for p in val.paths] == [
+        f"ILSVRC2012_val_{k:08d}.JPEG" for k in range(1, 5)
+    ]
     # Without train/ and synsets.txt the class order is the devkit's sorted leaves: the same.
     import shutil
+
     shutil.rmtree(root / "train")
     again = readers.read_split("imagenet", "val", tmp_path)
     assert again.labels.tolist() == expect and again.num_classes == 3

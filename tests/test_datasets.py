@@ -1,5 +1,6 @@
 """The dataset descriptions: one per dataset, every fact consistent with the readers, the
 pipeline, the augmentation and the download that ask them."""
+
 import numpy as np
 import pytest
 
@@ -33,13 +34,17 @@ def test_the_facts_the_paper_fixes():
     svhn = datasets.get("svhn")
     assert svhn.splits["train"] == svhn.splits["train-only"] + svhn.splits["extra"] == 604388
     inet = datasets.get("imagenet")
-    assert (inet.eval_split, inet.top5, inet.image_shape, inet.num_classes) == \
-        ("val", True, (224, 224, 3), 1000)
+    assert (inet.eval_split, inet.top5, inet.image_shape, inet.num_classes) == (
+        "val",
+        True,
+        (224, 224, 3),
+        1000,
+    )
     assert inet.split("test") == "val"
     assert not any(datasets.get(n).top5 for n in ALL if n != "imagenet")
     assert [n for n in ALL if datasets.get(n).embedded] == ["digits"]
     assert datasets.get("cifar100").labels == ("fine", "coarse")
-    assert datasets.get("svhn").raw_dtype(True) == np.float32      # 0.2.0's float canvas
+    assert datasets.get("svhn").raw_dtype(True) == np.float32  # 0.2.0's float canvas
     assert datasets.get("svhn").raw_dtype(False) == np.uint8
 
 
@@ -61,15 +66,16 @@ def test_missing_files_print_the_descriptions_fix(tmp_path):
 def test_normalisation_of_a_known_pixel():
     mean = np.full((1, 1, 3), 100.0, np.float32)
     px = np.asarray([[[[228, 36, 100]]]], np.uint8)
-    np.testing.assert_array_equal(datasets.get("cifar10").normalise(px, mean),
-                                  [[[[1.0, -0.5, 0.0]]]])
+    np.testing.assert_array_equal(
+        datasets.get("cifar10").normalise(px, mean), [[[[1.0, -0.5, 0.0]]]]
+    )
     with pytest.raises(ValueError, match="mean image"):
         datasets.get("svhn").normalise(px)
     inet = datasets.get("imagenet")
     rgb = inet.normalise(px)
     want = (np.asarray([228, 36, 100]) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(rgb[0, 0, 0], want, atol=1e-6)   # float32 arithmetic
-    bgr = inet.normalise(px, channel_order="authors-bgr")      # blue with red's mean/std
+    np.testing.assert_allclose(rgb[0, 0, 0], want, atol=1e-6)  # float32 arithmetic
+    bgr = inet.normalise(px, channel_order="authors-bgr")  # blue with red's mean/std
     np.testing.assert_allclose(bgr[0, 0, 0, 0], (100 / 255.0 - 0.485) / 0.229, rtol=1e-6)
     for name in ("mnist", "digits"):
         out = datasets.get(name).normalise(np.asarray([[[[255]], [[51]]]], np.uint8))
@@ -84,8 +90,7 @@ def test_augmentors_follow_the_descriptions():
     assert augment.augmentor_list("imagenet", False) is not None
 
 
-@pytest.mark.parametrize("name, folder", [("cifar10", "cifar10-subset"),
-                                          ("mnist", "mnist-subset")])
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar10-subset"), ("mnist", "mnist-subset")])
 def test_real_subsets_agree_with_their_descriptions(shared_data, name, folder):
     d = datasets.get(name)
     root = shared_data / folder
@@ -93,7 +98,7 @@ def test_real_subsets_agree_with_their_descriptions(shared_data, name, folder):
         data = d.read(d.split(role), root)
         assert data.num_classes == d.num_classes
         assert data.images.shape[1:] == d.image_shape and data.images.dtype == np.uint8
-        assert set(np.unique(data.labels)) == set(range(d.num_classes))   # every class
+        assert set(np.unique(data.labels)) == set(range(d.num_classes))  # every class
         assert 0 < len(data) <= d.splits[d.split(role)]
     pipe = pipeline.make_pipeline(name, d.eval_split, root, 7, train=False)
     raw, _ = next(pipe.batches(0))
@@ -111,6 +116,7 @@ def test_digits_ship_in_the_package_and_match_their_sizes():
 
 def test_data_list_prints_every_description(capsys):
     from epsresnet_tf import cli
+
     assert cli.main(["data", "list"]) in (0, None)
     out = capsys.readouterr().out
     for name in ALL:

@@ -1,6 +1,7 @@
 """A gate kind added through the registry alone: a test-only "scale" gate u = s·F + x with
 one trainable scalar s, discarded when s == 0. Nothing in the package names it: the
 registry entry below is all it takes to build, train, monitor, certify and compress it."""
+
 import keras
 import numpy as np
 import pytest
@@ -19,8 +20,14 @@ class ScaleGate(L.GateLayer):
     """u = s·F + x on a pair [F, x]; s starts at 1."""
 
     def build(self, input_shape):
-        self.s = self.add_weight(name="s", shape=(), dtype="float32", trainable=True,
-                                 initializer=keras.initializers.Constant(1.0), autocast=False)
+        self.s = self.add_weight(
+            name="s",
+            shape=(),
+            dtype="float32",
+            trainable=True,
+            initializer=keras.initializers.Constant(1.0),
+            autocast=False,
+        )
         self.discarded_ema = L.monitor_weight(self, "discarded_ema", 0.0)
         self.monitor_steps = L.monitor_weight(self, "monitor_steps", 0.0)
 
@@ -28,8 +35,7 @@ class ScaleGate(L.GateLayer):
         residual, shortcut = inputs
         if training:
             steps = ops.convert_to_tensor(self.monitor_steps)
-            L.moving_average(self.discarded_ema, ops.cast(ops.equal(self.s, 0.0), "float32"),
-                             steps)
+            L.moving_average(self.discarded_ema, ops.cast(ops.equal(self.s, 0.0), "float32"), steps)
             self.monitor_steps.assign(steps + 1.0)
         return ops.cast(self.s, residual.dtype) * residual + shortcut
 
@@ -64,13 +70,16 @@ def scale_kind():
 
 class Synthetic:
     """A tiny data source with the pipeline's interface."""
+
     image_shape, num_classes, num_batches = (8, 8, 3), 10, 2
 
     def batches(self, epoch):
         rng = np.random.default_rng(epoch)
         for _ in range(self.num_batches):
-            yield (rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
-                   rng.integers(0, 10, 4).astype(np.int32))
+            yield (
+                rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+                rng.integers(0, 10, 4).astype(np.int32),
+            )
 
     def normalise_np(self, x):
         return x
@@ -85,10 +94,19 @@ def test_registry_lists_builtin_kinds_and_refuses_unknown():
 
 def test_a_new_kind_trains_certifies_and_compresses(scale_kind, tmp_path):
     from epsresnet_tf import blocks
+
     assert "scale" in blocks.GATES
-    cfg = resolve_config({"arch": "cifar-basic-8", "gate": "scale", "epochs": 1,
-                          "batch_size": 4, "val_steps": 0, "histogram_every": 0,
-                          "side_head": False})
+    cfg = resolve_config(
+        {
+            "arch": "cifar-basic-8",
+            "gate": "scale",
+            "epochs": 1,
+            "batch_size": 4,
+            "val_steps": 0,
+            "histogram_every": 0,
+            "side_head": False,
+        }
+    )
     result = run_training(cfg, tmp_path / "run", sources=(Synthetic(), None), verbose=0)
     assert result["status"] == "done"
     row = result["history"][-1]
@@ -99,7 +117,7 @@ def test_a_new_kind_trains_certifies_and_compresses(scale_kind, tmp_path):
     net = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
     gates = G.gate_by_block(net)
     assert all(G.kind_of(g) is scale_kind for g in gates.values())
-    gates["group1/block0"].s.assign(0.0)            # closed: adds exactly 0
+    gates["group1/block0"].s.assign(0.0)  # closed: adds exactly 0
     gates["group2/block0"].s.assign(0.75)
 
     cert = C.certify(net, {})
@@ -108,7 +126,7 @@ def test_a_new_kind_trains_certifies_and_compresses(scale_kind, tmp_path):
     opts = {"classes": 10, "input_shape": (8, 8, 3), "gate": "scale"}
     reduced, info = C.reduce(net, "cifar-basic-8", opts, cert.closed, certificate=cert)
     assert info["removed"] == ["group1/block0"]
-    assert info["reduced_gates"] == "none"           # every kept s folded into its last conv
+    assert info["reduced_gates"] == "none"  # every kept s folded into its last conv
     assert info["folded_k"] == ["group0/block0", "group2/block0"]
     assert not L.gate_layers(reduced)
     x = np.random.default_rng(1).normal(size=(6, 8, 8, 3)).astype(np.float32)

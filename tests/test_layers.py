@@ -1,4 +1,5 @@
 """The gates against their definitions (docs/semantics.md §1, §3) and He et al.'s shortcut variants."""
+
 import keras
 import numpy as np
 import pytest
@@ -50,9 +51,9 @@ def test_epsilon_gate_matches_the_formula(scope):
 def test_sample_scope_gates_each_image_on_its_own():
     eps = 1.0
     f = np.zeros((3, 2, 2, 1), np.float32)
-    f[0, 0, 0, 0] = 1.5     # exceeds eps → T = 1 for image 0 only
-    f[1] = 0.9              # inside the band → T = 0
-    f[2, 1, 1, 0] = -1.2    # exceeds on the negative side → T = 1
+    f[0, 0, 0, 0] = 1.5  # exceeds eps → T = 1 for image 0 only
+    f[1] = 0.9  # inside the band → T = 0
+    f[2, 1, 1, 0] = -1.2  # exceeds on the negative side → T = 1
     out = L.EpsilonGate(eps, scope="sample")(tf.constant(f)).numpy()
     np.testing.assert_array_equal(out[0], f[0])
     np.testing.assert_array_equal(out[1], np.zeros_like(f[1]))
@@ -133,25 +134,26 @@ def test_response_monitors_are_moving_averages_as_the_authors_had(scope, group):
     rng = np.random.default_rng(11)
     gate = L.EpsilonGate(1.0, scope=scope, group_size=group)
     step = tf.function(lambda f: gate(f, training=True))
-    batches = [rng.normal(0, s, size=(4, 3, 3, 2)).astype(np.float32)
-               for s in (0.1, 2.0, 0.2, 3.0, 0.3)]
+    batches = [
+        rng.normal(0, s, size=(4, 3, 3, 2)).astype(np.float32) for s in (0.1, 2.0, 0.2, 3.0, 0.3)
+    ]
     for f in batches:
         step(tf.constant(f))
-    if group:   # the mean over groups of each group's max |F|, as replicas of G images
+    if group:  # the mean over groups of each group's max |F|, as replicas of G images
         top = [np.abs(f).reshape(-1, group * 18).max(axis=1).mean() for f in batches]
     else:
         top = [np.abs(f).max() for f in batches]
     np.testing.assert_allclose(gate.response_max.numpy(), ema(top), rtol=1e-5)
-    np.testing.assert_allclose(gate.response_mean.numpy(),
-                               ema(np.abs(f).mean() for f in batches), rtol=1e-5)
-    t = [reference_gate(f, 1.0, "sample").ravel() for f in batches]   # T per image
+    np.testing.assert_allclose(
+        gate.response_mean.numpy(), ema(np.abs(f).mean() for f in batches), rtol=1e-5
+    )
+    t = [reference_gate(f, 1.0, "sample").ravel() for f in batches]  # T per image
     if scope == "batch" and group is None:
         t = [x.max(keepdims=True) for x in t]
     elif group:
         t = [x.reshape(-1, group).max(axis=1) for x in t]
-    np.testing.assert_allclose(gate.discarded_ema.numpy(), ema(1 - x.mean() for x in t),
-                               rtol=1e-5)
-    assert 0 < gate.discarded_ema.numpy() < ema([1] * len(batches))   # some open, some closed
+    np.testing.assert_allclose(gate.discarded_ema.numpy(), ema(1 - x.mean() for x in t), rtol=1e-5)
+    assert 0 < gate.discarded_ema.numpy() < ema([1] * len(batches))  # some open, some closed
 
 
 def test_gate_groups_each_get_their_own_t():
@@ -173,7 +175,7 @@ def test_gate_groups_each_get_their_own_t():
     out = out.numpy()
     np.testing.assert_array_equal(out[:2], np.zeros_like(f[:2]))
     np.testing.assert_array_equal(out[2:], f[2:])
-    grad = tape.gradient(objective, x).numpy()   # dS/dF = T of the image's group
+    grad = tape.gradient(objective, x).numpy()  # dS/dF = T of the image's group
     np.testing.assert_array_equal(grad[:2], np.zeros_like(f[:2]))
     np.testing.assert_array_equal(grad[2:], upstream.numpy()[2:])
     # one T for the whole batch opens it; with groups the monitors average over groups
@@ -200,8 +202,10 @@ def test_gate_groups_each_get_their_own_t():
 def test_sample_scope_ignores_groups():
     rng = np.random.default_rng(13)
     f = tf.constant(around_eps(rng, (4, 2, 2, 3), 1.0))
-    np.testing.assert_array_equal(L.EpsilonGate(1.0, "sample", group_size=2)(f).numpy(),
-                                  L.EpsilonGate(1.0, "sample")(f).numpy())
+    np.testing.assert_array_equal(
+        L.EpsilonGate(1.0, "sample", group_size=2)(f).numpy(),
+        L.EpsilonGate(1.0, "sample")(f).numpy(),
+    )
 
 
 def test_gate_computes_in_float32_under_mixed_precision():
@@ -233,8 +237,9 @@ def test_residual_gate_follows_its_definition():
         residual.k.assign(k)
         plain.k.assign(k)
         np.testing.assert_allclose(residual([f, x]).numpy(), k * f.numpy() + x.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(plain([f, x]).numpy(), k * f.numpy() + (1 - k) * x.numpy(),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            plain([f, x]).numpy(), k * f.numpy() + (1 - k) * x.numpy(), rtol=1e-5
+        )
     for k in (0.0, -0.7):  # g(k) = relu(k) = 0: the identity, exactly
         residual.k.assign(k)
         plain.k.assign(k)
@@ -263,9 +268,15 @@ def test_pool_pad_shortcut_is_pool_then_symmetric_zero_channels():
     assert not out[..., :8].any() and not out[..., 24:].any()
 
 
-@pytest.mark.parametrize("mode, bias, expect", [
-    ("exclusive", -60.0, "x"), ("exclusive", 60.0, "f"),
-    ("shortcut_only", -60.0, "f+x"), ("shortcut_only", 60.0, "f")])
+@pytest.mark.parametrize(
+    "mode, bias, expect",
+    [
+        ("exclusive", -60.0, "x"),
+        ("exclusive", 60.0, "f"),
+        ("shortcut_only", -60.0, "f+x"),
+        ("shortcut_only", 60.0, "f"),
+    ],
+)
 def test_sigmoid_shortcut_gate_saturates_as_he_et_al_describe(mode, bias, expect):
     rng = np.random.default_rng(4)
     f = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
@@ -281,10 +292,13 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(axis):
     # the fused kernel is a speed-up only: outputs, gradients and moving statistics equal
     # Keras BN's
     rng = np.random.default_rng(7)
-    x = tf.constant(rng.normal(1.5, 2.0, size=(4, 5, 6, 3) if axis == -1 else (4, 3, 5, 6)),
-                    tf.float32)
-    fused, plain = L.FusedBatchNormalization(axis=axis, momentum=0.9), \
-        keras.layers.BatchNormalization(axis=axis, momentum=0.9)
+    x = tf.constant(
+        rng.normal(1.5, 2.0, size=(4, 5, 6, 3) if axis == -1 else (4, 3, 5, 6)), tf.float32
+    )
+    fused, plain = (
+        L.FusedBatchNormalization(axis=axis, momentum=0.9),
+        keras.layers.BatchNormalization(axis=axis, momentum=0.9),
+    )
     fused.build(x.shape)
     plain.build(x.shape)
     gamma, beta = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
@@ -303,14 +317,18 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(axis):
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(),
-                               rtol=1e-5)
-    assert not np.allclose(fused.moving_variance.numpy(), 1.0)   # the statistics did move
+    np.testing.assert_allclose(
+        fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5
+    )
+    assert not np.allclose(fused.moving_variance.numpy(), 1.0)  # the statistics did move
     # inference is Keras's own path, on the moving statistics
-    np.testing.assert_allclose(fused(x, training=False).numpy(),
-                               keras.layers.BatchNormalization.call(fused, x, training=False).numpy())
-    assert isinstance(keras.layers.deserialize(keras.layers.serialize(fused)),
-                      L.FusedBatchNormalization)
+    np.testing.assert_allclose(
+        fused(x, training=False).numpy(),
+        keras.layers.BatchNormalization.call(fused, x, training=False).numpy(),
+    )
+    assert isinstance(
+        keras.layers.deserialize(keras.layers.serialize(fused)), L.FusedBatchNormalization
+    )
 
 
 @pytest.mark.parametrize("shape, axis", [((6, 5, 4, 3), -1), ((6, 3, 5, 4), 1), ((6, 3), -1)])
@@ -319,8 +337,11 @@ def test_ghost_batchnorm_is_keras_batchnorm_per_group(shape, axis):
     # Keras BN (training) on that group alone; gradients as for the three groups through
     # one shared layer; the moving statistics move by the mean over groups.
     rng = np.random.default_rng(8)
-    x = tf.constant(rng.normal(0.5, 2.0, size=shape) * rng.uniform(0.2, 3.0, size=shape[0])
-                    .reshape((-1,) + (1,) * (len(shape) - 1)), tf.float32)
+    x = tf.constant(
+        rng.normal(0.5, 2.0, size=shape)
+        * rng.uniform(0.2, 3.0, size=shape[0]).reshape((-1,) + (1,) * (len(shape) - 1)),
+        tf.float32,
+    )
     ghost = L.FusedBatchNormalization(axis=axis, momentum=0.9, group_size=2)
     shared = keras.layers.BatchNormalization(axis=axis, momentum=0.9)
     alone = [keras.layers.BatchNormalization(axis=axis, momentum=0.9) for _ in range(3)]
@@ -337,15 +358,19 @@ def test_ghost_batchnorm_is_keras_batchnorm_per_group(shape, axis):
             if layer is ghost:
                 y = ghost(x, training=True)
             else:
-                y = tf.concat([shared(x[i:i + 2], training=True) for i in (0, 2, 4)], 0)
+                y = tf.concat([shared(x[i : i + 2], training=True) for i in (0, 2, 4)], 0)
             objective = tf.reduce_sum(y * upstream)
         grads = tape.gradient(objective, [x, layer.gamma, layer.beta])
         results.append([y.numpy()] + [g.numpy() for g in grads])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
     for i, layer in enumerate(alone):
-        np.testing.assert_allclose(layer(x[2 * i:2 * i + 2], training=True).numpy(),
-                                   results[0][0][2 * i:2 * i + 2], rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(
+            layer(x[2 * i : 2 * i + 2], training=True).numpy(),
+            results[0][0][2 * i : 2 * i + 2],
+            rtol=1e-4,
+            atol=2e-5,
+        )
     for stat in ("moving_mean", "moving_variance"):
         expected = np.mean([getattr(layer, stat).numpy() for layer in alone], axis=0)
         np.testing.assert_allclose(getattr(ghost, stat).numpy(), expected, rtol=1e-5)
@@ -356,8 +381,10 @@ def test_ghost_batchnorm_is_keras_batchnorm_per_group(shape, axis):
     whole.beta.assign(beta)
     assert np.abs(whole(x, training=True).numpy() - results[0][0]).max() > 0.1
     # inference is Keras's own path on the moving statistics; the config keeps the group
-    np.testing.assert_allclose(ghost(x, training=False).numpy(),
-                               keras.layers.BatchNormalization.call(ghost, x, training=False).numpy())
+    np.testing.assert_allclose(
+        ghost(x, training=False).numpy(),
+        keras.layers.BatchNormalization.call(ghost, x, training=False).numpy(),
+    )
     clone = keras.layers.deserialize(keras.layers.serialize(ghost))
     assert isinstance(clone, L.FusedBatchNormalization) and clone.group_size == 2
 
@@ -368,10 +395,12 @@ def test_ghost_batchnorm_of_one_group_is_the_fused_batchnorm():
     ghost, plain = L.FusedBatchNormalization(group_size=4), L.FusedBatchNormalization()
     for layer in (ghost, plain):
         layer.build(x.shape)
-    np.testing.assert_allclose(ghost(x, training=True).numpy(), plain(x, training=True).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ghost.moving_variance.numpy(), plain.moving_variance.numpy(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        ghost(x, training=True).numpy(), plain(x, training=True).numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        ghost.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode", ["exclusive", "shortcut_only"])

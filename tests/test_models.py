@@ -1,5 +1,6 @@
 """The model zoo against the papers: parameter counts (docs/semantics.md §11), structure (docs/semantics.md §2–§5),
 shared kernels, gated blocks, training steps and `.keras` round trips."""
+
 import json
 import os
 import subprocess
@@ -26,7 +27,10 @@ def matches_published(count, published_millions, rel):
     with (He et al. print ResNet-110 as "1.7M"; its exact count is 1.73M, see README)."""
     published = published_millions * 1e6
     decimals = len(str(published_millions).split(".")[1]) if "." in str(published_millions) else 0
-    return abs(count - published) <= rel * published or round(count / 1e6, decimals) == published_millions
+    return (
+        abs(count - published) <= rel * published
+        or round(count / 1e6, decimals) == published_millions
+    )
 
 
 # (arch, build options, published trainable parameters in millions, tolerance)
@@ -50,8 +54,11 @@ PUBLISHED = [
 ]
 
 
-@pytest.mark.parametrize("arch, options, millions, rel", PUBLISHED,
-                         ids=[f"{a}{'-shared' if o.get('share') else ''}" for a, o, _, _ in PUBLISHED])
+@pytest.mark.parametrize(
+    "arch, options, millions, rel",
+    PUBLISHED,
+    ids=[f"{a}{'-shared' if o.get('share') else ''}" for a, o, _, _ in PUBLISHED],
+)
 def test_trainable_parameters_match_the_papers(arch, options, millions, rel):
     count = trainable(build_model(arch, **options))
     assert matches_published(count, millions, rel), f"{arch}: {count:,} vs {millions}M"
@@ -65,20 +72,31 @@ def test_resnet_110_exact_count_is_the_one_he_et_al_round():
     fc = 64 * 10 + 10
     # BN: stem, then 2 per unit except the network's first unit (1), then the final one.
     bn = 2 * (16 + (2 * n - 1) * 16 + 2 * n * 32 + 2 * n * 64 + 64)
-    bn -= 2 * (32 - 16) + 2 * (64 - 32)  # the pre-activation of a group's first unit sees the old width
+    bn -= 2 * (32 - 16) + 2 * (
+        64 - 32
+    )  # the pre-activation of a group's first unit sees the old width
     assert trainable(build_model("cifar-basic-110")) == convs + fc + bn
 
 
 def test_moving_statistics_are_parameters_keras_counts_but_not_trainable():
     stats = model_stats(build_model("cifar-basic-20"))
-    bn_channels = sum(layer.gamma.shape[0] for layer in build_model("cifar-basic-20").layers
-                      if isinstance(layer, keras.layers.BatchNormalization))
+    bn_channels = sum(
+        layer.gamma.shape[0]
+        for layer in build_model("cifar-basic-20").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert stats["params"] - stats["trainable_params"] == 2 * bn_channels
 
 
-@pytest.mark.parametrize("arch, convs, blocks_, macs_m", [
-    ("cifar-basic-110", 109, 54, 253), ("cifar-bottleneck-164", 166, 54, None),
-    ("imagenet-50", 53, 16, 4089), ("imagenet-18", 20, 8, 1814)])
+@pytest.mark.parametrize(
+    "arch, convs, blocks_, macs_m",
+    [
+        ("cifar-basic-110", 109, 54, 253),
+        ("cifar-bottleneck-164", 166, 54, None),
+        ("imagenet-50", 53, 16, 4089),
+        ("imagenet-18", 20, 8, 1814),
+    ],
+)
 def test_structure_counts(arch, convs, blocks_, macs_m):
     stats = model_stats(build_model(arch))
     assert stats["conv_layers"] == convs
@@ -196,7 +214,9 @@ def test_shared_kernel_is_one_variable_receiving_the_sum_of_its_gradients():
         assert uses == n, "one kernel used by every unit of the stage"
         assert sum(1 for w in shared.trainable_weights if w is kernel_layer.kernel) == 1
         (shared_grad,) = grads(shared, [kernel_layer.kernel])
-        per_use = grads(untied, [untied.get_layer(f"group{g}_block{b}_conv2").kernel for b in range(n)])
+        per_use = grads(
+            untied, [untied.get_layer(f"group{g}_block{b}_conv2").kernel for b in range(n)]
+        )
         np.testing.assert_allclose(shared_grad, sum(per_use), rtol=1e-4, atol=1e-6)
         # the uses' gradients differ, so no single one (nor n times one) would pass for the sum
         for one in per_use:
@@ -207,8 +227,12 @@ def test_shared_kernel_is_one_variable_receiving_the_sum_of_its_gradients():
 def test_weight_decay_is_half_l2_on_conv_and_fc_kernels_only():
     model = build_model("cifar-basic-8", gate="eps", weight_decay=2e-4)
     model(np.zeros((1, 32, 32, 3), np.float32))
-    kernels = [w for layer in model.layers for w in layer.weights
-               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and w.name == "kernel"]
+    kernels = [
+        w
+        for layer in model.layers
+        for w in layer.weights
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and w.name == "kernel"
+    ]
     expected = 2e-4 * 0.5 * sum(float(np.sum(np.square(w.numpy()))) for w in kernels)
     np.testing.assert_allclose(float(sum(model.losses)), expected, rtol=1e-5)
 
@@ -217,7 +241,11 @@ def test_initialisers_he_fan_out_and_gaussian():
     he = build_model("cifar-basic-8").get_layer("group2_block0_conv2").kernel.numpy()
     fan_out = 3 * 3 * 64
     assert abs(he.std() / np.sqrt(2.0 / fan_out) - 1) < 0.1
-    gauss = build_model("cifar-basic-8", init="gaussian").get_layer("group2_block0_conv2").kernel.numpy()
+    gauss = (
+        build_model("cifar-basic-8", init="gaussian")
+        .get_layer("group2_block0_conv2")
+        .kernel.numpy()
+    )
     assert abs(gauss.std() / 0.01 - 1) < 0.1
 
 
@@ -240,9 +268,11 @@ def test_every_family_runs_forward_and_one_training_step(arch, options, shape):
     y = np.array([0, 1, 2, 3])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     side = options.get("side_head")
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss={"logits": loss, "side_logits": loss} if side else loss,
-                  loss_weights={"logits": 1.0, "side_logits": 0.1} if side else None)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss={"logits": loss, "side_logits": loss} if side else loss,
+        loss_weights={"logits": 1.0, "side_logits": 0.1} if side else None,
+    )
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(x, {"logits": y, "side_logits": y} if side else y, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -253,13 +283,24 @@ def test_every_family_runs_forward_and_one_training_step(arch, options, shape):
     assert logits.shape == (4, 10) and np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize("arch, options", [
-    ("cifar-basic-14", dict(gate="eps", epsilon=0.8, side_head=True, share=True)),
-    ("cifar-basic-8", dict(gate="eps", epsilon=0.3, gate_scope="sample",
-                           shortcut="exclusive_gating", gate_bias=-2.0)),
-    ("cifar-basic-14", dict(gate="k", share=True, shortcut="conv1x1")),
-    ("mnist-plain-4", dict(gate="k")),
-])
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("cifar-basic-14", dict(gate="eps", epsilon=0.8, side_head=True, share=True)),
+        (
+            "cifar-basic-8",
+            dict(
+                gate="eps",
+                epsilon=0.3,
+                gate_scope="sample",
+                shortcut="exclusive_gating",
+                gate_bias=-2.0,
+            ),
+        ),
+        ("cifar-basic-14", dict(gate="k", share=True, shortcut="conv1x1")),
+        ("mnist-plain-4", dict(gate="k")),
+    ],
+)
 def test_gated_models_round_trip_through_dot_keras(tmp_path, arch, options):
     rng = np.random.default_rng(4)
     model = build_model(arch, **options)
@@ -300,10 +341,12 @@ def test_a_grouped_net_trains_each_group_as_a_net_of_its_own(tmp_path):
     assert {g.group_size for g in L.gate_layers(grouped)} == {2}
     bns = [b for b in grouped.layers if isinstance(b, keras.layers.BatchNormalization)]
     assert bns and {b.group_size for b in bns} == {2}
-    x = np.concatenate([rng.normal(size=(2, 32, 32, 3)) * 0.2,
-                        rng.normal(size=(2, 32, 32, 3)) * 3 + 1]).astype(np.float32)
-    expected = np.concatenate([plain(x[:2], training=True).numpy(),
-                               plain(x[2:], training=True).numpy()])
+    x = np.concatenate(
+        [rng.normal(size=(2, 32, 32, 3)) * 0.2, rng.normal(size=(2, 32, 32, 3)) * 3 + 1]
+    ).astype(np.float32)
+    expected = np.concatenate(
+        [plain(x[:2], training=True).numpy(), plain(x[2:], training=True).numpy()]
+    )
     np.testing.assert_allclose(grouped(x, training=True).numpy(), expected, rtol=1e-4, atol=1e-4)
     whole = build_model("cifar-basic-8", gate="eps", epsilon=1.0)
     whole.set_weights(grouped.get_weights())
@@ -327,8 +370,11 @@ def test_channels_first_model_agrees_with_channels_last():
             first.get_layer(layer.name).set_weights(layer.get_weights())
     convs = [layer for layer in first.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and all(layer.data_format == "channels_first" for layer in convs)
-    assert all(layer.axis in (1, [1]) for layer in first.layers
-               if isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        layer.axis in (1, [1])
+        for layer in first.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert first.get_layer("group2_block0_add").output.shape == (None, 64, 8, 8)
     x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     try:
@@ -338,9 +384,16 @@ def test_channels_first_model_agrees_with_channels_last():
     np.testing.assert_allclose(out_first, last(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("cifar-basic-111", "6n+2"), ("imagenet-77", "18, 34, 50, 101, 152, 200"),
-    ("wrn-41-4", "6n+4"), ("mnist-res-5", "even"), ("resnet-50", "valid are")])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("cifar-basic-111", "6n+2"),
+        ("imagenet-77", "18, 34, 50, 101, 152, 200"),
+        ("wrn-41-4", "6n+4"),
+        ("mnist-res-5", "even"),
+        ("resnet-50", "valid are"),
+    ],
+)
 def test_invalid_names_are_one_line_errors_listing_what_is_valid(name, fragment):
     with pytest.raises(UserError) as err:
         resolve(name)
@@ -348,8 +401,12 @@ def test_invalid_names_are_one_line_errors_listing_what_is_valid(name, fragment)
 
 
 def test_invalid_options_are_user_errors():
-    for options in (dict(gate="maybe"), dict(epsilon=-1.0), dict(order="sideways"),
-                    dict(data_format="nchw")):
+    for options in (
+        dict(gate="maybe"),
+        dict(epsilon=-1.0),
+        dict(order="sideways"),
+        dict(data_format="nchw"),
+    ):
         with pytest.raises(UserError):
             build_model("cifar-basic-8", **options)
     with pytest.raises(UserError, match="mnist-res"):
@@ -375,8 +432,10 @@ def test_describe_cli_json_and_table(capsys):
 def test_gate_monitors_update_inside_compiled_fit():
     rng = np.random.default_rng(8)
     model = build_model("cifar-basic-8", gate="eps", epsilon=1e9)  # every gate closed: T = 0
-    model.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
     model.fit(x, np.arange(8) % 10, batch_size=4, epochs=1, verbose=0)  # two steps
     for gate in L.gate_layers(model):
@@ -395,8 +454,9 @@ def test_mixed_precision_model_trains_with_float32_gates_and_logits():
         assert model.output["logits"].dtype == "float32"
         assert all(g.epsilon.dtype == "float32" for g in L.gate_layers(model))
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        model.compile(optimizer=keras.optimizers.SGD(0.01),
-                      loss={"logits": loss, "side_logits": loss})
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01), loss={"logits": loss, "side_logits": loss}
+        )
         x = np.random.default_rng(9).normal(size=(4, 32, 32, 3)).astype(np.float32)
         y = np.arange(4)
         history = model.fit(x, {"logits": y, "side_logits": y}, epochs=1, verbose=0)
@@ -405,15 +465,26 @@ def test_mixed_precision_model_trains_with_float32_gates_and_logits():
         keras.config.set_dtype_policy(previous)
 
 
-@pytest.mark.parametrize("arch, counts, removed, transition", [
-    ("cifar-basic-20", [2, 3, 1], (1,), "group1_transition_shortcut_pool_pad"),
-    ("cifar-bottleneck-20", [1, 2, 2], (0,), "group0_transition_shortcut_conv"),
-    ("imagenet-18", [2, 1, 0, 2], (1, 2), "group2_transition_shortcut_conv"),
-    ("wrn-16-2", [2, 1, 2], (1,), "group1_transition_preact_bn"),
-])
-def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(arch, counts, removed, transition):
-    model = build_model(arch, blocks_per_group=counts, first_removed=removed, share=True,
-                        classes=10, input_shape=(32, 32, 3))
+@pytest.mark.parametrize(
+    "arch, counts, removed, transition",
+    [
+        ("cifar-basic-20", [2, 3, 1], (1,), "group1_transition_shortcut_pool_pad"),
+        ("cifar-bottleneck-20", [1, 2, 2], (0,), "group0_transition_shortcut_conv"),
+        ("imagenet-18", [2, 1, 0, 2], (1, 2), "group2_transition_shortcut_conv"),
+        ("wrn-16-2", [2, 1, 2], (1,), "group1_transition_preact_bn"),
+    ],
+)
+def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(
+    arch, counts, removed, transition
+):
+    model = build_model(
+        arch,
+        blocks_per_group=counts,
+        first_removed=removed,
+        share=True,
+        classes=10,
+        input_shape=(32, 32, 3),
+    )
     names = [layer.name for layer in model.layers]
     assert transition in names
     assert model_stats(model)["blocks"] == sum(counts)
@@ -429,10 +500,14 @@ def test_reduced_layouts_keep_the_transition_where_a_first_unit_went(arch, count
 
 # --- ShaResNet sharing defaults (docs/semantics.md §4: the parameter counts decide them) ------------
 
-@pytest.mark.parametrize("arch, options, millions", [
-    ("wrn-40-4", {}, 5.85),                   # wide nets: every block but the stage's first
-    ("imagenet-34", {"classes": 1000}, 13.6),  # ImageNet basic nets: every block
-])
+
+@pytest.mark.parametrize(
+    "arch, options, millions",
+    [
+        ("wrn-40-4", {}, 5.85),  # wide nets: every block but the stage's first
+        ("imagenet-34", {"classes": 1000}, 13.6),  # ImageNet basic nets: every block
+    ],
+)
 def test_the_other_sharing_setting_misses_the_published_count(arch, options, millions):
     key, family, args = resolve(arch)
     default = family.share_first if family.share_first is not None else arch == "imagenet-34"
@@ -447,6 +522,7 @@ def test_bottleneck_nets_cannot_share_the_strided_first_3x3():
 
 
 # --- side head placement (docs/semantics.md §5) -----------------------------------------------------
+
 
 def _layer_of(tensor):
     return tensor._keras_history.operation
@@ -468,20 +544,22 @@ def _authors_imagenet_side_block(defs):
     return sum(defs) // 2 - sum(defs[:2]) - 1
 
 
-@pytest.mark.parametrize("depth,expected", [(101, "group2_block8_add"),
-                                            (152, "group2_block13_add"),
-                                            (50, "group2_block0_add")])
+@pytest.mark.parametrize(
+    "depth,expected",
+    [(101, "group2_block8_add"), (152, "group2_block13_add"), (50, "group2_block0_add")],
+)
 def test_imagenet_side_head_follows_the_authors_block_of_group_2(depth, expected):
     from epsresnet_tf.models.imagenet import DEPTHS
+
     counts = DEPTHS[depth][0]
     assert expected == f"group2_block{_authors_imagenet_side_block(counts)}_add"
-    model = build_model(f"imagenet-{depth}", side_head=True, classes=10,
-                        input_shape=(32, 32, 3))
+    model = build_model(f"imagenet-{depth}", side_head=True, classes=10, input_shape=(32, 32, 3))
     assert _layer_of(model.get_layer("side_head_bn").input).name == expected
 
 
 def test_imagenet_side_head_sits_inside_group_2_for_every_depth():
     from epsresnet_tf.models.imagenet import DEPTHS
+
     for depth, (counts, _) in DEPTHS.items():
         index = blocks.imagenet_side_head_index(counts)
         if depth == 18:  # the script's block index is -1: it attaches no side head
@@ -507,12 +585,19 @@ def test_side_head_is_off_by_default_and_costs_a_bn_and_fc_at_its_width():
 
 # --- He et al. 2016 variants against their definitions (seed §3–§4) --------------------
 
+
 def _randomise_batchnorm(model, rng):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.5, c),
-                               rng.normal(0, 0.5, c), rng.uniform(0.5, 2.0, c)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0, 0.5, c),
+                    rng.normal(0, 0.5, c),
+                    rng.uniform(0.5, 2.0, c),
+                ]
+            )
 
 
 def _np_bn(layer, v):
@@ -546,8 +631,12 @@ def test_he_et_al_unit_orders_follow_their_definitions(order):
     _randomise_batchnorm(model, rng)
     p = "group0_block1_"
     out_name = {"original": "out_relu", "bn_after_add": "out_relu"}.get(order, "add")
-    x, out = (t.numpy() for t in _unit_probe(model, p, p + out_name)(
-        rng.normal(size=(2, 32, 32, 3)).astype(np.float32)))
+    x, out = (
+        t.numpy()
+        for t in _unit_probe(model, p, p + out_name)(
+            rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+        )
+    )
     get = model.get_layer
     w1, w2 = (lambda v: _np_conv(get(p + "conv1"), v)), (lambda v: _np_conv(get(p + "conv2"), v))
     bn1, bn2 = (lambda v: _np_bn(get(p + "1_bn"), v)), (lambda v: _np_bn(get(p + "2_bn"), v))
@@ -560,11 +649,21 @@ def test_he_et_al_unit_orders_follow_their_definitions(order):
     }[order]()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     # the unit has exactly the BNs its definition names: no more, no fewer
-    unit_bns = {layer.name[len(p):] for layer in model.layers
-                if layer.name.startswith(p) and isinstance(layer, keras.layers.BatchNormalization)}
-    assert unit_bns == {"original": {"1_bn", "2_bn"}, "bn_after_add": {"1_bn", "out_bn"},
-                        "relu_before_add": {"1_bn", "2_bn"}, "relu_preact": {"1_bn", "2_bn"},
-                        "full_preact": {"preact_bn", "1_bn"}}[order]
+    unit_bns = {
+        layer.name[len(p) :]
+        for layer in model.layers
+        if layer.name.startswith(p) and isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert (
+        unit_bns
+        == {
+            "original": {"1_bn", "2_bn"},
+            "bn_after_add": {"1_bn", "out_bn"},
+            "relu_before_add": {"1_bn", "2_bn"},
+            "relu_preact": {"1_bn", "2_bn"},
+            "full_preact": {"preact_bn", "1_bn"},
+        }[order]
+    )
 
 
 def _shortcut_probe(model, p, merge_layer):
@@ -575,8 +674,13 @@ def _shortcut_probe(model, p, merge_layer):
 @pytest.mark.parametrize("shortcut_scale, residual_scale", [(0.5, 0.5), (0.5, 1.0), (0.0, 1.0)])
 def test_constant_scaling_rows_of_he_et_al_table_1(shortcut_scale, residual_scale):
     rng = np.random.default_rng(11)
-    model = build_model("cifar-basic-14", shortcut="constant_scaling", order="original",
-                        shortcut_scale=shortcut_scale, residual_scale=residual_scale)
+    model = build_model(
+        "cifar-basic-14",
+        shortcut="constant_scaling",
+        order="original",
+        shortcut_scale=shortcut_scale,
+        residual_scale=residual_scale,
+    )
     p = "group0_block1_"
     unit, branch = _shortcut_probe(model, p, p + "add")
     images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
@@ -614,16 +718,22 @@ def test_conv1x1_and_dropout_shortcuts():
     conv_net = build_model("cifar-basic-14", shortcut="conv1x1")
     unit, branch = _shortcut_probe(conv_net, p, p + "add")
     (x, out), f = [t.numpy() for t in unit(images)], branch(images).numpy()
-    np.testing.assert_allclose(out, f + _np_conv(conv_net.get_layer(p + "shortcut_conv"), x),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        out, f + _np_conv(conv_net.get_layer(p + "shortcut_conv"), x), rtol=1e-4, atol=1e-4
+    )
 
     drop_net = build_model("cifar-basic-14", shortcut="dropout")
     assert drop_net.get_layer(p + "shortcut_dropout").rate == 0.5
     unit, branch = _shortcut_probe(drop_net, p, p + "add")
     x, out = (t.numpy() for t in unit(images))  # inference: the identity
     np.testing.assert_allclose(out, branch(images).numpy() + x, rtol=1e-5, atol=1e-5)
-    probe = keras.Model(drop_net.input, [drop_net.get_layer(p + "shortcut_dropout").input,
-                                         drop_net.get_layer(p + "shortcut_dropout").output])
+    probe = keras.Model(
+        drop_net.input,
+        [
+            drop_net.get_layer(p + "shortcut_dropout").input,
+            drop_net.get_layer(p + "shortcut_dropout").output,
+        ],
+    )
     x, dropped = (t.numpy() for t in probe(images, training=True))
     kept = dropped != 0
     assert 0.4 < kept[x != 0].mean() < 0.6  # each element dropped with probability 0.5 ...
@@ -634,11 +744,17 @@ def test_conv1x1_and_dropout_shortcuts():
 def test_the_epsilon_gate_stays_on_every_unit_whatever_the_shortcut(variant):
     model = build_model("cifar-basic-14", gate="eps", epsilon=1e9, shortcut=variant)
     gates = L.gate_layers(model)
-    assert [g.name for g in gates] == [f"group{g}_block{b}_eps_gate" for g in range(3) for b in range(2)]
+    assert [g.name for g in gates] == [
+        f"group{g}_block{b}_eps_gate" for g in range(3) for b in range(2)
+    ]
     # a closed gate removes the branch: for identity-shaped units the shortcut variant alone
     p = "group0_block1_"
-    merge = {"exclusive_gating": "shortcut_gate", "shortcut_only_gating": "shortcut_gate"}.get(variant, "add")
-    probe = keras.Model(model.input, [model.get_layer(p + "eps_gate").output, model.get_layer(p + merge).output])
+    merge = {"exclusive_gating": "shortcut_gate", "shortcut_only_gating": "shortcut_gate"}.get(
+        variant, "add"
+    )
+    probe = keras.Model(
+        model.input, [model.get_layer(p + "eps_gate").output, model.get_layer(p + merge).output]
+    )
     gated, _ = probe(np.ones((1, 32, 32, 3), np.float32), training=True)
     assert not gated.numpy().any()
 
@@ -653,6 +769,7 @@ def test_k_gates_refuse_the_shortcut_variants_that_merge_by_themselves():
 
 # --- wide nets and the MNIST nets ------------------------------------------------------
 
+
 def test_wide_resnet_dropout_sits_between_the_two_convs():
     model = build_model("wrn-16-2", dropout=0.3)
     for g in range(3):
@@ -662,7 +779,9 @@ def test_wide_resnet_dropout_sits_between_the_two_convs():
             assert drop.rate == 0.3
             assert _layer_of(drop.input).name == p + "1_relu"  # after the second BN-ReLU ...
             assert model.get_layer(p + "conv2").input is drop.output  # ... before the second conv
-    assert not any(isinstance(layer, keras.layers.Dropout) for layer in build_model("wrn-16-2").layers)
+    assert not any(
+        isinstance(layer, keras.layers.Dropout) for layer in build_model("wrn-16-2").layers
+    )
     with pytest.raises(UserError, match="basic units"):
         build_model("cifar-bottleneck-11", dropout=0.3)
 
@@ -686,7 +805,12 @@ def test_mnist_nets_follow_the_gates_paper():
     _randomise_batchnorm(res, rng)
     images = rng.normal(size=(3, 28, 28, 1)).astype(np.float32)
     add = res.get_layer("group0_block3_add")
-    x, f, out = (t.numpy() for t in keras.Model(res.input, [add.input[1], res.get_layer("group0_block3_2_relu").output, add.output])(images))
+    x, f, out = (
+        t.numpy()
+        for t in keras.Model(
+            res.input, [add.input[1], res.get_layer("group0_block3_2_relu").output, add.output]
+        )(images)
+    )
     assert _layer_of(add.input[0]).name == "group0_block3_2_relu"
     np.testing.assert_allclose(out, f + x, rtol=1e-5, atol=1e-5)
 
@@ -701,11 +825,14 @@ def test_mnist_plain_gated_layer_is_g_k_f_plus_one_minus_g_k_x():
     assert _layer_of(gate.input[0]).name == "group0_block2_1_relu"
     np.testing.assert_allclose(out, 0.3 * f + 0.7 * x, rtol=1e-5, atol=1e-6)
     gate.k.assign(-1.0)  # g(k) = 0: the layer passes x through
-    np.testing.assert_array_equal(probe(np.ones((1, 28, 28, 1), np.float32))[2].numpy(),
-                                  probe(np.ones((1, 28, 28, 1), np.float32))[0].numpy())
+    np.testing.assert_array_equal(
+        probe(np.ones((1, 28, 28, 1), np.float32))[2].numpy(),
+        probe(np.ones((1, 28, 28, 1), np.float32))[0].numpy(),
+    )
 
 
 # --- weight decay on k, ε changed during fit -------------------------------------------
+
 
 @pytest.mark.parametrize("k_decay", [0.0, 0.01])
 def test_k_gets_weight_decay_only_when_asked(k_decay):
@@ -714,8 +841,11 @@ def test_k_gets_weight_decay_only_when_asked(k_decay):
     gates = L.gate_layers(model)
     for i, gate in enumerate(gates):
         gate.k.assign(2.0 + i)
-    kernels = [layer.kernel for layer in model.layers
-               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    kernels = [
+        layer.kernel
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
     expected = 2e-4 * 0.5 * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
     expected += k_decay * sum((2.0 + i) ** 2 for i in range(len(gates)))
     np.testing.assert_allclose(float(sum(model.losses)), expected, rtol=1e-5)
@@ -729,11 +859,20 @@ def test_a_callback_changes_epsilon_between_steps_of_one_fit():
                     gate.epsilon.assign(1e9)
 
     model = build_model("cifar-basic-8", gate="eps", epsilon=0.0)  # T = 1 at first
-    model.compile(optimizer=keras.optimizers.SGD(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.default_rng(16).normal(size=(8, 32, 32, 3)).astype(np.float32)
-    model.fit(x, np.arange(8), batch_size=4, epochs=1, shuffle=False, verbose=0,
-              callbacks=[CloseGatesAfterFirstStep()])
+    model.fit(
+        x,
+        np.arange(8),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[CloseGatesAfterFirstStep()],
+    )
     for gate in L.gate_layers(model):
         assert float(gate.gate_value.numpy()) == 0.0  # the second step saw the new ε ...
         # ... the first did not: EMA of (0, 1) from step 0 (decay 2/11 in effect at step 1)
@@ -741,6 +880,7 @@ def test_a_callback_changes_epsilon_between_steps_of_one_fit():
 
 
 # --- the command line ------------------------------------------------------------------
+
 
 def test_help_lists_the_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -751,13 +891,16 @@ def test_help_lists_the_subcommands(capsys):
         assert f"\n    {command} " in text, command
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["describe", "cifar-basic-111"], "6n+2"),
-    (["describe", "wrn-41-4"], "6n+4"),
-    (["describe", "cifar-basic-20", "--gate", "maybe"], "choose from"),
-    (["describe", "cifar-basic-20", "--classes", "0"], "classes must be >= 1"),
-    (["describe"], "arch"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["describe", "cifar-basic-111"], "6n+2"),
+        (["describe", "wrn-41-4"], "6n+4"),
+        (["describe", "cifar-basic-20", "--gate", "maybe"], "choose from"),
+        (["describe", "cifar-basic-20", "--classes", "0"], "classes must be >= 1"),
+        (["describe"], "arch"),
+    ],
+)
 def test_describe_bad_input_is_one_line_exit_2(capsys, argv, fragment):
     try:
         rc = cli.main(argv)
@@ -773,9 +916,15 @@ def test_the_installed_command_prints_only_the_one_line_error():
     # TensorFlow's C++ start-up notices go to stderr before logging is configured; the
     # command holds them back so the error stays alone.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    done = subprocess.run([sys.executable, "-m", "epsresnet_tf.cli", "describe", "imagenet-77"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "epsresnet_tf.cli", "describe", "imagenet-77"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "epsresnet describe: error: invalid depth in 'imagenet-77': "
-        "use imagenet-D with D in 18, 34, 50, 101, 152, 200"]
+        "use imagenet-D with D in 18, 34, 50, 101, 152, 200"
+    ]

@@ -1,4 +1,5 @@
 """Block ids and layer names: written and parsed back by epsresnet_tf.naming alone."""
+
 import pytest
 
 from epsresnet_tf import naming as N
@@ -18,6 +19,9 @@ def test_block_ids_and_prefixes_round_trip():
 
 def test_sort_is_network_order_and_bad_ids_are_user_errors():
     assert N.sort_block_ids(["group1/block10", "group0/block2", "group1/block9"]) == [
-        "group0/block2", "group1/block9", "group1/block10"]
+        "group0/block2",
+        "group1/block9",
+        "group1/block10",
+    ]
     with pytest.raises(UserError, match="bad block id"):
         N.parse_block_id("group1_block0")

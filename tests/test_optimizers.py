@@ -2,6 +2,7 @@
 formula computed here in float64, against Keras's SGD (equal while lr is constant, different
 after an lr change), and its plumbing: serialisation, slots in `variables`, mixed precision,
 MirroredStrategy, and `make_optimizer`'s names."""
+
 import json
 import os
 import subprocess
@@ -145,7 +146,7 @@ def test_under_loss_scale_optimizer_slots_visible_and_update_right():
     np.testing.assert_allclose(var.numpy(), tf1_reference()[0], rtol=1e-5, atol=1e-6)
 
 
-MIRRORED = r'''
+MIRRORED = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -173,21 +174,23 @@ for lr, g in [(0.1, [0.3, -0.1]), (0.1, [0.2, 0.4]), (0.001, [0.1, 0.1]), (0.1, 
     out.append(var.numpy().tolist())
 print("RESULT " + json.dumps({"w": out, "replicas": strategy.num_replicas_in_sync,
                               "nvars": len(opt.variables)}))
-'''
+"""
 
 
 def test_mirrored_strategy_two_cpus_matches_formula():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", MIRRORED], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED], env=env, capture_output=True, text=True, timeout=300
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(lines[0][len("RESULT "):])
+    res = json.loads(lines[0][len("RESULT ") :])
     assert res["replicas"] == 2
     assert res["nvars"] == 3  # iterations, learning_rate, one accumulator
     w, accum = np.array([1.0, -2.0]), np.zeros(2)
-    for got, (lr, g) in zip(res["w"], [(0.1, [0.3, -0.1]), (0.1, [0.2, 0.4]),
-                                       (0.001, [0.1, 0.1]), (0.1, [-0.2, 0.3])]):
+    for got, (lr, g) in zip(
+        res["w"], [(0.1, [0.3, -0.1]), (0.1, [0.2, 0.4]), (0.001, [0.1, 0.1]), (0.1, [-0.2, 0.3])]
+    ):
         accum = 0.9 * accum + np.array(g)
         w = w - lr * accum
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
@@ -197,11 +200,18 @@ def _cfg(name):
     return {"optimizer": name, "momentum": 0.9, "lr_schedule": [[0, 0.1], [82, 0.01]]}
 
 
-@pytest.mark.parametrize("name, cls, nesterov", [
-    ("momentum", TF1Momentum, False), ("nesterov", TF1Momentum, True),
-    ("keras-sgd", keras.optimizers.SGD, False), ("keras-nesterov", keras.optimizers.SGD, True)])
+@pytest.mark.parametrize(
+    "name, cls, nesterov",
+    [
+        ("momentum", TF1Momentum, False),
+        ("nesterov", TF1Momentum, True),
+        ("keras-sgd", keras.optimizers.SGD, False),
+        ("keras-nesterov", keras.optimizers.SGD, True),
+    ],
+)
 def test_make_optimizer_names(name, cls, nesterov):
     from epsresnet_tf.train.optimizers import make_optimizer
+
     opt = make_optimizer(_cfg(name))
     assert type(opt) is cls
     assert opt.nesterov is nesterov
@@ -212,6 +222,7 @@ def test_make_optimizer_names(name, cls, nesterov):
 def test_make_optimizer_and_validate_config_reject_unknown_name():
     from epsresnet_tf.config import DEFAULTS, OPTIMIZERS, validate_config
     from epsresnet_tf.train.optimizers import make_optimizer
+
     assert set(OPTIMIZERS) == {"momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam"}
     with pytest.raises(UserError) as err:
         make_optimizer(_cfg("sgd"))
@@ -225,8 +236,9 @@ def test_recipes_use_the_tf1_forms():
     """Every SGD recipe names (or defaults to) "momentum"/"nesterov", i.e. TF1's form."""
     from epsresnet_tf import recipes
     from epsresnet_tf.config import DEFAULTS
+
     assert DEFAULTS["optimizer"] == "momentum"
-    loaded = {n: recipes.load(n) for n in recipes.available()}   # with their bases' keys
+    loaded = {n: recipes.load(n) for n in recipes.available()}  # with their bases' keys
     names = {r.get("optimizer", DEFAULTS["optimizer"]) for r in loaded.values()}
     assert names and names <= {"momentum", "nesterov", "nadam"}, names
     inet = [r for n, r in loaded.items() if n.startswith("imagenet-")]

@@ -1,5 +1,6 @@
 """The run folder (epsresnet_tf.runfolder): its layout, reading it back, writing, and
 which checkpoints stay."""
+
 import json
 
 import numpy as np
@@ -15,16 +16,36 @@ CFG = {"arch": "cifar-basic-8", "epochs": 10}
 
 # --- layout ------------------------------------------------------------------------------
 
+
 def test_layout_names(tmp_path):
     f = RunFolder(tmp_path / "run")
-    rel = {k: getattr(f, k).relative_to(f.root).as_posix()
-           for k in ("config", "history", "tb", "ckpt", "model", "reduced", "ablation",
-                     "report", "certificate", "reduced_model")}
-    assert rel == {"config": "config.json", "history": "history.jsonl", "tb": "tb",
-                   "ckpt": "ckpt", "model": "model.keras", "reduced": "reduced",
-                   "ablation": "ablation", "report": "report",
-                   "certificate": "reduced/certificate.json",
-                   "reduced_model": "reduced/reduced.keras"}
+    rel = {
+        k: getattr(f, k).relative_to(f.root).as_posix()
+        for k in (
+            "config",
+            "history",
+            "tb",
+            "ckpt",
+            "model",
+            "reduced",
+            "ablation",
+            "report",
+            "certificate",
+            "reduced_model",
+        )
+    }
+    assert rel == {
+        "config": "config.json",
+        "history": "history.jsonl",
+        "tb": "tb",
+        "ckpt": "ckpt",
+        "model": "model.keras",
+        "reduced": "reduced",
+        "ablation": "ablation",
+        "report": "report",
+        "certificate": "reduced/certificate.json",
+        "reduced_model": "reduced/reduced.keras",
+    }
     assert f.checkpoint_path(5).relative_to(f.root).as_posix() == "ckpt/epoch-00005.npz"
     assert RunFolder.epoch_of(f.checkpoint_path(5)) == 5
     assert RunFolder.epoch_of("ckpt/notes.npz") is None
@@ -52,7 +73,7 @@ def test_history_is_read_and_rewritten_whole(tmp_path):
     f.write_history(rows)
     assert f.history.read_text() == '{"epoch": 1, "lr": 0.1}\n{"epoch": 2, "lr": 0.1}\n'
     with f.history.open("a") as h:
-        h.write("\n")                       # blank lines are skipped
+        h.write("\n")  # blank lines are skipped
     assert RF.read_history(tmp_path) == rows
     f.write_history(rows[:1])
     assert f.read_history() == rows[:1]
@@ -67,19 +88,41 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
 
 # --- reading a run -----------------------------------------------------------------------
 
+
 def test_read_run_fills_what_an_older_config_lacks(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"arch": "cifar-basic-8", "dataset": "cifar10", "gate": "eps", "epsilon": 1.5,
-         "batch_size": 256, "batch_per": "total", "gpus": 4}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "arch": "cifar-basic-8",
+                "dataset": "cifar10",
+                "gate": "eps",
+                "epsilon": 1.5,
+                "batch_size": 256,
+                "batch_per": "total",
+                "gpus": 4,
+            }
+        )
+    )
     run = RF.read_run(tmp_path)
-    assert (run.arch, run.dataset, run.batch_size, run.mean, run.seed) == \
-        ("cifar-basic-8", "cifar10", 64, "train", 0)
-    assert run.build_options == {"classes": 10, "input_shape": (32, 32, 3), "gate": "eps",
-                                 "weight_decay": 2e-4, "epsilon": 1.5, "gate_scope": "batch",
-                                 "gate_group": None}
+    assert (run.arch, run.dataset, run.batch_size, run.mean, run.seed) == (
+        "cifar-basic-8",
+        "cifar10",
+        64,
+        "train",
+        0,
+    )
+    assert run.build_options == {
+        "classes": 10,
+        "input_shape": (32, 32, 3),
+        "gate": "eps",
+        "weight_decay": 2e-4,
+        "epsilon": 1.5,
+        "gate_scope": "batch",
+        "gate_group": None,
+    }
     assert run.model_path == tmp_path / "model.keras"
     assert run.history_path == tmp_path / "history.jsonl"
-    assert run.config["gpus"] == 4 and "mean" not in run.config   # as written
+    assert run.config["gpus"] == 4 and "mean" not in run.config  # as written
 
 
 def test_a_written_config_reads_back_with_its_own_values(tmp_path):
@@ -90,10 +133,14 @@ def test_a_written_config_reads_back_with_its_own_values(tmp_path):
     assert run.config == cfg and run.build_options["gate_group"] == 4
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, r"is not a run folder \(no config.json\)"),
-    ("{not json", "is not valid JSON"),
-    ('{"arch": "cifar-basic-8"}', "lacks 'dataset'")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"is not a run folder \(no config.json\)"),
+        ("{not json", "is not valid JSON"),
+        ('{"arch": "cifar-basic-8"}', "lacks 'dataset'"),
+    ],
+)
 def test_read_run_errors_are_one_line(tmp_path, content, message):
     if content is not None:
         (tmp_path / "config.json").write_text(content)
@@ -114,6 +161,7 @@ def test_find_run_of_a_saved_net(tmp_path):
 
 # --- which checkpoints stay (keep_checkpoints_at / keep_checkpoints_every) ---------------
 
+
 def _save_epochs(folder, epochs):
     for e in epochs:
         folder.save_checkpoint(e, [np.full((2,), e, np.float32)], {"epoch": e})
@@ -128,12 +176,13 @@ def test_checkpoint_retention_keeps_the_chosen_epochs_and_the_two_newest(tmp_pat
 
     at = RunFolder(tmp_path / "at")
     at.check_or_create(resolve_config(dict(base, keep_checkpoints_at=[2, 5, 10])))
-    assert _save_epochs(at, range(1, 9)) == [2, 5, 7, 8]       # 10 not reached yet
+    assert _save_epochs(at, range(1, 9)) == [2, 5, 7, 8]  # 10 not reached yet
     assert _save_epochs(at, [9, 10]) == [2, 5, 9, 10]
 
     both = RunFolder(tmp_path / "both")
-    both.check_or_create(resolve_config(dict(base, keep_checkpoints_at=[3],
-                                             keep_checkpoints_every=4)))
+    both.check_or_create(
+        resolve_config(dict(base, keep_checkpoints_at=[3], keep_checkpoints_every=4))
+    )
     assert _save_epochs(both, range(1, 11)) == [3, 4, 8, 9, 10]
     arrays, state = both.load(both.checkpoint_path(4))
     assert state == {"epoch": 4} and arrays[0].tolist() == [4.0, 4.0]
@@ -141,9 +190,13 @@ def test_checkpoint_retention_keeps_the_chosen_epochs_and_the_two_newest(tmp_pat
 
 def test_retention_settings_are_validated_and_may_change_on_resume(tmp_path):
     base = CFG
-    for bad in ({"keep_checkpoints_at": 3}, {"keep_checkpoints_at": [0]},
-                {"keep_checkpoints_at": [1.5]}, {"keep_checkpoints_every": -1},
-                {"keep_checkpoints_every": True}):
+    for bad in (
+        {"keep_checkpoints_at": 3},
+        {"keep_checkpoints_at": [0]},
+        {"keep_checkpoints_at": [1.5]},
+        {"keep_checkpoints_every": -1},
+        {"keep_checkpoints_every": True},
+    ):
         with pytest.raises(UserError, match="keep_checkpoints"):
             resolve_config(dict(base, **bad))
     folder = RunFolder(tmp_path / "run")

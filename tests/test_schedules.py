@@ -1,5 +1,6 @@
 """Schedules (docs/semantics.md §7) driven by synthetic histories, and a port of tensorpack's
 `callbacks/param_test.py` against our setter."""
+
 import json
 import logging
 
@@ -32,6 +33,7 @@ def drive(schedule, counts):
 
 # --- piecewise semantics (docs/semantics.md §7 last bullet) -----------------------------------------
 
+
 def test_piecewise_exact_and_in_effect():
     s = PiecewiseSchedule(STANDARD)
     assert s.value_at(0) == 0.1 and s.value_at(82) == 0.01 and s.value_at(83) is None
@@ -47,6 +49,7 @@ def test_piecewise_rejects_bad(bad):
 
 
 # --- the adaptive reset ----------------------------------------------------------------
+
 
 def test_no_reset_follows_standard():
     s = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
@@ -65,7 +68,7 @@ def test_no_reset_when_count_stays_or_falls():
 
 def test_one_reset():
     s = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
-    counts = [0.0] * 10 + [1.0] * 80   # the count rises by 1 during epoch 11
+    counts = [0.0] * 10 + [1.0] * 80  # the count rises by 1 during epoch 11
     got = drive(s, counts)
     # at e=11 the history ends ..., 0 (epoch 10), 1 (epoch 11): reset, adaptive shifted by 11
     assert got[11] == 0.1 and s.last_reset == 11
@@ -76,7 +79,7 @@ def test_one_reset():
 
 def test_repeated_resets_each_shift_the_schedule():
     s = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
-    counts = [0.0] * 5 + [1.0] * 45 + [2.5] * 100   # rises at epochs 6 and 51
+    counts = [0.0] * 5 + [1.0] * 45 + [2.5] * 100  # rises at epochs 6 and 51
     got = drive(s, counts)
     assert s.resets == [6, 51]
     expected = {0: 0.1, 6: 0.1, 6 + 41: 0.01, 51: 0.1, 51 + 41: 0.01, 51 + 61: 0.001}
@@ -88,9 +91,9 @@ def test_repeated_resets_each_shift_the_schedule():
 def test_window_rule():
     # k = 2: compare the last three values against the first of them
     s = AdaptiveResetSchedule(STANDARD, ADAPTIVE, threshold=1, window=2)
-    assert s.lr_for_epoch(1, [0.0]) is None                 # fewer than k+1 values
-    assert s.lr_for_epoch(2, [0.0, 0.6]) is None            # still fewer than 3
-    assert s.lr_for_epoch(3, [0.0, 0.6, 0.9]) is None       # 0.9 < 0 + 1
+    assert s.lr_for_epoch(1, [0.0]) is None  # fewer than k+1 values
+    assert s.lr_for_epoch(2, [0.0, 0.6]) is None  # still fewer than 3
+    assert s.lr_for_epoch(3, [0.0, 0.6, 0.9]) is None  # 0.9 < 0 + 1
     assert s.lr_for_epoch(4, [0.0, 0.6, 0.9, 1.2]) is None  # [.6,.9,1.2]: 1.2 < 1.6
     assert s.resets == []
     assert s.lr_for_epoch(5, [0.0, 0.6, 0.9, 1.2, 2.0]) == 0.1  # [.9,1.2,2]: 2 >= 1.9
@@ -109,7 +112,7 @@ def test_window_rule_independent():
             h = counts[:e]
             if len(h) < k + 1 or (last is not None and e - last < k):
                 continue
-            w = h[-(k + 1):]
+            w = h[-(k + 1) :]
             if max(w) >= w[0] + thr:
                 resets.append(e)
                 last = e
@@ -141,7 +144,7 @@ def test_state_round_trip():
     s = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
     counts = [0.0] * 5 + [1.0] * 30 + [2.0] * 30
     first = drive(s, counts[:20])
-    state = json.loads(json.dumps(s.get_state()))   # must survive JSON (the checkpoint)
+    state = json.loads(json.dumps(s.get_state()))  # must survive JSON (the checkpoint)
     resumed = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
     resumed.set_state(state)
     whole = AdaptiveResetSchedule(STANDARD, ADAPTIVE)
@@ -173,6 +176,7 @@ def test_weight_decay_factor_staircase():
 
 # --- port of tensorpack/callbacks/param_test.py ------------------------------------------
 
+
 def simulate(setter, steps_per_epoch, max_epoch, starting_epoch=1, initial=1.0):
     """tensorpack's trainer loop around a setter, with its `ParamObject` that records
     {global_step: value} each time the value is set. tensorpack epochs are 1-based and
@@ -181,12 +185,12 @@ def simulate(setter, steps_per_epoch, max_epoch, starting_epoch=1, initial=1.0):
     v = setter.begin(starting_epoch - 1, value)
     if v is not None:
         history[step], value = v, v
-    for e in range(starting_epoch - 1, max_epoch):   # before each epoch: e finished
+    for e in range(starting_epoch - 1, max_epoch):  # before each epoch: e finished
         v = setter.epoch(e)
         if v is not None:
             history[step], value = v, v
         step += steps_per_epoch
-    v = setter.epoch(max_epoch)   # tensorpack also triggers after the last epoch
+    v = setter.epoch(max_epoch)  # tensorpack also triggers after the last epoch
     if v is not None:
         history[step] = v
     return history
@@ -201,14 +205,16 @@ def test_tp_schedule():
 
 
 def test_tp_start_after_schedule():
-    setter = ScheduledSetter(FixedSchedule([(10, 0.3), (20, 0.4), (30, 0.5)]),
-                             set_at_beginning=False)
+    setter = ScheduledSetter(
+        FixedSchedule([(10, 0.3), (20, 0.4), (30, 0.5)]), set_at_beginning=False
+    )
     assert simulate(setter, 1, 92, starting_epoch=90) == {}
 
 
 def test_tp_start_after_schedule_set_at_beginning():
-    setter = ScheduledSetter(FixedSchedule([(10, 0.3), (20, 0.4), (30, 0.5)]),
-                             set_at_beginning=True)
+    setter = ScheduledSetter(
+        FixedSchedule([(10, 0.3), (20, 0.4), (30, 0.5)]), set_at_beginning=True
+    )
     assert simulate(setter, 1, 92, starting_epoch=90) == {0: 0.5}
 
 

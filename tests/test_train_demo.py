@@ -1,6 +1,7 @@
 """`make demo`: the whole loop on scikit-learn's digits (shipped with the package, so nothing
 to download) — train until blocks are discarded, compress to a smaller standard ResNet that
 predicts the same, report."""
+
 import json
 import shlex
 import subprocess
@@ -15,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def demo_commands(out):
     """The `epsresnet` command lines `make demo OUT=out` runs, read from the Makefile."""
-    text = subprocess.run(["make", "-n", "-o", "install", "demo", f"OUT={out}"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["make", "-n", "-o", "install", "demo", f"OUT={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     commands = []
     for line in text.splitlines():
         words = [w for w in shlex.split(line) if "=" not in w or w.startswith("-")]  # no VAR=value
@@ -30,7 +36,7 @@ def test_make_demo_is_train_compress_ablate_report_with_nothing_to_download(tmp_
     assert [c[0] for c in cmds] == ["train", "compress", "ablate", "report"]
     assert cmds[0][:2] == ["train", "demo"]
     assert all(str(tmp_path / "demo") in c for c in cmds[1:])
-    assert not any("--data-dir" in c for c in cmds)   # the data set ships with scikit-learn
+    assert not any("--data-dir" in c for c in cmds)  # the data set ships with scikit-learn
     cfg = recipes.resolve("demo")[1]
     assert cfg["dataset"] == "digits" and cfg["gate"] == "eps"
 
@@ -40,6 +46,7 @@ def test_demo_recipe_discards_blocks_and_compresses(tmp_path):
     certificate removes them: gate 0 on every train and test batch, not just a high EMA."""
     from epsresnet_tf.compress import compress_run
     from epsresnet_tf.train.loop import run_training
+
     name, cfg = recipes.resolve("demo")
     run = tmp_path / name
     result = run_training(cfg, run, "no-data-folder-needed", verbose=0)
@@ -47,7 +54,7 @@ def test_demo_recipe_discards_blocks_and_compresses(tmp_path):
     last = result["history"][-1]
     gone = [b for b, v in last["blocks"].items() if v["discarded"] >= 0.9]
     assert len(gone) >= 3, last["blocks"]
-    assert last["val_error"] < 0.15                    # it learned (10 classes: chance is 0.9)
+    assert last["val_error"] < 0.15  # it learned (10 classes: chance is 0.9)
     doc = compress_run(run, "no-data-folder-needed")
     assert doc["removed_count"] >= 3 and doc["equivalence"]["passed"]
     assert doc["after"]["trainable_params"] < doc["before"]["trainable_params"]
@@ -61,7 +68,7 @@ def test_make_demo_end_to_end(tmp_path, capsys):
     run = tmp_path / "demo"
     rows = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 16))
-    assert rows[0]["discarded_count"] < rows[-1]["discarded_count"]   # visibly discarded
+    assert rows[0]["discarded_count"] < rows[-1]["discarded_count"]  # visibly discarded
     assert sum(v["discarded"] >= 0.99 for v in rows[-1]["blocks"].values()) >= 3
     assert rows[-1]["val_error"] < 0.15
     cert = json.loads((run / "reduced" / "certificate.json").read_text())

@@ -7,12 +7,13 @@ batch-scope gate T and the same mean loss as the single device on [A; A] — so 
 must agree on everything: weights, optimizer slots, BN and gate moving averages, history.
 This checks the loss scaling (gradients are summed over replicas), the per-replica gating
 and the mean-aggregated monitor variables."""
+
 import json
 import os
 import subprocess
 import sys
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -49,16 +50,21 @@ diff = max(float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0 fo
 moved = max(float(np.max(np.abs(x))) for x in a if x.size)
 print("RESULT " + json.dumps({"n": [len(a), len(b)], "diff": diff, "single": single["history"],
                               "mirrored": multi["history"]}))
-'''
+"""
 
 
 def test_mirrored_two_cpus_agrees_with_single_device(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(lines[0][len("RESULT "):])
+    res = json.loads(lines[0][len("RESULT ") :])
     assert res["n"][0] == res["n"][1]
     assert res["diff"] <= 1e-5, res["diff"]
     single, mirrored = res["single"], res["mirrored"]
@@ -134,14 +140,19 @@ def test_gate_groups_on_one_device_agree_with_replicas_on_different_halves(tmp_p
     # replicas of 4 without groups, on batches whose halves differ, so grouping matters:
     # without groups the one-device run is measurably different.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", GROUPS_SCRIPT, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-c", GROUPS_SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(lines[0][len("RESULT "):])
+    res = json.loads(lines[0][len("RESULT ") :])
     assert res["group_sizes"] == ["4"]
     assert res["trainable"]["grouped"] <= 1e-5, res["trainable"]
-    assert res["trainable"]["plain"] > 1e-3, res["trainable"]   # the test could fail
+    assert res["trainable"]["plain"] > 1e-3, res["trainable"]  # the test could fail
     # the gates' ε and monitors too (mean over groups = mean over replicas); BN moving
     # statistics differ: the mean over groups here, replica 0's under MirroredStrategy
     assert res["gates"] <= 1e-5, res["gates"]

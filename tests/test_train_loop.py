@@ -1,5 +1,6 @@
 """The training loop on real data (the CIFAR-10 subset in ../shared/data) and on tiny
 synthetic data: run folder, history, TensorBoard, ε schedule, NaN stop, refusals."""
+
 import json
 from pathlib import Path
 
@@ -11,13 +12,14 @@ from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.train.loop import run_training
 
-BIG_EPS = 1000.0   # every |F| stays below it: T = 0 in every block, every step
+BIG_EPS = 1000.0  # every |F| stays below it: T = 0 in every block, every step
 STEPS = 6
 
 
 def read_events(tb_dir):
     """{tag: [(step, value or None)]} from the event files, via TensorBoard's reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
@@ -32,9 +34,18 @@ def read_events(tb_dir):
 def cifar_run(tmp_path_factory, shared_data):
     # ε = 0 for the first epoch (a plain ResNet, T = 1), then a huge ε (T = 0): the
     # authors' warm-up schedule, with outcomes we can compute by hand.
-    cfg = resolve_config({"arch": "cifar-basic-14", "epochs": 2, "batch_size": 16,
-                          "steps_per_epoch": STEPS, "val_steps": 2, "epsilon": BIG_EPS,
-                          "epsilon_start_epoch": 1, "lr_schedule": [[0, 0.05], [1, 0.02]]})
+    cfg = resolve_config(
+        {
+            "arch": "cifar-basic-14",
+            "epochs": 2,
+            "batch_size": 16,
+            "steps_per_epoch": STEPS,
+            "val_steps": 2,
+            "epsilon": BIG_EPS,
+            "epsilon_start_epoch": 1,
+            "lr_schedule": [[0, 0.05], [1, 0.02]],
+        }
+    )
     run_dir = tmp_path_factory.mktemp("runs") / "c10"
     result = run_training(cfg, run_dir, shared_data / "cifar10-subset", verbose=0)
     return cfg, Path(run_dir), result
@@ -45,8 +56,10 @@ def test_run_folder_layout(cifar_run):
     assert result["status"] == "done"
     assert json.loads((run_dir / "config.json").read_text()) == cfg
     assert (run_dir / "model.keras").is_file()
-    assert [p.name for p in sorted((run_dir / "ckpt").glob("*.npz"))] == \
-        ["epoch-00001.npz", "epoch-00002.npz"]
+    assert [p.name for p in sorted((run_dir / "ckpt").glob("*.npz"))] == [
+        "epoch-00001.npz",
+        "epoch-00002.npz",
+    ]
     assert not list(run_dir.rglob(".tmp*")), "temporary checkpoint files left behind"
 
 
@@ -54,11 +67,12 @@ def test_history_one_row_per_epoch_with_monitors(cifar_run):
     _, run_dir, _ = cifar_run
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    blocks = [f"group{g}/block{b}" for g in range(3) for b in range(2)]   # 14 = 6*2 + 2
+    blocks = [f"group{g}/block{b}" for g in range(3) for b in range(2)]  # 14 = 6*2 + 2
     for r in rows:
         assert list(r["blocks"]) == blocks
         assert r["blocks_discarded_sum"] == pytest.approx(
-            sum(b["discarded"] for b in r["blocks"].values()))
+            sum(b["discarded"] for b in r["blocks"].values())
+        )
         assert r["discarded_ratio"] == pytest.approx(r["discarded_count"] / 6)
         assert r["discarded_ratio_authors"] == pytest.approx(r["discarded_count"] / 8)  # 3n+2
         assert 0 <= r["val_error"] <= 1 and 0 <= r["val_side_error"] <= 1
@@ -83,19 +97,28 @@ def test_tensorboard_holds_scalars_blocks_histograms_strip(cifar_run):
     events, tags = read_events(run_dir / "tb")
     ratio = events["discarded_ratio"]
     assert [e.step for e in ratio] == [1, 2]
-    values = [float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto)))
-              for e in ratio]
+    values = [
+        float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in ratio
+    ]
     expected = float(tensorpack_ema([6] * STEPS, start_step=STEPS)[-1])
     assert values[0] == 0.0 and values[1] == pytest.approx(expected / 6, rel=1e-6)
-    for tag in ("lr", "epsilon", "val_error", "group2/block1/discarded",
-                "discarded_count", "discarded_ratio_authors",
-                "group0/block0/response_max", "group1/block0/conv1_kernel",
-                "discarded_blocks"):
+    for tag in (
+        "lr",
+        "epsilon",
+        "val_error",
+        "group2/block1/discarded",
+        "discarded_count",
+        "discarded_ratio_authors",
+        "group0/block0/response_max",
+        "group1/block0/conv1_kernel",
+        "discarded_blocks",
+    ):
         assert tag in events, tag
 
 
 def test_final_model_reloads_and_predicts(cifar_run):
     import keras
+
     _, run_dir, _ = cifar_run
     net = keras.saving.load_model(run_dir / "model.keras")
     out = net(np.zeros((2, 32, 32, 3), np.float32))
@@ -104,8 +127,10 @@ def test_final_model_reloads_and_predicts(cifar_run):
 
 # --- synthetic sources: fast checks of failure paths ---------------------------------
 
+
 class Synthetic:
     """A data source with the pipeline's interface; NaN images from epoch `nan_from`."""
+
     image_shape, num_classes, num_batches = (8, 8, 3), 10, 4
 
     def __init__(self, nan_from=None):
@@ -124,8 +149,13 @@ class Synthetic:
 
 
 def tiny(**kw):
-    base = {"arch": "cifar-basic-8", "epochs": 3, "batch_size": 8, "val_steps": 0,
-            "histogram_every": 0}
+    base = {
+        "arch": "cifar-basic-8",
+        "epochs": 3,
+        "batch_size": 8,
+        "val_steps": 0,
+        "histogram_every": 0,
+    }
     base.update(kw)
     return resolve_config(base)
 
@@ -159,6 +189,7 @@ def test_weight_decay_factor_in_graph_follows_the_staircase():
     from epsresnet_tf.models import build_model
     from epsresnet_tf.train.model import TrainingModel
     from epsresnet_tf.train.schedules import weight_decay_factor
+
     net = build_model("cifar-basic-8", input_shape=(8, 8, 3), gate="eps", epsilon=1.0)
     model = TrainingModel(net, wd_every=480_000, wd_factor=0.2)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
@@ -170,13 +201,16 @@ def test_weight_decay_factor_in_graph_follows_the_staircase():
 
 class _Synthetic:
     """A tiny in-memory source (the loop's source interface), the same batches every epoch."""
+
     image_shape, num_classes, num_batches = (8, 8, 3), 10, 3
 
     def batches(self, epoch):
         rng = np.random.default_rng(0)
         for _ in range(self.num_batches):
-            yield (rng.normal(size=(8, 8, 8, 3)).astype(np.float32) * 2,
-                   rng.integers(0, 10, 8).astype(np.int32))
+            yield (
+                rng.normal(size=(8, 8, 8, 3)).astype(np.float32) * 2,
+                rng.integers(0, 10, 8).astype(np.int32),
+            )
 
     def normalise_np(self, x):
         return x
@@ -189,12 +223,28 @@ def test_the_gpu_settings_train_on_cpu_with_float32_gates(tmp_path):
     import tensorflow as tf
 
     from epsresnet_tf import layers as L
-    cfg = resolve_config({"arch": "cifar-basic-8", "epochs": 2, "batch_size": 8, "val_steps": 0,
-                          "histogram_every": 0, "epsilon": 0.5, "mixed_precision": True,
-                          "xla": True, "lr_schedule": [[0, 0.02]]})
+
+    cfg = resolve_config(
+        {
+            "arch": "cifar-basic-8",
+            "epochs": 2,
+            "batch_size": 8,
+            "val_steps": 0,
+            "histogram_every": 0,
+            "epsilon": 0.5,
+            "mixed_precision": True,
+            "xla": True,
+            "lr_schedule": [[0, 0.02]],
+        }
+    )
     try:
-        result = run_training(cfg, tmp_path / "gpu-settings", sources=(_Synthetic(), None),
-                              strategy=tf.distribute.get_strategy(), verbose=0)
+        result = run_training(
+            cfg,
+            tmp_path / "gpu-settings",
+            sources=(_Synthetic(), None),
+            strategy=tf.distribute.get_strategy(),
+            verbose=0,
+        )
         assert result["status"] == "done"
         rows = result["history"]
         assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
@@ -205,8 +255,10 @@ def test_the_gpu_settings_train_on_cpu_with_float32_gates(tmp_path):
         # the gate computes T in float32 (test_layers checks the arithmetic); its ε and
         # monitors are float32 variables, and they moved during the mixed-precision run
         assert gates and all(g.epsilon.dtype == g.gate_value.dtype == "float32" for g in gates)
-        assert all(np.isfinite(float(g.response_max.numpy())) and float(g.response_max.numpy()) > 0
-                   for g in gates)
+        assert all(
+            np.isfinite(float(g.response_max.numpy())) and float(g.response_max.numpy()) > 0
+            for g in gates
+        )
         assert model.get_layer("logits").compute_dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -214,8 +266,10 @@ def test_the_gpu_settings_train_on_cpu_with_float32_gates(tmp_path):
 
 # --- epochs as tensorpack counted them (docs/semantics.md §6) -------------------
 
+
 class Counted:
     """Batches that say which pass and index they are: image value = 100·pass + index."""
+
     image_shape, num_batches = (1, 1, 1), 3
 
     def batches(self, data_pass):
@@ -228,6 +282,7 @@ class Counted:
 
 def stream(start, end, steps):
     from epsresnet_tf.train.loop import epochs_dataset
+
     return [int(x[0, 0, 0, 0]) for x, _ in epochs_dataset(Counted(), start, end, steps, 2)]
 
 
@@ -245,7 +300,7 @@ def test_epoch_steps_count_one_batch_per_gpu_per_step():
     from epsresnet_tf.train.loop import epoch_steps
 
     class Split:
-        shard_size, num_batches = 50000, 50000 // 256   # built with the global batch
+        shard_size, num_batches = 50000, 50000 // 256  # built with the global batch
 
     cifar = {"steps_per_epoch": None, "batch_per": "replica", "batch_size": 128}
     # tensorpack: dataflow.size() = 50000 // 128 steps, whatever the GPU count
@@ -262,11 +317,27 @@ def test_gate_group_reaches_the_gates_and_batchnorm(tmp_path, ghost_bn):
     import tensorflow as tf
 
     from epsresnet_tf import layers as L
-    cfg = resolve_config({"arch": "cifar-basic-8", "epochs": 1, "batch_size": 8, "val_steps": 0,
-                          "histogram_every": 0, "epsilon": 0.5, "gate_group": 4,
-                          "ghost_bn": ghost_bn, "lr_schedule": [[0, 0.02]]})
-    result = run_training(cfg, tmp_path / "groups", sources=(_Synthetic(), None),
-                          strategy=tf.distribute.get_strategy(), verbose=0)
+
+    cfg = resolve_config(
+        {
+            "arch": "cifar-basic-8",
+            "epochs": 1,
+            "batch_size": 8,
+            "val_steps": 0,
+            "histogram_every": 0,
+            "epsilon": 0.5,
+            "gate_group": 4,
+            "ghost_bn": ghost_bn,
+            "lr_schedule": [[0, 0.02]],
+        }
+    )
+    result = run_training(
+        cfg,
+        tmp_path / "groups",
+        sources=(_Synthetic(), None),
+        strategy=tf.distribute.get_strategy(),
+        verbose=0,
+    )
     assert result["status"] == "done"
     model = keras.saving.load_model(tmp_path / "groups" / "model.keras")
     gates = [g for g in L.gate_layers(model) if isinstance(g, L.EpsilonGate)]

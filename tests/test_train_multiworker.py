@@ -10,6 +10,7 @@ mean-aggregated monitor variables are then the single device's up to float round
 convolutions over batches of 4 rather than 8. So weights, optimizer slots, moving averages
 and every history value must agree to 1e-5; the lr, ε and step must agree exactly (they
 include an adaptive lr reset driven by the discarded counts and the ε warm-up)."""
+
 import json
 import os
 import socket
@@ -42,8 +43,13 @@ def start(name, mode, tmp_path, env):
     """A worker process; its output goes to files (pipes could fill up and stall it)."""
     log = open(tmp_path / f"{name}.log", "w")
     with log:
-        return subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), mode], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), str(tmp_path), mode],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def result_of(name, proc, tmp_path):
@@ -51,7 +57,7 @@ def result_of(name, proc, tmp_path):
     out = (tmp_path / f"{name}.log").read_text()
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     assert rc == 0 and lines, f"{name}: rc {rc}\n{out[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_two_workers_on_localhost_agree_with_single_device(tmp_path):
@@ -63,10 +69,13 @@ def test_two_workers_on_localhost_agree_with_single_device(tmp_path):
     try:
         procs["single"] = start("single", "single", tmp_path, env)
         for i in range(2):
-            tmp = tmp_path / f"tmp{i}"     # where a non-chief worker writes its own folder
+            tmp = tmp_path / f"tmp{i}"  # where a non-chief worker writes its own folder
             tmp.mkdir()
-            wenv = dict(env, TMPDIR=str(tmp), TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            wenv = dict(
+                env,
+                TMPDIR=str(tmp),
+                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            )
             procs[f"worker{i}"] = start(f"worker{i}", "worker", tmp_path, wenv)
         results = {name: result_of(name, p, tmp_path) for name, p in procs.items()}
     finally:
@@ -77,7 +86,7 @@ def test_two_workers_on_localhost_agree_with_single_device(tmp_path):
 
     single, w0, w1 = results["single"], results["worker0"], results["worker1"]
     assert w0["status"] == w1["status"] == single["status"] == "done"
-    assert w0["history"] == w1["history"]            # the workers agree bit for bit
+    assert w0["history"] == w1["history"]  # the workers agree bit for bit
     assert w0["run_dir"] == w1["run_dir"] == str(tmp_path / "multi")
 
     # the run folder is the chief's; worker 1 wrote (and removed) a temporary one
@@ -101,8 +110,15 @@ def test_two_workers_on_localhost_agree_with_single_device(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r1, r2 in zip(hist, rows):
         assert (r1["lr"], r1["epsilon"], r1["step"]) == (r2["lr"], r2["epsilon"], r2["step"])
-        for key in ("loss", "xent", "train_error", "train_side_error", "val_loss", "val_error",
-                    "discarded_count"):
+        for key in (
+            "loss",
+            "xent",
+            "train_error",
+            "train_side_error",
+            "val_loss",
+            "val_error",
+            "discarded_count",
+        ):
             worst = max(worst, abs(r1[key] - r2[key]))
             assert abs(r1[key] - r2[key]) <= 1e-5, (r1["epoch"], key, r1[key], r2[key])
         for bid, entry in r1["blocks"].items():

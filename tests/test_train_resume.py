@@ -1,5 +1,6 @@
 """Kill -9 in the middle of a run, then resume: the final weights (and optimizer slots,
 moving averages), history and learning-rate trajectory equal an uninterrupted run's."""
+
 import json
 import os
 import signal
@@ -12,10 +13,18 @@ import pytest
 
 from epsresnet_tf.runfolder import RunFolder
 
-RECIPE = {"arch": "cifar-basic-8", "epochs": 4, "batch_size": 16, "steps_per_epoch": 5,
-          "val_steps": 1, "epsilon": 1.0, "deterministic": True, "histogram_every": 0,
-          "lr_schedule": [[0, 0.1], [1, 0.05], [3, 0.01]],
-          "adaptive_schedule": [[0, 0.08], [1, 0.03]]}
+RECIPE = {
+    "arch": "cifar-basic-8",
+    "epochs": 4,
+    "batch_size": 16,
+    "steps_per_epoch": 5,
+    "val_steps": 1,
+    "epsilon": 1.0,
+    "deterministic": True,
+    "histogram_every": 0,
+    "lr_schedule": [[0, 0.1], [1, 0.05], [3, 0.01]],
+    "adaptive_schedule": [[0, 0.08], [1, 0.03]],
+}
 
 SCRIPT = """
 import json, sys
@@ -28,9 +37,13 @@ run_training(cfg, sys.argv[2], sys.argv[3], verbose=0)
 
 def start(run_dir, data_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(RECIPE), str(run_dir),
-                             str(data_dir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(RECIPE), str(run_dir), str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def final_state(run_dir):
@@ -65,8 +78,10 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shared_data)
     b_arrays, b_state, b_rows = final_state(killed_dir)
     assert a_state["epoch"] == b_state["epoch"] == 4
     assert len(a_arrays) == len(b_arrays)
-    diff = max(float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0
-               for x, y in zip(a_arrays, b_arrays))
+    diff = max(
+        float(np.max(np.abs(x.astype(np.float64) - y))) if x.size else 0.0
+        for x, y in zip(a_arrays, b_arrays)
+    )
     assert diff <= 1e-5
     assert a_state["lr_schedule"] == b_state["lr_schedule"]
     assert [r["lr"] for r in a_rows] == [r["lr"] for r in b_rows]

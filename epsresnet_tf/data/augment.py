@@ -42,6 +42,7 @@ Validation resize is bilinear, as their ``ResizeShortestEdge(256)``.
 ``reseed(aug, key)`` gives every augmentor in the tree its own ``RandomState`` derived from
 `key` (e.g. (seed, epoch, batch)), which is what makes the pipeline deterministic.
 """
+
 import cv2
 import numpy as np
 from tensorpack.dataflow import imgaug
@@ -52,9 +53,10 @@ from tensorpack.dataflow.imgaug.transform import CropTransform, ResizeTransform,
 
 # AlexNet's PCA lighting noise (fb.resnet.torch), RGB order, for pixels in [0, 255].
 IMAGENET_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], dtype=np.float32) * 255.0
-IMAGENET_EIGVEC = np.asarray([[-0.5675, 0.7192, 0.4009],
-                              [-0.5808, -0.0045, -0.8140],
-                              [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
+IMAGENET_EIGVEC = np.asarray(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
+    dtype=np.float32,
+)
 
 SVHN_DEFORM_ANCHORS = [(0.2, 0.2), (0.2, 0.8), (0.8, 0.8), (0.8, 0.2)]
 
@@ -96,7 +98,7 @@ class CenterPasteFloat(imgaug.CenterPaste):
         value = getattr(self.background_filler, "value", 0)
         background = np.zeros((bh, bw) + img.shape[2:], np.float64) + value
         y0, x0 = int((bh - h) * 0.5), int((bw - w) * 0.5)
-        background[y0:y0 + h, x0:x0 + w] = img
+        background[y0 : y0 + h, x0 : x0 + w] = img
         return background
 
 
@@ -126,8 +128,12 @@ class RandomAreaCropResize(imgaug.GoogleNetRandomCropAndResize):
     """
 
     def __init__(self, target_shape=224):
-        super().__init__(crop_area_fraction=(0.08, 1.0), aspect_ratio_range=(0.75, 1.333),
-                         target_shape=target_shape, interp=cv2.INTER_CUBIC)
+        super().__init__(
+            crop_area_fraction=(0.08, 1.0),
+            aspect_ratio_range=(0.75, 1.333),
+            target_shape=target_shape,
+            interp=cv2.INTER_CUBIC,
+        )
 
     def get_transform(self, img):
         h, w = img.shape[:2]
@@ -142,28 +148,31 @@ class RandomAreaCropResize(imgaug.GoogleNetRandomCropAndResize):
             if 0 < hh <= h and 0 < ww <= w:
                 x1 = 0 if w == ww else self.rng.randint(0, w - ww)
                 y1 = 0 if h == hh else self.rng.randint(0, h - hh)
-                return imgaug.TransformList([
-                    CropTransform(y1, x1, hh, ww),
-                    ResizeTransform(hh, ww, self.target_shape, self.target_shape, self.interp)])
+                return imgaug.TransformList(
+                    [
+                        CropTransform(y1, x1, hh, ww),
+                        ResizeTransform(hh, ww, self.target_shape, self.target_shape, self.interp),
+                    ]
+                )
         return ResizeTransform(h, w, self.target_shape, self.target_shape, self.interp)
 
 
 def cifar_train():
     # uint8 paste: with nothing photometric after it, 0.2.0's float64 canvas gives the same
     # pixel values (and the uint8 batches are 8x cheaper to hand to TF).
-    return [imgaug.CenterPaste((40, 40)),
-            RandomCrop020((32, 32)),
-            imgaug.Flip(horiz=True)]
+    return [imgaug.CenterPaste((40, 40)), RandomCrop020((32, 32)), imgaug.Flip(horiz=True)]
 
 
 def svhn_train():
     # Float canvas as 0.2.0: Brightness/Contrast (clip=True, their default in 0.2.0 too)
     # clip to [0, 255] but keep fractional values; nothing is truncated to uint8.
-    return [CenterPasteFloat((40, 40)),
-            imgaug.Brightness(10),
-            imgaug.Contrast((0.8, 1.2)),
-            GaussianDeform(SVHN_DEFORM_ANCHORS, (40, 40), 0.2, 3),
-            RandomCrop020((32, 32))]
+    return [
+        CenterPasteFloat((40, 40)),
+        imgaug.Brightness(10),
+        imgaug.Contrast((0.8, 1.2)),
+        GaussianDeform(SVHN_DEFORM_ANCHORS, (40, 40), 0.2, 3),
+        RandomCrop020((32, 32)),
+    ]
 
 
 def imagenet_train(saturation="clip"):
@@ -171,27 +180,34 @@ def imagenet_train(saturation="clip"):
     # back to uint8 (clip to [0, 255], then truncate), whatever clip= says; Clip() and
     # ToUint8() are then no-ops, kept because they are in the authors' list.
     if saturation not in SATURATION_MODES:
-        raise ValueError(f"imagenet_saturation must be one of {SATURATION_MODES}, "
-                         f"not {saturation!r}")
+        raise ValueError(
+            f"imagenet_saturation must be one of {SATURATION_MODES}, not {saturation!r}"
+        )
     # clip=False as in 0.2.0 (no clip argument there; only uint8 input was clipped). On our
     # uint8 images 0.11's Saturation still clips; SaturationWrap wraps as 0.2.0 did.
-    sat = (SaturationWrap(0.4, rgb=True, clip=False) if saturation == "authors-wrap"
-           else imgaug.Saturation(0.4, rgb=True, clip=False))
-    return [RandomAreaCropResize(224),
-            imgaug.RandomOrderAug([
+    sat = (
+        SaturationWrap(0.4, rgb=True, clip=False)
+        if saturation == "authors-wrap"
+        else imgaug.Saturation(0.4, rgb=True, clip=False)
+    )
+    return [
+        RandomAreaCropResize(224),
+        imgaug.RandomOrderAug(
+            [
                 imgaug.Brightness(30, clip=False),
                 imgaug.Contrast((0.8, 1.2), clip=False),
                 sat,
-                imgaug.Lighting(0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC,
-                                clip=False)]),
-            imgaug.Clip(),
-            imgaug.Flip(horiz=True),
-            imgaug.ToUint8()]
+                imgaug.Lighting(0.1, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC, clip=False),
+            ]
+        ),
+        imgaug.Clip(),
+        imgaug.Flip(horiz=True),
+        imgaug.ToUint8(),
+    ]
 
 
 def imagenet_val():
-    return [imgaug.ResizeShortestEdge(256),
-            imgaug.CenterCrop((224, 224))]
+    return [imgaug.ResizeShortestEdge(256), imgaug.CenterCrop((224, 224))]
 
 
 def augmentor_list(name: str, train: bool, imagenet_saturation: str = "clip"):
@@ -199,13 +215,14 @@ def augmentor_list(name: str, train: bool, imagenet_saturation: str = "clip"):
     ``AugmentorList``, or None for identity. `imagenet_saturation`: "clip" (default) or
     "authors-wrap" (0.2.0's uint8 overflow), for datasets with that quirk."""
     from epsresnet_tf.data import datasets
+
     try:
         ds = datasets.get(name)
     except Exception:
         raise ValueError(name) from None
     builder = ds.train_augmentors if train else ds.eval_augmentors
     if builder is None:
-        return None     # e.g. CIFAR/SVHN evaluation, MNIST and digits (raw pixels)
+        return None  # e.g. CIFAR/SVHN evaluation, MNIST and digits (raw pixels)
     # the saturation quirk is a training augmentor's (ImageNet's colour jitter)
     kwargs = {"saturation": imagenet_saturation} if train and "saturation" in ds.quirks else {}
     augs = BUILDERS[builder](**kwargs)
@@ -213,15 +230,19 @@ def augmentor_list(name: str, train: bool, imagenet_saturation: str = "clip"):
 
 
 #: The list builders a dataset description may name.
-BUILDERS = {"cifar_train": cifar_train, "svhn_train": svhn_train,
-            "imagenet_train": imagenet_train, "imagenet_val": imagenet_val}
+BUILDERS = {
+    "cifar_train": cifar_train,
+    "svhn_train": svhn_train,
+    "imagenet_train": imagenet_train,
+    "imagenet_val": imagenet_val,
+}
 
 
 def _walk(aug):
     yield aug
-    for attr in ("augmentors", "aug_lists"):       # AugmentorList, RandomOrderAug/ChooseAug
+    for attr in ("augmentors", "aug_lists"):  # AugmentorList, RandomOrderAug/ChooseAug
         for child in getattr(aug, attr, None) or ():
-            if isinstance(child, (list, tuple)):   # RandomChooseAug may hold (aug, prob)
+            if isinstance(child, (list, tuple)):  # RandomChooseAug may hold (aug, prob)
                 child = child[0]
             yield from _walk(child)
     if isinstance(getattr(aug, "aug", None), imgaug.ImageAugmentor):  # RandomApplyAug
@@ -246,6 +267,16 @@ def augment_image(aug, img):
     return out
 
 
-__all__ = ["augmentor_list", "BUILDERS", "reseed", "augment_image", "RandomAreaCropResize",
-           "RandomCrop020", "CenterPasteFloat", "SaturationWrap", "SATURATION_MODES",
-           "IMAGENET_EIGVAL", "IMAGENET_EIGVEC"]
+__all__ = [
+    "augmentor_list",
+    "BUILDERS",
+    "reseed",
+    "augment_image",
+    "RandomAreaCropResize",
+    "RandomCrop020",
+    "CenterPasteFloat",
+    "SaturationWrap",
+    "SATURATION_MODES",
+    "IMAGENET_EIGVAL",
+    "IMAGENET_EIGVEC",
+]

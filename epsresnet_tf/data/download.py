@@ -13,6 +13,7 @@ from their official sites, verified by MD5.
 ImageNet and MNIST are not fetched (ImageNet needs a login; MNIST's host is unreliable):
 ``data/README.md`` says where to put them.
 """
+
 import argparse
 import contextlib
 import hashlib
@@ -56,8 +57,10 @@ def _fetch(url, dest, md5, timeout):
     got = md5sum(part)
     if got != md5:
         part.unlink(missing_ok=True)
-        raise UserError(f"{url} downloaded with MD5 {got}, expected {md5}; try again or "
-                        f"download it by hand to {dest}")
+        raise UserError(
+            f"{url} downloaded with MD5 {got}, expected {md5}; try again or "
+            f"download it by hand to {dest}"
+        )
     os.replace(part, dest)  # atomic: the target only ever appears complete
 
 
@@ -86,8 +89,10 @@ def fetch(name: str, data_dir, *, timeout: float = 30, sources: dict = None) -> 
     """Ensure dataset `name` is under `data_dir`; returns the list of paths verified/fetched."""
     sources = (sources or SOURCES).get(name)
     if sources is None:
-        raise UserError(f"cannot download {name!r}: only {', '.join(SOURCES)} are fetched; "
-                        "see data/README.md for the others")
+        raise UserError(
+            f"cannot download {name!r}: only {', '.join(SOURCES)} are fetched; "
+            "see data/README.md for the others"
+        )
     root = Path(data_dir)
     done, created = [], []
     try:
@@ -102,23 +107,27 @@ def fetch(name: str, data_dir, *, timeout: float = 30, sources: dict = None) -> 
             if target.exists():
                 got = md5sum(target)
                 if got != md5:
-                    raise UserError(f"{target} exists with MD5 {got}, expected {md5}; it is "
-                                    "not replaced: delete it to download it again")
+                    raise UserError(
+                        f"{target} exists with MD5 {got}, expected {md5}; it is "
+                        "not replaced: delete it to download it again"
+                    )
                 print(f"{name}: {target} verified")
             else:
                 print(f"{name}: downloading {url}")
                 try:
                     _fetch(url, target, md5, timeout)
                 except Unreachable as err:
-                    raise UserError(f"{err}; no network? download by hand and put "
-                                    f"{_by_hand(sources, root)}, then run this again") from None
+                    raise UserError(
+                        f"{err}; no network? download by hand and put "
+                        f"{_by_hand(sources, root)}, then run this again"
+                    ) from None
             if extracted:
                 _extract(target, root, extracted)
                 done.append(root / extracted)
             else:
                 done.append(target)
     except BaseException:
-        for folder in created:        # deepest first; only the ones still empty
+        for folder in created:  # deepest first; only the ones still empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
@@ -134,17 +143,23 @@ def _extract(archive, root, folder):
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, OSError, EOFError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"cannot extract {archive} ({err}); delete it and download it again") from err
+        raise UserError(
+            f"cannot extract {archive} ({err}); delete it and download it again"
+        ) from err
     os.replace(tmp / folder, root / folder)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m epsresnet_tf.data.download",
-                                 description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m epsresnet_tf.data.download", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("dataset", choices=sorted(SOURCES))
-    ap.add_argument("--data-dir", default=default_data_dir(),
-                    help="data root (default: $EPSRESNET_DATA or ./data)")
+    ap.add_argument(
+        "--data-dir",
+        default=default_data_dir(),
+        help="data root (default: $EPSRESNET_DATA or ./data)",
+    )
     ap.add_argument("--timeout", type=float, default=30)
     args = ap.parse_args(argv)
     try:

@@ -85,6 +85,7 @@ undecodable, the pipeline raises :class:`TooManyBadImages` (a ``UserError``).
 ``Pipeline.failure``; wrap the loop that consumes its dataset in
 ``with user_errors_from(pipe): ...`` to get the one-line ``UserError`` back.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,6 +116,7 @@ def user_errors_from(*pipes: Any) -> Iterator:
     """Re-raise the ``UserError`` that stopped one of `pipes` inside ``tf.data`` (which
     reports it as an ``OpError`` with a traceback) as itself, so the CLI prints one line."""
     import tensorflow as tf
+
     try:
         yield
     except tf.errors.OpError:
@@ -136,8 +138,9 @@ class EpochReport:
 _MEAN_CACHE = {}
 
 
-def mean_image(name: str, data_dir: Any, mean: str = "train+test",
-               label: str = "fine") -> np.ndarray:
+def mean_image(
+    name: str, data_dir: Any, mean: str = "train+test", label: str = "fine"
+) -> np.ndarray:
     """Per-pixel mean (H, W, C) float32 over the splits the description's mean rule names
     for `mean`: train+test (default, as tensorpack's ``get_per_pixel_mean``) or train."""
     if mean not in MEAN_MODES:
@@ -150,8 +153,8 @@ def mean_image(name: str, data_dir: Any, mean: str = "train+test",
         total, count = None, 0
         for s in ds.mean_splits[mean]:
             imgs = ds.read(ds.split(s), data_dir, label=label).images
-            for i in range(0, len(imgs), 8192):   # chunked: SVHN train+extra is 1.9 GB
-                part = imgs[i:i + 8192].sum(axis=0, dtype=np.float64)
+            for i in range(0, len(imgs), 8192):  # chunked: SVHN train+extra is 1.9 GB
+                part = imgs[i : i + 8192].sum(axis=0, dtype=np.float64)
                 total = part if total is None else total + part
             count += len(imgs)
         _MEAN_CACHE[key] = (total / count).astype(np.float32)
@@ -170,25 +173,50 @@ def _decode(path):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _check_options(channel_order, saturation, batch_size, num_shards, shard_index):
+    """UserError for an unknown ImageNet channel order or saturation mode, a batch size
+    below 1 or a shard index outside [0, num_shards)."""
+    if channel_order not in CHANNEL_ORDERS:
+        raise UserError(
+            f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, not {channel_order!r}"
+        )
+    if saturation not in augment.SATURATION_MODES:
+        raise UserError(
+            f"imagenet_saturation must be one of {augment.SATURATION_MODES}, not {saturation!r}"
+        )
+    if batch_size < 1:
+        raise UserError(f"batch size must be positive, got {batch_size}")
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"shard index {shard_index} is not in [0, {num_shards})")
+
+
 class Pipeline:
     """One dataset split with its augmentation, batching, sharding and seeding; see module doc."""
 
-    def __init__(self, name, split, data_dir, batch_size, *, train, seed, num_shards=1,
-                 shard_index=0, drop_remainder=None, mean="train+test", workers=0, label="fine",
-                 imagenet_channel_order="rgb", imagenet_saturation="clip"):
+    def __init__(
+        self,
+        name,
+        split,
+        data_dir,
+        batch_size,
+        *,
+        train,
+        seed,
+        num_shards=1,
+        shard_index=0,
+        drop_remainder=None,
+        mean="train+test",
+        workers=0,
+        label="fine",
+        imagenet_channel_order="rgb",
+        imagenet_saturation="clip",
+    ):
         ds = self.description = datasets.get(name)
-        if imagenet_channel_order not in CHANNEL_ORDERS:
-            raise UserError(f"imagenet_channel_order must be one of {CHANNEL_ORDERS}, "
-                            f"not {imagenet_channel_order!r}")
-        if imagenet_saturation not in augment.SATURATION_MODES:
-            raise UserError(f"imagenet_saturation must be one of {augment.SATURATION_MODES}, "
-                            f"not {imagenet_saturation!r}")
+        _check_options(
+            imagenet_channel_order, imagenet_saturation, batch_size, num_shards, shard_index
+        )
         # Only datasets with these quirks (ImageNet) use them; others ignore them.
         self.channel_order = imagenet_channel_order if "channel_order" in ds.quirks else "rgb"
-        if batch_size < 1:
-            raise UserError(f"batch size must be positive, got {batch_size}")
-        if not 0 <= shard_index < num_shards:
-            raise UserError(f"shard index {shard_index} is not in [0, {num_shards})")
         self.name, self.split, self.train, self.seed = name, split, bool(train), int(seed)
         self.batch_size, self.num_shards, self.shard_index = batch_size, num_shards, shard_index
         self.drop_remainder = self.train if drop_remainder is None else bool(drop_remainder)
@@ -198,23 +226,33 @@ class Pipeline:
         self.source = ds.read(split, data_dir, label=label)
         self.num_classes = self.source.num_classes
         self.image_shape = ds.image_shape
-        self.augmentors = augment.augmentor_list(name, self.train,
-                                                 imagenet_saturation=imagenet_saturation)
+        self.augmentors = augment.augmentor_list(
+            name, self.train, imagenet_saturation=imagenet_saturation
+        )
         self.mean = mean_image(name, data_dir, mean, label) if ds.has_mean_image else None
         # Raw dtype handed from the workers on (SVHN's float canvas yields floats).
         self.raw_dtype = ds.raw_dtype(self.train)
         self.reports = []
-        self.failure = None   # the UserError that stopped the last epoch, if any
-        n = len(self.source)
-        self.shard_size = (n // num_shards if self.train
-                           else len(range(shard_index, n, num_shards)))
+        self.failure = None  # the UserError that stopped the last epoch, if any
+        self._count_batches()
+
+    def _count_batches(self):
+        """Set shard_size and num_batches from the source's length; UserError when the shard
+        makes no batch."""
+        n, num_shards, batch_size = len(self.source), self.num_shards, self.batch_size
+        if self.train:
+            self.shard_size = n // num_shards
+        else:
+            self.shard_size = len(range(self.shard_index, n, num_shards))
         if self.drop_remainder:
             self.num_batches = self.shard_size // batch_size
         else:
             self.num_batches = -(-self.shard_size // batch_size)
         if self.num_batches == 0:
-            raise UserError(f"{name} {split}: {self.shard_size} images per shard make no "
-                            f"batch of {batch_size}")
+            raise UserError(
+                f"{self.name} {self.split}: {self.shard_size} images per shard make no batch "
+                f"of {batch_size}"
+            )
 
     def __len__(self):
         return self.num_batches
@@ -225,24 +263,25 @@ class Pipeline:
         n = len(self.source)
         if self.train:
             idx = np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(n)
-            idx = idx[:n - n % self.num_shards]
+            idx = idx[: n - n % self.num_shards]
         else:
             idx = np.arange(n)
-        return idx[self.shard_index::self.num_shards]
+        return idx[self.shard_index :: self.num_shards]
 
     def _jobs(self, epoch, start_batch):
         idx = self.order(epoch)
         for b in range(start_batch, self.num_batches):
-            yield (int(epoch), b, idx[b * self.batch_size:(b + 1) * self.batch_size])
+            yield (int(epoch), b, idx[b * self.batch_size : (b + 1) * self.batch_size])
 
     # -- the work of one job (runs in a worker process when workers > 0) ---------------
     def process(self, job):
         epoch, b, idx = job
-        if idx is None or len(idx) == 0:          # padding job (see _run_parallel)
+        if idx is None or len(idx) == 0:  # padding job (see _run_parallel)
             return (epoch, b, None, None, [])
         if self.augmentors is not None:
-            augment.reseed(self.augmentors, (self.seed, epoch, self.shard_index,
-                                             self.num_shards, b))
+            augment.reseed(
+                self.augmentors, (self.seed, epoch, self.shard_index, self.num_shards, b)
+            )
         out, labels, bad = [], [], []
         src = self.source
         for i in idx:
@@ -264,6 +303,7 @@ class Pipeline:
     # -- running the jobs --------------------------------------------------------------
     def _run_serial(self, epoch, start_batch):
         from tensorpack.dataflow import DataFromGenerator, MapData
+
         df = MapData(DataFromGenerator(lambda: self._jobs(epoch, start_batch)), self.process)
         df.reset_state()
         yield from df
@@ -279,9 +319,12 @@ class Pipeline:
             while True:
                 yield (int(epoch), -1, None)
 
-        df = MultiProcessMapDataZMQ(DataFromGenerator(jobs), num_proc=self.workers,
-                                    map_func=self.process,
-                                    buffer_size=max(4, 3 * self.workers))
+        df = MultiProcessMapDataZMQ(
+            DataFromGenerator(jobs),
+            num_proc=self.workers,
+            map_func=self.process,
+            buffer_size=max(4, 3 * self.workers),
+        )
         df.reset_state()
         try:
             pending, want = {}, start_batch
@@ -313,12 +356,18 @@ class Pipeline:
         except UserError as err:
             self.failure = err
             raise
-        finally:    # also when the consumer stops early: the report is per epoch served
+        finally:  # also when the consumer stops early: the report is per epoch served
             self.reports.append(report)
             if report.skipped:
-                log.warning("%s %s epoch %d: skipped %d undecodable image(s) of %d: %s",
-                            self.name, self.split, epoch, report.skipped, report.seen,
-                            ", ".join(report.skipped_paths[:5]))
+                log.warning(
+                    "%s %s epoch %d: skipped %d undecodable image(s) of %d: %s",
+                    self.name,
+                    self.split,
+                    epoch,
+                    report.skipped,
+                    report.seen,
+                    ", ".join(report.skipped_paths[:5]),
+                )
 
     def _rebatched(self, epoch, start_batch, report):
         limit = MAX_BAD_FRACTION * self.shard_size
@@ -334,17 +383,18 @@ class Pipeline:
                     raise TooManyBadImages(
                         f"{self.name} {self.split} epoch {epoch}: {report.skipped} undecodable "
                         f"images (over {MAX_BAD_FRACTION:.1%} of {self.shard_size}), e.g. "
-                        f"{bad[0]}; replace or remove them")
+                        f"{bad[0]}; replace or remove them"
+                    )
             if not bad and not carry_x and len(labels) == self.batch_size:
-                yield images, labels        # the common case: the job is the batch
+                yield images, labels  # the common case: the job is the batch
                 continue
             carry_x.append(images)
             carry_y.append(labels)
             have += len(labels)
             while have >= self.batch_size:
                 x, y = np.concatenate(carry_x), np.concatenate(carry_y)
-                yield x[:self.batch_size], y[:self.batch_size]
-                carry_x, carry_y = [x[self.batch_size:]], [y[self.batch_size:]]
+                yield x[: self.batch_size], y[: self.batch_size]
+                carry_x, carry_y = [x[self.batch_size :]], [y[self.batch_size :]]
                 have -= self.batch_size
         if have and not self.drop_remainder:
             yield np.concatenate(carry_x), np.concatenate(carry_y)
@@ -358,41 +408,80 @@ class Pipeline:
         starting at batch `start_batch` of the first one (:func:`stream_dataset`)."""
         first = int(epoch) * self.num_batches + int(start_batch)
         stop = None if epochs is None else (int(epoch) + int(epochs)) * self.num_batches
-        return stream_dataset(self, first, stop,
-                              self.batch_size if self.drop_remainder else None)
+        return stream_dataset(self, first, stop, self.batch_size if self.drop_remainder else None)
 
 
-def make_pipeline(name: str, split: str, data_dir: Any = None, batch_size: int = 128, *,
-                  train: bool, seed: int = 0, num_shards: int = 1, shard_index: int = 0,
-                  drop_remainder: Optional[bool] = None, mean: str = "train+test",
-                  workers: int = 0, label: str = "fine", imagenet_channel_order: str = "rgb",
-                  imagenet_saturation: str = "clip") -> Pipeline:
+def make_pipeline(
+    name: str,
+    split: str,
+    data_dir: Any = None,
+    batch_size: int = 128,
+    *,
+    train: bool,
+    seed: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    drop_remainder: Optional[bool] = None,
+    mean: str = "train+test",
+    workers: int = 0,
+    label: str = "fine",
+    imagenet_channel_order: str = "rgb",
+    imagenet_saturation: str = "clip",
+) -> Pipeline:
     """Build a :class:`Pipeline` (reads the split now, so missing files fail here);
     `data_dir` None is :func:`readers.default_data_dir`."""
-    return Pipeline(name, split, data_dir, batch_size, train=train, seed=seed,
-                    num_shards=num_shards, shard_index=shard_index,
-                    drop_remainder=drop_remainder, mean=mean, workers=workers, label=label,
-                    imagenet_channel_order=imagenet_channel_order,
-                    imagenet_saturation=imagenet_saturation)
+    return Pipeline(
+        name,
+        split,
+        data_dir,
+        batch_size,
+        train=train,
+        seed=seed,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        drop_remainder=drop_remainder,
+        mean=mean,
+        workers=workers,
+        label=label,
+        imagenet_channel_order=imagenet_channel_order,
+        imagenet_saturation=imagenet_saturation,
+    )
 
 
-def make_sources(name: str, data_dir: Any, batch_size: int, *, seed: int = 0,
-                 mean: str = "train+test", workers: int = 0, evaluate: bool = True,
-                 imagenet_channel_order: str = "rgb",
-                 imagenet_saturation: str = "clip") -> tuple:
+def make_sources(
+    name: str,
+    data_dir: Any,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    mean: str = "train+test",
+    workers: int = 0,
+    evaluate: bool = True,
+    imagenet_channel_order: str = "rgb",
+    imagenet_saturation: str = "clip",
+) -> tuple:
     """(training pipeline, evaluation pipeline or None) of dataset `name`: its description's
     training split augmented and shuffled, its evaluation split in file order."""
     ds = datasets.get(name)
-    options = dict(seed=seed, mean=mean, imagenet_channel_order=imagenet_channel_order,
-                   imagenet_saturation=imagenet_saturation)
-    train = make_pipeline(name, ds.train_split, data_dir, batch_size, train=True,
-                          workers=workers, **options)
-    val = (make_pipeline(name, ds.eval_split, data_dir, batch_size, train=False, **options)
-           if evaluate else None)
+    options = dict(
+        seed=seed,
+        mean=mean,
+        imagenet_channel_order=imagenet_channel_order,
+        imagenet_saturation=imagenet_saturation,
+    )
+    train = make_pipeline(
+        name, ds.train_split, data_dir, batch_size, train=True, workers=workers, **options
+    )
+    val = (
+        make_pipeline(name, ds.eval_split, data_dir, batch_size, train=False, **options)
+        if evaluate
+        else None
+    )
     return train, val
 
 
 # --- the one path to tf.data ------------------------------------------------------------
+
 
 def _batches_from(source: Any, data_pass: int, index: int) -> Iterator:
     """`source`'s batches of one pass over the data from batch `index` on."""
@@ -400,12 +489,13 @@ def _batches_from(source: Any, data_pass: int, index: int) -> Iterator:
         return source.batches(data_pass)
     try:
         return source.batches(data_pass, start_batch=index)
-    except TypeError:   # a source without start_batch (tests' synthetic ones)
+    except TypeError:  # a source without start_batch (tests' synthetic ones)
         return itertools.islice(source.batches(data_pass), index, None)
 
 
-def pass_batches(source: Any, data_pass: int, start: int = 0,
-                 stop: Optional[int] = None) -> Iterator:
+def pass_batches(
+    source: Any, data_pass: int, start: int = 0, stop: Optional[int] = None
+) -> Iterator:
     """Normalised (images, int32 labels) numpy batches [start, stop) of pass `data_pass`
     over `source` (stop None: to the end of the pass)."""
     batches = _batches_from(source, data_pass, start)
@@ -423,13 +513,14 @@ def stream_batches(source: Any, first: int, stop: Optional[int]) -> Iterator:
     position = first
     data_pass, index = divmod(first, source.num_batches)
     while stop is None or position < stop:
-        end = source.num_batches if stop is None else min(source.num_batches,
-                                                          index + stop - position)
+        end = (
+            source.num_batches if stop is None else min(source.num_batches, index + stop - position)
+        )
         before = position
         for batch in pass_batches(source, data_pass, index, end):
             yield batch
             position += 1
-        if position == before:      # an empty pass: nothing more will come
+        if position == before:  # an empty pass: nothing more will come
             return
         data_pass, index = data_pass + 1, 0
 
@@ -439,17 +530,22 @@ def stream_dataset(source: Any, first: int, stop: Optional[int], batch: Optional
     None where the last batch may be short), int32 labels; not sharded again by
     tf.distribute (we shard ourselves, see ``Pipeline.order``)."""
     import tensorflow as tf
-    sig = (tf.TensorSpec((batch,) + tuple(source.image_shape), tf.float32),
-           tf.TensorSpec((batch,), tf.int32))
-    ds = tf.data.Dataset.from_generator(lambda: stream_batches(source, first, stop),
-                                        output_signature=sig)
+
+    sig = (
+        tf.TensorSpec((batch,) + tuple(source.image_shape), tf.float32),
+        tf.TensorSpec((batch,), tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(
+        lambda: stream_batches(source, first, stop), output_signature=sig
+    )
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(opts).prefetch(2)
 
 
-def epochs_dataset(source: Any, start: int, end: int, steps: int,
-                   global_batch: Optional[int] = None):
+def epochs_dataset(
+    source: Any, start: int, end: int, steps: int, global_batch: Optional[int] = None
+):
     """tf.data over epochs [start, end) of `steps` batches each, cut from one stream of
     passes over `source` (anything with `batches(pass)`, `num_batches`, `normalise_np`,
     `image_shape`), as tensorpack's repeated dataflow was: epoch e is the stream's batches
@@ -469,12 +565,21 @@ class NormalisedBatches:
         return pass_batches(self.pipe, 0, 0, self.max_batches)
 
 
-def eval_batches(name: str, split: str, data_dir: Any, batch_size: int, *, seed: int = 0,
-                 mean: str = "train+test", max_batches: Optional[int] = None,
-                 label: str = "fine") -> NormalisedBatches:
+def eval_batches(
+    name: str,
+    split: str,
+    data_dir: Any,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    mean: str = "train+test",
+    max_batches: Optional[int] = None,
+    label: str = "fine",
+) -> NormalisedBatches:
     """Evaluation-order batches (no training augmentation) of split `split` ("train" and
     "test" are the description's training and evaluation splits)."""
     ds = datasets.get(name)
-    pipe = make_pipeline(name, ds.split(split), data_dir, batch_size, train=False, seed=seed,
-                         mean=mean, label=label)
+    pipe = make_pipeline(
+        name, ds.split(split), data_dir, batch_size, train=False, seed=seed, mean=mean, label=label
+    )
     return NormalisedBatches(pipe, max_batches)

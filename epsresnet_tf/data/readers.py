@@ -17,6 +17,7 @@ undecodable files are skipped and counted). Every problem a user can fix raises
 tensorpack's own ``Cifar10``/``Cifar100``/``SVHNDigit``/``Mnist`` readers are not used: they
 hard-code 10,000 (50,000) images per CIFAR file and download whenever a folder is missing.
 """
+
 import gzip
 import os
 import pickle
@@ -41,6 +42,7 @@ class DataFileError(UserError):
 @dataclass
 class ArrayData:
     """A split held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int32 (N,)."""
+
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
@@ -54,6 +56,7 @@ class ArrayData:
 @dataclass
 class FileData:
     """A split of image files: ``paths`` (list of str), ``labels`` int32 (N,)."""
+
     paths: list
     labels: np.ndarray
     num_classes: int
@@ -66,11 +69,13 @@ class FileData:
 
 def _how_to_get(name):
     from epsresnet_tf.data import datasets  # the description owns the text
+
     return datasets.get(name).how_to_get
 
 
 def _missing(name, path):
     from epsresnet_tf.data import datasets
+
     return datasets.get(name).missing(path)
 
 
@@ -85,6 +90,7 @@ def _find_folder(root, name, folder, marker):
 
 # ----------------------------------------------------------------------------- CIFAR
 
+
 def _load_pickle(path):
     try:
         with open(path, "rb") as f:
@@ -92,8 +98,10 @@ def _load_pickle(path):
     except FileNotFoundError:
         raise
     except Exception as err:  # truncated/corrupt pickles raise many different types
-        raise DataFileError(f"cannot read {path}: not a valid CIFAR pickle "
-                            f"({type(err).__name__}: {err}); delete it and fetch it again") from err
+        raise DataFileError(
+            f"cannot read {path}: not a valid CIFAR pickle "
+            f"({type(err).__name__}: {err}); delete it and fetch it again"
+        ) from err
 
 
 def _key(d, name):
@@ -107,8 +115,10 @@ def _key(d, name):
 
 def _check_labels(path, labels, classes):
     if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-        raise DataFileError(f"cannot read {path}: labels span {labels.min()}..{labels.max()}, "
-                            f"expected 0..{classes - 1}; delete it and fetch it again")
+        raise DataFileError(
+            f"cannot read {path}: labels span {labels.min()}..{labels.max()}, "
+            f"expected 0..{classes - 1}; delete it and fetch it again"
+        )
 
 
 def _cifar_batch(path, label_key, classes):
@@ -117,11 +127,15 @@ def _cifar_batch(path, label_key, classes):
         data = np.asarray(_key(d, "data"), dtype=np.uint8)
         labels = np.asarray(_key(d, label_key), dtype=np.int32)
     except (KeyError, TypeError, ValueError) as err:
-        raise DataFileError(f"cannot read {path}: missing or bad key {err} in the CIFAR pickle; "
-                            "delete it and fetch it again") from err
+        raise DataFileError(
+            f"cannot read {path}: missing or bad key {err} in the CIFAR pickle; "
+            "delete it and fetch it again"
+        ) from err
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataFileError(f"cannot read {path}: data has shape {data.shape} with "
-                            f"{len(labels)} labels, expected (N, 3072) with N labels")
+        raise DataFileError(
+            f"cannot read {path}: data has shape {data.shape} with "
+            f"{len(labels)} labels, expected (N, 3072) with N labels"
+        )
     _check_labels(path, labels, classes)
     # Official rows are channel-major (1024 R, 1024 G, 1024 B): -> N, 32, 32, 3.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -132,7 +146,9 @@ def _names(path, key):
     if not path.exists():
         return []
     try:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in _key(_load_pickle(path), key)]
+        return [
+            n.decode() if isinstance(n, bytes) else str(n) for n in _key(_load_pickle(path), key)
+        ]
     except (KeyError, DataFileError):
         return []
 
@@ -151,7 +167,9 @@ def read_cifar10(root: Path, split: str) -> ArrayData:
     parts = [_cifar_batch(f, "labels", 10) for f in files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    return ArrayData(images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder))
+    return ArrayData(
+        images, labels, 10, _names(folder / "batches.meta", "label_names"), str(folder)
+    )
 
 
 def read_cifar100(root: Path, split: str, label: str = "fine") -> ArrayData:
@@ -165,8 +183,9 @@ def read_cifar100(root: Path, split: str, label: str = "fine") -> ArrayData:
         raise _missing("cifar100", f)
     classes = 100 if label == "fine" else 20
     images, labels = _cifar_batch(f, f"{label}_labels", classes)
-    return ArrayData(images, labels, classes,
-                     _names(folder / "meta", f"{label}_label_names"), str(folder))
+    return ArrayData(
+        images, labels, classes, _names(folder / "meta", f"{label}_label_names"), str(folder)
+    )
 
 
 # ----------------------------------------------------------------------------- SVHN
@@ -176,17 +195,22 @@ SVHN_FILES = {"train": "train_32x32.mat", "extra": "extra_32x32.mat", "test": "t
 
 def _svhn_mat(path):
     import scipy.io
+
     if not path.exists():
         raise _missing("svhn", path)
     try:
         mat = scipy.io.loadmat(str(path))
         x, y = mat["X"], mat["y"]
     except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
-        raise DataFileError(f"cannot read {path}: not a valid SVHN .mat file "
-                            f"({type(err).__name__}: {err}); delete it and fetch it again") from err
+        raise DataFileError(
+            f"cannot read {path}: not a valid SVHN .mat file "
+            f"({type(err).__name__}: {err}); delete it and fetch it again"
+        ) from err
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
-        raise DataFileError(f"cannot read {path}: X has shape {x.shape} and y {y.shape}, "
-                            "expected 32x32x3xN and N labels")
+        raise DataFileError(
+            f"cannot read {path}: X has shape {x.shape} and y {y.shape}, "
+            "expected 32x32x3xN and N labels"
+        )
     images = np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)).astype(np.uint8))
     labels = y.reshape(-1).astype(np.int32)
     labels[labels == 10] = 0  # the .mat files label the digit 0 as 10
@@ -200,11 +224,16 @@ def read_svhn(root: Path, split: str) -> ArrayData:
     ``extra``, ``test``."""
     root = Path(root)
     folder = root / "svhn" if (root / "svhn").is_dir() else root
-    names = {"train": ["train", "extra"], "train-only": ["train"], "extra": ["extra"],
-             "test": ["test"]}.get(split)
+    names = {
+        "train": ["train", "extra"],
+        "train-only": ["train"],
+        "extra": ["extra"],
+        "test": ["test"],
+    }.get(split)
     if names is None:
-        raise UserError(f"svhn has splits train (train+extra), train-only, extra and test, "
-                        f"not {split!r}")
+        raise UserError(
+            f"svhn has splits train (train+extra), train-only, extra and test, not {split!r}"
+        )
     if folder == root and not any((root / SVHN_FILES[n]).exists() for n in names):
         folder = root / "svhn"
     parts = [_svhn_mat(folder / SVHN_FILES[n]) for n in names]
@@ -214,6 +243,7 @@ def read_svhn(root: Path, split: str) -> ArrayData:
 
 
 # ----------------------------------------------------------------------------- MNIST
+
 
 def _open_maybe_gz(folder, stem):
     for name in (stem, stem + ".gz"):
@@ -228,16 +258,17 @@ def _read_idx(folder, stem, magic, ndim):
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-        got_magic, = struct.unpack(">I", raw[:4])
+        (got_magic,) = struct.unpack(">I", raw[:4])
         if got_magic != magic:
             raise ValueError(f"magic number {got_magic}, expected {magic}")
-        dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
         arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         if arr.size != int(np.prod(dims)):
             raise ValueError(f"header says {dims} but the file holds {arr.size} bytes of data")
     except (OSError, EOFError, ValueError, struct.error) as err:
-        raise DataFileError(f"cannot read {path}: not a valid IDX file ({err}); "
-                            "delete it and fetch it again") from err
+        raise DataFileError(
+            f"cannot read {path}: not a valid IDX file ({err}); delete it and fetch it again"
+        ) from err
     return path, arr.reshape(dims)
 
 
@@ -252,8 +283,13 @@ def read_mnist(root: Path, split: str) -> ArrayData:
     if len(images) != len(labels):
         raise DataFileError(f"{ipath} holds {len(images)} images but {lpath} {len(labels)} labels")
     _check_labels(lpath, labels, 10)
-    return ArrayData(np.ascontiguousarray(images[..., None]), labels.astype(np.int32), 10,
-                     [str(i) for i in range(10)], str(folder))
+    return ArrayData(
+        np.ascontiguousarray(images[..., None]),
+        labels.astype(np.int32),
+        10,
+        [str(i) for i in range(10)],
+        str(folder),
+    )
 
 
 # ----------------------------------------------------------------------------- digits
@@ -276,8 +312,13 @@ def read_digits(split: str) -> ArrayData:
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = bunch.target.astype(np.int32)
     part = slice(None, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
-    return ArrayData(np.ascontiguousarray(images[part]), labels[part], 10,
-                     [str(i) for i in range(10)], "sklearn.datasets.load_digits")
+    return ArrayData(
+        np.ascontiguousarray(images[part]),
+        labels[part],
+        10,
+        [str(i) for i in range(10)],
+        "sklearn.datasets.load_digits",
+    )
 
 
 # ----------------------------------------------------------------------------- ImageNet
@@ -287,8 +328,9 @@ DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 
 
 def _images_in(folder):
-    return sorted(str(p) for p in Path(folder).iterdir()
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    return sorted(
+        str(p) for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+    )
 
 
 def _devkit_file(folder, name):
@@ -302,13 +344,19 @@ def _devkit_file(folder, name):
 def _devkit_synsets(path):
     """{ILSVRC2012_ID: wnid} of the 1,000 leaf synsets in the devkit's ``meta.mat``."""
     import scipy.io
+
     try:
         synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]
-        return {int(i): str(w) for i, w, c in zip(synsets["ILSVRC2012_ID"], synsets["WNID"],
-                                                   synsets["num_children"]) if int(c) == 0}
+        return {
+            int(i): str(w)
+            for i, w, c in zip(synsets["ILSVRC2012_ID"], synsets["WNID"], synsets["num_children"])
+            if int(c) == 0
+        }
     except Exception as err:  # scipy raises ValueError/TypeError/OSError/KeyError on bad files
-        raise DataFileError(f"cannot read {path}: not the devkit's meta.mat "
-                            f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again") from err
+        raise DataFileError(
+            f"cannot read {path}: not the devkit's meta.mat "
+            f"({type(err).__name__}: {err}); unpack ILSVRC2012_devkit_t12 again"
+        ) from err
 
 
 def imagenet_synsets(folder: Path) -> list:
@@ -327,8 +375,10 @@ def imagenet_synsets(folder: Path) -> list:
     devkit_meta = _devkit_file(folder, "meta.mat")
     if devkit_meta is not None:
         return sorted(_devkit_synsets(devkit_meta).values())
-    raise UserError(f"imagenet: need {meta}, the {train} folders or the devkit's meta.mat to "
-                    f"fix the class order; {_how_to_get('imagenet')}")
+    raise UserError(
+        f"imagenet: need {meta}, the {train} folders or the devkit's meta.mat to "
+        f"fix the class order; {_how_to_get('imagenet')}"
+    )
 
 
 def _val_txt_labels(label_file, index, num_classes):
@@ -357,8 +407,10 @@ def _devkit_val_labels(truth_file, meta_file, index):
             continue
         wnid = wnid_of.get(int(line)) if line.strip().isdigit() else None
         if wnid not in index:
-            raise DataFileError(f"{truth_file}:{n}: {line.strip()!r} is not the ILSVRC2012_ID "
-                                f"of one of the {len(index)} classes")
+            raise DataFileError(
+                f"{truth_file}:{n}: {line.strip()!r} is not the ILSVRC2012_ID "
+                f"of one of the {len(index)} classes"
+            )
         names.append(f"ILSVRC2012_val_{n:08d}.JPEG")
         labels.append(index[wnid])
     return names, labels
@@ -376,15 +428,19 @@ def _flat_split_labels(folder, split_dir, index, num_classes):
         label_file = truth
         names, labels = _devkit_val_labels(truth, devkit_meta, index)
     else:
-        raise UserError(f"imagenet: {split_dir} is flat, so it needs a label file: "
-                        f"{folder / 'val.txt'} ('<file> <class index or wnid>' per line) or the "
-                        f"devkit's {DEVKIT_GROUND_TRUTH} and meta.mat in {folder}")
+        raise UserError(
+            f"imagenet: {split_dir} is flat, so it needs a label file: "
+            f"{folder / 'val.txt'} ('<file> <class index or wnid>' per line) or the "
+            f"devkit's {DEVKIT_GROUND_TRUTH} and meta.mat in {folder}"
+        )
     paths = [str(split_dir / name) for name in names]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise UserError(f"imagenet: {len(missing)} of the {len(paths)} images listed in "
-                        f"{label_file} are missing, e.g. {missing[0]}; put them there or "
-                        "remove their lines")
+        raise UserError(
+            f"imagenet: {len(missing)} of the {len(paths)} images listed in "
+            f"{label_file} are missing, e.g. {missing[0]}; put them there or "
+            "remove their lines"
+        )
     return paths, labels
 
 
@@ -418,8 +474,10 @@ def read_imagenet(root: Path, split: str) -> FileData:
 
 # ----------------------------------------------------------------------------- dispatch
 
+
 def read_split(name: str, split: str, data_dir, *, label: str = "fine"):
     """Read one split of dataset `name` under `data_dir` with the reader its description
     (:mod:`epsresnet_tf.data.datasets`) names."""
     from epsresnet_tf.data import datasets
+
     return datasets.get(name).read(split, data_dir, label=label)

@@ -6,6 +6,7 @@ and how a kept gate leaves the reduced standard ResNet (folded into a conv, or e
 it stands). `ScalarGateKind` fills most of it in for gates u = φ·F + x with one learned
 scalar φ (the k gate; a new scalar gate needs its layer and `factor_tensor`).
 """
+
 import dataclasses
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ def to_float(v: Any) -> float:
 class BlockVerdict:
     """One block's certificate entry: `verdict` is "closed" (provably contributes 0),
     "open" or "mixed"; `details` are the kind's own numbers (ε, max |F|, images open; k, g)."""
+
     block: str
     kind: str
     verdict: str
@@ -37,6 +39,7 @@ class BlockVerdict:
 @dataclasses.dataclass
 class Fold:
     """A kept gate leaving the reduced net: the conv whose kernel absorbs `factor`."""
+
     conv: Any
     factor: float
 
@@ -71,10 +74,13 @@ class GateKind:
     def validate(self, config) -> None:
         """ValueError where a NetConfig cannot carry this gate."""
         from epsresnet_tf.blocks import MERGING_SHORTCUTS
+
         if self.merges and config.shortcut in MERGING_SHORTCUTS:
-            raise ValueError(f"gate {self.name!r} merges the branches itself ({self.formula}); it "
-                             f"cannot combine with shortcut {config.shortcut!r}: use another "
-                             "gate or none, or shortcut identity, conv1x1 or dropout")
+            raise ValueError(
+                f"gate {self.name!r} merges the branches itself ({self.formula}); it "
+                f"cannot combine with shortcut {config.shortcut!r}: use another "
+                "gate or none, or shortcut identity, conv1x1 or dropout"
+            )
 
     def net_options(self, cfg: dict, training_start: bool = False) -> dict:
         """NetConfig fields of this kind from a run config (`training_start`: the values
@@ -87,8 +93,9 @@ class GateKind:
 
     def plain_merge(self, f, x, config, prefix: str):
         """A gate between plain (non-residual) layers f and x: the gates paper's plain nets."""
-        raise ValueError(f"the {self.name} gate sits on a residual branch; use mnist-res-D "
-                         "or --gate k")
+        raise ValueError(
+            f"the {self.name} gate sits on a residual branch; use mnist-res-D or --gate k"
+        )
 
     def schedules(self, cfg: dict) -> dict:
         """{hyper-parameter: per-epoch schedule} from a run config."""
@@ -97,7 +104,7 @@ class GateKind:
     # --- monitoring -------------------------------------------------------------------
 
     def discarded_now(self, layer):
-        """"Discarded" in the training step just run, a float32 tensor in [0, 1]."""
+        """ "Discarded" in the training step just run, a float32 tensor in [0, 1]."""
         raise NotImplementedError
 
     def monitor(self, layer) -> dict:
@@ -143,26 +150,38 @@ class ScalarGateKind(GateKind):
 
     def discarded_now(self, layer):
         from keras import ops
+
         return ops.cast(ops.equal(self.factor_tensor(layer), 0.0), "float32")
 
     def verdict_details(self, layer) -> dict:
         return {"g": self.factor(layer)}
 
     def certify(self, model, layers, datasets, scope):
-        verdicts = {b: BlockVerdict(b, self.name, "closed" if self.factor(l) == 0 else "open",
-                                    ema=to_float(l.discarded_ema), details=self.verdict_details(l))
-                    for b, l in layers.items()}
+        verdicts = {
+            b: BlockVerdict(
+                b,
+                self.name,
+                "closed" if self.factor(l) == 0 else "open",
+                ema=to_float(l.discarded_ema),
+                details=self.verdict_details(l),
+            )
+            for b, l in layers.items()
+        }
         return verdicts, {}, {}
 
     def foldable(self, layer):
         """The conv a gate folds into: its residual input's producer when that is a
         bias-free Conv2D used once (a shared stage kernel serves units with other φ)."""
         import keras
+
         if getattr(layer, "mode", "residual") != "residual":
             return None
         conv = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
-        if (isinstance(conv, keras.layers.Conv2D) and not conv.use_bias
-                and len(conv._inbound_nodes) == 1):
+        if (
+            isinstance(conv, keras.layers.Conv2D)
+            and not conv.use_bias
+            and len(conv._inbound_nodes) == 1
+        ):
             return conv
         return None
 
@@ -170,8 +189,11 @@ class ScalarGateKind(GateKind):
         convs = {b: self.foldable(l) for b, l in layers.items()}
         unfoldable = [b for b, c in convs.items() if c is None]
         exact = not unfoldable
-        why = (f"every kept {self.factor_name} folds into its unit's last conv" if exact else
-               f"{self.factor_name} cannot fold into a shared or non-conv last layer: "
-               f"{', '.join(unfoldable[:5])}")
+        why = (
+            f"every kept {self.factor_name} folds into its unit's last conv"
+            if exact
+            else f"{self.factor_name} cannot fold into a shared or non-conv last layer: "
+            f"{', '.join(unfoldable[:5])}"
+        )
         folds = {b: Fold(c, self.factor(layers[b])) for b, c in convs.items() if c is not None}
         return exact, folds, why

@@ -10,6 +10,7 @@ they hold at batch 1 as well as at the run's batch size. "open" is weaker: in ba
 it is checked at the given batch size and order only, since one open image opens its
 whole batch.
 """
+
 import numpy as np
 
 from epsresnet_tf import layers as L
@@ -25,6 +26,7 @@ def gate_responses(model, data):
     import tensorflow as tf
 
     from epsresnet_tf.compress import iter_images
+
     gates = {b: l for b, l in gate_by_block(model).items() if isinstance(l, L.EpsilonGate)}
     if not gates:
         return {}, []
@@ -35,8 +37,10 @@ def gate_responses(model, data):
     def maxima(x):
         outs = probe(x, training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        return [tf.reduce_max(tf.abs(tf.cast(o, tf.float32)), axis=list(range(1, len(o.shape))))
-                for o in outs]
+        return [
+            tf.reduce_max(tf.abs(tf.cast(o, tf.float32)), axis=list(range(1, len(o.shape))))
+            for o in outs
+        ]
 
     per = {b: [] for b in ids}
     sizes = []
@@ -52,9 +56,10 @@ def per_image_gate(layer, maxima):
     """T of each image given its max |F|, with the layer's own formula: a sample-scope gate on
     an (N, 1) tensor whose only entry is max |F| has s = relu(max |F| - ε), as on F itself."""
     import tensorflow as tf
+
     probe = L.EpsilonGate(to_float(layer.epsilon), scope="sample", sharpness=layer.sharpness)
     probe.build((None, 1))
-    probe.epsilon.assign(layer.epsilon)   # bit-identical ε, not a float64 round trip
+    probe.epsilon.assign(layer.epsilon)  # bit-identical ε, not a float64 round trip
     t = probe.gate(tf.convert_to_tensor(np.asarray(maxima, np.float32)[:, None]))
     return np.asarray(t).reshape(-1)
 
@@ -64,7 +69,7 @@ def batch_gate(per_image, sizes):
     (T is non-decreasing in s and the batch s is the max of the per-image s)."""
     out, start = [], 0
     for n in sizes:
-        out.append(float(per_image[start:start + n].max()) if n else 0.0)
+        out.append(float(per_image[start : start + n].max()) if n else 0.0)
         start += n
     return np.asarray(out, np.float32)
 
@@ -86,26 +91,35 @@ class EpsilonKind(GateKind):
     def net_options(self, cfg, training_start=False):
         epsilon = cfg.get("epsilon", 0.0)
         if training_start and cfg.get("epsilon_start_epoch", 0) != 0:
-            epsilon = 0.0   # the schedule sets ε from its start epoch
-        return {"epsilon": epsilon, "gate_scope": cfg.get("gate_scope", "batch"),
-                "gate_group": cfg.get("gate_group")}
+            epsilon = 0.0  # the schedule sets ε from its start epoch
+        return {
+            "epsilon": epsilon,
+            "gate_scope": cfg.get("gate_scope", "batch"),
+            "gate_group": cfg.get("gate_group"),
+        }
 
     def make_layer(self, config, name):
-        return L.EpsilonGate(config.epsilon, config.gate_scope, group_size=config.gate_group,
-                             name=name)
+        return L.EpsilonGate(
+            config.epsilon, config.gate_scope, group_size=config.gate_group, name=name
+        )
 
     def schedules(self, cfg):
         from epsresnet_tf.train.schedules import epsilon_schedule
+
         return {"epsilon": epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])}
 
     def discarded_now(self, layer):
         """1 − T (the mean over images or gate groups where T is not one number)."""
         from keras import ops
+
         return 1.0 - ops.convert_to_tensor(layer.gate_value)
 
     def monitor(self, layer):
-        return {"gate": to_float(layer.gate_value), "response_max": to_float(layer.response_max),
-                "response_mean": to_float(layer.response_mean)}
+        return {
+            "gate": to_float(layer.gate_value),
+            "response_max": to_float(layer.response_max),
+            "response_mean": to_float(layer.response_mean),
+        }
 
     def scope(self, layer):
         return layer.scope
@@ -128,13 +142,20 @@ class EpsilonKind(GateKind):
             m, ti, tb = _joined(maxima[b]), _joined(image_ts[b]), _joined(batch_ts[b])
             if not len(ti):
                 raise UserError("no images to certify ε-gates on: give a non-empty dataset")
-            verdict = ("closed" if np.all(ti == 0) else
-                       "open" if np.all(tb == 1) else "mixed")
-            verdicts[b] = BlockVerdict(b, self.name, verdict, ema=to_float(layer.discarded_ema),
-                                       details={
-                "epsilon": to_float(layer.epsilon), "max_response": float(m.max()),
-                "images_open": int(np.sum(ti > 0)), "batches_open": int(np.sum(tb > 0)),
-                "batches_partly_open": int(np.sum((tb > 0) & (tb < 1)))})
+            verdict = "closed" if np.all(ti == 0) else "open" if np.all(tb == 1) else "mixed"
+            verdicts[b] = BlockVerdict(
+                b,
+                self.name,
+                verdict,
+                ema=to_float(layer.discarded_ema),
+                details={
+                    "epsilon": to_float(layer.epsilon),
+                    "max_response": float(m.max()),
+                    "images_open": int(np.sum(ti > 0)),
+                    "batches_open": int(np.sum(tb > 0)),
+                    "batches_partly_open": int(np.sum((tb > 0) & (tb < 1))),
+                },
+            )
         return verdicts, images, batches
 
     def plain_decision(self, layers, certificate):
@@ -144,5 +165,8 @@ class EpsilonKind(GateKind):
         not_open = [b for b in layers if certificate.blocks[b].verdict != "open"]
         if not not_open:
             return True, {}, "every kept ε-gate is open (T = 1) on every certified batch"
-        return False, {}, ("kept ε-gates not open on every certified batch: "
-                           f"{', '.join(not_open[:5])}")
+        return (
+            False,
+            {},
+            (f"kept ε-gates not open on every certified batch: {', '.join(not_open[:5])}"),
+        )

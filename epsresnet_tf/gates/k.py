@@ -1,6 +1,7 @@
 """Savarese et al.'s residual gate (docs/semantics.md §3): u = g(k)·F + x, g = ReLU, one
 learned scalar k per unit. Its layer is `layers.ResidualGate`; in the plain MNIST nets it
 interpolates, u = g(k)·f + (1 − g(k))·x."""
+
 from epsresnet_tf import layers as L
 from epsresnet_tf.gates.base import ScalarGateKind, to_float
 from epsresnet_tf.gates.registry import register_gate
@@ -22,7 +23,7 @@ class KKind(ScalarGateKind):
         return L.ResidualGate("plain", config.k_decay, name=prefix + self.suffix)([f, x])
 
     def factor_tensor(self, layer):
-        return layer.gate_value   # relu(k)
+        return layer.gate_value  # relu(k)
 
     def monitor(self, layer):
         return {"k": to_float(layer.k)}

@@ -4,6 +4,7 @@ A new gate kind is one module with a `GateKind` subclass decorated `@register_ga
 one import line in `epsresnet_tf/gates/__init__.py` (or, for a kind outside the package,
 importing its module before building a net).
 """
+
 from epsresnet_tf.gates.base import GateKind, to_float
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.naming import block_of_layer_name

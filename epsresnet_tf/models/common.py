@@ -1,4 +1,5 @@
 """Input handling shared by the convolutional families."""
+
 import keras
 
 

@@ -1,4 +1,5 @@
 """Model statistics (parameters, conv layers, blocks, MACs) and `epsresnet describe`."""
+
 import json
 
 import keras
@@ -49,8 +50,11 @@ def count_macs(model):
 def count_conv_layers(model):
     """Independent conv kernels (a shared kernel once), the paper's "layers" minus the FC."""
     kernels = {id(layer.kernel) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
-    kernels |= {id(layer.gate_conv.kernel) for layer in model.layers
-                if isinstance(layer, L.SigmoidShortcutGate)}
+    kernels |= {
+        id(layer.gate_conv.kernel)
+        for layer in model.layers
+        if isinstance(layer, L.SigmoidShortcutGate)
+    }
     return len(kernels)
 
 
@@ -84,26 +88,41 @@ def describe(args):
     if args.json:
         print(json.dumps(stats))
     else:
-        rows = [(key, f"{value:,}" if isinstance(value, int) else value)
-                for key, value in stats.items()]
+        rows = [
+            (key, f"{value:,}" if isinstance(value, int) else value) for key, value in stats.items()
+        ]
         print(tabulate(rows, headers=["", args.arch], tablefmt="simple"))
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "describe", help="parameters, conv layers, blocks and MACs of an architecture",
+        "describe",
+        help="parameters, conv layers, blocks and MACs of an architecture",
         description="Build an architecture by name (e.g. cifar-basic-110, "
-                    "cifar-bottleneck-164, imagenet-152, wrn-28-10, mnist-res-50) and "
-                    "print its size.")
+        "cifar-bottleneck-164, imagenet-152, wrn-28-10, mnist-res-50) and "
+        "print its size.",
+    )
     parser.add_argument("arch", help="architecture name, e.g. cifar-basic-110")
-    parser.add_argument("--classes", type=int, default=None,
-                        help="output classes (default: the family's: 10, or 1000 for imagenet)")
-    parser.add_argument("--gate", choices=gate_choices(), default="none",
-                        help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        help="output classes (default: the family's: 10, or 1000 for imagenet)",
+    )
+    parser.add_argument(
+        "--gate",
+        choices=gate_choices(),
+        default="none",
+        help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)",
+    )
     parser.add_argument("--epsilon", type=float, default=None, help="epsilon of the eps gate")
-    parser.add_argument("--share", action="store_true",
-                        help="share each stage's 3x3 kernel (ShaResNet)")
-    parser.add_argument("--side-head", action="store_true",
-                        help="add the middle side-supervision head (epsilon-ResNet)")
+    parser.add_argument(
+        "--share", action="store_true", help="share each stage's 3x3 kernel (ShaResNet)"
+    )
+    parser.add_argument(
+        "--side-head",
+        action="store_true",
+        help="add the middle side-supervision head (epsilon-ResNet)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=describe)

@@ -1,5 +1,6 @@
 """Pre-activation ResNets for ImageNet (tensorpack's preact ResNet; docs/semantics.md §2):
 conv7x7/2 + BN-ReLU + maxpool 3x3/2 → 4 groups (64, 128, 256, 512) → BN-ReLU → GAP → FC."""
+
 import keras
 
 from epsresnet_tf import blocks
@@ -17,19 +18,31 @@ DEPTHS = {
 WIDTHS = (64, 128, 256, 512)
 
 
-def imagenet_resnet(depth, config, input_shape=(224, 224, 3), blocks_per_group=None,
-                    first_removed=()):
+def imagenet_resnet(
+    depth, config, input_shape=(224, 224, 3), blocks_per_group=None, first_removed=()
+):
     default_blocks, bottleneck = DEPTHS[depth]
     blocks_per_group = blocks_per_group or default_blocks
     factory = blocks.LayerFactory(config)
     inputs, x = image_input(input_shape, config.data_format)
     x = factory.conv(64, 7, 2, name="stem_conv")(x)
     x = factory.bn_relu(x, "stem_")
-    x = keras.layers.MaxPooling2D(3, 2, padding="same", data_format=config.data_format,
-                                  name="stem_pool")(x)
+    x = keras.layers.MaxPooling2D(
+        3, 2, padding="same", data_format=config.data_format, name="stem_pool"
+    )(x)
     x, side = blocks.residual_stack(
-        x, factory, blocks_per_group, WIDTHS, bottleneck=bottleneck, first_stride=1,
-        dim_shortcut="projection", first_unit_activated=True, share_first=config.share_first,
-        first_removed=first_removed, side_head_at=blocks.imagenet_side_head_index)
-    return blocks.finish_model(inputs, x, side, factory, f"imagenet_resnet_{depth}",
-                               activate=config.preact)
+        x,
+        factory,
+        blocks_per_group,
+        WIDTHS,
+        bottleneck=bottleneck,
+        first_stride=1,
+        dim_shortcut="projection",
+        first_unit_activated=True,
+        share_first=config.share_first,
+        first_removed=first_removed,
+        side_head_at=blocks.imagenet_side_head_index,
+    )
+    return blocks.finish_model(
+        inputs, x, side, factory, f"imagenet_resnet_{depth}", activate=config.preact
+    )

@@ -1,6 +1,7 @@
 """The gates paper's fully connected MNIST nets (Savarese et al.; docs/semantics.md §3): a 50-unit
 linear layer, then d layers of 50 units (plain: Dense-BN-ReLU; residual: units of two
 such layers), then the classifier."""
+
 import keras
 
 from epsresnet_tf import blocks
@@ -12,16 +13,18 @@ UNITS = 50
 
 def _dense_bn_relu(x, factory, prefix):
     x = factory.dense(UNITS, name=prefix + "dense")(x)
-    x = keras.layers.BatchNormalization(momentum=factory.config.bn_momentum,
-                                        epsilon=factory.config.bn_epsilon, name=prefix + "bn")(x)
+    x = keras.layers.BatchNormalization(
+        momentum=factory.config.bn_momentum, epsilon=factory.config.bn_epsilon, name=prefix + "bn"
+    )(x)
     return keras.layers.ReLU(name=prefix + "relu")(x)
 
 
-def mnist_fc(depth, config, *, residual, input_shape=(28, 28, 1), blocks_per_group=None,
-             first_removed=()):
+def mnist_fc(
+    depth, config, *, residual, input_shape=(28, 28, 1), blocks_per_group=None, first_removed=()
+):
     if config.share:
         raise ValueError("shared 3x3 kernels need a convolutional net; mnist nets have none")
-    kind = get_gate(config.gate)   # between plain layers: its `plain_merge` (ε: refused)
+    kind = get_gate(config.gate)  # between plain layers: its `plain_merge` (ε: refused)
     factory = blocks.LayerFactory(config)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)

@@ -3,6 +3,7 @@
 Each family is data: a name pattern, a depth rule, its builder and its defaults
 (input shape, classes, ShaResNet sharing default, weight decay).
 """
+
 import dataclasses
 import re
 import sys
@@ -14,44 +15,81 @@ from epsresnet_tf.models import cifar, imagenet, mnist, wide
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    pattern: str          # regex with the depth (and width) as groups
-    form: str             # how the valid names read, for error messages
-    valid: callable       # (*ints) -> bool
-    build: callable       # (ints, config, input_shape, **layout) -> keras.Model
+    pattern: str  # regex with the depth (and width) as groups
+    form: str  # how the valid names read, for error messages
+    valid: callable  # (*ints) -> bool
+    build: callable  # (ints, config, input_shape, **layout) -> keras.Model
     input_shape: tuple
     classes: int
-    share_first: bool     # ShaResNet: basic nets share every block, others all but the first
+    share_first: bool  # ShaResNet: basic nets share every block, others all but the first
     weight_decay: float
 
 
 FAMILIES = {
     "cifar-basic": Family(
-        r"cifar-basic-(\d+)", "cifar-basic-D with D = 6n+2 (20, 56, 110, 200, 302, 500, 752, …)",
+        r"cifar-basic-(\d+)",
+        "cifar-basic-D with D = 6n+2 (20, 56, 110, 200, 302, 500, 752, …)",
         lambda d: d >= 8 and (d - 2) % 6 == 0,
-        lambda a, cfg, shape, **layout: cifar.cifar_basic(a[0], cfg, shape, **layout), (32, 32, 3), 10, True, 2e-4),
+        lambda a, cfg, shape, **layout: cifar.cifar_basic(a[0], cfg, shape, **layout),
+        (32, 32, 3),
+        10,
+        True,
+        2e-4,
+    ),
     "cifar-bottleneck": Family(
-        r"cifar-bottleneck-(\d+)", "cifar-bottleneck-D with D = 9n+2 (164, 1001, …)",
+        r"cifar-bottleneck-(\d+)",
+        "cifar-bottleneck-D with D = 9n+2 (164, 1001, …)",
         lambda d: d >= 11 and (d - 2) % 9 == 0,
-        lambda a, cfg, shape, **layout: cifar.cifar_bottleneck(a[0], cfg, shape, **layout), (32, 32, 3), 10, False, 2e-4),
+        lambda a, cfg, shape, **layout: cifar.cifar_bottleneck(a[0], cfg, shape, **layout),
+        (32, 32, 3),
+        10,
+        False,
+        2e-4,
+    ),
     "imagenet": Family(
-        r"imagenet-(\d+)", "imagenet-D with D in 18, 34, 50, 101, 152, 200",
+        r"imagenet-(\d+)",
+        "imagenet-D with D in 18, 34, 50, 101, 152, 200",
         lambda d: d in imagenet.DEPTHS,
-        lambda a, cfg, shape, **layout: imagenet.imagenet_resnet(a[0], cfg, shape, **layout), (224, 224, 3), 1000,
-        None, 1e-4),
+        lambda a, cfg, shape, **layout: imagenet.imagenet_resnet(a[0], cfg, shape, **layout),
+        (224, 224, 3),
+        1000,
+        None,
+        1e-4,
+    ),
     "wrn": Family(
-        r"wrn-(\d+)-(\d+)", "wrn-D-K with D = 6n+4 (16, 28, 40, …) and K >= 1",
+        r"wrn-(\d+)-(\d+)",
+        "wrn-D-K with D = 6n+4 (16, 28, 40, …) and K >= 1",
         lambda d, k: d >= 10 and (d - 4) % 6 == 0 and k >= 1,
-        lambda a, cfg, shape, **layout: wide.wide_resnet(a[0], a[1], cfg, shape, **layout), (32, 32, 3), 10, False, 2e-4),
+        lambda a, cfg, shape, **layout: wide.wide_resnet(a[0], a[1], cfg, shape, **layout),
+        (32, 32, 3),
+        10,
+        False,
+        2e-4,
+    ),
     "mnist-plain": Family(
-        r"mnist-plain-(\d+)", "mnist-plain-D with D >= 1",
+        r"mnist-plain-(\d+)",
+        "mnist-plain-D with D >= 1",
         lambda d: d >= 1,
-        lambda a, cfg, shape, **layout: mnist.mnist_fc(a[0], cfg, residual=False, input_shape=shape, **layout),
-        (28, 28, 1), 10, False, 0.0),
+        lambda a, cfg, shape, **layout: mnist.mnist_fc(
+            a[0], cfg, residual=False, input_shape=shape, **layout
+        ),
+        (28, 28, 1),
+        10,
+        False,
+        0.0,
+    ),
     "mnist-res": Family(
-        r"mnist-res-(\d+)", "mnist-res-D with D even and >= 2 (units of two layers)",
+        r"mnist-res-(\d+)",
+        "mnist-res-D with D even and >= 2 (units of two layers)",
         lambda d: d >= 2 and d % 2 == 0,
-        lambda a, cfg, shape, **layout: mnist.mnist_fc(a[0], cfg, residual=True, input_shape=shape, **layout),
-        (28, 28, 1), 10, False, 0.0),
+        lambda a, cfg, shape, **layout: mnist.mnist_fc(
+            a[0], cfg, residual=True, input_shape=shape, **layout
+        ),
+        (28, 28, 1),
+        10,
+        False,
+        0.0,
+    ),
 }
 
 
@@ -85,8 +123,17 @@ def resolve(name):
     raise UserError(f"unknown architecture {name!r}: valid are {_valid_list()}")
 
 
-def build_model(name, *, input_shape=None, classes=None, share_first=None,
-                weight_decay=None, blocks_per_group=None, first_removed=(), **options):
+def build_model(
+    name,
+    *,
+    input_shape=None,
+    classes=None,
+    share_first=None,
+    weight_decay=None,
+    blocks_per_group=None,
+    first_removed=(),
+    **options,
+):
     """Build the named network. `options` are NetConfig fields (gate, epsilon, share,
     side_head, init, data_format, order, shortcut, dropout, …); family defaults fill
     classes, input shape, weight decay and which blocks share a kernel.
@@ -105,7 +152,9 @@ def build_model(name, *, input_shape=None, classes=None, share_first=None,
         config = NetConfig(
             classes=family.classes if classes is None else classes,
             weight_decay=family.weight_decay if weight_decay is None else weight_decay,
-            share_first=share_first, **options)
+            share_first=share_first,
+            **options,
+        )
         layout = dict(first_removed=tuple(first_removed))
         if blocks_per_group is not None:
             layout["blocks_per_group"] = [int(n) for n in blocks_per_group]

@@ -4,6 +4,7 @@ training step itself carries no Python (monitor values are graph variables).
 They share one `RunState` (the per-epoch history and the NaN flag), filled by
 `MonitorCallback` first at each epoch end and read by the others, in list order.
 """
+
 import json
 import logging
 import math
@@ -20,9 +21,14 @@ from epsresnet_tf.train.schedules import ScheduledSetter
 log = logging.getLogger(__name__)
 
 #: logs keys of the training model's metrics → history names (errors, not accuracies)
-_ERRORS = {"acc": "train_error", "top5": "train_top5_error", "side_acc": "train_side_error",
-           "val_acc": "val_error", "val_top5": "val_top5_error",
-           "val_side_acc": "val_side_error"}
+_ERRORS = {
+    "acc": "train_error",
+    "top5": "train_top5_error",
+    "side_acc": "train_side_error",
+    "val_acc": "val_error",
+    "val_top5": "val_top5_error",
+    "val_side_acc": "val_side_error",
+}
 
 
 class RunState:
@@ -30,7 +36,7 @@ class RunState:
 
     def __init__(self, rows=None):
         self.rows = list(rows or [])
-        self.nan = None          # message once a non-finite loss stopped the run
+        self.nan = None  # message once a non-finite loss stopped the run
 
     @property
     def counts(self):
@@ -100,10 +106,12 @@ class MonitorCallback(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         snap = monitor.gate_snapshot(self.model.net)
-        row = {"epoch": epoch + 1,
-               "lr": float(self.model.optimizer.learning_rate.numpy()),
-               "epsilon": self.model.epsilon_value(),
-               "step": int(self.model.optimizer.iterations.numpy())}
+        row = {
+            "epoch": epoch + 1,
+            "lr": float(self.model.optimizer.learning_rate.numpy()),
+            "epsilon": self.model.epsilon_value(),
+            "step": int(self.model.optimizer.iterations.numpy()),
+        }
         for key, value in sorted(logs.items()):
             name = _ERRORS.get(key)
             if name:
@@ -113,9 +121,13 @@ class MonitorCallback(keras.callbacks.Callback):
         n = snap["num_blocks"]
         count = self.model.discarded_count_value()
         authors = self.authors_blocks or n
-        row.update(discarded_count=count, discarded_ratio=count / n if n else 0.0,
-                   discarded_ratio_authors=count / authors if authors else 0.0,
-                   blocks_discarded_sum=snap["blocks_discarded_sum"], blocks=snap["blocks"])
+        row.update(
+            discarded_count=count,
+            discarded_ratio=count / n if n else 0.0,
+            discarded_ratio_authors=count / authors if authors else 0.0,
+            blocks_discarded_sum=snap["blocks_discarded_sum"],
+            blocks=snap["blocks"],
+        )
         self.state.rows.append(row)
 
 

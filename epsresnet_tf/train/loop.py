@@ -21,6 +21,7 @@ EMA of 1 − T is averaged, so a block's discarded value is the EMA of the repli
 The config is `epsresnet_tf.config`'s; the run folder (config.json, history.jsonl, tb/,
 ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 """
+
 import os
 
 import numpy as np
@@ -31,12 +32,15 @@ from epsresnet_tf.runfolder import RunFolder
 
 # --- strategy and precision --------------------------------------------------------------
 
+
 def make_strategy(gpus):
     """0: the default strategy (one device); N >= 1: MirroredStrategy over N GPUs. With
     TF_CONFIG set: MultiWorkerMirroredStrategy over each machine's first N GPUs (0: CPU)."""
     import tensorflow as tf
+
     if os.environ.get("TF_CONFIG"):
         from epsresnet_tf.train.multiworker import make_multi_worker_strategy
+
         return make_multi_worker_strategy(gpus)
     if gpus == 0:
         return tf.distribute.get_strategy()
@@ -47,6 +51,7 @@ def make_strategy(gpus):
 
 
 # --- data --------------------------------------------------------------------------------
+
 
 def epoch_steps(cfg, source, replicas):
     """Steps in one epoch as tensorpack counted them (docs/semantics.md §6): an
@@ -65,23 +70,40 @@ def epochs_dataset(source, start, end, steps, global_batch=None):
     """tf.data over epochs [start, end) of `steps` batches each, cut from one stream of
     passes over `source`: the data package's one path (data.pipeline.epochs_dataset)."""
     from epsresnet_tf.data.pipeline import epochs_dataset as dataset
+
     return dataset(source, start, end, steps, global_batch)
 
 
 def default_sources(cfg, data_dir, global_batch):
     """(training, evaluation or None) pipelines of the config's dataset."""
     from epsresnet_tf.data.pipeline import make_sources
-    return make_sources(cfg["dataset"], data_dir, global_batch, seed=cfg["seed"],
-                        mean=cfg["mean"], workers=cfg["data_workers"],
-                        evaluate=cfg["val_steps"] != 0,
-                        imagenet_channel_order=cfg["imagenet_channel_order"],
-                        imagenet_saturation=cfg["imagenet_saturation"])
+
+    return make_sources(
+        cfg["dataset"],
+        data_dir,
+        global_batch,
+        seed=cfg["seed"],
+        mean=cfg["mean"],
+        workers=cfg["data_workers"],
+        evaluate=cfg["val_steps"] != 0,
+        imagenet_channel_order=cfg["imagenet_channel_order"],
+        imagenet_saturation=cfg["imagenet_saturation"],
+    )
 
 
 # --- the run -----------------------------------------------------------------------------
 
-def run_training(cfg: dict, run_dir, data_dir="data", *, sources=None, strategy=None,
-                 verbose: int = 1, extra_callbacks=()) -> dict:
+
+def run_training(
+    cfg: dict,
+    run_dir,
+    data_dir="data",
+    *,
+    sources=None,
+    strategy=None,
+    verbose: int = 1,
+    extra_callbacks=(),
+) -> dict:
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
     "status" ("done" or "nan"), "epochs", "history" rows and paths. `extra_callbacks`
     (Keras callbacks) run after the loop's own."""
@@ -100,33 +122,39 @@ class _TrainingRun:
         import tensorflow as tf
 
         from epsresnet_tf.train import multiworker
+
         validate_config(cfg)
         self.cfg = cfg
         self.folder = RunFolder(run_dir)
-        self.strategy = strategy or make_strategy(cfg["gpus"])   # UserError before writing
+        self.strategy = strategy or make_strategy(cfg["gpus"])  # UserError before writing
         replicas = self.strategy.num_replicas_in_sync
         self.global_batch = global_batch_size(cfg, replicas)
         if sources is None:
-            sources = default_sources(cfg, data_dir, self.global_batch)   # missing data fails
+            sources = default_sources(cfg, data_dir, self.global_batch)  # missing data fails
         self.train_src, self.val_src = sources
         self.multi = multiworker.is_multi_worker(self.strategy)
         self.run_root, self.ckpt_source = self.folder.root, self.folder
-        if self.multi:   # only the chief writes the run folder; the others a temporary one
+        if self.multi:  # only the chief writes the run folder; the others a temporary one
             self.folder, self.ckpt_source, self.resume = multiworker.worker_folders(
-                self.folder, cfg, self.strategy)
+                self.folder, cfg, self.strategy
+            )
         else:
             self.resume = self.folder.check_or_create(cfg)
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg["seed"])
-        keras.mixed_precision.set_global_policy("mixed_float16" if cfg["mixed_precision"]
-                                                else "float32")
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if cfg["mixed_precision"] else "float32"
+        )
         self.steps = epoch_steps(cfg, self.train_src, replicas)
         from epsresnet_tf.train.model import build_training_model
-        self.model = build_training_model(cfg, self.train_src.num_classes,
-                                          self.train_src.image_shape, self.strategy)
+
+        self.model = build_training_model(
+            cfg, self.train_src.num_classes, self.train_src.image_shape, self.strategy
+        )
         self.lr_sched = lr_schedule(cfg)
         from epsresnet_tf.train.callbacks import RunState
+
         self.state = RunState()
         self.start = 0
 
@@ -155,8 +183,7 @@ class _TrainingRun:
         self.folder.write_history(self.state.rows)
 
     def save(self, epoch):
-        st = {"epoch": epoch, "lr_schedule": self.lr_sched.get_state(),
-              "history": self.state.rows}
+        st = {"epoch": epoch, "lr_schedule": self.lr_sched.get_state(), "history": self.state.rows}
         self.folder.save_checkpoint(epoch, [np.asarray(v.numpy()) for v in self.variables()], st)
 
     def callbacks(self, extra=()):
@@ -164,17 +191,26 @@ class _TrainingRun:
         from epsresnet_tf.models.registry import authors_block_count
         from epsresnet_tf.train import callbacks as C
         from epsresnet_tf.train.schedules import FixedSchedule, ScheduledSetter
+
         cfg, state = self.cfg, self.state
-        kind = get_gate(cfg["gate"])   # its scheduled hyper-parameters (ε)
+        kind = get_gate(cfg["gate"])  # its scheduled hyper-parameters (ε)
         gate_schedules = kind.schedules(cfg) if kind is not None else {}
         return [
-            C.ScheduleCallback(ScheduledSetter(self.lr_sched, "learning rate"),
-                               C.set_learning_rate,
-                               lambda m: float(m.optimizer.learning_rate.numpy()), state),
-            *(C.ScheduleCallback(ScheduledSetter(FixedSchedule(schedule), name),
-                                 lambda m, v, name=name: C.set_gate_hyper(m, name, v),
-                                 lambda m, name=name: C.gate_hyper(m, name) or 0.0, state)
-              for name, schedule in gate_schedules.items()),
+            C.ScheduleCallback(
+                ScheduledSetter(self.lr_sched, "learning rate"),
+                C.set_learning_rate,
+                lambda m: float(m.optimizer.learning_rate.numpy()),
+                state,
+            ),
+            *(
+                C.ScheduleCallback(
+                    ScheduledSetter(FixedSchedule(schedule), name),
+                    lambda m, v, name=name: C.set_gate_hyper(m, name, v),
+                    lambda m, name=name: C.gate_hyper(m, name) or 0.0,
+                    state,
+                )
+                for name, schedule in gate_schedules.items()
+            ),
             C.MonitorCallback(state, authors_block_count(cfg["arch"])),
             C.HistoryCallback(self.folder.history, state),
             C.TensorBoardCallback(str(self.folder.tb), state, cfg["histogram_every"]),
@@ -184,28 +220,36 @@ class _TrainingRun:
 
     def fit(self, cbs, verbose):
         from epsresnet_tf.train import multiworker
+
         if self.multi:
             multiworker.check_same_start(self.strategy, self.start)
         epochs = self.cfg["epochs"]
         if self.start >= epochs:
             return
-        train_ds = epochs_dataset(self.train_src, self.start, epochs, self.steps,
-                                  self.global_batch)
+        train_ds = epochs_dataset(self.train_src, self.start, epochs, self.steps, self.global_batch)
         val_ds = val_steps = None
         if self.val_src is not None:
-            val_steps = min(self.cfg["val_steps"] or self.val_src.num_batches,
-                            self.val_src.num_batches)
+            val_steps = min(
+                self.cfg["val_steps"] or self.val_src.num_batches, self.val_src.num_batches
+            )
             val_ds = epochs_dataset(self.val_src, 0, 1, val_steps, None)
-        common = dict(epochs=epochs, initial_epoch=self.start, steps_per_epoch=self.steps,
-                      validation_data=val_ds, validation_steps=val_steps, callbacks=cbs,
-                      verbose=verbose)
-        if self.multi:   # Keras 3's fit fails under MultiWorkerMirroredStrategy
+        common = dict(
+            epochs=epochs,
+            initial_epoch=self.start,
+            steps_per_epoch=self.steps,
+            validation_data=val_ds,
+            validation_steps=val_steps,
+            callbacks=cbs,
+            verbose=verbose,
+        )
+        if self.multi:  # Keras 3's fit fails under MultiWorkerMirroredStrategy
             multiworker.fit(self.model, self.strategy, train_ds, **common)
         else:
             self.model.fit(train_ds, shuffle=False, **common)
 
     def finish(self):
         from epsresnet_tf.train import multiworker
+
         rows, root = self.state.rows, str(self.run_root)
         if self.state.nan:
             ckpts = self.folder.checkpoints()
@@ -215,8 +259,13 @@ class _TrainingRun:
             result = {"status": "nan", "message": msg, "history": rows, "run_dir": root}
         else:
             self.folder.save_model(self.model.net)
-            result = {"status": "done", "epochs": len(rows), "history": rows, "run_dir": root,
-                      "model": str(RunFolder(self.run_root).model)}
+            result = {
+                "status": "done",
+                "epochs": len(rows),
+                "history": rows,
+                "run_dir": root,
+                "model": str(RunFolder(self.run_root).model),
+            }
         if self.multi:
             multiworker.remove_worker_folder(self.folder, self.strategy)
         return result
@@ -227,9 +276,14 @@ def lr_schedule(cfg: dict):
     has an adaptive schedule and the gate kind resets, else the fixed one."""
     from epsresnet_tf.gates import get_gate
     from epsresnet_tf.train.schedules import AdaptiveResetSchedule, FixedSchedule
+
     kind = get_gate(cfg["gate"])
     if cfg["adaptive_schedule"] and kind is not None and kind.adaptive_reset:
-        return AdaptiveResetSchedule(cfg["lr_schedule"], cfg["adaptive_schedule"],
-                                     cfg["reset_threshold"], cfg["reset_window"],
-                                     cfg["reset_tolerance"])
+        return AdaptiveResetSchedule(
+            cfg["lr_schedule"],
+            cfg["adaptive_schedule"],
+            cfg["reset_threshold"],
+            cfg["reset_window"],
+            cfg["reset_tolerance"],
+        )
     return FixedSchedule(cfg["lr_schedule"])

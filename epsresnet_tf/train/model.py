@@ -5,6 +5,7 @@ network (model.keras) and every variable (checkpoints).
 Imported by the training loop and the benchmarks when they train, so importing the loop
 (e.g. for `epsresnet --help`) does not load TensorFlow.
 """
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -28,8 +29,14 @@ class TrainingModel(keras.Model):
         # count of discarded blocks, the statistic the adaptive reset reads
         # (docs/semantics.md §7); "mean" over replicas like the gates'.
         self.discarded_count = self.add_weight(
-            name="discarded_count", shape=(), dtype="float32", trainable=False,
-            initializer="zeros", aggregation="mean", autocast=False)
+            name="discarded_count",
+            shape=(),
+            dtype="float32",
+            trainable=False,
+            initializer="zeros",
+            aggregation="mean",
+            autocast=False,
+        )
         self.side_weight = float(side_weight)
         self.wd_every = int(wd_every or 0)
         self.wd_factor = float(wd_factor)
@@ -83,13 +90,13 @@ class TrainingModel(keras.Model):
         else:
             logits = out
         logits = ops.cast(logits, "float32")
-        xent = ops.mean(keras.losses.sparse_categorical_crossentropy(
-            y, logits, from_logits=True))
+        xent = ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
         loss = xent
         if side is not None:
             side = ops.cast(side, "float32")
             loss = loss + self.side_weight * ops.mean(
-                keras.losses.sparse_categorical_crossentropy(y, side, from_logits=True))
+                keras.losses.sparse_categorical_crossentropy(y, side, from_logits=True)
+            )
         return loss, xent, logits, side
 
     def _update(self, loss, xent, y, logits, side):
@@ -125,7 +132,6 @@ class TrainingModel(keras.Model):
         return self._update(loss, xent, y, logits, side)
 
 
-
 def build_net(cfg: dict, num_classes: int, image_shape: tuple) -> keras.Model:
     """The network `cfg` trains, as it stands before the first epoch: the gate kind's
     settings at the start of its schedules (ε), ghost BN over the gate group."""
@@ -135,21 +141,29 @@ def build_net(cfg: dict, num_classes: int, image_shape: tuple) -> keras.Model:
         options.update(kind.net_options(cfg, training_start=True))
     if cfg["ghost_bn"] and cfg["gate_group"] is not None:
         options.update(bn_group=cfg["gate_group"])
-    return build_model(cfg["arch"], classes=num_classes, input_shape=tuple(image_shape),
-                       gate=cfg["gate"], side_head=cfg["side_head"],
-                       weight_decay=cfg["weight_decay"], **options)
+    return build_model(
+        cfg["arch"],
+        classes=num_classes,
+        input_shape=tuple(image_shape),
+        gate=cfg["gate"],
+        side_head=cfg["side_head"],
+        weight_decay=cfg["weight_decay"],
+        **options,
+    )
 
 
-def build_training_model(cfg: dict, num_classes: int, image_shape: tuple,
-                         strategy=None) -> TrainingModel:
+def build_training_model(
+    cfg: dict, num_classes: int, image_shape: tuple, strategy=None
+) -> TrainingModel:
     """The compiled training model of `cfg` (optimizer built), under `strategy`'s scope:
     what `epsresnet train` runs and the benchmarks time. The caller sets the seed and the
     precision policy first."""
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         net = build_net(cfg, num_classes, image_shape)
-        model = TrainingModel(net, cfg["side_weight"], cfg["wd_decay_every"],
-                              cfg["wd_decay_factor"], cfg["top5"])
+        model = TrainingModel(
+            net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
+        )
         model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]))
         model.optimizer.build(net.trainable_variables)
     return model

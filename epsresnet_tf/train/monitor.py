@@ -6,6 +6,7 @@ other fields are its kind's `GateKind.monitor`: ε: `gate_value`, `response_max`
 those variables once per epoch and `discard_strip` draws paper Fig. 1's strip from the
 per-epoch history.
 """
+
 import numpy as np
 
 from epsresnet_tf.gates import kind_of, to_float
@@ -31,8 +32,11 @@ def gate_snapshot(net):
         entry = {"discarded": to_float(layer.discarded_ema)}
         entry.update(kind_of(layer).monitor(layer))
         blocks[block_of_layer_name(layer.name) or layer.name] = entry
-    return {"blocks": blocks, "num_blocks": len(blocks),
-            "blocks_discarded_sum": sum(e["discarded"] for e in blocks.values())}
+    return {
+        "blocks": blocks,
+        "num_blocks": len(blocks),
+        "blocks_discarded_sum": sum(e["discarded"] for e in blocks.values()),
+    }
 
 
 def block_kernels(net):

@@ -24,6 +24,7 @@ multi-worker guide recommends. Resuming reads the chief's checkpoints, so the ru
 must be on a file system every worker sees; the workers check that they resumed from the
 same epoch and refuse to go on otherwise.
 """
+
 import atexit
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from epsresnet_tf.errors import UserError
 
 def is_multi_worker(strategy):
     import tensorflow as tf
+
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -40,19 +42,23 @@ def make_multi_worker_strategy(gpus):
     """MultiWorkerMirroredStrategy from TF_CONFIG over this machine's first `gpus` GPUs
     (0: its CPU). Must run before TensorFlow's runtime starts (program start-up)."""
     import tensorflow as tf
+
     visible = tf.config.list_physical_devices("GPU")
     if gpus > len(visible):
         raise UserError(f"--gpus {gpus} asks for more GPUs than the {len(visible)} visible")
     try:
         tf.config.set_visible_devices(visible[:gpus], "GPU")
-    except RuntimeError as err:   # the runtime has started: too late to choose devices
-        raise UserError(f"multi-worker strategy must be made before TensorFlow starts: {err}") from err
+    except RuntimeError as err:  # the runtime has started: too late to choose devices
+        raise UserError(
+            f"multi-worker strategy must be made before TensorFlow starts: {err}"
+        ) from err
     impl = tf.distribute.experimental.CommunicationImplementation
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=impl.AUTO if gpus else impl.RING)
+        implementation=impl.AUTO if gpus else impl.RING
+    )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    except ValueError as err:     # malformed TF_CONFIG
+    except ValueError as err:  # malformed TF_CONFIG
         raise UserError(f"TF_CONFIG: {err}") from None
 
 
@@ -66,12 +72,12 @@ def worker_folders(folder, cfg, strategy):
     if is_chief(strategy):
         return folder, folder, folder.check_or_create(cfg)
     if folder.config.exists():
-        folder.check_config(cfg)      # the same refusal the chief makes, so no worker hangs
+        folder.check_config(cfg)  # the same refusal the chief makes, so no worker hangs
         resume = True
     else:
-        resume = False                # a fresh run (the chief is creating it)
+        resume = False  # a fresh run (the chief is creating it)
     own = type(folder)(tempfile.mkdtemp(prefix="epsresnet-worker-"))
-    atexit.register(shutil.rmtree, own.root, ignore_errors=True)   # also if the run fails
+    atexit.register(shutil.rmtree, own.root, ignore_errors=True)  # also if the run fails
     own.check_or_create(cfg)
     return own, folder, resume
 
@@ -84,17 +90,21 @@ def remove_worker_folder(folder, strategy):
 def check_same_start(strategy, start):
     """All workers resumed after the same epoch, or a UserError on each of them."""
     import tensorflow as tf
+
     per_replica = strategy.run(lambda: tf.constant([start], tf.int64))
     starts = sorted(set(int(s) for s in strategy.gather(per_replica, axis=0).numpy()))
     if len(starts) > 1:
-        raise UserError(f"the workers resume after different epochs {starts}: the run folder "
-                        f"must be on a file system every worker sees")
+        raise UserError(
+            f"the workers resume after different epochs {starts}: the run folder "
+            f"must be on a file system every worker sees"
+        )
 
 
 def distribute(strategy, ds):
     """A tf.data dataset of global batches → a distributed dataset, replica r of the cluster
     getting rows [r·n/R, (r+1)·n/R) of each batch of n rows (R replicas in all)."""
     import tensorflow as tf
+
     replicas = strategy.num_replicas_in_sync
 
     def fn(ctx):
@@ -105,8 +115,11 @@ def distribute(strategy, ds):
             n = tf.shape(y)[0]
             bounds = [n * (w * local + j) // replicas for j in range(local + 1)]
             return tf.data.Dataset.from_tensor_slices(tf.range(local)).map(
-                lambda j: (x[tf.gather(bounds, j):tf.gather(bounds, j + 1)],
-                           y[tf.gather(bounds, j):tf.gather(bounds, j + 1)]))
+                lambda j: (
+                    x[tf.gather(bounds, j) : tf.gather(bounds, j + 1)],
+                    y[tf.gather(bounds, j) : tf.gather(bounds, j + 1)],
+                )
+            )
 
         return ds.flat_map(parts)
 
@@ -114,8 +127,19 @@ def distribute(strategy, ds):
     return strategy.distribute_datasets_from_function(fn, options)
 
 
-def fit(model, strategy, train_ds, *, epochs, initial_epoch, steps_per_epoch, callbacks,
-        validation_data=None, validation_steps=None, verbose=1):
+def fit(
+    model,
+    strategy,
+    train_ds,
+    *,
+    epochs,
+    initial_epoch,
+    steps_per_epoch,
+    callbacks,
+    validation_data=None,
+    validation_steps=None,
+    verbose=1,
+):
     """What `model.fit(…)` does for `run_training`, under a MultiWorkerMirroredStrategy."""
     import tensorflow as tf
 
@@ -151,8 +175,10 @@ def fit(model, strategy, train_ds, *, epochs, initial_epoch, steps_per_epoch, ca
                 test_step(val_it)
             logs.update(results("val_"))
         if talk:
-            print(f"epoch {epoch + 1}/{epochs}: "
-                  + " ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+            print(
+                f"epoch {epoch + 1}/{epochs}: " + " ".join(f"{k} {v:.4f}" for k, v in logs.items()),
+                flush=True,
+            )
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
         if model.stop_training:

@@ -18,6 +18,7 @@ variable created in `build`, updates through `self.assign`, so the base optimize
 `tf.distribute` strategies, mixed precision (Keras wraps it in `LossScaleOptimizer`) and
 lists the slots in `optimizer.variables` (which the training loop checkpoints).
 """
+
 import keras
 from keras import ops
 
@@ -36,8 +37,9 @@ class TF1Momentum(keras.optimizers.Optimizer):
         **kwargs: the base optimizer's keyword arguments (name, clipnorm, ...).
     """
 
-    def __init__(self, learning_rate=0.01, momentum=0.9, nesterov=False, name="tf1_momentum",
-                 **kwargs):
+    def __init__(
+        self, learning_rate=0.01, momentum=0.9, nesterov=False, name="tf1_momentum", **kwargs
+    ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
@@ -81,5 +83,6 @@ def make_optimizer(cfg: dict) -> keras.optimizers.Optimizer:
         return keras.optimizers.Nadam(first_lr)
     if name in ("momentum", "nesterov"):
         return TF1Momentum(first_lr, momentum=cfg["momentum"], nesterov=name == "nesterov")
-    return keras.optimizers.SGD(first_lr, momentum=float(cfg["momentum"]),
-                                nesterov=name == "keras-nesterov")
+    return keras.optimizers.SGD(
+        first_lr, momentum=float(cfg["momentum"]), nesterov=name == "keras-nesterov"
+    )

@@ -1,4 +1,5 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
+
 import os
 from pathlib import Path
 
@@ -12,80 +13,114 @@ def _number(text, flag, kind, low):
     try:
         value = kind(text)
     except ValueError:
-        raise UserError(f"{flag} expects {'an integer' if kind is int else 'a number'}, "
-                        f"got {text!r}") from None
+        raise UserError(
+            f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
     if not value >= low:
         raise UserError(f"{flag} must be >= {low}, got {text}")
     return value
 
 
-NUMERIC = {"depth": (int, 1), "epsilon": (float, 0.0), "epochs": (int, 1),
-           "batch_size": (int, 1), "steps_per_epoch": (int, 1), "val_steps": (int, 0),
-           "gpus": (int, 0), "seed": (int, 0)}
+NUMERIC = {
+    "depth": (int, 1),
+    "epsilon": (float, 0.0),
+    "epochs": (int, 1),
+    "batch_size": (int, 1),
+    "steps_per_epoch": (int, 1),
+    "val_steps": (int, 0),
+    "gpus": (int, 0),
+    "seed": (int, 0),
+}
 
 
 def register(subparsers):
     p = subparsers.add_parser(
-        "train", help="train a recipe from experiments/ (resumes an existing run folder)",
+        "train",
+        help="train a recipe from experiments/ (resumes an existing run folder)",
         description="Train the recipe RECIPE (a name in experiments/ or a .json path) into "
-                    "OUT/<name>/: config.json, history.jsonl, tb/, ckpt/, model.keras. "
-                    "Running again into the same folder resumes; a folder holding another "
-                    "config is refused.")
+        "OUT/<name>/: config.json, history.jsonl, tb/, ckpt/, model.keras. "
+        "Running again into the same folder resumes; a folder holding another "
+        "config is refused.",
+    )
     p.add_argument("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument("--depth",
-                   help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)")
+    p.add_argument(
+        "--depth", help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)"
+    )
     p.add_argument("--epsilon", help="the ε of the gates (>= 0)")
     p.add_argument("--epochs", help="number of epochs to train in total")
-    p.add_argument("--batch-size",
-                   help="batch size (per replica, or in total where the recipe says so)")
-    p.add_argument("--steps-per-epoch",
-                   help="cap on training steps per epoch (default: the whole split)")
-    p.add_argument("--val-steps",
-                   help="cap on validation batches per epoch; 0 skips validation")
-    p.add_argument("--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"),
-                   help="folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
-                        "unused by the demo's digits, which scikit-learn ships)")
+    p.add_argument(
+        "--batch-size", help="batch size (per replica, or in total where the recipe says so)"
+    )
+    p.add_argument(
+        "--steps-per-epoch", help="cap on training steps per epoch (default: the whole split)"
+    )
+    p.add_argument("--val-steps", help="cap on validation batches per epoch; 0 skips validation")
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("EPSRESNET_DATA", "data"),
+        help="folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
+        "unused by the demo's digits, which scikit-learn ships)",
+    )
     p.add_argument("--out", default="runs", help="parent of the run folder (default: runs)")
     p.add_argument("--name", help="run folder name (default: recipe name + overrides)")
-    p.add_argument("--gpus", default="0",
-                   help="0: one device; N: MirroredStrategy over N GPUs (per-replica batch)")
+    p.add_argument(
+        "--gpus",
+        default="0",
+        help="0: one device; N: MirroredStrategy over N GPUs (per-replica batch)",
+    )
     p.add_argument("--seed", help="random seed (weights and data order)")
-    p.add_argument("--mixed-precision", action="store_true",
-                   help="mixed_float16 compute (the gates stay float32)")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 compute (the gates stay float32)",
+    )
     p.add_argument("--xla", action="store_true", help="compile the training step with XLA")
-    p.add_argument("--deterministic", action="store_true",
-                   help="enable TensorFlow op determinism (bit-reproducible, slower)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="enable TensorFlow op determinism (bit-reproducible, slower)",
+    )
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
     p.set_defaults(func=main)
 
 
 def main(args):
     from epsresnet_tf import recipes
+
     for key, (kind, low) in NUMERIC.items():
         setattr(args, key, _number(getattr(args, key), "--" + key.replace("_", "-"), kind, low))
     if args.list:
         from tabulate import tabulate
+
         rows = [(n, recipes.load(n).get("description", "")) for n in recipes.available()]
         print(tabulate(rows, headers=("recipe", "description")))
         return None
     if not args.recipe:
         raise UserError("name a recipe (epsresnet train --list shows them)")
-    overrides = dict(epsilon=args.epsilon, epochs=args.epochs, batch_size=args.batch_size,
-                     steps_per_epoch=args.steps_per_epoch, val_steps=args.val_steps,
-                     gpus=args.gpus, seed=args.seed,
-                     mixed_precision=True if args.mixed_precision else None,
-                     xla=True if args.xla else None,
-                     deterministic=True if args.deterministic else None)
+    overrides = dict(
+        epsilon=args.epsilon,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch,
+        val_steps=args.val_steps,
+        gpus=args.gpus,
+        seed=args.seed,
+        mixed_precision=True if args.mixed_precision else None,
+        xla=True if args.xla else None,
+        deterministic=True if args.deterministic else None,
+    )
     name, cfg = recipes.resolve(args.recipe, depth=args.depth, **overrides)
     if args.name:
         name = cfg["name"] = args.name
     from epsresnet_tf.data import datasets
+
     data_dir = Path(args.data_dir)
     # a dataset that ships inside a package (the demo's digits) needs no data folder
     if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
     from epsresnet_tf.train.loop import run_training
+
     result = run_training(cfg, Path(args.out) / name, data_dir, verbose=2 if args.quiet else 1)
     print(summary(result))
     return 1 if result["status"] != "done" else None
@@ -94,16 +129,25 @@ def main(args):
 def summary(result):
     """The last epoch's per-block discard table and totals (tabulate)."""
     from tabulate import tabulate
+
     rows = result.get("history") or []
     if not rows:
         return f"{result['run_dir']}: no epoch finished"
     last = rows[-1]
-    table = [(bid, f"{b['discarded']:.3f}", f"{b.get('response_max', float('nan')):.3f}",
-              "discarded" if b["discarded"] > 0.5 else "")
-             for bid, b in last["blocks"].items()]
+    table = [
+        (
+            bid,
+            f"{b['discarded']:.3f}",
+            f"{b.get('response_max', float('nan')):.3f}",
+            "discarded" if b["discarded"] > 0.5 else "",
+        )
+        for bid, b in last["blocks"].items()
+    ]
     text = tabulate(table, headers=("block", "EMA(1-T)", "max|F|", "")) if table else ""
     err = last.get("val_error")
-    return (f"{text}\n{result['run_dir']}: epoch {last['epoch']}, discarded "
-            f"{last['discarded_count']:.2f} of {len(last['blocks'])} blocks "
-            f"({last['discarded_ratio']:.1%})"
-            + (f", validation error {err:.2%}" if err is not None else ""))
+    return (
+        f"{text}\n{result['run_dir']}: epoch {last['epoch']}, discarded "
+        f"{last['discarded_count']:.2f} of {len(last['blocks'])} blocks "
+        f"({last['discarded_ratio']:.1%})"
+        + (f", validation error {err:.2%}" if err is not None else "")
+    )

@@ -8,6 +8,7 @@ starts (or resumes) after some entries gets the value in effect at its start.
 The Keras callbacks in `epsresnet_tf.train.callbacks` call these objects with Keras'
 0-based epoch index, which is the number of finished epochs.
 """
+
 import logging
 import math
 
@@ -69,8 +70,10 @@ def value_at_beginning(schedule, start_epoch, current_value, set_at_beginning=Tr
     expected = schedule.value_in_effect(start_epoch)
     if expected is None or math.isclose(expected, current_value, rel_tol=1e-6, abs_tol=1e-12):
         return None, None
-    warning = (f"according to the schedule the value should be {expected:.7g} after epoch "
-               f"{start_epoch}, but it is {current_value:.7g}")
+    warning = (
+        f"according to the schedule the value should be {expected:.7g} after epoch "
+        f"{start_epoch}, but it is {current_value:.7g}"
+    )
     return (expected if set_at_beginning else None), warning
 
 
@@ -92,11 +95,16 @@ class ScheduledSetter:
 
     def begin(self, start_epoch, current_value):
         """Before training, `start_epoch` epochs finished: the value to set now, or None."""
-        value, warning = value_at_beginning(self.schedule.current, start_epoch, current_value,
-                                            self.set_at_beginning)
+        value, warning = value_at_beginning(
+            self.schedule.current, start_epoch, current_value, self.set_at_beginning
+        )
         if warning:
-            log.warning("%s: %s%s", self.name, warning,
-                        f"; setting {value:.7g}" if value is not None else "")
+            log.warning(
+                "%s: %s%s",
+                self.name,
+                warning,
+                f"; setting {value:.7g}" if value is not None else "",
+            )
         return value
 
     def epoch(self, epoch, history=()):
@@ -146,7 +154,7 @@ class AdaptiveResetSchedule:
         too_soon = self.last_reset is not None and epoch - self.last_reset < k
         if len(history) < k + 1 or too_soon:
             return self.current.value_at(epoch)
-        recent = history[-(k + 1):]
+        recent = history[-(k + 1) :]
         if max(recent) >= recent[0] + self.threshold - self.tolerance:
             self.current = self.adaptive.shifted(epoch)
             self.last_reset = epoch
@@ -158,8 +166,11 @@ class AdaptiveResetSchedule:
         return self.current.value_in_effect(epoch)
 
     def get_state(self):
-        return {"current": self.current.to_list(), "last_reset": self.last_reset,
-                "resets": list(self.resets)}
+        return {
+            "current": self.current.to_list(),
+            "last_reset": self.last_reset,
+            "resets": list(self.resets),
+        }
 
     def set_state(self, state):
         self.current = PiecewiseSchedule(state["current"])
