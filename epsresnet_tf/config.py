@@ -25,6 +25,15 @@ from epsresnet_tf.errors import UserError
 Config = dict[str, Any]
 
 #: Defaults of a resolved config; recipes override them (experiments/*.json).
+#: History keys the adaptive reset may read: the authors' one moving average of the
+#: discarded count (default), the sum of the per-block averages, or either ratio.
+RESET_STATISTICS = (
+    "discarded_count",
+    "blocks_discarded_sum",
+    "discarded_ratio",
+    "discarded_ratio_authors",
+)
+
 DEFAULTS: Config = {
     "name": None,
     "dataset": "cifar10",
@@ -47,6 +56,7 @@ DEFAULTS: Config = {
     "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
     "reset_threshold": 1.0,
     "reset_tolerance": 0.01,  # above float32 rounding of the count's average (docs/semantics.md)
+    "reset_statistic": "discarded_count",  # the history key the reset reads (one of RESET_STATISTICS)
     "reset_window": 1,
     "weight_decay": 2e-4,
     "wd_decay_every": 480000,
@@ -117,6 +127,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
     if cfg["epsilon"] < 0:
         raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
+    if cfg["reset_statistic"] not in RESET_STATISTICS:
+        raise UserError(
+            f"reset_statistic must be one of {', '.join(RESET_STATISTICS)}, "
+            f"got {cfg['reset_statistic']!r}"
+        )
     if not 0 <= cfg["reset_tolerance"] < cfg["reset_threshold"]:
         raise UserError(
             f"reset_tolerance must be >= 0 and below reset_threshold "

@@ -167,3 +167,14 @@ def test_float32_stall_needs_the_tolerance():
     fresh = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.01)
     assert late[1] < 0.99 and fresh.lr_for_epoch(2, late) is None
     assert exact.lr_for_epoch(2, history) is None
+
+
+def test_the_reset_reads_the_statistic_the_config_names(tmp_path, one_block_epsilon):
+    # The same one-block run, with the reset reading the discarded ratio (count / 3 blocks):
+    # it rises by a third, below the threshold 1, so the lr follows the standard schedule.
+    cfg = config(
+        epsilon=one_block_epsilon, epsilon_start_epoch=1, reset_statistic="discarded_ratio"
+    )
+    rows = run_training(cfg, tmp_path / "ratio", sources=(FixedBatch(), None), verbose=0)["history"]
+    assert rows[1]["discarded_ratio"] == pytest.approx(rows[1]["discarded_count"] / 3)
+    assert rows[2]["lr"] == pytest.approx(STANDARD[1][1])

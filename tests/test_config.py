@@ -45,6 +45,8 @@ def tiny(**kw):
         ({"arch": "vgg-16"}, "unknown architecture"),
         ({"epochs": 0}, "epochs"),
         ({"optimizer": "adam"}, "optimizer"),
+        ({"reset_statistic": "val_error"}, "reset_statistic"),
+        ({"reset_tolerance": 1.0}, "reset_tolerance"),
     ],
 )
 def test_bad_config_is_one_line_error(override, message, tmp_path):

@@ -32,15 +32,17 @@ _ERRORS = {
 
 
 class RunState:
-    """History rows (one dict per finished epoch) and flags shared by the callbacks."""
+    """History rows (one dict per finished epoch) and flags shared by the callbacks.
+    `statistic` is the history key the adaptive reset reads (docs/semantics.md §7)."""
 
-    def __init__(self, rows=None):
+    def __init__(self, rows=None, statistic="discarded_count"):
         self.rows = list(rows or [])
+        self.statistic = statistic
         self.nan = None  # message once a non-finite loss stopped the run
 
     @property
     def counts(self):
-        return [r["discarded_count"] for r in self.rows]
+        return [r[self.statistic] for r in self.rows]
 
 
 def _assign(var, value):

@@ -155,7 +155,7 @@ class _TrainingRun:
         self.lr_sched = lr_schedule(cfg)
         from epsresnet_tf.train.callbacks import RunState
 
-        self.state = RunState()
+        self.state = RunState(statistic=cfg["reset_statistic"])
         self.start = 0
 
     def variables(self):
