@@ -236,6 +236,23 @@ def tables(runs):
 # --- figures ---------------------------------------------------------------------------
 
 
+#: Figures drawn for every run: (file stem, function, whether the run has its data). A new
+#: figure is one function with the decorator; `make_report` draws every registered one.
+PER_RUN_FIGURES = []
+
+
+def per_run_figure(stem, when=lambda r: True):
+    """Register `fn(run_data, path)` as a figure of every run for which `when(run)` holds;
+    `fn` may return False to say it drew nothing (no file is listed then)."""
+
+    def register_figure(fn):
+        PER_RUN_FIGURES.append((stem, fn, when))
+        return fn
+
+    return register_figure
+
+
+@per_run_figure("discarded_ratio", when=lambda r: bool(r.rows))
 def fig_discarded_ratio(r, path):
     plt = _plt()
     epochs = [row["epoch"] for row in r.rows]
@@ -272,6 +289,7 @@ def fig_discarded_ratio(r, path):
     plt.close(fig)
 
 
+@per_run_figure("groups", when=lambda r: bool(r.block_ids()))
 def fig_groups(r, path):
     plt = _plt()
     ids = r.block_ids()
@@ -294,6 +312,7 @@ def fig_groups(r, path):
     plt.close(fig)
 
 
+@per_run_figure("strip", when=lambda r: bool(r.rows and r.rows[-1].get("blocks")))
 def fig_strip(r, path):
     plt = _plt()
     ids = r.block_ids()
@@ -371,6 +390,7 @@ def _histogram_percentiles(tb_dir, tag_prefix):
     return out, tags[0]
 
 
+@per_run_figure("weight_collapse", when=lambda r: r.run.model_path.is_file())
 def fig_weight_collapse(r, path):
     """Percentiles of a discarded block's kernel against epoch (TensorBoard histograms), beside
     a kept block's; without histograms, the final kernels of model.keras."""
@@ -415,6 +435,7 @@ def fig_weight_collapse(r, path):
     return True
 
 
+@per_run_figure("removal_curves", when=lambda r: bool(r.ablations))
 def fig_removal_curves(r, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -487,22 +508,10 @@ def make_report(run_dirs, out=None, force=False):
     files.append(out / "tables.md")
     for r in runs:
         prefix = f"{r.name}-" if len(runs) > 1 else ""
-        if r.rows:
-            fig_discarded_ratio(r, out / f"{prefix}discarded_ratio.png")
-            files.append(out / f"{prefix}discarded_ratio.png")
-        if r.block_ids():
-            fig_groups(r, out / f"{prefix}groups.png")
-            files.append(out / f"{prefix}groups.png")
-        if r.rows and r.rows[-1].get("blocks"):
-            fig_strip(r, out / f"{prefix}strip.png")
-            files.append(out / f"{prefix}strip.png")
-        if r.run.model_path.is_file() and fig_weight_collapse(
-            r, out / f"{prefix}weight_collapse.png"
-        ):
-            files.append(out / f"{prefix}weight_collapse.png")
-        if r.ablations:
-            fig_removal_curves(r, out / f"{prefix}removal_curves.png")
-            files.append(out / f"{prefix}removal_curves.png")
+        for stem, draw, when in PER_RUN_FIGURES:
+            path = out / f"{prefix}{stem}.png"
+            if when(r) and draw(r, path) is not False:
+                files.append(path)
     if len(runs) > 1:
         fig_epsilon_sweep(rows, out / "epsilon_sweep.png")
         files.append(out / "epsilon_sweep.png")

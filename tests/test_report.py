@@ -108,6 +108,24 @@ def test_report_tables_and_figures_of_one_run(tmp_path):
     R.make_report([tmp_path / "a"], force=True)
 
 
+def test_a_new_figure_is_one_decorated_function(tmp_path, monkeypatch):
+    # registered from here alone: make_report draws it for runs with the data it asks for
+    monkeypatch.setattr(R, "PER_RUN_FIGURES", list(R.PER_RUN_FIGURES))
+
+    @R.per_run_figure("epochs_seen", when=lambda r: len(r.rows) >= 2)
+    def fig_epochs(r, path):
+        plt = R._plt()
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([row["epoch"] for row in r.rows])
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    fake_run(tmp_path / "a")
+    result = R.make_report([tmp_path / "a"])
+    path = tmp_path / "a" / "report" / "epochs_seen.png"
+    assert str(path) in result["files"] and _png_size(path)[0] == 400
+
+
 def test_group_counts_and_strip_follow_the_certificate(tmp_path):
     fake_run(tmp_path / "a", closed=("group2/block0", "group2/block1"))
     run = R.RunData(tmp_path / "a")
