@@ -37,7 +37,6 @@ and reports the test error of each and the blocks only one rule removes.
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from epsresnet_tf import gates as G
+from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
 from epsresnet_tf.naming import (
@@ -925,20 +925,18 @@ _OPTIONS = [
 
 def register(subparsers):
     """Add the `compress` subcommand to the CLI's subparsers."""
-    p = subparsers.add_parser(
+    add_command(
+        subparsers,
         "compress",
         help="certify removable blocks and export the reduced standard ResNet",
         description="Certify which blocks of a trained run contribute nothing (gate 0 on every "
         "image of the training and test sets, or g(k) = 0), rebuild the net "
         "without them, check identical predictions on the test set and export "
         "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json}.",
+        func=_cli,
+        options=[
+            option("run_dir", help="run folder written by `epsresnet train`"),
+            data_dir(),
+            *(option(*flags, **kwargs) for flags, kwargs in _OPTIONS),
+        ],
     )
-    p.add_argument("run_dir", help="run folder written by `epsresnet train`")
-    p.add_argument(  # the default is read when the parser is built, as the environment then
-        "--data-dir",
-        default=os.environ.get("EPSRESNET_DATA", "data"),
-        help="dataset root (default: data, or $EPSRESNET_DATA)",
-    )
-    for flags, kwargs in _OPTIONS:
-        p.add_argument(*flags, **kwargs)
-    p.set_defaults(func=_cli)

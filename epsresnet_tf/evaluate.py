@@ -12,13 +12,13 @@ Library API::
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from epsresnet_tf import compress as C
+from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
 from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
@@ -240,43 +240,50 @@ def _ablate_cli(args):
 
 
 def register(subparsers):
-    data_dir = os.environ.get("EPSRESNET_DATA", "data")
-    p = subparsers.add_parser(
+    """Add the `evaluate` and `ablate` subcommands."""
+    add_command(
+        subparsers,
         "evaluate",
         help="error, parameters, MACs and latency of a saved net",
         description="Evaluate a .keras net (a run folder's model.keras or reduced/reduced.keras, "
         "or any path) on the dataset's evaluation split.",
+        func=_evaluate_cli,
+        options=[
+            option("model", help=".keras file, or a run folder / reduced folder"),
+            data_dir("dataset root (default: data)"),
+            option(
+                "--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)"
+            ),
+            option("--batch-size", type=int, default=128, help="evaluation batch size (128)"),
+            option("--max-batches", type=int, default=None, help="evaluate on the first N batches"),
+            option("--latency-batches", default="1,128", help="batch sizes to time (1,128)"),
+            option("--repeats", type=int, default=20, help="timed calls per batch size (20)"),
+            JSON,
+        ],
     )
-    p.add_argument("model", help=".keras file, or a run folder / reduced folder")
-    p.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
-    p.add_argument(
-        "--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)"
-    )
-    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch size (128)")
-    p.add_argument("--max-batches", type=int, default=None, help="evaluate on the first N batches")
-    p.add_argument("--latency-batches", default="1,128", help="batch sizes to time (1,128)")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls per batch size (20)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_evaluate_cli)
-
-    a = subparsers.add_parser(
+    add_command(
+        subparsers,
         "ablate",
         help="remove blocks one at a time and record the error after each removal",
         description="Removal-robustness curve (Savarese et al. Fig. 5, right) of a trained run: "
         "writes RUN_DIR/ablation/ORDER.json, which `epsresnet report` plots.",
+        func=_ablate_cli,
+        options=[
+            option("run_dir", help="run folder written by `epsresnet train`"),
+            option(
+                "--order",
+                choices=ORDERS,
+                default="by-response",
+                help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
+                "(smallest mean |contribution| first)",
+            ),
+            data_dir("dataset root (default: data)"),
+            option("--seed", type=int, default=0, help="seed of the random order"),
+            option("--max-batches", type=int, default=None, help="test on the first N batches"),
+            option("--max-removals", type=int, default=None, help="stop after N removals"),
+            option(
+                "--out", default=None, help="output JSON (default: RUN_DIR/ablation/ORDER.json)"
+            ),
+            force("an existing output"),
+        ],
     )
-    a.add_argument("run_dir", help="run folder written by `epsresnet train`")
-    a.add_argument(
-        "--order",
-        choices=ORDERS,
-        default="by-response",
-        help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
-        "(smallest mean |contribution| first)",
-    )
-    a.add_argument("--data-dir", default=data_dir, help="dataset root (default: data)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the random order")
-    a.add_argument("--max-batches", type=int, default=None, help="test on the first N batches")
-    a.add_argument("--max-removals", type=int, default=None, help="stop after N removals")
-    a.add_argument("--out", default=None, help="output JSON (default: RUN_DIR/ablation/ORDER.json)")
-    a.add_argument("--force", action="store_true", help="replace an existing output")
-    a.set_defaults(func=_ablate_cli)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from epsresnet_tf import compress as C
+from epsresnet_tf.commands import add_command, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
 from epsresnet_tf.runfolder import RunFolder, load_model, read_run
@@ -527,18 +528,22 @@ def _cli(args):
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
+    """Add the `report` subcommand."""
+    add_command(
+        subparsers,
         "report",
         help="tables and figures (paper Figs. 1, 5–10) from run folders",
         description="Tables (full vs reduced error, blocks, layers, params, memory) and PNGs "
         "(discarded ratio, kept per group, discard strip, weight collapse, removal "
         "curves, ε sweep) from one or more run folders.",
+        func=_cli,
+        options=[
+            option(
+                "run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)"
+            ),
+            option(
+                "--out", default=None, help="output folder (default: RUN_DIR/report for one run)"
+            ),
+            force("an existing report"),
+        ],
     )
-    p.add_argument(
-        "run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)"
-    )
-    p.add_argument(
-        "--out", default=None, help="output folder (default: RUN_DIR/report for one run)"
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing report")
-    p.set_defaults(func=_cli)

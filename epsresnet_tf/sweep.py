@@ -11,9 +11,9 @@ certificates, so a sweep can be extended by adding values.
 """
 
 import json
-import os
 from pathlib import Path
 
+from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
 
 
@@ -199,36 +199,38 @@ def _cli(args):
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
+    """Add the `sweep-eps` subcommand."""
+    add_command(
+        subparsers,
         "sweep-eps",
         help="train short runs over a list of ε and report compression against error",
         description="Train RECIPE once per ε (short schedule overrides), compress each run, and "
         "name the largest compression within the error budget. Writes "
         "OUT/eps<ε>/ run folders, OUT/sweep.json and OUT/report/.",
+        func=_cli,
+        options=[
+            option("recipe", help="recipe name (epsresnet train --list) or JSON path"),
+            option("--eps", required=True, help="comma-separated ε values, e.g. 1.5,2,2.5,3"),
+            data_dir("dataset root"),
+            option("--out", default=None, help="sweep folder (default: runs/sweep-RECIPE)"),
+            option("--epochs", type=int, default=None, help="epochs per run (short schedules)"),
+            option("--steps-per-epoch", type=int, default=None, help="steps per epoch"),
+            option("--val-steps", type=int, default=None, help="validation batches per epoch"),
+            option("--batch-size", type=int, default=None, help="batch size per replica"),
+            option("--seed", type=int, default=None, help="seed of every run"),
+            option(
+                "--budget",
+                type=float,
+                default=0.01,
+                help="allowed error above the sweep's best, as a fraction (0.01 = 1 point)",
+            ),
+            option("--max-error", type=float, default=None, help="absolute error ceiling instead"),
+            option(
+                "--no-compress",
+                action="store_true",
+                help="skip certification; compression from the EMA rule of the last epoch",
+            ),
+            option("--max-batches", type=int, default=None, help="certify on N batches per split"),
+            option("--quiet", action="store_true", help="no per-epoch lines"),
+        ],
     )
-    p.add_argument("recipe", help="recipe name (epsresnet train --list) or JSON path")
-    p.add_argument("--eps", required=True, help="comma-separated ε values, e.g. 1.5,2,2.5,3")
-    p.add_argument(
-        "--data-dir", default=os.environ.get("EPSRESNET_DATA", "data"), help="dataset root"
-    )
-    p.add_argument("--out", default=None, help="sweep folder (default: runs/sweep-RECIPE)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (short schedules)")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="steps per epoch")
-    p.add_argument("--val-steps", type=int, default=None, help="validation batches per epoch")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size per replica")
-    p.add_argument("--seed", type=int, default=None, help="seed of every run")
-    p.add_argument(
-        "--budget",
-        type=float,
-        default=0.01,
-        help="allowed error above the sweep's best, as a fraction (0.01 = 1 point)",
-    )
-    p.add_argument("--max-error", type=float, default=None, help="absolute error ceiling instead")
-    p.add_argument(
-        "--no-compress",
-        action="store_true",
-        help="skip certification; compression from the EMA rule of the last epoch",
-    )
-    p.add_argument("--max-batches", type=int, default=None, help="certify on N batches per split")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    p.set_defaults(func=_cli)

@@ -40,31 +40,38 @@ class DataFileError(UserError):
 
 
 @dataclass
-class ArrayData:
+class _Split:
+    """What every split has: ``labels`` int32 (N,), the class count and names, its source."""
+
+    labels: np.ndarray
+    num_classes: int
+    class_names: list = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclass(init=False)
+class ArrayData(_Split):
     """A split held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int32 (N,)."""
 
     images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-    class_names: list = field(default_factory=list)
-    source: str = ""
 
-    def __len__(self):
-        return len(self.labels)
+    def __init__(self, images, labels, num_classes, class_names=None, source=""):
+        super().__init__(labels, num_classes, list(class_names or []), source)
+        self.images = images
 
 
-@dataclass
-class FileData:
+@dataclass(init=False)
+class FileData(_Split):
     """A split of image files: ``paths`` (list of str), ``labels`` int32 (N,)."""
 
     paths: list
-    labels: np.ndarray
-    num_classes: int
-    class_names: list = field(default_factory=list)
-    source: str = ""
 
-    def __len__(self):
-        return len(self.labels)
+    def __init__(self, paths, labels, num_classes, class_names=None, source=""):
+        super().__init__(labels, num_classes, list(class_names or []), source)
+        self.paths = paths
 
 
 def _how_to_get(name):

@@ -7,6 +7,7 @@ import numpy as np
 from tabulate import tabulate
 
 from epsresnet_tf import layers as L
+from epsresnet_tf.commands import JSON, add_command, option
 from epsresnet_tf.gates import gate_choices
 from epsresnet_tf.naming import block_of_layer_name
 
@@ -95,34 +96,38 @@ def describe(args):
 
 
 def register(subparsers):
-    parser = subparsers.add_parser(
+    """Add the `describe` subcommand."""
+    add_command(
+        subparsers,
         "describe",
         help="parameters, conv layers, blocks and MACs of an architecture",
         description="Build an architecture by name (e.g. cifar-basic-110, "
         "cifar-bottleneck-164, imagenet-152, wrn-28-10, mnist-res-50) and "
         "print its size.",
+        func=describe,
+        options=[
+            option("arch", help="architecture name, e.g. cifar-basic-110"),
+            option(
+                "--classes",
+                type=int,
+                default=None,
+                help="output classes (default: the family's: 10, or 1000 for imagenet)",
+            ),
+            option(
+                "--gate",
+                choices=gate_choices(),
+                default="none",
+                help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)",
+            ),
+            option("--epsilon", type=float, default=None, help="epsilon of the eps gate"),
+            option(
+                "--share", action="store_true", help="share each stage's 3x3 kernel (ShaResNet)"
+            ),
+            option(
+                "--side-head",
+                action="store_true",
+                help="add the middle side-supervision head (epsilon-ResNet)",
+            ),
+            JSON,
+        ],
     )
-    parser.add_argument("arch", help="architecture name, e.g. cifar-basic-110")
-    parser.add_argument(
-        "--classes",
-        type=int,
-        default=None,
-        help="output classes (default: the family's: 10, or 1000 for imagenet)",
-    )
-    parser.add_argument(
-        "--gate",
-        choices=gate_choices(),
-        default="none",
-        help="residual gate: none, eps (epsilon-ResNet) or k (Savarese et al.)",
-    )
-    parser.add_argument("--epsilon", type=float, default=None, help="epsilon of the eps gate")
-    parser.add_argument(
-        "--share", action="store_true", help="share each stage's 3x3 kernel (ShaResNet)"
-    )
-    parser.add_argument(
-        "--side-head",
-        action="store_true",
-        help="add the middle side-supervision head (epsilon-ResNet)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=describe)

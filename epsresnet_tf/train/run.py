@@ -1,8 +1,8 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
 
-import os
 from pathlib import Path
 
+from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
 
 
@@ -34,55 +34,59 @@ NUMERIC = {
 
 
 def register(subparsers):
-    p = subparsers.add_parser(
+    """Add the `train` subcommand."""
+    add_command(
+        subparsers,
         "train",
         help="train a recipe from experiments/ (resumes an existing run folder)",
         description="Train the recipe RECIPE (a name in experiments/ or a .json path) into "
         "OUT/<name>/: config.json, history.jsonl, tb/, ckpt/, model.keras. "
         "Running again into the same folder resumes; a folder holding another "
         "config is refused.",
+        func=main,
+        options=[
+            option("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe"),
+            option("--list", action="store_true", help="list the recipes and exit"),
+            option(
+                "--depth", help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)"
+            ),
+            option("--epsilon", help="the ε of the gates (>= 0)"),
+            option("--epochs", help="number of epochs to train in total"),
+            option(
+                "--batch-size",
+                help="batch size (per replica, or in total where the recipe says so)",
+            ),
+            option(
+                "--steps-per-epoch",
+                help="cap on training steps per epoch (default: the whole split)",
+            ),
+            option("--val-steps", help="cap on validation batches per epoch; 0 skips validation"),
+            data_dir(
+                "folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
+                "unused by the demo's digits, which scikit-learn ships)"
+            ),
+            option("--out", default="runs", help="parent of the run folder (default: runs)"),
+            option("--name", help="run folder name (default: recipe name + overrides)"),
+            option(
+                "--gpus",
+                default="0",
+                help="0: one device; N: MirroredStrategy over N GPUs (per-replica batch)",
+            ),
+            option("--seed", help="random seed (weights and data order)"),
+            option(
+                "--mixed-precision",
+                action="store_true",
+                help="mixed_float16 compute (the gates stay float32)",
+            ),
+            option("--xla", action="store_true", help="compile the training step with XLA"),
+            option(
+                "--deterministic",
+                action="store_true",
+                help="enable TensorFlow op determinism (bit-reproducible, slower)",
+            ),
+            option("--quiet", action="store_true", help="one line per epoch, no progress bar"),
+        ],
     )
-    p.add_argument("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe")
-    p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument(
-        "--depth", help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)"
-    )
-    p.add_argument("--epsilon", help="the ε of the gates (>= 0)")
-    p.add_argument("--epochs", help="number of epochs to train in total")
-    p.add_argument(
-        "--batch-size", help="batch size (per replica, or in total where the recipe says so)"
-    )
-    p.add_argument(
-        "--steps-per-epoch", help="cap on training steps per epoch (default: the whole split)"
-    )
-    p.add_argument("--val-steps", help="cap on validation batches per epoch; 0 skips validation")
-    p.add_argument(
-        "--data-dir",
-        default=os.environ.get("EPSRESNET_DATA", "data"),
-        help="folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
-        "unused by the demo's digits, which scikit-learn ships)",
-    )
-    p.add_argument("--out", default="runs", help="parent of the run folder (default: runs)")
-    p.add_argument("--name", help="run folder name (default: recipe name + overrides)")
-    p.add_argument(
-        "--gpus",
-        default="0",
-        help="0: one device; N: MirroredStrategy over N GPUs (per-replica batch)",
-    )
-    p.add_argument("--seed", help="random seed (weights and data order)")
-    p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 compute (the gates stay float32)",
-    )
-    p.add_argument("--xla", action="store_true", help="compile the training step with XLA")
-    p.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="enable TensorFlow op determinism (bit-reproducible, slower)",
-    )
-    p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
-    p.set_defaults(func=main)
 
 
 def main(args):
