@@ -52,7 +52,7 @@ def import_quietly(names):
             os.close(saved)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="epsresnet",
         description="epsilon-ResNet: train deep ResNets that discard their own blocks, "
@@ -65,7 +65,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)

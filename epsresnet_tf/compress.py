@@ -40,6 +40,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,6 +66,9 @@ from epsresnet_tf.runfolder import (
     read_run,
 )
 
+if TYPE_CHECKING:
+    import keras
+
 #: Tolerance (docs/semantics.md) for the equivalence check on CPU.
 TOLERANCE = 1e-5
 #: The authors' rule (docs/semantics.md): a block goes when its is_discarded moving average
@@ -83,12 +87,12 @@ GATE_POLICIES = ("auto", "keep", "none", "plain")
 # --- model structure -------------------------------------------------------------------
 
 
-def logits_of(outputs):
+def logits_of(outputs: Any) -> Any:
     """The prediction logits of a model output (a dict when the side head is present)."""
     return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
-def block_layout(model):
+def block_layout(model: "keras.Model") -> dict[int, int]:
     """{group: number of units} from the `group{g}_block{b}_…` layer names."""
     seen = {}
     for layer in model.layers:
@@ -131,7 +135,9 @@ def iter_images(data):
         yield np.asarray(x, np.float32) if isinstance(x, (np.ndarray, list)) else x
 
 
-def certify(model, datasets, scope=None, batch_size=None):
+def certify(
+    model: "keras.Model", datasets: dict, scope: str | None = None, batch_size: int | None = None
+) -> "Certificate":
     """Per-block verdicts for every gate of `model`, each by its kind's `certify`.
 
     datasets: {split name: iterable of batches} in the order the run would see them (the
@@ -157,13 +163,13 @@ def certify(model, datasets, scope=None, batch_size=None):
     return Certificate(scope, int(batch_size) if batch_size else None, images, batches, verdicts)
 
 
-def printed_as_authors(value, digits=EMA_DIGITS):
+def printed_as_authors(value: float, digits: int = EMA_DIGITS) -> str:
     """A monitor value as tensorpack 0.2.0's text log printed it ('{:.5g}'): the authors'
     compressModel.py took a block whose printed is_discarded parses to 1.0."""
     return "{:.{}g}".format(float(value), digits)
 
 
-def ema_removable(source, threshold=EMA_THRESHOLD):
+def ema_removable(source: Any, threshold: float = EMA_THRESHOLD) -> list[str]:
     """The authors' rule (docs/semantics.md): blocks whose moving average of "discarded"
     reads 1 in their log, i.e. >= EMA_THRESHOLD (0.999995).
     `source`: a model (its gates' `discarded_ema`) or {block id: ema} (e.g. a history row's
@@ -175,7 +181,7 @@ def ema_removable(source, threshold=EMA_THRESHOLD):
     return sort_block_ids(b for b, v in emas.items() if v >= threshold)
 
 
-def disagreements(certificate, ema_ids):
+def disagreements(certificate: "Certificate", ema_ids: list[str]) -> dict[str, list[str]]:
     """Where the moving-average rule and the certificate differ: "ema_only" blocks would be
     removed by the EMA rule but are not provably closed (removing them may change
     predictions); "certificate_only" blocks are provably closed but the EMA lags."""
@@ -244,7 +250,14 @@ def _decide_gates(model, kept, gates, certificate):
     return kind.name, {}, why
 
 
-def reduce(model, arch, build_options, removable, gates="auto", certificate=None):
+def reduce(
+    model: "keras.Model",
+    arch: str,
+    build_options: dict,
+    removable: list[str],
+    gates: str = "auto",
+    certificate: "Certificate | None" = None,
+) -> tuple["keras.Model", dict]:
     """The reduced network without the `removable` blocks (ids `group{g}/block{b}`), weights
     copied by layer name. Returns (keras.Model, info) where info has the renumbering, the
     per-group counts, the groups whose first unit went and the gate decision.
@@ -256,10 +269,7 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
     if gates not in GATE_POLICIES:
         raise UserError(f"gates must be one of {', '.join(GATE_POLICIES)}, not {gates!r}")
     layout = block_layout(model)
-    removed = {parse_block_id(b) for b in removable}
-    unknown = [b for b in removed if b[0] not in layout or b[1] >= layout[b[0]]]
-    if unknown:
-        raise UserError(f"blocks not in the model: {', '.join(block_id(*b) for b in unknown)}")
+    removed = _blocks_in(layout, removable)
     mapping, counts, first_removed = _renumbering(layout, removed)
     kept = [block_id(g, b) for (g, b) in sorted(mapping)]
     kind, folds, why = _decide_gates(model, kept, gates, certificate)
@@ -301,6 +311,15 @@ def reduce(model, arch, build_options, removable, gates="auto", certificate=None
         "folded_k": sort_block_ids(folds),
     }
     return reduced, info
+
+
+def _blocks_in(layout, block_ids):
+    """{(group, block)} of `block_ids`; UserError naming those the layout does not have."""
+    blocks = {parse_block_id(b) for b in block_ids}
+    unknown = [b for b in blocks if b[0] not in layout or b[1] >= layout[b[0]]]
+    if unknown:
+        raise UserError(f"blocks not in the model: {', '.join(block_id(*b) for b in unknown)}")
+    return blocks
 
 
 def _build_like(model, arch, counts, first_removed, options):
@@ -350,7 +369,7 @@ def _copy_weights(model, reduced, inverse, folded):
 # --- sizes and the check ---------------------------------------------------------------
 
 
-def model_size(model):
+def model_size(model: "keras.Model") -> dict[str, Any]:
     """Sizes of the prediction path (the side head excluded): the paper's trainable
     parameters, all parameters, their float32 bytes, conv kernels, layers (weighted layers
     on the main path: convs at every use except shortcuts, + dense; 6n+2 for CIFAR basic),
@@ -384,7 +403,13 @@ def model_size(model):
     }
 
 
-def check_equivalence(full, reduced, data, tolerance=TOLERANCE, device="cpu"):
+def check_equivalence(
+    full: "keras.Model",
+    reduced: "keras.Model",
+    data: Any,
+    tolerance: float = TOLERANCE,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Run both nets on the same batches (inference mode) and compare logits."""
     import tensorflow as tf
 
@@ -452,25 +477,25 @@ RULES = {"certificate": "certified", "ema": "authors' EMA rule"}
 
 
 def compress_model(
-    model,
-    arch,
-    build_options,
+    model: "keras.Model",
+    arch: str,
+    build_options: dict,
     *,
-    certify_data,
-    check_data,
-    out_dir,
-    scope=None,
-    batch_size=None,
-    rule="certificate",
-    ema=None,
-    ema_threshold=EMA_THRESHOLD,
-    gates=None,
-    tolerance=TOLERANCE,
-    check_device="cpu",
-    force=False,
-    export=True,
-    extra=None,
-):
+    certify_data: dict,
+    check_data: Any,
+    out_dir: "str | Path",
+    scope: str | None = None,
+    batch_size: int | None = None,
+    rule: str = "certificate",
+    ema: Any = None,
+    ema_threshold: float = EMA_THRESHOLD,
+    gates: str | None = None,
+    tolerance: float = TOLERANCE,
+    check_device: str = "cpu",
+    force: bool = False,
+    export: bool = True,
+    extra: dict | None = None,
+) -> dict[str, Any]:
     """Certify, reduce, check, export. Writes `out_dir/{reduced.keras, saved_model/,
     certificate.json}` and returns the certificate dict. rule: "certificate" (default) or
     "ema" (the authors' moving-average rule; the check then says whether it was safe).
@@ -725,21 +750,21 @@ def _run_extra(run, epoch, ema_from, ema_epoch, state):
 
 
 def compress_run(
-    run_dir,
-    data_dir="data",
-    out=None,
+    run_dir: "str | Path",
+    data_dir: "str | Path" = "data",
+    out: "str | Path | None" = None,
     *,
-    rule="certificate",
-    gates=None,
-    epoch=None,
-    ema_from="model",
-    ema_epoch=None,
-    ema_threshold=EMA_THRESHOLD,
-    splits=("train", "test"),
-    max_batches=None,
-    force=False,
-    check_device="cpu",
-):
+    rule: str = "certificate",
+    gates: str | None = None,
+    epoch: int | None = None,
+    ema_from: str = "model",
+    ema_epoch: int | None = None,
+    ema_threshold: float = EMA_THRESHOLD,
+    splits: tuple[str, ...] = ("train", "test"),
+    max_batches: int | None = None,
+    force: bool = False,
+    check_device: str = "cpu",
+) -> dict[str, Any]:
     """Compress a run folder: the final net (model.keras), or with `epoch` the state at the
     end of that epoch (its checkpoint's weights and moving averages; the history row of
     that epoch for ema_from="history")."""

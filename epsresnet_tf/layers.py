@@ -16,7 +16,7 @@ GATE_SHARPNESS = 1e6
 MONITOR_DECAY = 0.95
 
 
-def moving_average(average, value, step, decay=MONITOR_DECAY):
+def moving_average(average, value, step, decay: float = MONITOR_DECAY):
     """One update of a tensorpack moving summary, in float32 as TF1 computed it.
 
     tensorpack's `add_moving_summary` is `tf.train.ExponentialMovingAverage(decay,
@@ -90,12 +90,12 @@ class EpsilonGate(GateLayer):
 
     def __init__(
         self,
-        epsilon=0.0,
-        scope="batch",
-        sharpness=GATE_SHARPNESS,
-        gate_gradient=False,
-        monitor_decay=MONITOR_DECAY,
-        group_size=None,
+        epsilon: float = 0.0,
+        scope: str = "batch",
+        sharpness: float = GATE_SHARPNESS,
+        gate_gradient: bool = False,
+        monitor_decay: float = MONITOR_DECAY,
+        group_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -281,7 +281,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (docs/semantics.md). Inference is unchanged.
     """
 
-    def __init__(self, *args, group_size=None, **kwargs):
+    def __init__(self, *args, group_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_size = _group_size(group_size)
 
@@ -416,7 +416,13 @@ class ResidualGate(GateLayer):
     `gate_value` is g(k) for monitoring; a block with g(k) = 0 is an identity.
     """
 
-    def __init__(self, mode="residual", k_decay=0.0, monitor_decay=MONITOR_DECAY, **kwargs):
+    def __init__(
+        self,
+        mode: str = "residual",
+        k_decay: float = 0.0,
+        monitor_decay: float = MONITOR_DECAY,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in ("residual", "plain"):
             raise ValueError(f"ResidualGate mode must be 'residual' or 'plain', got {mode!r}")
@@ -474,9 +480,9 @@ class SigmoidShortcutGate(keras.layers.Layer):
 
     def __init__(
         self,
-        mode="exclusive",
-        bias_init=0.0,
-        data_format="channels_last",
+        mode: str = "exclusive",
+        bias_init: float = 0.0,
+        data_format: str = "channels_last",
         kernel_initializer="he_normal",
         kernel_regularizer=None,
         **kwargs,
@@ -537,7 +543,9 @@ class PoolPadShortcut(keras.layers.Layer):
     Written by hand because Keras has no channel-padding layer.
     """
 
-    def __init__(self, out_channels, stride=2, data_format="channels_last", **kwargs):
+    def __init__(
+        self, out_channels: int, stride: int = 2, data_format: str = "channels_last", **kwargs
+    ):
         super().__init__(**kwargs)
         self.out_channels = int(out_channels)
         self.stride = int(stride)
@@ -572,6 +580,6 @@ class PoolPadShortcut(keras.layers.Layer):
         return config
 
 
-def gate_layers(model):
+def gate_layers(model: keras.Model) -> list[keras.layers.Layer]:
     """The model's gate layers (every `GateLayer`, whatever its kind) in network order."""
     return [layer for layer in model.layers if isinstance(layer, GateLayer)]

@@ -7,10 +7,14 @@ Each family is data: a name pattern, a depth rule, its builder and its defaults
 import dataclasses
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from epsresnet_tf.blocks import NetConfig
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.models import cifar, imagenet, mnist, wide
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,16 +128,16 @@ def resolve(name):
 
 
 def build_model(
-    name,
+    name: str,
     *,
-    input_shape=None,
-    classes=None,
-    share_first=None,
-    weight_decay=None,
-    blocks_per_group=None,
-    first_removed=(),
+    input_shape: tuple | None = None,
+    classes: int | None = None,
+    share_first: bool | None = None,
+    weight_decay: float | None = None,
+    blocks_per_group: list[int] | None = None,
+    first_removed: tuple = (),
     **options,
-):
+) -> "keras.Model":
     """Build the named network. `options` are NetConfig fields (gate, epsilon, share,
     side_head, init, data_format, order, shortcut, dropout, …); family defaults fill
     classes, input shape, weight decay and which blocks share a kernel.
