@@ -259,13 +259,10 @@ def reduce(
     certificate: "Certificate | None" = None,
 ) -> tuple["keras.Model", dict]:
     """The reduced network without the `removable` blocks (ids `group{g}/block{b}`), weights
-    copied by layer name. Returns (keras.Model, info) where info has the renumbering, the
-    per-group counts, the groups whose first unit went and the gate decision.
-
-    build_options: the keyword arguments the trained net was built with (classes,
-    input_shape, gate, epsilon, gate_scope, share, weight_decay, order, …); the side head
-    is never part of the reduced net.
-    """
+    copied by layer name: (keras.Model, info with the renumbering, per-group counts, groups
+    whose first unit went, gate decision). `build_options`: the keyword arguments the
+    trained net was built with (classes, input_shape, gate, ε, share, order, …); the side
+    head is never part of the reduced net."""
     if gates not in GATE_POLICIES:
         raise UserError(f"gates must be one of {', '.join(GATE_POLICIES)}, not {gates!r}")
     layout = block_layout(model)
