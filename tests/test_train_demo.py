@@ -68,7 +68,9 @@ def test_make_demo_end_to_end(tmp_path, capsys):
     run = tmp_path / "demo"
     rows = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 16))
-    assert rows[0]["discarded_count"] < rows[-1]["discarded_count"]  # visibly discarded
+    # the blocks close within the first epoch (before the reset could see two values) and
+    # stay closed: the count's moving average holds at 3 to the end
+    assert rows[-1]["discarded_count"] >= 3 - 1e-3
     assert sum(v["discarded"] >= 0.99 for v in rows[-1]["blocks"].values()) >= 3
     assert rows[-1]["val_error"] < 0.15
     cert = json.loads((run / "reduced" / "certificate.json").read_text())
