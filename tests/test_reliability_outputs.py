@@ -122,6 +122,7 @@ def test_compress_force_replaces_ours_and_keeps_other_files(run_dir, tmp_path):
 def test_report_force_failing_mid_figures_keeps_the_old_report(run_dir, tmp_path, monkeypatch):
     out = tmp_path / "report"
     R.make_report([run_dir], out)
+    (out / "tables.md").write_text("the old report\n")  # so an overwrite in place shows
     before = snapshot(out)
     assert "tables.md" in before
 
