@@ -67,13 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = "epsresnet"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"epsresnet {args.command}"
         result = args.func(args)
     except UserError as err:
-        print(f"epsresnet {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not a fault: one line, the shell's 128 + SIGINT. The
+        # commands write their outputs beside the old ones and swap them in last, so nothing
+        # half-written is left to warn about.
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
     return 0 if result is None else int(result)
 
 

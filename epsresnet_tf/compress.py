@@ -37,7 +37,6 @@ and reports the test error of each and the blocks only one rule removes.
 
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,11 +56,11 @@ from epsresnet_tf.naming import (
     split_layer_name,
     split_transition_name,
 )
+from epsresnet_tf.outputs import load_net, staged_outputs
 from epsresnet_tf.runfolder import (
     CERTIFICATE,
     REDUCED_MODEL,
     SAVED_MODEL,
-    load_model,
     read_history,
     read_run,
 )
@@ -525,7 +524,10 @@ def compress_model(
     sizes = model_size(full_inference), model_size(nets[rule])
     doc = _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, checks, sizes)
     doc.update(extra or {})
-    _write_outputs(out_dir, nets[rule] if export else None, doc)
+    # Built beside the old outputs and swapped in at the end: a failure or a kill while
+    # exporting leaves the previous reduced/ whole.
+    with staged_outputs(out_dir, owned=OUTPUT_NAMES) as stage:
+        _write_outputs(stage, nets[rule] if export else None, doc)
     return doc
 
 
@@ -620,18 +622,21 @@ def _rule_summary(name, policy, info, check):
     }
 
 
+#: What compress writes into its folder; with --force the old ones are replaced as a whole.
+OUTPUT_NAMES = (REDUCED_MODEL, SAVED_MODEL, CERTIFICATE)
+
+
 def _prepare_out(out_dir, force):
-    names = (REDUCED_MODEL, SAVED_MODEL, CERTIFICATE)
-    existing = [n for n in names if (out_dir / n).exists()]
+    """Refuse to replace earlier outputs without --force; deletes nothing (the new outputs
+    replace the old ones only once they are complete: staged_outputs)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; --out needs a folder")
+    existing = [n for n in OUTPUT_NAMES if (out_dir / n).exists()]
     if existing and not force:
         raise UserError(
             f"{out_dir} already holds {', '.join(existing)}; pass --force to "
             "replace them or --out another folder"
         )
-    for n in existing:
-        p = out_dir / n
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 # --- a run's data (the run folder's layout: epsresnet_tf.runfolder) -------------------
@@ -705,7 +710,7 @@ def _load_weights(run, epoch, ema_epoch):
     """The net to compress: (model, checkpoint state or None, the EMA's epoch). The final
     model.keras, or with `epoch` its checkpoint (then the EMA's epoch must be the same)."""
     if epoch is None:
-        return load_model(run.model_path), None, ema_epoch
+        return load_net(run.model_path), None, ema_epoch
     if ema_epoch is not None and ema_epoch != epoch:
         raise UserError(
             f"--ema-epoch {ema_epoch} differs from --epoch {epoch}: the moving "

@@ -22,7 +22,8 @@ from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
 from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
-from epsresnet_tf.runfolder import MODEL, REDUCED_MODEL, find_run, load_model, read_run
+from epsresnet_tf.outputs import load_net
+from epsresnet_tf.runfolder import MODEL, REDUCED_MODEL, atomic_write_text, find_run, read_run
 
 ORDERS = ("greedy-k", "random", "by-response")
 
@@ -173,7 +174,7 @@ def _evaluate_cli(args):
     path = Path(args.model)
     if path.is_dir():
         path = path / (MODEL if (path / MODEL).exists() else REDUCED_MODEL)
-    model = load_model(path)
+    model = load_net(path)
     run_dir = find_run(path)
     dataset, mean, seed = args.dataset, "train", 0
     if run_dir is not None:
@@ -216,7 +217,7 @@ def _ablate_cli(args):
     out = Path(args.out) if args.out else run.folder.ablation / f"{args.order}.json"
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to replace it or --out another file")
-    model = load_model(run.model_path)
+    model = load_net(run.model_path)
     data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
     order_ids = removal_order(model, args.order, data, args.seed)
     from epsresnet_tf.data import datasets
@@ -232,7 +233,9 @@ def _ablate_cli(args):
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": str(run.root), "order": args.order, "seed": args.seed, "rows": rows}
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    # One file: written beside the old one and renamed over it, so --force never leaves a
+    # half-written or missing ablation behind.
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     for r in rows:
         print(f"{r['removed']:4d} {r['block'] or '-':>16s}  error {100 * r['top1_error']:.2f}%")
     print(f"wrote {out}")

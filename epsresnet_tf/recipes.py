@@ -80,6 +80,32 @@ def load(
     return recipe
 
 
+#: Recipe keys that hold a piecewise schedule, [[epoch, value], ...] (None: no schedule).
+SCHEDULE_KEYS = ("lr_schedule", "adaptive_schedule")
+
+
+def _is_pair(point: Any) -> bool:
+    return (
+        isinstance(point, (list, tuple))
+        and len(point) == 2
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in point)
+    )
+
+
+def _check_schedules(recipe: dict[str, Any]) -> None:
+    """UserError unless each schedule is a list of [epoch, value] pairs: the schedule code
+    would unpack a string such as "fast" letter by letter and fail in a traceback."""
+    for key in SCHEDULE_KEYS:
+        value = recipe.get(key)
+        if value is None or (key == "adaptive_schedule" and value in ([], False)):
+            continue
+        if not isinstance(value, list) or not value or not all(map(_is_pair, value)):
+            raise UserError(
+                f"recipe {recipe.get('name')}: {key} must be a list of [epoch, value] pairs, "
+                f"e.g. [[0, 0.1], [82, 0.01]], not {value!r}"
+            )
+
+
 def resolve(
     name_or_path: str | os.PathLike, depth: int | None = None, **overrides: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -102,6 +128,7 @@ def resolve(
     for key in ("epsilon", "epochs", "seed"):
         if overrides.get(key) is not None and overrides[key] != recipe.get(key):
             name += f"_{key}{overrides[key]}"
+    _check_schedules(recipe)
     cfg = resolve_config(recipe, **overrides)
     cfg["name"] = name
     return name, cfg

@@ -17,6 +17,7 @@ Files are prefixed with the run's name when several runs are reported together.
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from epsresnet_tf import compress as C
 from epsresnet_tf.commands import add_command, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
-from epsresnet_tf.runfolder import RunFolder, load_model, read_run
+from epsresnet_tf.outputs import load_net, staged_outputs
+from epsresnet_tf.runfolder import RunFolder, read_run
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
@@ -41,18 +43,43 @@ def _plt():
 # --- reading a run ---------------------------------------------------------------------
 
 
+def read_json(path: Path, fix: str) -> Any:
+    """One JSON file; UserError (one line: the file, what is wrong, `fix`) if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def read_jsonl(path: Path, fix: str) -> list[Any]:
+    """The rows of a JSON-lines file ([] if there is none); UserError naming the file and the
+    line that is not JSON (a garbled history would otherwise end `report` in a traceback)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:  # bytes: a flipped byte that is not UTF-8 is reported with its line too
+            rows.append(json.loads(line.decode()))
+        except ValueError as err:
+            raise UserError(f"{path}, line {number}: not valid JSON ({err}); {fix}") from err
+    return rows
+
+
 class RunData:
     def __init__(self, run_dir):
         self.run = read_run(run_dir)
         self.root = self.run.root
         self.folder = RunFolder(self.root)
         self.name = self.root.name
-        self.rows = self.folder.read_history()
+        self.rows = read_jsonl(self.folder.history, "repair or delete that line (one epoch's row)")
         cert = self.folder.certificate
-        self.certificate = json.loads(cert.read_text()) if cert.is_file() else None
+        fix = "run `epsresnet compress RUN_DIR --force` again"
+        self.certificate = read_json(cert, fix) if cert.is_file() else None
         self.ablations = {}
         for path in sorted(self.folder.ablation.glob("*.json")):
-            self.ablations[path.stem] = json.loads(path.read_text())
+            self.ablations[path.stem] = read_json(path, "run `epsresnet ablate --force` again")
 
     @property
     def epsilon(self):
@@ -415,7 +442,7 @@ def fig_weight_collapse(r, path):
             ax.set_xlabel("epoch")
             ax.set_title(f"{bid} ({what}): {tag.split('/', 2)[-1]}", fontsize=9)
         else:
-            model = load_model(r.run.model_path)
+            model = load_net(r.run.model_path)
             g, b = parse_block_id(bid)
             kernels = [
                 w.numpy().ravel()
@@ -498,11 +525,23 @@ def make_report(run_dirs, out=None, force=False):
             raise UserError("several runs: pass --out FOLDER for the combined report")
         out = runs[0].folder.report
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(
             f"{out} is not empty; pass --force to replace the report or --out another folder"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    # Drawn into a folder beside `out` and swapped in at the end: a failure half-way through
+    # the figures leaves the previous report whole (files that are not ours stay).
+    with staged_outputs(out, owned=REPORT_FILES) as stage:
+        files, text, rows = _write_report(runs, stage)
+    return {"tables": text, "files": [str(out / f.name) for f in files], "rows": rows}
+
+
+#: The names a report writes (glob patterns): --force replaces these, other files stay.
+REPORT_FILES = ("tables.md", "*.png")
+
+
+def _write_report(runs, out):
+    """tables.md and the figures into `out`: (paths written, tables text, summary rows)."""
     files = []
     text, rows = tables(runs)
     (out / "tables.md").write_text(text + "\n")
@@ -516,7 +555,7 @@ def make_report(run_dirs, out=None, force=False):
     if len(runs) > 1:
         fig_epsilon_sweep(rows, out / "epsilon_sweep.png")
         files.append(out / "epsilon_sweep.png")
-    return {"tables": text, "files": [str(f) for f in files], "rows": rows}
+    return files, text, rows
 
 
 def _cli(args):

@@ -22,6 +22,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,7 +273,8 @@ def _read_idx(folder, stem, magic, ndim):
         arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
         if arr.size != int(np.prod(dims)):
             raise ValueError(f"header says {dims} but the file holds {arr.size} bytes of data")
-    except (OSError, EOFError, ValueError, struct.error) as err:
+    # zlib.error: a .gz whose compressed bytes are damaged (gzip raises it, not OSError).
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as err:
         raise DataFileError(
             f"cannot read {path}: not a valid IDX file ({err}); delete it and fetch it again"
         ) from err
