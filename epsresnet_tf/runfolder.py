@@ -7,18 +7,28 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
       config.json          the resolved config (epsresnet_tf.config), written once
       history.jsonl        one JSON row per finished epoch
       tb/                  TensorBoard events
+      train.lock           while `train` runs: its flock, naming its pid and host
       ckpt/epoch-00005.npz checkpoints: every variable + the JSON state of the loop
+      ckpt/epoch-00005.json  its manifest (size, sha256), written after it: valid once there
+      ckpt/corrupt/        checkpoints that failed their manifest, moved aside
       model.keras          the final net (written when training ends)
       reduced/             `compress`: reduced.keras, saved_model/, certificate.json
       ablation/            `ablate`: <order>.json
       report/              `report` of this run alone: tables.md and the figures
 
-    RunFolder(root)            the paths above; config check; save/load/retention of checkpoints
+    RunFolder(root)            the paths above; open() (lock, sweep, --restart); config
+                               check; save/verify/load/retention of checkpoints
     read_run(run_dir) -> RunInfo   what compression, evaluation and reports need of a run
     read_history(run_dir) -> rows
     load_model(path) -> keras.Model
     find_run(model_path) -> the run folder a saved net belongs to, or None
-    atomic_write_text(path, text)
+    atomic_write_text/bytes(path, data), atomic_path(path): the one way a file is written
+                               (temporary file beside it, fsync, umask's mode, rename);
+                               a full disk, read-only folder or denied permission is one line
+
+Every failure leaves the folder as it was before the write began, or with a leftover that
+the next start recognises (an unfinished temporary file is swept, a checkpoint without its
+manifest is skipped), so a run is never restarted or overwritten silently.
 """
 
 from __future__ import annotations
@@ -356,9 +366,12 @@ class RunFolder:
         """Make the folder and take its lock (UserError naming the holder when another
         `train` has it), then remove dead writers' temporary files. `restart` first moves
         an existing run aside to `<name>.old-<time>/` (never deletes it)."""
+        if self._lock is not None:  # already ours
+            return self
         self._make_root()
-        self._lock = RunLock(self.root)
-        self._lock.acquire()
+        lock = RunLock(self.root)
+        lock.acquire()
+        self._lock = lock
         if restart and self._has_content():
             self._move_aside()
         for p in sweep_temporary_files(self.root, self.ckpt):
@@ -409,8 +422,9 @@ class RunFolder:
         os.replace(self.root, aside)
         print(f"--restart: moved the old run aside to {aside}")
         self._make_root()
-        self._lock = RunLock(self.root)
-        self._lock.acquire()
+        lock = RunLock(self.root)
+        lock.acquire()
+        self._lock = lock
         if old is not None:  # its lock file moved with the folder: no stale lock there
             old.path = aside / LOCK
             old.release()
