@@ -7,29 +7,48 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
       config.json          the resolved config (epsresnet_tf.config), written once
       history.jsonl        one JSON row per finished epoch
       tb/                  TensorBoard events
+      train.lock           while `train` runs: its flock, naming its pid and host
       ckpt/epoch-00005.npz checkpoints: every variable + the JSON state of the loop
+      ckpt/epoch-00005.json  its manifest (size, sha256), written after it: valid once there
+      ckpt/corrupt/        checkpoints that failed their manifest, moved aside
       model.keras          the final net (written when training ends)
       reduced/             `compress`: reduced.keras, saved_model/, certificate.json
       ablation/            `ablate`: <order>.json
       report/              `report` of this run alone: tables.md and the figures
 
-    RunFolder(root)            the paths above; config check; save/load/retention of checkpoints
+    RunFolder(root)            the paths above; open() (lock, sweep, --restart); config
+                               check; save/verify/load/retention of checkpoints
     read_run(run_dir) -> RunInfo   what compression, evaluation and reports need of a run
     read_history(run_dir) -> rows
     load_model(path) -> keras.Model
     find_run(model_path) -> the run folder a saved net belongs to, or None
-    atomic_write_text(path, text)
+    atomic_write_text/bytes(path, data), atomic_path(path): the one way a file is written
+                               (temporary file beside it, fsync, umask's mode, rename);
+                               a full disk, read-only folder or denied permission is one line
+
+Every failure leaves the folder as it was before the write began, or with a leftover that
+the next start recognises (an unfinished temporary file is swept, a checkpoint without its
+manifest is skipped), so a run is never restarted or overwritten silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
@@ -53,24 +72,270 @@ REPORT = "report"
 REDUCED_MODEL = "reduced.keras"
 SAVED_MODEL = "saved_model"
 CERTIFICATE = "certificate.json"
+#: The writer's lock file (RunLock) and the folder invalid checkpoints are moved to.
+LOCK = "train.lock"
+CORRUPT = "corrupt"
+
+
+# --- writing: one atomic path, disk errors in one line -----------------------------------
+
+#: Temporary files are named `.<name>.tmp-<pid>@<host>-<random><suffix>`: the pid and host
+#: let the start-up sweep tell a dead writer's leftovers from a live writer's file.
+_TMP = re.compile(r"^\.(?:.*\.)?tmp(?:-(\d+)@([^-/]+)-|[-.]|$)")
+_STALE_FOREIGN = 24 * 3600  # another host's temp file is only swept once a day old
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "localhost"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it: os.umask() sets it for every thread,
+    and TensorBoard's writer thread may be creating a file at that moment."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def disk_error(err: OSError, path: PathLike, needed: int | None = None) -> UserError | None:
+    """The one-line UserError for a write into `path` that failed with a full disk, a
+    read-only file system or a missing permission; None for other errors (a bug to see)."""
+    path = Path(path)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        try:
+            free = _human(shutil.disk_usage(where).free)
+        except OSError:
+            free = "unknown"
+        need = f"{_human(needed)} needed, " if needed else ""
+        what = "quota exceeded" if err.errno == errno.EDQUOT else "no space left"
+        return UserError(
+            f"{what} writing {path} ({need}{free} free): free some space or choose another "
+            "--out, then run the same command (nothing written so far is lost)"
+        )
+    if err.errno == errno.EROFS:
+        return UserError(f"cannot write {path}: read-only file system; choose another --out")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return UserError(
+            f"cannot write {path}: permission denied; choose another --out or fix its permissions"
+        )
+    return None
+
+
+def _raise_disk_error(err: OSError, path: PathLike, needed: int | None = None) -> NoReturn:
+    """Raise disk_error's one line for `err` (chained), or `err` itself when it is not a
+    disk error."""
+    mapped = disk_error(err, path, needed)
+    if mapped is None:
+        raise err
+    raise mapped from err
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a library to write (np.savez, model.save);
+    on success it is fsynced, given the umask's mode (mkstemp makes 0600) and renamed over
+    `path`, so a reader sees the old file or the new one, never part of one. On any failure
+    (an exception, Ctrl-C) the temporary file is removed and `path` is untouched; a full
+    disk, read-only folder or missing permission becomes one UserError line."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}@{_host()}-", suffix=path.suffix
+        )
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        _commit(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        _raise_disk_error(err, path, needed)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync, chmod to the umask's mode and rename `tmp` over `path`; fsync the folder so
+    the rename survives a power cut."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: PathLike) -> None:
+    """Flush a folder's entries (renames, unlinks) to disk; a no-op where not supported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write `data` to `path` through atomic_path (all or nothing, umask's mode)."""
+    with atomic_path(path, len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, flush it to disk and rename it over
-    `path`: a reader sees the old file or the new one, never part of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write `text` (UTF-8) to `path` through atomic_path (all or nothing, umask's mode)."""
+    atomic_write_bytes(path, text.encode())
+
+
+def sweep_temporary_files(*folders: PathLike) -> list[Path]:
+    """Remove the temporary files dead writers left in `folders` (a kill -9 skips every
+    clean-up): ours of a pid no longer running on this host, another host's once a day
+    old, and unnamed ones (`.tmp-*` of older versions). Returns what it removed."""
+    removed = []
+    now, host = time.time(), _host()
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TMP.match(p.name)
+            if not m or not p.is_file():
+                continue
+            pid, owner = m.groups()
+            if pid and owner == host and _alive(int(pid)):
+                continue
+            if pid and owner != host and now - p.stat().st_mtime < _STALE_FOREIGN:
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by another user
+    return True
+
+
+def _warn(message: str) -> None:
+    """One line on stderr (a warning the user should see whatever logging is set up)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# --- one writer: the lock ----------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive `flock` on `<run>/train.lock`, held by `epsresnet train` for the run's
+    life. The OS drops a flock when its last fd closes, so any exit (kill -9 included)
+    releases it; the file's text (pid, host, start) only names the holder. A lock file
+    left by a dead process is taken over with a message."""
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        self.path = self.root / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or UserError (one line) naming the live holder's pid and host."""
+        while self.fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                _raise_disk_error(err, self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_fd(fd)
+                os.close(fd)
+                raise self._busy(holder) from None
+            # A holder that ended unlinks the file after we opened it: lock the file again.
+            if not _same_file(fd, self.path):
+                os.close(fd)
+                continue
+            stale = _read_fd(fd).strip()
+            if stale:
+                _warn(f"{self.root}: taking over the lock left by {stale} (no longer running)")
+            os.ftruncate(fd, 0)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.pwrite(
+                fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0
+            )
+            self.fd = fd
+
+    def _busy(self, holder: str) -> UserError:
+        holder = holder.strip() or "another process"
+        m = re.match(r"pid (\d+) on (\S+)", holder)
+        dead = m and m.group(2) == socket.gethostname() and not _alive(int(m.group(1)))
+        why = " (not running: a process it started still holds the lock; stop it)" if dead else ""
+        return UserError(
+            f"{self.root} is in use by another `epsresnet train`: {holder}{why}; wait for it "
+            "to end or stop it (two writers would interleave the run)"
+        )
+
+    def release(self) -> None:
+        """Remove the lock file (so no one takes over a stale lock) and drop the lock."""
+        if self.fd is None:
+            return
+        if _same_file(self.fd, self.path):
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_fd(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class RunFolder:
-    """`runs/<name>/`: paths, config check, checkpoints."""
+    """`runs/<name>/`: paths, the writer's lock, config check, checkpoints."""
 
-    KEEP = 2  # checkpoints kept (the newest and one before, in case the newest is bad)
+    KEEP = 2  # valid checkpoints kept (the newest and one before, in case the newest is bad)
     #: Config keys that only say which checkpoints to keep: they do not change the training,
     #: so a resume may change them (config.json is then updated).
     RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every")
@@ -87,10 +352,82 @@ class RunFolder:
         self.report = self.root / REPORT
         self.certificate = self.reduced / CERTIFICATE
         self.reduced_model = self.reduced / REDUCED_MODEL
+        self.corrupt = self.ckpt / CORRUPT
+        self._lock: RunLock | None = None
+        self._verified: set[tuple[str, int, int]] = set()  # (name, size, mtime) checked
 
     @staticmethod
     def is_run_folder(path: PathLike) -> bool:
         return (Path(path) / CONFIG).is_file()
+
+    # --- the one writer ---
+
+    def open(self, restart: bool = False) -> RunFolder:
+        """Make the folder and take its lock (UserError naming the holder when another
+        `train` has it), then remove dead writers' temporary files. `restart` first moves
+        an existing run aside to `<name>.old-<time>/` (never deletes it)."""
+        if self._lock is not None:  # already ours
+            return self
+        self._make_root()
+        lock = RunLock(self.root)
+        lock.acquire()
+        self._lock = lock
+        if restart and self._has_content():
+            self._move_aside()
+        for p in sweep_temporary_files(self.root, self.ckpt):
+            _warn(f"removed {p}, left by an interrupted write")
+        return self
+
+    def close(self) -> None:
+        """Release the lock (the OS releases it anyway when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _make_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as err:  # the folder, or a parent, is a file
+            raise UserError(
+                f"cannot make the run folder {self.root}: {err.filename} is a file, not a "
+                "folder; choose another --out"
+            ) from err
+        except NotADirectoryError as err:
+            raise UserError(
+                f"cannot make the run folder {self.root}: a parent is a file, not a folder; "
+                "choose another --out"
+            ) from err
+        except OSError as err:
+            _raise_disk_error(err, self.root)
+        if not self.root.is_dir():
+            raise UserError(f"{self.root} is a file, not a run folder; choose another --out")
+
+    def _has_content(self) -> bool:
+        return any(p.name != LOCK and not _TMP.match(p.name) for p in self.root.iterdir())
+
+    def _move_aside(self) -> None:
+        """--restart: rename the run to `<name>.old-<time>` and lock a fresh folder."""
+        stem = f"{self.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside, n = self.root.with_name(stem), 1
+        while aside.exists():
+            n += 1
+            aside = self.root.with_name(f"{stem}-{n}")
+        old = self._lock
+        os.replace(self.root, aside)
+        print(f"--restart: moved the old run aside to {aside}")
+        self._make_root()
+        lock = RunLock(self.root)
+        lock.acquire()
+        self._lock = lock
+        if old is not None:  # its lock file moved with the folder: no stale lock there
+            old.path = aside / LOCK
+            old.release()
 
     # --- config ---
 
@@ -103,10 +440,13 @@ class RunFolder:
                 old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
                 atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
             return True
-        if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and self._has_content():
             raise UserError(f"{self.root} exists and is not a run folder (no {CONFIG})")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.ckpt.mkdir(exist_ok=True)
+        self._make_root()
+        try:
+            self.ckpt.mkdir(exist_ok=True)
+        except OSError as err:
+            _raise_disk_error(err, self.ckpt)
         atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         return False
 
@@ -159,8 +499,14 @@ class RunFolder:
         atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows))
 
     # --- checkpoints ---
+    #
+    # ckpt/epoch-00005.npz holds the variables and the loop's state; ckpt/epoch-00005.json,
+    # written after it, its size and sha256. A checkpoint is valid only once its manifest is
+    # there and matches: a kill, a full disk or a later corruption (zero-fill, truncation,
+    # a flipped bit) all leave a checkpoint that is skipped, never one that is trusted.
 
     def checkpoints(self) -> list[Path]:
+        """The checkpoint files in ckpt/ (valid or not), oldest first."""
         return sorted(self.ckpt.glob("epoch-*.npz")) if self.ckpt.exists() else []
 
     @staticmethod
@@ -173,6 +519,10 @@ class RunFolder:
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.ckpt / f"epoch-{int(epoch):05d}.npz"
+
+    @staticmethod
+    def manifest_of(path: PathLike) -> Path:
+        return Path(path).with_suffix(".json")
 
     def kept_epochs(self) -> list[int]:
         """The epochs whose checkpoints are in ckpt/, oldest first."""
@@ -191,50 +541,159 @@ class RunFolder:
     def save_checkpoint(
         self, epoch: int, arrays: Sequence[np.ndarray], state: Mapping[str, Any]
     ) -> Path:
-        """One .npz (variables + JSON state), written to a temporary name and renamed. Older
-        checkpoints go, except the KEEP newest and those the config keeps forever."""
-        self.ckpt.mkdir(parents=True, exist_ok=True)
+        """The .npz (variables + JSON state), then its manifest, each written atomically;
+        then the retention: the KEEP newest valid checkpoints stay, and those the config
+        keeps forever; invalid ones newer than none of them wait to be overwritten."""
+        try:
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            _raise_disk_error(err, self.ckpt)
         path = self.checkpoint_path(epoch)
-        fd, tmp = tempfile.mkstemp(dir=self.ckpt, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 state=np.frombuffer(json.dumps(state).encode(), np.uint8),
                 **{f"v{i:05d}": a for i, a in enumerate(arrays)},
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        for old in self.checkpoints()[: -self.KEEP]:
-            e = self.epoch_of(old)
-            if e is None or not self.kept_forever(e):
-                old.unlink()
+        size, digest = _sha256(path)
+        manifest = {"file": path.name, "epoch": int(epoch), "size": size, "sha256": digest}
+        atomic_write_text(self.manifest_of(path), json.dumps(manifest) + "\n")
+        self._remember(path)
+        self._retain()
         return path
 
+    def _retain(self) -> None:
+        """Remove valid checkpoints beyond the KEEP newest (unless kept forever). Invalid
+        ones never count toward KEEP; once a newer valid one exists, a damaged one moves to
+        ckpt/corrupt/ and an unfinished one goes."""
+        valid, invalid = [], []
+        for p in self.checkpoints():
+            (invalid if self.verify(p) else valid).append(p)
+        for p in valid[: -self.KEEP]:
+            e = self.epoch_of(p)
+            if e is None or not self.kept_forever(e):
+                self.manifest_of(p).unlink(missing_ok=True)  # unverified before it goes
+                p.unlink(missing_ok=True)
+        newest = self.epoch_of(valid[-1]) if valid else None
+        for p in invalid:  # a newer valid one exists: the invalid one is of no more use
+            e = self.epoch_of(p) or 0
+            if newest is None or e >= newest or self.kept_forever(e):
+                continue
+            if self.manifest_of(p).exists():  # damaged after it was written: keep to look at
+                self._move_corrupt(p)
+            else:  # an unfinished write, or a checkpoint of a version without manifests
+                p.unlink(missing_ok=True)
+        for m in self.ckpt.glob("epoch-*.json"):  # manifests of checkpoints gone
+            if not m.with_suffix(".npz").exists():
+                m.unlink(missing_ok=True)
+        fsync_dir(self.ckpt)
+
+    def _move_corrupt(self, path: Path) -> None:
+        self.corrupt.mkdir(exist_ok=True)
+        for p in (path, self.manifest_of(path)):
+            if p.exists():
+                os.replace(p, self.corrupt / p.name)
+        _warn(f"moved the invalid checkpoint {path.name} to {self.corrupt}")
+
+    def _remember(self, path: Path) -> None:
+        st = path.stat()
+        self._verified.add((path.name, st.st_size, st.st_mtime_ns))
+
+    def verify(self, path: PathLike) -> str | None:
+        """Why the checkpoint `path` is not valid (one phrase), or None when its manifest
+        is there and its size and sha256 match. A file checked once (same size and mtime)
+        is not hashed again."""
+        path = Path(path)
+        try:
+            st = path.stat()
+            if (path.name, st.st_size, st.st_mtime_ns) in self._verified:
+                return None
+            manifest = json.loads(self.manifest_of(path).read_text())
+        except FileNotFoundError:
+            return "no manifest: its write did not finish"
+        except (OSError, ValueError) as err:
+            return f"unreadable manifest ({err})"
+        if not isinstance(manifest, dict) or "sha256" not in manifest:
+            return "unreadable manifest (no sha256)"
+        if st.st_size != manifest.get("size"):
+            return f"{st.st_size} bytes, its manifest says {manifest.get('size')}: truncated"
+        if _sha256(path)[1] != manifest["sha256"]:
+            return "sha256 differs from its manifest: the file changed after it was written"
+        self._remember(path)
+        return None
+
     def load(self, path: PathLike) -> tuple[list[np.ndarray], dict[str, Any]]:
-        """(arrays, state) of one checkpoint file."""
+        """(arrays, state) of one checkpoint file; ValueError when it fails its manifest.
+        A checkpoint without a manifest (written before manifests existed) is read as it
+        is: the zip's own CRC-32 still catches most damage."""
+        path = Path(path)
+        if self.manifest_of(path).exists():
+            why = self.verify(path)
+            if why:
+                raise ValueError(f"{path.name}: {why}")
         with np.load(path) as z:
             state = json.loads(bytes(z["state"]).decode())
             names = sorted(k for k in z.files if k.startswith("v"))
             return [z[k] for k in names], state
 
     def load_latest(self) -> tuple[list[np.ndarray], dict[str, Any]] | None:
-        """(arrays, state) of the newest readable checkpoint, or None."""
+        """(arrays, state) of the newest valid checkpoint, saying on stderr which newer ones
+        it skipped and why. None when there is none and nothing says the run got further
+        than an unfinished first epoch; UserError (one line, naming --restart) when the
+        run has a past but no valid checkpoint, so the run is never silently restarted."""
+        legacy = not any(self.ckpt.glob("epoch-*.json")) if self.ckpt.exists() else False
+        skipped = []
         for path in reversed(self.checkpoints()):
-            try:
-                return self.load(path)
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            if not legacy and not self.manifest_of(path).exists():
+                why = "no manifest: its write did not finish"
+            else:
+                try:
+                    return self._load_announced(path, skipped)
+                except Exception as err:  # any failure to read means: not usable
+                    why = str(err).removeprefix(f"{path.name}: ") or type(err).__name__
+            _warn(f"skipping checkpoint {path}: {why}")
+            skipped.append(path.name)
+        self._refuse_without_checkpoint(skipped)
         return None
+
+    def _load_announced(self, path: Path, skipped: list[str]) -> Any:
+        loaded = self.load(path)
+        if skipped:
+            _warn(f"resuming from {path.name}, the newest valid checkpoint")
+        return loaded
+
+    def _refuse_without_checkpoint(self, skipped: list[str]) -> None:
+        rows = len(self.read_history()) if self.history.is_file() else 0
+        if skipped:
+            why = f"no valid checkpoint in {self.ckpt} (skipped {', '.join(skipped)})"
+        elif rows and not self.ckpt.is_dir():
+            why = f"{self.ckpt} is missing but history.jsonl has {rows} epochs"
+        elif rows > 1:  # one row: killed while writing the first checkpoint; start again
+            why = f"no checkpoint in {self.ckpt} but history.jsonl has {rows} epochs"
+        else:
+            return
+        raise UserError(
+            f"{why}: not restarting over the run; put the checkpoints back, or run the same "
+            "command with --restart to move this run aside and train from the start"
+        )
 
     # --- the final net ---
 
     def save_model(self, net: Any) -> Path:
-        """model.keras, saved under a temporary name and renamed."""
-        tmp = self.root / f".model.tmp{Path(MODEL).suffix}"
-        net.save(tmp)
-        os.replace(tmp, self.model)
+        """model.keras, written through atomic_path."""
+        with atomic_path(self.model) as tmp:
+            net.save(tmp)
         return self.model
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in 1 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
 
 
 # --- reading a finished run --------------------------------------------------------------

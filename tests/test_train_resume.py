@@ -96,3 +96,135 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shared_data)
                 assert rb["blocks"][bid][key] == pytest.approx(v, abs=1e-5)
     # the weights differ from the initial ones: training happened
     assert a_rows[-1]["step"] == 20
+
+
+# --- a damaged or busy run folder, in training (a tiny net on synthetic data) -------------
+
+
+class Synthetic:
+    """A data source with the pipeline's interface: 2 batches of 8 random 8×8 images."""
+
+    image_shape, num_classes, num_batches = (8, 8, 3), 10, 2
+
+    def batches(self, epoch):
+        rng = np.random.default_rng(epoch)
+        for _ in range(self.num_batches):
+            yield (
+                rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
+                rng.integers(0, 10, 8).astype(np.int32),
+            )
+
+    def normalise_np(self, x):
+        return x
+
+
+def tiny(epochs):
+    from epsresnet_tf.config import resolve_config
+
+    return resolve_config(
+        {
+            "arch": "cifar-basic-8",
+            "epochs": epochs,
+            "batch_size": 8,
+            "val_steps": 0,
+            "histogram_every": 0,
+        }
+    )
+
+
+def train(run_dir, epochs, **kw):
+    from epsresnet_tf.train.loop import run_training
+
+    return run_training(tiny(epochs), run_dir, sources=(Synthetic(), None), verbose=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    old = os.umask(0o022)
+    try:
+        train(run, 3)
+    finally:
+        os.umask(old)
+    return run
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_readable_by_collaborators(three_epochs):
+    """Today's code wrote config.json and the checkpoints 0600 (tempfile.mkstemp)."""
+    for p in three_epochs.rglob("*"):
+        want = 0o755 if p.is_dir() else 0o644
+        assert p.stat().st_mode & 0o777 == want, p
+    assert not (three_epochs / "train.lock").exists()
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before(three_epochs, tmp_path, capsys):
+    run = _copy(three_epochs, tmp_path)
+    ckpt = run / "ckpt" / "epoch-00003.npz"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 1  # one flipped bit
+    ckpt.write_bytes(bytes(data))
+    result = train(run, 3)
+    out = capsys.readouterr()
+    assert "skipping checkpoint" in out.err and "sha256 differs" in out.err
+    assert "after epoch 2" in out.out
+    assert result["status"] == "done" and [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    assert RunFolder(run).kept_epochs() == [2, 3] and not (run / "ckpt" / "corrupt").exists()
+
+
+def test_no_valid_checkpoint_is_refused_and_restart_moves_the_run_aside(
+    three_epochs, tmp_path, capsys
+):
+    """Today's code restarted at epoch 1, emptied history.jsonl and later deleted the new
+    checkpoints."""
+    from epsresnet_tf.errors import UserError
+
+    run = _copy(three_epochs, tmp_path)
+    for p in (run / "ckpt").glob("*.npz"):
+        p.write_bytes(bytes(p.stat().st_size))
+    before = _snapshot(run)
+    with pytest.raises(UserError, match="no valid checkpoint.*--restart") as err:
+        train(run, 3)
+    assert "\n" not in str(err.value) and _snapshot(run) == before
+    capsys.readouterr()
+    result = train(run, 3, restart=True)
+    assert "moved the old run aside" in capsys.readouterr().out
+    assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    (aside,) = tmp_path.glob("run.old-*")
+    assert _snapshot(aside) == before  # nothing of the old run is lost
+
+
+def test_missing_ckpt_folder_is_refused(three_epochs, tmp_path):
+    import shutil
+
+    from epsresnet_tf.errors import UserError
+
+    run = _copy(three_epochs, tmp_path)
+    shutil.rmtree(run / "ckpt")
+    before = _snapshot(run)
+    with pytest.raises(UserError, match="ckpt is missing but history.jsonl has 3 epochs"):
+        train(run, 3)
+    assert _snapshot(run) == before
+
+
+def test_a_second_writer_gets_one_line_naming_the_first(three_epochs, tmp_path):
+    import socket
+
+    from epsresnet_tf.errors import UserError
+
+    run = _copy(three_epochs, tmp_path)
+    before = _snapshot(run)
+    with RunFolder(run).open():  # another `train` holds the folder
+        with pytest.raises(UserError, match="in use by another `epsresnet train`") as err:
+            train(run, 3)
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in str(err.value)
+    assert "\n" not in str(err.value) and _snapshot(run) == before

@@ -103,21 +103,26 @@ def run_training(
     strategy=None,
     verbose: int = 1,
     extra_callbacks=(),
+    restart: bool = False,
 ) -> dict:
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
     "status" ("done" or "nan"), "epochs", "history" rows and paths. `extra_callbacks`
-    (Keras callbacks) run after the loop's own."""
-    run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy)
-    run.restore()
-    run.fit(run.callbacks(extra_callbacks), verbose)
-    return run.finish()
+    (Keras callbacks) run after the loop's own. `restart` moves an existing run aside
+    (`<run_dir>.old-<time>/`) and trains from the start."""
+    run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy, restart)
+    try:  # the run folder's lock is held until here, whatever happens
+        run.restore()
+        run.fit(run.callbacks(extra_callbacks), verbose)
+        return run.finish()
+    finally:
+        run.owner.close()
 
 
 class _TrainingRun:
     """One `run_training` call: the run folder, data, model and schedules it sets up, then
     resume, fit and the final model, each a method."""
 
-    def __init__(self, cfg, run_dir, data_dir, sources, strategy):
+    def __init__(self, cfg, run_dir, data_dir, sources, strategy, restart=False):
         import keras
         import tensorflow as tf
 
@@ -133,13 +138,7 @@ class _TrainingRun:
             sources = default_sources(cfg, data_dir, self.global_batch)  # missing data fails
         self.train_src, self.val_src = sources
         self.multi = multiworker.is_multi_worker(self.strategy)
-        self.run_root, self.ckpt_source = self.folder.root, self.folder
-        if self.multi:  # only the chief writes the run folder; the others a temporary one
-            self.folder, self.ckpt_source, self.resume = multiworker.worker_folders(
-                self.folder, cfg, self.strategy
-            )
-        else:
-            self.resume = self.folder.check_or_create(cfg)
+        self.run_root, self.ckpt_source, self.owner = self.folder.root, self.folder, self.folder
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg["seed"])
@@ -157,6 +156,25 @@ class _TrainingRun:
 
         self.state = RunState(statistic=cfg["reset_statistic"])
         self.start = 0
+        self._open_folder(restart)  # last: whatever failed above has written nothing
+
+    def _open_folder(self, restart):
+        """Lock the run folder (held until run_training ends: one writer), then check or
+        create it; only the chief writes it, the other workers a temporary one."""
+        from epsresnet_tf.train import multiworker
+
+        if not self.multi or multiworker.is_chief(self.strategy):
+            self.owner.open(restart)
+        try:
+            if self.multi:
+                self.folder, self.ckpt_source, self.resume = multiworker.worker_folders(
+                    self.folder, self.cfg, self.strategy
+                )
+            else:
+                self.resume = self.folder.check_or_create(self.cfg)
+        except BaseException:
+            self.owner.close()
+            raise
 
     def variables(self):
         """Everything a checkpoint holds, in a fixed order."""

@@ -85,6 +85,12 @@ def register(subparsers):
                 help="enable TensorFlow op determinism (bit-reproducible, slower)",
             ),
             option("--quiet", action="store_true", help="one line per epoch, no progress bar"),
+            option(
+                "--restart",
+                action="store_true",
+                help="move an existing run folder aside to <name>.old-<time>/ and train "
+                "from the start (for a run with no valid checkpoint left)",
+            ),
         ],
     )
 
@@ -125,7 +131,13 @@ def main(args):
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
     from epsresnet_tf.train.loop import run_training
 
-    result = run_training(cfg, Path(args.out) / name, data_dir, verbose=2 if args.quiet else 1)
+    result = run_training(
+        cfg,
+        Path(args.out) / name,
+        data_dir,
+        verbose=2 if args.quiet else 1,
+        restart=args.restart,
+    )
     print(summary(result))
     return 1 if result["status"] != "done" else None
 
