@@ -435,7 +435,7 @@ class RunFolder:
         """True if this is a resume. A folder with another config is refused."""
         if self.config.exists():
             self.check_config(cfg)
-            old = json.loads(self.config.read_text())
+            old = self.read_config()
             if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
                 old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
                 atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
@@ -452,7 +452,7 @@ class RunFolder:
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
         """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
-        old = json.loads(self.config.read_text())
+        old = self.read_config()
         diff = sorted(
             k
             for k in set(old) | set(cfg)

@@ -194,11 +194,6 @@ def test_garbled_config_json_is_one_line(run_dir, tmp_path, capsys):
         assert "config.json is not valid JSON" in line
 
 
-@pytest.mark.xfail(
-    reason="train's resume reads config.json with a bare json.loads "
-    "(runfolder.RunFolder.check_or_create/check_config: the run-folder work's)",
-    strict=False,
-)
 def test_garbled_config_json_on_train_resume_is_one_line(tmp_path, capsys):
     run = tmp_path / "runs" / "demo"
     run.mkdir(parents=True)
