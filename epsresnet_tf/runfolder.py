@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.config import gate_batch, saved_config
 from epsresnet_tf.errors import UserError
 
@@ -101,13 +102,17 @@ class RunFolder:
             old = json.loads(self.config.read_text())
             if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
                 old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
-                atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
+                atomic_write_text(
+                    self.config, json.dumps(old, indent=2, sort_keys=True, allow_nan=False) + "\n"
+                )
             return True
         if self.root.exists() and any(self.root.iterdir()):
             raise UserError(f"{self.root} exists and is not a run folder (no {CONFIG})")
         self.root.mkdir(parents=True, exist_ok=True)
         self.ckpt.mkdir(exist_ok=True)
-        atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            self.config, json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        )
         return False
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
@@ -156,7 +161,7 @@ class RunFolder:
 
     def write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace history.jsonl with `rows` (atomically)."""
-        atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.history, "".join(jsonsafe.dumps(r) + "\n" for r in rows))
 
     # --- checkpoints ---
 

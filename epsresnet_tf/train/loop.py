@@ -253,7 +253,7 @@ class _TrainingRun:
         rows, root = self.state.rows, str(self.run_root)
         if self.state.nan:
             ckpts = self.folder.checkpoints()
-            kept = ckpts[-1].name if ckpts else "none"
+            kept = ckpts[-1].name if ckpts else "none (the first epoch went non-finite)"
             msg = f"stopped: {self.state.nan}; last good checkpoint kept: {kept}"
             print(msg)
             result = {"status": "nan", "message": msg, "history": rows, "run_dir": root}

@@ -1,5 +1,6 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
 
+import math
 from pathlib import Path
 
 from epsresnet_tf.commands import add_command, data_dir, option
@@ -16,6 +17,8 @@ def _number(text, flag, kind, low):
         raise UserError(
             f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}"
         ) from None
+    if not math.isfinite(value):  # float("inf") and float("nan") parse; JSON has neither
+        raise UserError(f"{flag} must be a finite number, got {text!r}")
     if not value >= low:
         raise UserError(f"{flag} must be >= {low}, got {text}")
     return value
