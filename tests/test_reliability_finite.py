@@ -159,20 +159,37 @@ def test_epsilon_inf_on_the_command_line_is_one_line(tmp_path, value):
 
 # --- SIGINT / SIGTERM --------------------------------------------------------------------
 
-TRAIN = ("train", "demo", "--epochs", "20", "--steps-per-epoch", "20", "--val-steps", "1")
+TRAIN = (
+    "train",
+    "demo",
+    "--depth",
+    "8",
+    "--epochs",
+    "20",
+    "--steps-per-epoch",
+    "20",
+    "--val-steps",
+    "1",
+)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_in_one_line_and_the_same_command_resumes(tmp_path, sig, code):
-    args = (*TRAIN, "--out", str(tmp_path), "--quiet")
-    run = tmp_path / "demo_epochs20"  # the recipe's name and the override
-    p = epsresnet(*args)
+def next_run(out, p):
+    """The run folder of `p`, once its first epoch is checkpointed (and a bit later)."""
+    run = out / "demo_depth8_epochs20"  # the recipe's name and the overrides
     deadline = time.time() + 180
     while not (run / "ckpt" / "epoch-00001.npz").exists():
         assert p.poll() is None, p.communicate()
         assert time.time() < deadline
         time.sleep(0.02)
-    time.sleep(0.3)  # inside epoch 2
+    time.sleep(0.3)  # inside epoch 2 or 3
+    return run
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_in_one_line_and_the_same_command_resumes(tmp_path, sig, code):
+    args = (*TRAIN, "--out", str(tmp_path), "--quiet")
+    p = epsresnet(*args)
+    run = next_run(tmp_path, p)
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == code, (out, err)
@@ -194,3 +211,34 @@ def test_signal_stops_in_one_line_and_the_same_command_resumes(tmp_path, sig, co
     assert again.returncode == 0, (out, err)
     assert f"resuming {run} after epoch {len(rows)}" in out
     assert [r["epoch"] for r in folder.read_history()] == list(range(1, 21))
+
+
+def test_a_second_ctrl_c_stops_at_once_in_the_same_one_line(tmp_path):
+    """The second SIGINT raises KeyboardInterrupt wherever Python is (inside a TF op):
+    it too ends in the one line and 130, and the folder resumes."""
+    p = epsresnet(*TRAIN, "--out", str(tmp_path), "--quiet")
+    run = next_run(tmp_path, p)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two signals at once may arrive as one
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert "Traceback" not in out + err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("stopped at epoch ") and line.endswith("run the same command to resume")
+    arrays, state = RunFolder(run).load_latest()
+    assert state["epoch"] >= 1 and len(RunFolder(run).read_history()) == state["epoch"]
+
+
+def test_the_handler_records_the_first_signal_and_a_second_ctrl_c_raises():
+    from epsresnet_tf.train.stopping import stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and stop.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        stop.epoch, stop.step = 3, 7
+        assert stop.message() == "stopped at epoch 3 step 7; run the same command to resume"
+    assert signal.getsignal(signal.SIGINT) is before

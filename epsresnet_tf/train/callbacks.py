@@ -219,5 +219,29 @@ class CheckpointCallback(keras.callbacks.Callback):
             self.save(epoch + 1)
 
 
+class StopCallback(keras.callbacks.Callback):
+    """Ends `fit` at the first step boundary after SIGINT/SIGTERM (`stopping.StopRequest`),
+    and keeps the request's epoch and step up to date for the one-line message. Last in the
+    list: a signal that arrives during an epoch's end lets that epoch's checkpoint finish."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.request.epoch, self.request.step = epoch + 1, 0
+        self.request.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.request.step = batch + 1
+        self.request.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.request.check()  # a long validation is abandoned too (the epoch is not saved)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.request.check()
+
+
 def finite(x):
     return bool(np.all(np.isfinite(x)))

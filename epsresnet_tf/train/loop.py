@@ -23,6 +23,7 @@ ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -105,12 +106,43 @@ def run_training(
     extra_callbacks=(),
 ) -> dict:
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
-    "status" ("done" or "nan"), "epochs", "history" rows and paths. `extra_callbacks`
-    (Keras callbacks) run after the loop's own."""
+    "status" ("done", "nan" or "interrupted": SIGINT/SIGTERM, with its "exit_code"),
+    "epochs", "history" rows and paths. `extra_callbacks` (Keras callbacks) run after the
+    loop's own."""
+    from epsresnet_tf.train import stopping
+
+    # several machines: one worker leaving on its own would hang the others' collectives
+    with stopping.stop_on_signals(enabled=not os.environ.get("TF_CONFIG")) as stop:
+        try:
+            return _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra_callbacks, stop)
+        except (stopping.Interrupted, KeyboardInterrupt):
+            return _interrupted(stop, run_dir, verbose)
+
+
+def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop):
+    from epsresnet_tf.train.callbacks import StopCallback
+
     run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy)
     run.restore()
-    run.fit(run.callbacks(extra_callbacks), verbose)
+    stop.epoch = run.start + 1
+    stop.check()  # a signal during the set-up: nothing trained yet
+    run.fit([*run.callbacks(extra), StopCallback(stop)], verbose)
+    stop.check()
     return run.finish()
+
+
+def _interrupted(stop, run_dir, verbose) -> dict:
+    """The one line, on stderr (the progress bar's line is ended first)."""
+    if verbose == 1:
+        print(flush=True)
+    print(stop.message(), file=sys.stderr, flush=True)
+    return {
+        "status": "interrupted",
+        "exit_code": stop.exit_code,
+        "message": stop.message(),
+        "run_dir": str(run_dir),
+        "history": [],
+    }
 
 
 class _TrainingRun:
