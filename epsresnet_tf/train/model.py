@@ -85,7 +85,7 @@ class TrainingModel(keras.Model):
             now = ops.sum(ops.stack([discarded_now(g) for g in self.gates]))
             moving_average(self.discarded_count, now, self.optimizer.iterations)
 
-    def first_nonfinite_step_value(self):
+    def first_nonfinite_step_value(self) -> int | None:
         """The global step whose loss first went non-finite, or None."""
         step = int(self.first_nonfinite_step.numpy())
         return step or None
@@ -101,7 +101,7 @@ class TrainingModel(keras.Model):
         unset = ops.cast(ops.equal(self.first_nonfinite_step, 0.0), "float32")
         self.first_nonfinite_step.assign(self.first_nonfinite_step + bad * unset * step)
 
-    def nonfinite_variables(self):
+    def nonfinite_variables(self) -> list[str]:
         """Names of the float variables a checkpoint holds that have a NaN or Inf."""
         vs = [
             v
