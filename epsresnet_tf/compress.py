@@ -36,7 +36,6 @@ and reports the test error of each and the blocks only one rule removes.
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from epsresnet_tf import gates as G
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
@@ -587,7 +587,7 @@ def _write_outputs(out_dir, reduced, doc):
     if reduced is not None:
         reduced.save(out_dir / REDUCED_MODEL)
         reduced.export(str(out_dir / SAVED_MODEL), verbose=False)
-    (out_dir / CERTIFICATE).write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / CERTIFICATE).write_text(jsonsafe.dumps(doc, indent=2) + "\n")
 
 
 def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, cert, check):

@@ -18,6 +18,7 @@ see per step — is answered here, so that no other module recomputes it.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Mapping
 
 from epsresnet_tf.errors import UserError
@@ -125,6 +126,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     from epsresnet_tf.models.registry import resolve
 
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
+    _check_finite(cfg)
     if cfg["epsilon"] < 0:
         raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
     if cfg["reset_statistic"] not in RESET_STATISTICS:
@@ -165,6 +167,36 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         PiecewiseSchedule(cfg["adaptive_schedule"])
     epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
     _check_retention(cfg)
+
+
+#: Numeric keys that must be finite numbers: NaN passes every `< 0` check and ±inf trains
+#: into NaN weights, and neither can be written as JSON (config.json).
+FINITE_KEYS = (
+    "epsilon",
+    "momentum",
+    "weight_decay",
+    "wd_decay_factor",
+    "side_weight",
+    "reset_threshold",
+    "reset_tolerance",
+)
+FINITE_SCHEDULES = ("lr_schedule", "adaptive_schedule")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_finite(cfg: Mapping[str, Any]) -> None:
+    for key in FINITE_KEYS:
+        if key in cfg and not _finite_number(cfg[key]):
+            raise UserError(f"{key} must be finite, got {cfg[key]!r}")
+    for key in FINITE_SCHEDULES:
+        for entry in cfg.get(key) or ():
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+                raise UserError(f"{key} must be a list of [epoch, value] pairs, got {entry!r}")
+            if not _finite_number(entry[1]):
+                raise UserError(f"{key} must be finite: got {entry[1]!r} at epoch {entry[0]}")
 
 
 def _check_retention(cfg: Mapping[str, Any]) -> None:

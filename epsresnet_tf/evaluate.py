@@ -11,13 +11,13 @@ Library API::
     ablate(model, arch, build_options, order_ids, data, top5=False) -> rows
 """
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from epsresnet_tf import compress as C
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
@@ -196,7 +196,7 @@ def _evaluate_cli(args):
     result = evaluate_model(model, data, batches, top5=info.top5, repeats=args.repeats)
     result.update(model_path=str(path), dataset=dataset)
     if args.json:
-        print(json.dumps(result))
+        print(jsonsafe.dumps(result))
         return 0
     print(f"{path}: {dataset} {info.eval_split} ({result['images']} images)")
     print(
@@ -234,8 +234,8 @@ def _ablate_cli(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"run": str(run.root), "order": args.order, "seed": args.seed, "rows": rows}
     # One file: written beside the old one and renamed over it, so --force never leaves a
-    # half-written or missing ablation behind.
-    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
+    # half-written or missing ablation behind; NaN/Inf as null (strict JSON).
+    atomic_write_text(out, jsonsafe.dumps(doc, indent=2) + "\n")
     for r in rows:
         print(f"{r['removed']:4d} {r['block'] or '-':>16s}  error {100 * r['top1_error']:.2f}%")
     print(f"wrote {out}")

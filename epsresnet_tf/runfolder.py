@@ -52,6 +52,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.config import gate_batch, saved_config
 from epsresnet_tf.errors import UserError
 
@@ -438,7 +439,9 @@ class RunFolder:
             old = self.read_config()
             if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
                 old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
-                atomic_write_text(self.config, json.dumps(old, indent=2, sort_keys=True) + "\n")
+                atomic_write_text(
+                    self.config, json.dumps(old, indent=2, sort_keys=True, allow_nan=False) + "\n"
+                )
             return True
         if self.root.exists() and self._has_content():
             raise UserError(f"{self.root} exists and is not a run folder (no {CONFIG})")
@@ -447,7 +450,9 @@ class RunFolder:
             self.ckpt.mkdir(exist_ok=True)
         except OSError as err:
             _raise_disk_error(err, self.ckpt)
-        atomic_write_text(self.config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            self.config, json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        )
         return False
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
@@ -496,7 +501,7 @@ class RunFolder:
 
     def write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace history.jsonl with `rows` (atomically)."""
-        atomic_write_text(self.history, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.history, "".join(jsonsafe.dumps(r) + "\n" for r in rows))
 
     # --- checkpoints ---
     #

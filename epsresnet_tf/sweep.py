@@ -13,6 +13,7 @@ certificates, so a sweep can be extended by adding values.
 import json
 from pathlib import Path
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
 
@@ -143,7 +144,7 @@ def sweep_eps(
         "rows": rows,
         "choice": choice,
     }
-    (out / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "sweep.json").write_text(jsonsafe.dumps(doc, indent=2) + "\n")
     if report and len(run_dirs) > 1:
         from epsresnet_tf.report import make_report
 

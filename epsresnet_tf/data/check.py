@@ -9,11 +9,11 @@ prints one object with at least ``train``, ``test`` (counts), ``classes`` and
 every other command.
 """
 
-import json
 import time
 
 import numpy as np
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.errors import UserError
 
 IMAGENET_MEAN_SAMPLE = 256
@@ -105,7 +105,7 @@ def run_check(args):
         )
     )
     if args.json:
-        print(json.dumps(result))
+        print(jsonsafe.dumps(result))
     elif result["throughput_img_s"] is not None:
         print(
             f"  augmented train pipeline: {result['throughput_img_s']:.0f} images/s "

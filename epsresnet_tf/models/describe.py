@@ -1,11 +1,10 @@
 """Model statistics (parameters, conv layers, blocks, MACs) and `epsresnet describe`."""
 
-import json
-
 import keras
 import numpy as np
 from tabulate import tabulate
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf import layers as L
 from epsresnet_tf.commands import JSON, add_command, option
 from epsresnet_tf.gates import gate_choices
@@ -87,7 +86,7 @@ def describe(args):
     stats = model_stats(model)
     stats["arch"] = args.arch
     if args.json:
-        print(json.dumps(stats))
+        print(jsonsafe.dumps(stats))
     else:
         rows = [
             (key, f"{value:,}" if isinstance(value, int) else value) for key, value in stats.items()

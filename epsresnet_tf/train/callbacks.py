@@ -5,7 +5,6 @@ They share one `RunState` (the per-epoch history and the NaN flag), filled by
 `MonitorCallback` first at each epoch end and read by the others, in list order.
 """
 
-import json
 import logging
 import math
 
@@ -13,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.gates import read_hyper, set_hyper
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.train import monitor
@@ -86,8 +86,10 @@ class ScheduleCallback(keras.callbacks.Callback):
 
 class MonitorCallback(keras.callbacks.Callback):
     """Builds the epoch's history row from the logs and the gates' variables; stops the
-    run on a non-finite loss (checked per epoch: the epoch mean is NaN/Inf as soon as one
-    step's loss was).
+    run when the epoch went non-finite: a step's training loss (flagged inside the step,
+    `TrainingModel.first_nonfinite_step`), the validation loss, or any variable a checkpoint
+    holds. The callbacks after it then write nothing for that epoch, so the last
+    checkpoint is the last one whose loss, validation loss and weights were all finite.
 
     `discarded_count` is the training model's one moving average of the per-step count
     (what the adaptive reset reads, docs/semantics.md §7);
@@ -102,11 +104,14 @@ class MonitorCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        loss = float(logs.get("loss", float("nan")))
-        if not math.isfinite(loss):
-            self.state.nan = f"loss is {loss} in epoch {epoch + 1}"
+        problems = nonfinite_problems(self.model, logs)
+        if problems:
+            self.state.nan = f"epoch {epoch + 1} went non-finite ({', '.join(problems)})"
             self.model.stop_training = True
             return
+        self.state.rows.append(self._row(epoch, logs))
+
+    def _row(self, epoch, logs):
         snap = monitor.gate_snapshot(self.model.net)
         row = {
             "epoch": epoch + 1,
@@ -130,7 +135,24 @@ class MonitorCallback(keras.callbacks.Callback):
             blocks_discarded_sum=snap["blocks_discarded_sum"],
             blocks=snap["blocks"],
         )
-        self.state.rows.append(row)
+        return row
+
+
+def nonfinite_problems(model, logs) -> list[str]:
+    """What of the finished epoch is NaN/Inf, in words ([] when all is finite): the first
+    step whose training loss was, the epoch's losses, and the variables that hold any."""
+    problems = []
+    step = model.first_nonfinite_step_value()
+    if step is not None:
+        problems.append(f"training loss at step {step}")
+    for key in ("loss", "val_loss"):
+        value = float(logs.get(key, 0.0))
+        if not math.isfinite(value) and not (key == "loss" and step is not None):
+            problems.append(f"{key} {value}")
+    bad = model.nonfinite_variables()
+    if bad:
+        problems.append(f"weights: {len(bad)} variables, e.g. {bad[0]}")
+    return problems
 
 
 class HistoryCallback(keras.callbacks.Callback):
@@ -144,7 +166,7 @@ class HistoryCallback(keras.callbacks.Callback):
         if self.state.nan or not self.state.rows:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(self.state.rows[-1]) + "\n")
+            f.write(jsonsafe.dumps(self.state.rows[-1]) + "\n")
 
 
 class TensorBoardCallback(keras.callbacks.Callback):
@@ -195,6 +217,30 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.state.nan:
             self.save(epoch + 1)
+
+
+class StopCallback(keras.callbacks.Callback):
+    """Ends `fit` at the first step boundary after SIGINT/SIGTERM (`stopping.StopRequest`),
+    and keeps the request's epoch and step up to date for the one-line message. Last in the
+    list: a signal that arrives during an epoch's end lets that epoch's checkpoint finish."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.request.epoch, self.request.step = epoch + 1, 0
+        self.request.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.request.step = batch + 1
+        self.request.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.request.check()  # a long validation is abandoned too (the epoch is not saved)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.request.check()
 
 
 def finite(x):

@@ -23,6 +23,7 @@ ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -106,16 +107,49 @@ def run_training(
     restart: bool = False,
 ) -> dict:
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
-    "status" ("done" or "nan"), "epochs", "history" rows and paths. `extra_callbacks`
-    (Keras callbacks) run after the loop's own. `restart` moves an existing run aside
-    (`<run_dir>.old-<time>/`) and trains from the start."""
+    "status" ("done", "nan" or "interrupted": SIGINT/SIGTERM, with its "exit_code"),
+    "epochs", "history" rows and paths. `extra_callbacks` (Keras callbacks) run after the
+    loop's own. `restart` moves an existing run aside (`<run_dir>.old-<time>/`) and trains
+    from the start."""
+    from epsresnet_tf.train import stopping
+
+    # several machines: one worker leaving on its own would hang the others' collectives
+    with stopping.stop_on_signals(enabled=not os.environ.get("TF_CONFIG")) as stop:
+        try:
+            return _run(
+                cfg, run_dir, data_dir, sources, strategy, verbose, extra_callbacks, stop, restart
+            )
+        except (stopping.Interrupted, KeyboardInterrupt):
+            return _interrupted(stop, run_dir, verbose)
+
+
+def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restart):
+    from epsresnet_tf.train.callbacks import StopCallback
+
     run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy, restart)
     try:  # the run folder's lock is held until here, whatever happens
         run.restore()
-        run.fit(run.callbacks(extra_callbacks), verbose)
+        stop.epoch = run.start + 1
+        stop.check()  # a signal during the set-up: nothing trained yet
+        run.fit([*run.callbacks(extra), StopCallback(stop)], verbose)
+        stop.check()
         return run.finish()
     finally:
         run.owner.close()
+
+
+def _interrupted(stop, run_dir, verbose) -> dict:
+    """The one line, on stderr (the progress bar's line is ended first)."""
+    if verbose == 1:
+        print(flush=True)
+    print(stop.message(), file=sys.stderr, flush=True)
+    return {
+        "status": "interrupted",
+        "exit_code": stop.exit_code,
+        "message": stop.message(),
+        "run_dir": str(run_dir),
+        "history": [],
+    }
 
 
 class _TrainingRun:
@@ -271,7 +305,7 @@ class _TrainingRun:
         rows, root = self.state.rows, str(self.run_root)
         if self.state.nan:
             ckpts = self.folder.checkpoints()
-            kept = ckpts[-1].name if ckpts else "none"
+            kept = ckpts[-1].name if ckpts else "none (the first epoch went non-finite)"
             msg = f"stopped: {self.state.nan}; last good checkpoint kept: {kept}"
             print(msg)
             result = {"status": "nan", "message": msg, "history": rows, "run_dir": root}

@@ -1,5 +1,7 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
 
+import math
+import sys
 from pathlib import Path
 
 from epsresnet_tf.commands import add_command, data_dir, option
@@ -16,6 +18,8 @@ def _number(text, flag, kind, low):
         raise UserError(
             f"{flag} expects {'an integer' if kind is int else 'a number'}, got {text!r}"
         ) from None
+    if not math.isfinite(value):  # float("inf") and float("nan") parse; JSON has neither
+        raise UserError(f"{flag} must be a finite number, got {text!r}")
     if not value >= low:
         raise UserError(f"{flag} must be >= {low}, got {text}")
     return value
@@ -131,13 +135,19 @@ def main(args):
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
     from epsresnet_tf.train.loop import run_training
 
-    result = run_training(
-        cfg,
-        Path(args.out) / name,
-        data_dir,
-        verbose=2 if args.quiet else 1,
-        restart=args.restart,
-    )
+    try:
+        result = run_training(
+            cfg,
+            Path(args.out) / name,
+            data_dir,
+            verbose=2 if args.quiet else 1,
+            restart=args.restart,
+        )
+    except KeyboardInterrupt:  # a Ctrl-C the loop's own handler did not see (set-up, exit)
+        print("stopped before training began; run the same command to resume", file=sys.stderr)
+        return 130
+    if result["status"] == "interrupted":  # its one line is printed: no summary
+        return result["exit_code"]
     print(summary(result))
     return 1 if result["status"] != "done" else None
 
