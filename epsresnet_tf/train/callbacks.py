@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsresnet_tf import jsonsafe
 from epsresnet_tf.gates import read_hyper, set_hyper
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.train import monitor
@@ -156,17 +155,17 @@ def nonfinite_problems(model, logs) -> list[str]:
 
 
 class HistoryCallback(keras.callbacks.Callback):
-    """Appends each epoch's row to `history.jsonl` (one JSON object per line)."""
+    """Writes history.jsonl after each epoch through `write(rows)` (the run folder's atomic
+    write: a full disk is one line and never a half-written history)."""
 
-    def __init__(self, path, state: RunState):
+    def __init__(self, write, state: RunState):
         super().__init__()
-        self.path, self.state = path, state
+        self.write, self.state = write, state
 
     def on_epoch_end(self, epoch, logs=None):
         if self.state.nan or not self.state.rows:
             return
-        with open(self.path, "a") as f:
-            f.write(jsonsafe.dumps(self.state.rows[-1]) + "\n")
+        self.write(self.state.rows)
 
 
 class TensorBoardCallback(keras.callbacks.Callback):

@@ -264,7 +264,7 @@ class _TrainingRun:
                 for name, schedule in gate_schedules.items()
             ),
             C.MonitorCallback(state, authors_block_count(cfg["arch"])),
-            C.HistoryCallback(self.folder.history, state),
+            C.HistoryCallback(self.folder.write_history, state),
             C.TensorBoardCallback(str(self.folder.tb), state, cfg["histogram_every"]),
             C.CheckpointCallback(self.save, state),
             *extra,

@@ -1,6 +1,7 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
 
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -144,9 +145,13 @@ def main(args):
             restart=args.restart,
         )
     except KeyboardInterrupt:  # a Ctrl-C the loop's own handler did not see (set-up, exit)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopped before training began; run the same command to resume", file=sys.stderr)
         return 130
     if result["status"] == "interrupted":  # its one line is printed: no summary
+        # stopping is decided and said: a further Ctrl-C during TensorFlow's teardown
+        # must not kill the process with a signal status instead of 130/143
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return result["exit_code"]
     print(summary(result))
     return 1 if result["status"] != "done" else None
