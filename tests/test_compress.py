@@ -465,12 +465,11 @@ def epoch_run(tmp_path_factory):
 def test_epoch_checkpoints_kept_for_compression(epoch_run):
     run_dir, rows = epoch_run
     assert [r["epoch"] for r in rows] == list(range(1, 9))
-    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == [
-        "epoch-00003.npz",
-        "epoch-00006.npz",
-        "epoch-00007.npz",
-        "epoch-00008.npz",
-    ]
+    kept = ["epoch-00003", "epoch-00006", "epoch-00007", "epoch-00008"]
+    # each checkpoint and its manifest (written last: what makes it valid), nothing else
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == sorted(
+        f"{k}.{ext}" for k in kept for ext in ("npz", "json")
+    )
 
 
 def test_compress_ema_rule_at_a_chosen_epoch(epoch_run, tmp_path, capsys):
