@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from _sources import tiny
 
 from epsresnet_tf import recipes
 from epsresnet_tf.config import (
@@ -20,18 +21,6 @@ from epsresnet_tf.errors import UserError
 from epsresnet_tf.models.registry import resolve
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def tiny(**kw):
-    base = {
-        "arch": "cifar-basic-8",
-        "epochs": 3,
-        "batch_size": 8,
-        "val_steps": 0,
-        "histogram_every": 0,
-    }
-    base.update(kw)
-    return resolve_config(base)
 
 
 # --- validation --------------------------------------------------------------------------

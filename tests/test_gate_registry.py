@@ -5,6 +5,7 @@ registry entry below is all it takes to build, train, monitor, certify and compr
 import keras
 import numpy as np
 import pytest
+from _sources import Synthetic
 from keras import ops
 
 from epsresnet_tf import compress as C
@@ -68,23 +69,6 @@ def scale_kind():
     G.unregister_gate("scale")
 
 
-class Synthetic:
-    """A tiny data source with the pipeline's interface."""
-
-    image_shape, num_classes, num_batches = (8, 8, 3), 10, 2
-
-    def batches(self, epoch):
-        rng = np.random.default_rng(epoch)
-        for _ in range(self.num_batches):
-            yield (
-                rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
-                rng.integers(0, 10, 4).astype(np.int32),
-            )
-
-    def normalise_np(self, x):
-        return x
-
-
 def test_registry_lists_builtin_kinds_and_refuses_unknown():
     assert G.gate_kinds()[:2] == ("eps", "k")
     assert G.get_gate("none") is None
@@ -107,7 +91,9 @@ def test_a_new_kind_trains_certifies_and_compresses(scale_kind, tmp_path):
             "side_head": False,
         }
     )
-    result = run_training(cfg, tmp_path / "run", sources=(Synthetic(), None), verbose=0)
+    result = run_training(
+        cfg, tmp_path / "run", sources=(Synthetic(batch=4, num_batches=2), None), verbose=0
+    )
     assert result["status"] == "done"
     row = result["history"][-1]
     assert set(row["blocks"]) == {f"group{g}/block{b}" for g in range(3) for b in range(1)}
@@ -138,3 +124,12 @@ def test_a_new_kind_trains_certifies_and_compresses(scale_kind, tmp_path):
 def test_a_merging_kind_refuses_merging_shortcuts(scale_kind):
     with pytest.raises(ValueError, match="merges the branches itself"):
         build_model("cifar-basic-8", gate="scale", shortcut="constant_scaling")
+
+
+def test_a_kind_without_its_required_methods_cannot_register():
+    class Unfinished(G.ScalarGateKind):  # no make_layer, no factor_tensor
+        name = "unfinished"
+
+    with pytest.raises(TypeError, match="abstract"):
+        G.register_gate(Unfinished)
+    assert "unfinished" not in G.gate_kinds()

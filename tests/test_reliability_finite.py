@@ -222,7 +222,9 @@ def test_a_second_ctrl_c_stops_at_once_in_the_same_one_line(tmp_path):
     time.sleep(0.05)  # two signals at once may arrive as one
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130, (out, err)
+    # the status a shell reports is 130 either way: our exit(130), or, when the second
+    # signal lands during TensorFlow's teardown, the death by SIGINT itself (128 + 2)
+    assert p.returncode in (130, -signal.SIGINT), (out, err)
     assert "Traceback" not in out + err
     (line,) = err.strip().splitlines()
     assert line.startswith("stopped at epoch ") and line.endswith("run the same command to resume")

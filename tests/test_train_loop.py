@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _reference import tensorpack_ema
+from _sources import Synthetic, tiny
 
 from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
@@ -126,38 +127,6 @@ def test_final_model_reloads_and_predicts(cifar_run):
 
 
 # --- synthetic sources: fast checks of failure paths ---------------------------------
-
-
-class Synthetic:
-    """A data source with the pipeline's interface; NaN images from epoch `nan_from`."""
-
-    image_shape, num_classes, num_batches = (8, 8, 3), 10, 4
-
-    def __init__(self, nan_from=None):
-        self.nan_from = nan_from
-
-    def batches(self, epoch):
-        rng = np.random.default_rng(epoch)
-        for _ in range(self.num_batches):
-            x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
-            if self.nan_from is not None and epoch >= self.nan_from:
-                x[:] = np.nan
-            yield x, rng.integers(0, 10, 8).astype(np.int32)
-
-    def normalise_np(self, x):
-        return x
-
-
-def tiny(**kw):
-    base = {
-        "arch": "cifar-basic-8",
-        "epochs": 3,
-        "batch_size": 8,
-        "val_steps": 0,
-        "histogram_every": 0,
-    }
-    base.update(kw)
-    return resolve_config(base)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from _sources import Synthetic
 
 from epsresnet_tf.runfolder import RunFolder
 
@@ -101,23 +102,6 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shared_data)
 # --- a damaged or busy run folder, in training (a tiny net on synthetic data) -------------
 
 
-class Synthetic:
-    """A data source with the pipeline's interface: 2 batches of 8 random 8×8 images."""
-
-    image_shape, num_classes, num_batches = (8, 8, 3), 10, 2
-
-    def batches(self, epoch):
-        rng = np.random.default_rng(epoch)
-        for _ in range(self.num_batches):
-            yield (
-                rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
-                rng.integers(0, 10, 8).astype(np.int32),
-            )
-
-    def normalise_np(self, x):
-        return x
-
-
 def tiny(epochs):
     from epsresnet_tf.config import resolve_config
 
@@ -135,7 +119,9 @@ def tiny(epochs):
 def train(run_dir, epochs, **kw):
     from epsresnet_tf.train.loop import run_training
 
-    return run_training(tiny(epochs), run_dir, sources=(Synthetic(), None), verbose=0, **kw)
+    return run_training(
+        tiny(epochs), run_dir, sources=(Synthetic(num_batches=2), None), verbose=0, **kw
+    )
 
 
 @pytest.fixture(scope="module")

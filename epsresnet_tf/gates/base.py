@@ -7,6 +7,7 @@ it stands). `ScalarGateKind` fills most of it in for gates u = φ·F + x with on
 scalar φ (the k gate; a new scalar gate needs its layer and `factor_tensor`).
 """
 
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -44,7 +45,7 @@ class Fold:
     factor: float
 
 
-class GateKind:
+class GateKind(abc.ABC):
     """One gate kind. Subclass, fill in the class attributes, override what differs and
     register it with `@register_gate` (epsresnet_tf.gates.registry)."""
 
@@ -87,9 +88,9 @@ class GateKind:
         the net is built with before the first epoch's schedules)."""
         return {}
 
+    @abc.abstractmethod
     def make_layer(self, config, name: str):
         """The gate layer of one unit, from the network's NetConfig."""
-        raise NotImplementedError
 
     def plain_merge(self, f, x, config, prefix: str):
         """A gate between plain (non-residual) layers f and x: the gates paper's plain nets."""
@@ -103,9 +104,9 @@ class GateKind:
 
     # --- monitoring -------------------------------------------------------------------
 
+    @abc.abstractmethod
     def discarded_now(self, layer):
         """ "Discarded" in the training step just run, a float32 tensor in [0, 1]."""
-        raise NotImplementedError
 
     def monitor(self, layer) -> dict:
         """Per-epoch monitor fields besides "discarded" (history rows, TensorBoard)."""
@@ -122,15 +123,15 @@ class GateKind:
         """The gate's own scope ("batch" / "sample") where it has one."""
         return None
 
+    @abc.abstractmethod
     def certify(self, model, layers: dict, datasets: dict, scope: str):
         """({block id: BlockVerdict}, {split: images}, {split: batches}) for this kind's
         gates `layers` ({block id: layer}) of `model`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def plain_decision(self, layers: dict, certificate) -> tuple[bool, dict, str]:
         """(exact, {block id: Fold}, why): whether dropping the kept gates `layers`
         changes nothing on the certified data, the folds that make it so, and why."""
-        raise NotImplementedError
 
 
 class ScalarGateKind(GateKind):
@@ -141,9 +142,9 @@ class ScalarGateKind(GateKind):
     #: How messages write φ ("g(k)").
     factor_name: ClassVar[str] = "φ"
 
+    @abc.abstractmethod
     def factor_tensor(self, layer):
         """φ as a float32 tensor."""
-        raise NotImplementedError
 
     def factor(self, layer) -> float:
         return to_float(self.factor_tensor(layer))
