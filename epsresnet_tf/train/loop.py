@@ -2,7 +2,7 @@
 atomic checkpoints and exact resume.
 
 Why `fit` with an overridden `train_step` (and not a hand-written `strategy.run` loop):
-`fit` gives the progress bars, callbacks and validation for free, and Keras 3's `fit` runs
+`fit` gives the callbacks and validation for free, and Keras 3's `fit` runs
 under `MirroredStrategy` (one machine, several GPUs — every configuration of the paper).
 The step is ours because the loss is not a Keras loss: cross-entropy + 0.1 × the side
 head's cross-entropy + the weight decay times a factor that drops ×0.2 every 480,000 steps,
@@ -129,9 +129,10 @@ def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restar
     run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy, restart)
     try:  # the run folder's lock is held until here, whatever happens
         run.restore()
+        run.say_start(verbose)
         stop.epoch = run.start + 1
         stop.check()  # a signal during the set-up: nothing trained yet
-        run.fit([*run.callbacks(extra), StopCallback(stop)], verbose)
+        run.fit([*run.callbacks(extra, verbose), StopCallback(stop)])
         stop.check()
         return run.finish()
     finally:
@@ -140,7 +141,9 @@ def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restar
 
 def _interrupted(stop, run_dir, verbose) -> dict:
     """The one line, on stderr (the progress bar's line is ended first)."""
-    if verbose == 1:
+    from epsresnet_tf.train.progress import shows_bar
+
+    if shows_bar(verbose):
         print(flush=True)
     print(stop.message(), file=sys.stderr, flush=True)
     return {
@@ -210,6 +213,12 @@ class _TrainingRun:
             self.owner.close()
             raise
 
+    def is_chief(self):
+        """Whether this process speaks for the run (several machines: the chief only)."""
+        from epsresnet_tf.train import multiworker
+
+        return not self.multi or multiworker.is_chief(self.strategy)
+
     def variables(self):
         """Everything a checkpoint holds, in a fixed order."""
         m = self.model
@@ -231,22 +240,37 @@ class _TrainingRun:
             self.lr_sched.set_state(saved["lr_schedule"])
             self.state.rows = saved["history"]
             self.start = saved["epoch"]
-            print(f"resuming {self.run_root} after epoch {self.start}")
         self.folder.write_history(self.state.rows)
+
+    def say_start(self, verbose):
+        """The run folder and where it starts, from the chief only; a resume is said even at
+        verbose 0 (it decides what the run computes)."""
+        from epsresnet_tf.train.progress import start_line
+
+        if self.is_chief() and (verbose or self.start):
+            print(start_line(self.run_root, self.start, self.cfg["epochs"]), flush=True)
 
     def save(self, epoch):
         st = {"epoch": epoch, "lr_schedule": self.lr_sched.get_state(), "history": self.state.rows}
         self.folder.save_checkpoint(epoch, [np.asarray(v.numpy()) for v in self.variables()], st)
 
-    def callbacks(self, extra=()):
+    def callbacks(self, extra=(), verbose=0):
+        """The loop's callbacks in order, `extra` after them; the console's (`verbose` 1 or
+        2, the chief only) after the checkpoint, so an epoch's line means it is saved."""
         from epsresnet_tf.gates import get_gate
         from epsresnet_tf.models.registry import authors_block_count
         from epsresnet_tf.train import callbacks as C
+        from epsresnet_tf.train.progress import ProgressCallback
         from epsresnet_tf.train.schedules import FixedSchedule, ScheduledSetter
 
         cfg, state = self.cfg, self.state
         kind = get_gate(cfg["gate"])  # its scheduled hyper-parameters (ε)
         gate_schedules = kind.schedules(cfg) if kind is not None else {}
+        console = (
+            [ProgressCallback(state, cfg["epochs"], self.steps, self.lr_sched, verbose)]
+            if verbose and self.is_chief()
+            else []
+        )
         return [
             C.ScheduleCallback(
                 ScheduledSetter(self.lr_sched, "learning rate"),
@@ -267,10 +291,11 @@ class _TrainingRun:
             C.HistoryCallback(self.folder.write_history, state),
             C.TensorBoardCallback(str(self.folder.tb), state, cfg["histogram_every"]),
             C.CheckpointCallback(self.save, state),
+            *console,
             *extra,
         ]
 
-    def fit(self, cbs, verbose):
+    def fit(self, cbs):
         from epsresnet_tf.train import multiworker
 
         if self.multi:
@@ -292,7 +317,7 @@ class _TrainingRun:
             validation_data=val_ds,
             validation_steps=val_steps,
             callbacks=cbs,
-            verbose=verbose,
+            verbose=0,  # the console is ProgressCallback's
         )
         if self.multi:  # Keras 3's fit fails under MultiWorkerMirroredStrategy
             multiworker.fit(self.model, self.strategy, train_ds, **common)

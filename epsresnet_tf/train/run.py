@@ -158,8 +158,11 @@ def main(args):
 
 
 def summary(result):
-    """The last epoch's per-block discard table and totals (tabulate)."""
+    """The last epoch's per-block discard table and one line of totals (tabulate), in the
+    words of the epoch lines (`epsresnet_tf.train.progress`)."""
     from tabulate import tabulate
+
+    from epsresnet_tf.train.progress import DISCARDED_ABOVE, measures
 
     rows = result.get("history") or []
     if not rows:
@@ -170,15 +173,10 @@ def summary(result):
             bid,
             f"{b['discarded']:.3f}",
             f"{b.get('response_max', float('nan')):.3f}",
-            "discarded" if b["discarded"] > 0.5 else "",
+            "discarded" if b["discarded"] > DISCARDED_ABOVE else "",
         )
         for bid, b in last["blocks"].items()
     ]
-    text = tabulate(table, headers=("block", "EMA(1-T)", "max|F|", "")) if table else ""
-    err = last.get("val_error")
-    return (
-        f"{text}\n{result['run_dir']}: epoch {last['epoch']}, discarded "
-        f"{last['discarded_count']:.2f} of {len(last['blocks'])} blocks "
-        f"({last['discarded_ratio']:.1%})"
-        + (f", validation error {err:.2%}" if err is not None else "")
-    )
+    headers = ("block", "EMA of 1-T", "max|F|", "")
+    text = tabulate(table, headers=headers) + "\n" if table else ""
+    return f"{text}{result['run_dir']}: epoch {last['epoch']}, " + ", ".join(measures(last))

@@ -162,6 +162,11 @@ class AdaptiveResetSchedule:
             return self.current.first_value
         return self.current.value_at(epoch)
 
+    def reset_at(self, epoch):
+        """The schedule a reset switched to when `epoch` epochs had finished, else None: the
+        event the console reports, decided by `lr_for_epoch` alone."""
+        return self.current if self.last_reset == epoch else None
+
     def value_in_effect(self, epoch):
         return self.current.value_in_effect(epoch)
 
@@ -186,6 +191,9 @@ class FixedSchedule:
 
     def lr_for_epoch(self, epoch, history):
         return self.current.value_at(epoch)
+
+    def reset_at(self, epoch):
+        return None
 
     def value_in_effect(self, epoch):
         return self.current.value_in_effect(epoch)
