@@ -108,8 +108,9 @@ def run_training(
 ) -> dict:
     """Train (or resume) the run `cfg` in `run_dir`. Returns a summary dict with
     "status" ("done", "nan" or "interrupted": SIGINT/SIGTERM, with its "exit_code"),
-    "epochs", "history" rows and paths. `extra_callbacks` (Keras callbacks) run after the
-    loop's own. `restart` moves an existing run aside (`<run_dir>.old-<time>/`) and trains
+    "epochs", "history" rows and paths. `verbose`: 0 prints nothing but a resume's start
+    line, 1 the console of `epsresnet_tf.train.progress` (its per-step bar on a terminal),
+    2 one line per epoch. `extra_callbacks` (Keras callbacks) run after the loop's own. `restart` moves an existing run aside (`<run_dir>.old-<time>/`) and trains
     from the start."""
     from epsresnet_tf.train import stopping
 

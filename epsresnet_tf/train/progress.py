@@ -192,6 +192,7 @@ class StepBar:
 
     def draw(self, step: int, model, logs: dict):
         values = {
+            # the training model's running accuracy (its history name: train_error)
             "train error %": 100 * (1.0 - float(logs["acc"])),
             "loss": float(logs["loss"]),
             "lr": float(model.optimizer.learning_rate.numpy()),

@@ -89,7 +89,11 @@ def register(subparsers):
                 action="store_true",
                 help="enable TensorFlow op determinism (bit-reproducible, slower)",
             ),
-            option("--quiet", action="store_true", help="one line per epoch, no progress bar"),
+            option(
+                "--quiet",
+                action="store_true",
+                help="one line per epoch (its events at the end of it), no per-step bar",
+            ),
             option(
                 "--restart",
                 action="store_true",
