@@ -93,3 +93,13 @@ def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path, m
         and printed["name"] == name == "cifar10-eps-20_epochs2_weight_decay0.0005_lr0.05"
     )
     assert printed["arch"] == "cifar-basic-20" and printed["lr_schedule"][1] == [82, 0.005]
+
+
+def test_init_from_is_recorded_as_an_absolute_path_and_names_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for how in (["--init-from", "runs/demo"], ["--set", "init_from=runs/demo"]):
+        assert cli.main(["train", "demo", *how, "--print-config"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["init_from"] == str(tmp_path / "runs" / "demo")
+        assert printed["name"] == "demo_from-demo"
+    assert list(tmp_path.iterdir()) == []

@@ -154,8 +154,6 @@ def overrides_of(args):
     named = {key: getattr(args, key) for key in NAMED_KEYS}
     for key in ("mixed_precision", "xla", "deterministic"):  # store_true: absent is "recipe's"
         named[key] = True if named[key] else None
-    if named["init_from"] is not None:  # the config says which run, wherever it is run from
-        named["init_from"] = str(Path(named["init_from"]).resolve())
     settings = dict(parse_setting(text) for text in args.set or ())
     for key, value in settings.items():
         if named.get(key) is not None and named[key] != value:
@@ -163,7 +161,10 @@ def overrides_of(args):
             raise UserError(
                 f"{key} given twice: {flag} {getattr(args, key)} and --set {key}={value}; give one"
             )
-    return {**named, **settings}
+    overrides = {**named, **settings}
+    if isinstance(overrides["init_from"], str):  # the config names the run wherever it runs
+        overrides["init_from"] = str(Path(overrides["init_from"]).resolve())
+    return overrides
 
 
 def main(args):
