@@ -44,7 +44,7 @@ import numpy as np
 
 from epsresnet_tf import gates as G
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.commands import add_command, data_dir, option, run_data_dir
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
 from epsresnet_tf.naming import (
@@ -644,8 +644,11 @@ def _prepare_out(out_dir, force):
 
 def run_datasets(run, data_dir, splits=("train", "test"), max_batches=None, batch_size=None):
     """Evaluation-order batches (no augmentation) of the run's dataset, per split name
-    ("train" and "test" map to the dataset's own split names)."""
+    ("train" and "test" map to the dataset's own split names); `data_dir` None: the folder
+    the run trained with (commands.run_data_dir)."""
     from epsresnet_tf.data.pipeline import eval_batches
+
+    data_dir = run_data_dir(data_dir, run.root)
 
     return {
         split: eval_batches(
@@ -753,7 +756,7 @@ def _run_extra(run, epoch, ema_from, ema_epoch, state):
 
 def compress_run(
     run_dir: "str | Path",
-    data_dir: "str | Path" = "data",
+    data_dir: "str | Path | None" = None,
     out: "str | Path | None" = None,
     *,
     rule: str = "certificate",
@@ -769,7 +772,7 @@ def compress_run(
 ) -> dict[str, Any]:
     """Compress a run folder: the final net (model.keras), or with `epoch` the state at the
     end of that epoch (its checkpoint's weights and moving averages; the history row of
-    that epoch for ema_from="history")."""
+    that epoch for ema_from="history"). `data_dir` None: the folder the run trained with."""
     run = read_run(run_dir)
     model, state, ema_epoch = _load_weights(run, epoch, ema_epoch)
     if not gate_by_block(model):
@@ -963,7 +966,11 @@ def register(subparsers):
         func=_cli,
         options=[
             option("run_dir", help="run folder written by `epsresnet train`"),
-            data_dir(),
+            data_dir(
+                "dataset root (default: the folder the run trained with, else "
+                "$EPSRESNET_DATA or ./data)",
+                from_run=True,
+            ),
             *(option(*flags, **kwargs) for flags, kwargs in _OPTIONS),
         ],
     )

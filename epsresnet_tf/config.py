@@ -9,6 +9,11 @@ see per step — is answered here, so that no other module recomputes it.
 
     resolve_config(recipe, **overrides) -> cfg       defaults <- recipe <- overrides, validated
     validate_config(cfg)                              UserError (one line) on a mistake
+    check_keys(keys, what)                            UserError naming an unknown key and the
+                                                      nearest valid ones
+    parse_setting("KEY=VALUE") -> (key, value)        one `--set`: JSON, else a string
+    with_base_lr(cfg, lr) -> cfg                      the lr schedules scaled to start at lr
+    FUTURE_ONLY                                       keys a resumed run may change
     global_batch_size(cfg, replicas) -> int           images per step over all replicas
     per_device_batch(cfg, replicas=None) -> int       images per step on one device
     gate_batch(cfg) -> int                            images one ε-gate sees per step
@@ -18,8 +23,10 @@ see per step — is answered here, so that no other module recomputes it.
 from __future__ import annotations
 
 import copy
+import difflib
+import json
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from epsresnet_tf.errors import UserError
 
@@ -80,6 +87,47 @@ DEFAULTS: Config = {
     "deterministic": False,
     "keep_checkpoints_at": [],  # epochs whose checkpoints outlive the 2 newest (compress --epoch)
     "keep_checkpoints_every": 0,  # also keep every N-th epoch's checkpoint (0: none)
+    "init_from": None,  # a run folder whose net weights start this run (`train --init-from`)
+}
+
+#: Keys a run may change when it resumes (config.json is then updated and the change
+#: recorded in the run folder's changes.jsonl): each acts only on epochs not trained yet.
+#: `epochs` (how many in all; never fewer than trained), `val_steps` (validation after the
+#: further epochs), `histogram_every` (TensorBoard histograms), `keep_checkpoints_*` (which
+#: further checkpoints outlive the two newest), `data_workers` (processes decoding the
+#: batches: the batches do not depend on them, data/pipeline.py). Any other key changes what
+#: the trained epochs computed (the net, data, ε, seed, batch, schedules …): a resume with
+#: another value is refused. docs/CONFIG.md lists them.
+FUTURE_ONLY = frozenset(
+    {
+        "epochs",
+        "val_steps",
+        "histogram_every",
+        "keep_checkpoints_at",
+        "keep_checkpoints_every",
+        "data_workers",
+    }
+)
+
+#: Keys whose value may be null, with the type of their other values (the other keys
+#: take the type of their value in DEFAULTS).
+NULLABLE = {
+    "name": str,
+    "gate_group": int,
+    "steps_per_epoch": int,
+    "val_steps": int,
+    "adaptive_schedule": list,
+    "init_from": str,
+}
+
+#: Names people try for a key (Keras's, timm's) and the key they mean: for error hints.
+COMMON_NAMES = {
+    "lr": "lr_schedule (--lr scales it)",
+    "learning_rate": "lr_schedule (--lr scales it)",
+    "wd": "weight_decay",
+    "eps": "epsilon",
+    "batch": "batch_size",
+    "depth": "--depth (not a config key: the arch's number)",
 }
 
 #: Keys a recipe may hold besides those of DEFAULTS: they describe it and are not trained.
@@ -110,10 +158,12 @@ OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
 
 
 def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
-    """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes."""
+    """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes
+    (an override that is not a config key included: it is never silently ignored)."""
     unknown = set(recipe) - set(DEFAULTS) - set(RECIPE_KEYS)
     if unknown:
         raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
+    check_keys(overrides)
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
     cfg.update({k: v for k, v in overrides.items() if v is not None})
@@ -121,10 +171,66 @@ def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
     return cfg
 
 
+def check_keys(keys: Iterable[str], what: str = "") -> None:
+    """UserError (one line) for the first of `keys` that is not a config key, naming the
+    nearest valid keys; `what` (e.g. "--set lr=0.1: ") is put in front."""
+    for key in keys:
+        if key not in DEFAULTS:
+            near = [COMMON_NAMES[key]] if key in COMMON_NAMES else []
+            near += [k for k in difflib.get_close_matches(key, DEFAULTS, 3, 0.5) if k not in near]
+            hint = (
+                f"did you mean {' or '.join(near)}?"
+                if near
+                else "`epsresnet train RECIPE --print-config` shows the keys"
+            )
+            raise UserError(f"{what}unknown config key {key!r}; {hint}")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(name)  # NaN, Infinity: not JSON, and never a valid setting
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """(key, value) of one `--set KEY=VALUE`: VALUE read as JSON (5e-4, true, [[0, 0.1]],
+    null), else taken as a string; an integer given for a float key becomes a float, so the
+    config is the one the named flag (--epsilon 2) would give. UserError for an unknown key."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set expects KEY=VALUE (e.g. --set weight_decay=5e-4), got {text!r}")
+    check_keys([key], f"--set {text}: ")
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except ValueError:
+        value = raw
+    if isinstance(DEFAULTS[key], float) and _finite_number(value):
+        value = float(value)
+    return key, value
+
+
+def with_base_lr(cfg: Mapping[str, Any], lr: float) -> Config:
+    """A copy of `cfg` whose learning rate starts at `lr`: lr_schedule, and the adaptive
+    schedule that replaces it after a reset (docs/semantics.md §7), times lr / the first
+    lr of lr_schedule. The steps keep their epochs and ratios: `lr` is the base rate the
+    schedule decays from, as Keras's and timm's --lr."""
+    if not _finite_number(lr) or lr <= 0:
+        raise UserError(f"--lr must be a positive number, got {lr!r}")
+    first = cfg["lr_schedule"][0][1]
+    if not first:
+        raise UserError("lr_schedule starts at 0, so --lr cannot scale it: --set lr_schedule")
+    out = copy.deepcopy(dict(cfg))
+    for key in ("lr_schedule", "adaptive_schedule"):
+        if out.get(key):
+            # 12 digits: 0.01 / 0.1 * 0.05 is 0.005, not 0.0049999999999999996
+            out[key] = [[e, float(f"{v / first * lr:.12g}")] for e, v in out[key]]
+    return out
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """UserError (one line, naming the key) unless `cfg` is a config training can run."""
     from epsresnet_tf.models.registry import resolve
 
+    _check_types(cfg)
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
     _check_finite(cfg)
     if cfg["epsilon"] < 0:
@@ -181,6 +287,38 @@ FINITE_KEYS = (
     "reset_tolerance",
 )
 FINITE_SCHEDULES = ("lr_schedule", "adaptive_schedule")
+
+
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _type_ok(kind: type, value: Any) -> bool:
+    if kind is bool or not isinstance(value, bool):  # True is an int to Python, not to JSON
+        if kind is float:
+            return isinstance(value, (int, float))
+        return isinstance(value, (list, tuple) if kind is list else kind)
+    return False
+
+
+def _check_types(cfg: Mapping[str, Any]) -> None:
+    """Each key holds its DEFAULTS value's type (NULLABLE ones may be null): a --set value
+    or a recipe's "true" string fails here in one line, not in a traceback later."""
+    for key, value in cfg.items():
+        if key not in DEFAULTS or (value is None and key in NULLABLE):
+            continue
+        if key == "adaptive_schedule" and value is False:  # recipes: no adaptive reset
+            continue
+        kind = NULLABLE.get(key) or type(DEFAULTS[key])
+        if not _type_ok(kind, value):
+            null = " or null" if key in NULLABLE else ""
+            raise UserError(f"{key} must be {_TYPE_NAMES[kind]}{null}, got {value!r}")
 
 
 def _finite_number(value: Any) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from epsresnet_tf import compress as C
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
+from epsresnet_tf.commands import JSON, add_command, data_dir, force, option, run_data_dir
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
 from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
@@ -186,7 +186,7 @@ def _evaluate_cli(args):
     data = eval_batches(
         dataset,
         info.eval_split,
-        args.data_dir,
+        run_data_dir(args.data_dir, run_dir),
         args.batch_size,
         seed=seed,
         mean=mean,
@@ -253,7 +253,11 @@ def register(subparsers):
         func=_evaluate_cli,
         options=[
             option("model", help=".keras file, or a run folder / reduced folder"),
-            data_dir("dataset root (default: data)"),
+            data_dir(
+                "dataset root (default: the folder the run trained with, else "
+                "$EPSRESNET_DATA or ./data)",
+                from_run=True,
+            ),
             option(
                 "--dataset", default=None, help="dataset (default: the run's, if MODEL is in one)"
             ),
@@ -280,7 +284,11 @@ def register(subparsers):
                 help="greedy-k (smallest g(k) first; k-gated nets), random, or by-response "
                 "(smallest mean |contribution| first)",
             ),
-            data_dir("dataset root (default: data)"),
+            data_dir(
+                "dataset root (default: the folder the run trained with, else "
+                "$EPSRESNET_DATA or ./data)",
+                from_run=True,
+            ),
             option("--seed", type=int, default=0, help="seed of the random order"),
             option("--max-batches", type=int, default=None, help="test on the first N batches"),
             option("--max-removals", type=int, default=None, help="stop after N removals"),

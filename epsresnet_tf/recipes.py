@@ -5,17 +5,27 @@ A recipe holds the keys of `epsresnet_tf.config.DEFAULTS` plus `name`, `descript
 (`"cifar-basic-{depth}"`). A recipe may name another as its `base`
 (`"base": "cifar10-eps-110"`): it has every key of the base (itself perhaps based on a
 third) and overrides those it gives; its `name` is always its own. `resolve` applies
-command-line overrides and validates.
+command-line overrides (config keys only) and validates; `run_name` names the run by what
+it is: `cifar10-eps-110` at depth 20 is `cifar10-eps-20` (epochs are not named: more of them
+extend the run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from epsresnet_tf.config import resolve_config
+from epsresnet_tf.config import (
+    DEFAULTS,
+    FUTURE_ONLY,
+    check_keys,
+    resolve_config,
+    validate_config,
+    with_base_lr,
+)
 from epsresnet_tf.errors import UserError
 
 #: experiments/ beside the package (editable install), or $EPSRESNET_EXPERIMENTS.
@@ -106,12 +116,86 @@ def _check_schedules(recipe: dict[str, Any]) -> None:
             )
 
 
+#: Overrides a run's name leaves out: how it runs or what it keeps, not what it computes
+#: (give --name to keep such runs apart). The keys a resume may change (config.FUTURE_ONLY,
+#: `epochs` among them) are not named either: `--epochs 3` after a 2-epoch run names the
+#: same folder, and so extends it.
+UNNAMED_KEYS = FUTURE_ONLY | {
+    "name",
+    "batch_size",
+    "steps_per_epoch",
+    "gpus",
+    "mixed_precision",
+    "xla",
+    "deterministic",
+    "init_from",  # named as `_from-<run>`
+}
+#: Overrides named first, in this order (the names runs had before --set); others follow
+#: sorted.
+NAME_ORDER = ("epsilon", "seed")
+
+
+def _name_value(value: Any) -> str:
+    """A value as a name part: numbers and strings as they are; a list or object (a
+    schedule) as 6 hex digits of its hash, as brackets would need quoting in a shell."""
+    if isinstance(value, (list, tuple, dict)):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return "-" + hashlib.sha256(text.encode()).hexdigest()[:6]
+    if isinstance(value, str):
+        return value.replace(os.sep, "-")
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def _with_depth(name: str, recipe_depth: Any, depth: int | None) -> str:
+    """`name` for a run of `depth`: the part of the name that is the recipe's depth
+    (cifar10-eps-110 → cifar10-eps-20), or `_depth20` added where no part is."""
+    if depth is None or depth == recipe_depth:
+        return name
+    parts = name.split("-")
+    if recipe_depth is not None and str(recipe_depth) in parts:
+        parts[len(parts) - 1 - parts[::-1].index(str(recipe_depth))] = str(depth)
+        return "-".join(parts)
+    return f"{name}_depth{depth}"
+
+
+def run_name(
+    recipe: dict[str, Any],
+    depth: int | None,
+    overrides: dict[str, Any],
+    lr: float | None = None,
+    recipe_lr: float | None = None,
+) -> str:
+    """The run name: the recipe's, its depth replaced by the trained one, plus `_<key><value>`
+    for each override that changes the recipe's value (UNNAMED_KEYS aside), `_lr<lr>` for
+    another base learning rate and `_from-<run>` for --init-from."""
+    name = _with_depth(recipe["name"], recipe.get("depth"), depth)
+    changed = {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and k not in UNNAMED_KEYS and v != recipe.get(k, DEFAULTS[k])
+    }
+    for key in [*(k for k in NAME_ORDER if k in changed), *sorted(set(changed) - set(NAME_ORDER))]:
+        name += f"_{key}{_name_value(changed[key])}"
+    if lr is not None and lr != recipe_lr:
+        name += f"_lr{lr}"
+    if overrides.get("init_from"):
+        name += f"_from-{Path(overrides['init_from']).name}"
+    return name
+
+
 def resolve(
-    name_or_path: str | os.PathLike, depth: int | None = None, **overrides: Any
+    name_or_path: str | os.PathLike,
+    depth: int | None = None,
+    lr: float | None = None,
+    **overrides: Any,
 ) -> tuple[str, dict[str, Any]]:
-    """(run name, resolved config): the recipe with `depth` and other overrides applied.
-    The run name is the recipe's, plus the overrides that change what is trained."""
+    """(run name, resolved config): the recipe with `depth`, the base learning rate `lr`
+    (config.with_base_lr: the schedules scaled to start at it) and other overrides applied;
+    an override that is not a config key is a UserError naming the nearest ones. The run
+    name is run_name's, or the `name` override."""
+    check_keys(overrides)
     recipe = load(name_or_path)
+    given = dict(recipe)  # the recipe as written: run_name compares the overrides with it
     template = recipe.get("arch", "")
     if depth is not None:
         if "{depth}" not in template:
@@ -122,13 +206,11 @@ def resolve(
         recipe["depth"] = depth
     if "{depth}" in template:
         recipe["arch"] = template.format(depth=recipe["depth"])
-    name = recipe["name"]
-    if depth is not None and depth != load(name_or_path).get("depth"):
-        name += f"_depth{depth}"
-    for key in ("epsilon", "epochs", "seed"):
-        if overrides.get(key) is not None and overrides[key] != recipe.get(key):
-            name += f"_{key}{overrides[key]}"
     _check_schedules(recipe)
     cfg = resolve_config(recipe, **overrides)
-    cfg["name"] = name
+    name = run_name(given, depth, overrides, lr, cfg["lr_schedule"][0][1])
+    if lr is not None:
+        cfg = with_base_lr(cfg, lr)
+        validate_config(cfg)
+    name = cfg["name"] = overrides.get("name") or name
     return name, cfg

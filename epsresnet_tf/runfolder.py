@@ -4,7 +4,11 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
 `report` and `sweep-eps` read back and add::
 
     runs/<name>/
-      config.json          the resolved config (epsresnet_tf.config), written once
+      config.json          the resolved config (epsresnet_tf.config); a resume changes
+                           only its config.FUTURE_ONLY keys (more epochs …)
+      changes.jsonl        one row per resume that changed them: epoch, old and new values
+      data.json            the dataset folder training read (not config: where the data
+                           lies is not what the run computes); compress/evaluate reuse it
       history.jsonl        one JSON row per finished epoch
       tb/                  TensorBoard events
       train.lock           while `train` runs: its flock, naming its pid and host
@@ -18,7 +22,9 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
 
     RunFolder(root)            the paths above; open() (lock, sweep, --restart); config
                                check; save/verify/load/retention of checkpoints
+    config_text(cfg) -> str    config.json's text (`train --print-config` prints it)
     read_run(run_dir) -> RunInfo   what compression, evaluation and reports need of a run
+    read_init_weights(run, cfg, shapes)   the net weights `train --init-from` starts from
     read_history(run_dir) -> rows
     load_model(path) -> keras.Model
     find_run(model_path) -> the run folder a saved net belongs to, or None
@@ -53,7 +59,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 import numpy as np
 
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.config import gate_batch, saved_config
+from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config
 from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ PathLike = str | os.PathLike
 
 #: Names inside a run folder.
 CONFIG = "config.json"
+CHANGES = "changes.jsonl"
+DATA = "data.json"
 HISTORY = "history.jsonl"
 TENSORBOARD = "tb"
 CHECKPOINTS = "ckpt"
@@ -337,13 +345,12 @@ class RunFolder:
     """`runs/<name>/`: paths, the writer's lock, config check, checkpoints."""
 
     KEEP = 2  # valid checkpoints kept (the newest and one before, in case the newest is bad)
-    #: Config keys that only say which checkpoints to keep: they do not change the training,
-    #: so a resume may change them (config.json is then updated).
-    RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every")
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
         self.config = self.root / CONFIG
+        self.changes = self.root / CHANGES
+        self.data = self.root / DATA
         self.history = self.root / HISTORY
         self.tb = self.root / TENSORBOARD
         self.ckpt = self.root / CHECKPOINTS
@@ -433,15 +440,11 @@ class RunFolder:
     # --- config ---
 
     def check_or_create(self, cfg: Mapping[str, Any]) -> bool:
-        """True if this is a resume. A folder with another config is refused."""
+        """True if this is a resume. A folder with another config is refused, unless only
+        config.FUTURE_ONLY keys differ: config.json then takes their new values."""
         if self.config.exists():
             self.check_config(cfg)
-            old = self.read_config()
-            if any(old.get(k) != cfg.get(k) for k in self.RETENTION_KEYS if k in cfg):
-                old.update({k: cfg[k] for k in self.RETENTION_KEYS if k in cfg})
-                atomic_write_text(
-                    self.config, json.dumps(old, indent=2, sort_keys=True, allow_nan=False) + "\n"
-                )
+            self._change_future(cfg)
             return True
         if self.root.exists() and self._has_content():
             raise UserError(f"{self.root} exists and is not a run folder (no {CONFIG})")
@@ -450,25 +453,74 @@ class RunFolder:
             self.ckpt.mkdir(exist_ok=True)
         except OSError as err:
             _raise_disk_error(err, self.ckpt)
-        atomic_write_text(
-            self.config, json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        )
+        atomic_write_text(self.config, config_text(cfg))
         return False
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
-        """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
+        """UserError unless config.json holds `cfg`, config.FUTURE_ONLY keys aside; the one
+        line names the differing keys and the way out. Reads only."""
         old = self.read_config()
         diff = sorted(
-            k
-            for k in set(old) | set(cfg)
-            if k not in self.RETENTION_KEYS and old.get(k) != cfg.get(k)
+            k for k in set(old) | set(cfg) if k not in FUTURE_ONLY and old.get(k) != cfg.get(k)
         )
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:3])
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
             raise UserError(
-                f"{self.root} holds a run with another config ({shown}); "
-                f"choose another --out or name"
+                f"{self.root} holds a run with another config ({shown}{more}); a resume may "
+                f"change only {', '.join(sorted(FUTURE_ONLY))}: give --name for a new run, "
+                "or --restart to move this one aside"
             )
+
+    def _change_future(self, cfg: Mapping[str, Any]) -> None:
+        """A resume with other config.FUTURE_ONLY values: changes.jsonl gets a row (the epoch
+        it takes effect after, old and new values), then config.json the new values, each
+        written atomically. `epochs` may not drop below the epochs trained."""
+        old = self.read_config()
+        changed = sorted(k for k in FUTURE_ONLY if k in cfg and old.get(k) != cfg[k])
+        if not changed:
+            return
+        trained = len(self.read_history())
+        if cfg.get("epochs", trained) < trained:
+            raise UserError(
+                f"{self.root} has trained {trained} epochs: --epochs {cfg['epochs']} would "
+                f"end it before that; give {trained} or more"
+            )
+        known = [k for k in changed if k in old]  # keys older runs lack are no change
+        if known:
+            row = {
+                "after_epoch": trained,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "changes": {k: {"old": old[k], "new": cfg[k]} for k in known},
+            }
+            before = self.changes.read_text() if self.changes.is_file() else ""
+            atomic_write_text(self.changes, before + jsonsafe.dumps(row) + "\n")
+            shown = ", ".join(f"{k} {old[k]!r} -> {cfg[k]!r}" for k in known)
+            print(f"{self.root}: {shown} after epoch {trained} (recorded in {CHANGES})")
+        atomic_write_text(self.config, config_text({**old, **{k: cfg[k] for k in changed}}))
+
+    def read_changes(self) -> list[dict[str, Any]]:
+        """The rows of changes.jsonl ([] when no resume changed the config)."""
+        if not self.changes.is_file():
+            return []
+        return [json.loads(line) for line in self.changes.read_text().splitlines() if line]
+
+    # --- the data folder ---
+
+    def record_data_dir(self, data_dir: PathLike) -> None:
+        """data.json: the dataset folder training read (absolute), for compress, evaluate
+        and ablate to reuse. Rewritten (atomically) only when it changes."""
+        text = json.dumps({"data_dir": str(Path(data_dir).resolve())}) + "\n"
+        if not (self.data.is_file() and self.data.read_text() == text):
+            atomic_write_text(self.data, text)
+
+    def data_dir(self) -> Path | None:
+        """The dataset folder training read, if recorded and still a folder."""
+        try:
+            recorded = Path(json.loads(self.data.read_text())["data_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return recorded if recorded.is_dir() else None
 
     def read_config(self) -> dict[str, Any]:
         """config.json as training wrote it; UserError (one line) when it is missing, not
@@ -691,6 +743,12 @@ class RunFolder:
         return self.model
 
 
+def config_text(cfg: Mapping[str, Any]) -> str:
+    """config.json's text: strict JSON, keys sorted, indented (`train --print-config`
+    prints the same)."""
+    return json.dumps(cfg, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def _sha256(path: Path) -> tuple[int, str]:
     """(size, sha256 hex) of a file, read in 1 MiB blocks."""
     h, size = hashlib.sha256(), 0
@@ -760,6 +818,41 @@ def read_run(run_dir: PathLike) -> RunInfo:
         full["mean"],
         int(full["seed"]),
     )
+
+
+#: Config keys that decide which variables a net has: `train --init-from` needs them equal.
+NET_KEYS = ("arch", "gate", "side_head", "model_options")
+
+
+def read_init_weights(
+    source: PathLike, cfg: Mapping[str, Any], shapes: Sequence[tuple[int, ...]]
+) -> list[np.ndarray]:
+    """The weights `train --init-from SOURCE` starts a run of `cfg` with: the net's
+    variables (weights, BatchNorm statistics; not the optimizer's, the epoch or the history)
+    from SOURCE's newest valid checkpoint, where they come first. UserError (one line)
+    unless SOURCE is a run with a checkpoint of the net `cfg` builds (`shapes`: its
+    variables' shapes, in order)."""
+    folder = RunFolder(source)
+    theirs, ours = saved_config(folder.read_config()), saved_config(cfg)
+    diff = [k for k in NET_KEYS if theirs.get(k) != ours.get(k)]
+    if diff:
+        shown = ", ".join(f"{k} {theirs.get(k)!r}, this run's {ours.get(k)!r}" for k in diff)
+        raise UserError(
+            f"--init-from {source}: its net differs from this run's ({shown}); "
+            "initialise from a run of the same architecture"
+        )
+    loaded = folder.load_latest()
+    if loaded is None:
+        raise UserError(f"--init-from {source}: no checkpoint there yet; train it first")
+    arrays = loaded[0][: len(shapes)]
+    for i, shape in enumerate(shapes):
+        have = tuple(arrays[i].shape) if i < len(arrays) else None
+        if have != tuple(shape):
+            raise UserError(
+                f"--init-from {source}: its net's variable {i} has shape {have}, this run's "
+                f"{tuple(shape)} (another dataset's classes or input?)"
+            )
+    return arrays
 
 
 def read_history(run_dir: PathLike) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ validation in one line, batch facts, recipe inheritance ("base"), and every reci
 to the config it resolved to before the recipes inherited (tests/fixtures)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from epsresnet_tf.config import (
     DEFAULTS,
     gate_batch,
     global_batch_size,
+    parse_setting,
     per_device_batch,
     resolve_config,
     saved_config,
+    with_base_lr,
 )
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.models.registry import resolve
@@ -53,6 +56,125 @@ def test_overrides_win_and_none_overrides_are_ignored():
     cfg = resolve_config({"arch": "cifar-basic-8", "epochs": 5}, epochs=7, seed=None)
     assert cfg["epochs"] == 7 and cfg["seed"] == DEFAULTS["seed"]
     assert set(cfg) == set(DEFAULTS)
+
+
+# --- overrides: --set, --lr, unknown keys ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("weight_decay=5e-4", "weight_decay", 5e-4),
+        ("epsilon=2", "epsilon", 2.0),  # a float key: the int becomes a float
+        ("side_head=false", "side_head", False),
+        ("lr_schedule=[[0, 0.2], [5, 0.02]]", "lr_schedule", [[0, 0.2], [5, 0.02]]),
+        ("gate_group=null", "gate_group", None),
+        ("mean=train", "mean", "train"),  # not JSON: the string
+        ("epsilon=NaN", "epsilon", "NaN"),  # not JSON either: validation refuses it
+    ],
+)
+def test_a_setting_is_json_else_a_string(text, key, value):
+    assert parse_setting(text) == (key, value)
+    assert type(parse_setting(text)[1]) is type(value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rate=0.05", "unknown config key 'learning_rate'; did you mean lr_schedule"),
+        ("weight_decy=1e-4", "unknown config key 'weight_decy'; did you mean weight_decay or"),
+        ("zzz=1", "unknown config key 'zzz'; `epsresnet train RECIPE --print-config` shows"),
+        ("weight_decay", "--set expects KEY=VALUE"),
+        ("=3", "--set expects KEY=VALUE"),
+    ],
+)
+def test_an_unknown_or_malformed_setting_is_one_line_naming_the_nearest_keys(text, message):
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        parse_setting(text)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"side_head": "yes"}, "side_head must be true or false, got 'yes'"),
+        ({"epsilon": "NaN"}, "epsilon must be a number, got 'NaN'"),
+        ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+        ({"seed": True}, "seed must be an integer, got True"),
+        ({"gate_group": "4"}, "gate_group must be an integer or null, got '4'"),
+        ({"lr_schedule": "fast"}, "lr_schedule must be a list, got 'fast'"),
+        ({"init_from": 3}, "init_from must be a string or null, got 3"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_one_line(override, message):
+    with pytest.raises(UserError) as err:
+        tiny(**override)
+    assert str(err.value) == message
+
+
+def test_resolve_refuses_an_unknown_override_instead_of_ignoring_it():
+    """recipes.resolve(..., learning_rate=0.05) used to train at the recipe's rate."""
+    for call in (
+        lambda: recipes.resolve("cifar10-eps-110", learning_rate=0.05),
+        lambda: recipes.resolve("cifar10-eps-110", bogus=1),
+        lambda: resolve_config({"arch": "cifar-basic-8"}, bogus=None),
+    ):
+        with pytest.raises(UserError, match="^unknown config key") as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_lr_scales_both_schedules_to_start_at_it():
+    name, cfg = recipes.resolve("cifar10-eps-110", lr=0.05)
+    assert cfg["lr_schedule"] == [[0, 0.05], [82, 0.005], [123, 0.0005], [300, 0.0001]]
+    assert cfg["adaptive_schedule"] == [[0, 0.05], [41, 0.005], [61, 0.0005], [150, 0.0001]]
+    assert name == "cifar10-eps-110_lr0.05"
+    assert recipes.resolve("cifar10-eps-110", lr=0.1)[0] == "cifar10-eps-110"  # the recipe's
+    # no adaptive schedule: only the fixed one; a --set schedule is scaled too
+    base = recipes.resolve("cifar10-base-110", lr=0.2)[1]
+    assert base["lr_schedule"][0] == [0, 0.2] and base["adaptive_schedule"] is None
+    mine = recipes.resolve("demo", lr=1.0, lr_schedule=[[0, 0.5], [3, 0.05]])[1]
+    assert mine["lr_schedule"] == [[0, 1.0], [3, 0.1]]
+    with pytest.raises(UserError, match="--lr must be a positive number, got 0"):
+        with_base_lr(tiny(), 0)
+
+
+# --- run names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe, kw, name",
+    [
+        ("cifar10-eps-110", {}, "cifar10-eps-110"),
+        ("cifar10-eps-110", {"depth": 20, "epochs": 2}, "cifar10-eps-20"),
+        ("cifar10-eps-110", {"depth": 110}, "cifar10-eps-110"),
+        ("cifar10-eps-warmup-200", {"depth": 56}, "cifar10-eps-warmup-56"),
+        ("imagenet-eps-101-e2.0", {"depth": 50}, "imagenet-eps-50-e2.0"),
+        ("gates-cifar10-resnet-32-gated", {"depth": 56}, "gates-cifar10-resnet-56-gated"),
+        ("demo", {"depth": 8, "epochs": 20}, "demo_depth8"),  # no depth in the name
+        (
+            "cifar10-eps-110",
+            {"weight_decay": 5e-4, "seed": 1},
+            "cifar10-eps-110_seed1_weight_decay0.0005",
+        ),
+        ("cifar10-eps-110", {"seed": 0, "epsilon": 2.5}, "cifar10-eps-110"),  # the recipe's
+        ("cifar10-eps-110", {"batch_size": 64, "val_steps": 3}, "cifar10-eps-110"),
+        ("cifar10-eps-110", {"side_head": False}, "cifar10-eps-110_side_headfalse"),
+        ("cifar10-eps-110", {"name": "mine", "epochs": 2}, "mine"),
+    ],
+)
+def test_runs_are_named_by_what_they_are(recipe, kw, name):
+    got, cfg = recipes.resolve(recipe, **kw)
+    assert got == cfg["name"] == name
+
+
+def test_a_run_named_like_another_recipe_is_that_recipe():
+    """cifar10-eps-110 at depth 200 is cifar10-eps-200: same name, same config, same run."""
+    assert recipes.resolve("cifar10-eps-110", depth=200) == recipes.resolve("cifar10-eps-200")
+    schedule = recipes.resolve("cifar10-eps-110", lr_schedule=[[0, 0.2]])[0]
+    assert re.fullmatch(r"cifar10-eps-110_lr_schedule-[0-9a-f]{6}", schedule)
+    source = recipes.resolve("demo", init_from="/somewhere/runs/demo")
+    assert source[0] == "demo_from-demo" and source[1]["init_from"] == "/somewhere/runs/demo"
 
 
 # --- batch facts -------------------------------------------------------------------------
@@ -162,7 +284,7 @@ def test_recipe_values_follow_the_spec():
     assert inet["gate_group"] == 42  # the authors' 6 GPUs x 42 images (256 // 6 each)
     name, deeper = recipes.resolve("cifar10-eps-110", depth=200, epsilon=2.0)
     assert deeper["arch"] == "cifar-basic-200" and deeper["epsilon"] == 2.0
-    assert name == "cifar10-eps-110_depth200_epsilon2.0"
+    assert name == "cifar10-eps-200_epsilon2.0"  # the depth in the name is the one trained
 
 
 @pytest.mark.parametrize(

@@ -175,7 +175,7 @@ TRAIN = (
 
 def next_run(out, p):
     """The run folder of `p`, once its first epoch is checkpointed (and a bit later)."""
-    run = out / "demo_depth8_epochs20"  # the recipe's name and the overrides
+    run = out / "demo_depth8"  # the recipe's name and the overrides
     deadline = time.time() + 180
     while not (run / "ckpt" / "epoch-00001.npz").exists():
         assert p.poll() is None, p.communicate()

@@ -1,9 +1,11 @@
 """`epsresnet train`: --help, --list, one-line errors that write nothing. (What recipes
 resolve to: tests/test_config.py.)"""
 
+import json
+
 import pytest
 
-from epsresnet_tf import cli
+from epsresnet_tf import cli, recipes
 
 
 def test_help_documents_every_option(capsys):
@@ -27,6 +29,11 @@ def test_help_documents_every_option(capsys):
         "--name",
         "--deterministic",
         "--quiet",
+        "--lr",
+        "--weight-decay",
+        "--set",
+        "--init-from",
+        "--print-config",
     ):
         assert flag in text, flag
 
@@ -46,6 +53,15 @@ def test_list(capsys):
         (["cifar10-eps-110", "--epochs", "ten"], "--epochs expects an integer"),
         (["cifar10-eps-110", "--gpus", "64"], "GPUs"),
         (["sharesnet-cifar10-164", "--depth", "200"], "--depth does not apply"),
+        (
+            ["demo", "--set", "learning_rate=0.05"],
+            "--set learning_rate=0.05: unknown config key 'learning_rate'; did you mean "
+            "lr_schedule (--lr scales it)?",
+        ),
+        (["demo", "--set", "side_head=maybe"], "side_head must be true or false, got 'maybe'"),
+        (["demo", "--set", "epochs=3", "--epochs", "4"], "epochs given twice"),
+        (["demo", "--lr", "0"], "--lr must be a positive number"),
+        (["demo", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
@@ -55,3 +71,32 @@ def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsy
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_print_config_prints_the_resolved_config_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a write to ./runs or ./data would show here
+    args = ["cifar10-eps-110", "--depth", "20", "--epochs", "2", "--lr", "0.05"]
+    sets = ["--set", "weight_decay=5e-4", "--set", "keep_checkpoints_every=10"]
+    assert cli.main(["train", *args, *sets, "--print-config", "--out", "runs"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert list(tmp_path.iterdir()) == []
+    name, cfg = recipes.resolve(
+        "cifar10-eps-110",
+        depth=20,
+        lr=0.05,
+        epochs=2,
+        weight_decay=5e-4,
+        keep_checkpoints_every=10,
+    )
+    assert printed == cfg and printed["name"] == name == "cifar10-eps-20_weight_decay0.0005_lr0.05"
+    assert printed["arch"] == "cifar-basic-20" and printed["lr_schedule"][1] == [82, 0.005]
+
+
+def test_init_from_is_recorded_as_an_absolute_path_and_names_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for how in (["--init-from", "runs/demo"], ["--set", "init_from=runs/demo"]):
+        assert cli.main(["train", "demo", *how, "--print-config"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["init_from"] == str(tmp_path / "runs" / "demo")
+        assert printed["name"] == "demo_from-demo"
+    assert list(tmp_path.iterdir()) == []

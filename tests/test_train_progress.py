@@ -50,7 +50,7 @@ def test_quiet_is_one_line_per_epoch_with_historys_values(tmp_path, capsys):
     argv += ["--val-steps", "2"]
     assert cli.main([*argv, "--quiet", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    run_dir = tmp_path / "demo_depth8_epochs2"
+    run_dir = tmp_path / "demo_depth8"
     rows = history(run_dir)
     lines = out.splitlines()
     assert lines[0] == f"training {run_dir}: 2 epochs"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from _sources import Synthetic
 
+from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
 
 RECIPE = {
@@ -214,3 +215,113 @@ def test_a_second_writer_gets_one_line_naming_the_first(three_epochs, tmp_path):
             train(run, 3)
     assert f"pid {os.getpid()} on {socket.gethostname()}" in str(err.value)
     assert "\n" not in str(err.value) and _snapshot(run) == before
+
+
+# --- a resume that changes the config: more epochs, and what is refused ------------------
+
+
+def test_a_finished_run_extended_by_one_epoch_trains_exactly_that_epoch(tmp_path, capsys):
+    """`--epochs 2` on a finished 1-epoch run used to be refused as "another config"."""
+    run = tmp_path / "run"
+    assert [r["epoch"] for r in train(run, 1)["history"]] == [1]
+    first = (run / "ckpt" / "epoch-00001.npz").read_bytes()
+    capsys.readouterr()
+    result = train(run, 2)
+    out = capsys.readouterr().out
+    assert "resuming" in out and "after epoch 1" in out
+    assert "epochs 1 -> 2 after epoch 1" in out
+    assert result["status"] == "done" and [r["epoch"] for r in result["history"]] == [1, 2]
+    assert (run / "ckpt" / "epoch-00001.npz").read_bytes() == first  # epoch 1 not redone
+    folder = RunFolder(run)
+    assert folder.read_config()["epochs"] == 2
+    (change,) = folder.read_changes()
+    assert change["after_epoch"] == 1 and change["changes"] == {"epochs": {"old": 1, "new": 2}}
+    # the same weights as a run of 2 epochs from the start (resume is exact)
+    straight = tmp_path / "straight"
+    train(straight, 2)
+    a, b = folder.load_latest()[0], RunFolder(straight).load_latest()[0]
+    assert max(float(np.max(np.abs(x - y))) if x.size else 0.0 for x, y in zip(a, b)) <= 1e-5
+    # fewer epochs than trained: refused, nothing changed
+    before = _snapshot(run)
+    with pytest.raises(UserError, match="has trained 2 epochs: --epochs 1 would end it"):
+        train(run, 1)
+    assert _snapshot(run) == before
+
+
+def test_a_change_of_what_the_run_computes_is_refused_naming_the_key(three_epochs, tmp_path):
+    from epsresnet_tf.train.loop import run_training
+
+    run = _copy(three_epochs, tmp_path)
+    before = _snapshot(run)
+    for change, key in (({"epsilon": 1.0}, "epsilon"), ({"batch_size": 4}, "batch_size")):
+        cfg = dict(tiny(3), **change)
+        with pytest.raises(UserError) as err:
+            run_training(cfg, run, sources=(Synthetic(num_batches=2), None), verbose=0)
+        message = str(err.value)
+        assert "\n" not in message and "another config" in message
+        assert f"{key}: " in message and "--name" in message and "--restart" in message
+    assert _snapshot(run) == before
+
+
+# --- --init-from: a new run from another run's net weights -------------------------------
+
+
+def test_init_from_starts_from_the_source_weights_but_not_its_epoch(three_epochs, tmp_path):
+    import keras
+
+    from epsresnet_tf.train.loop import run_training
+
+    class FirstWeights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.kernels = [v.numpy() for v in self.model.net.variables]
+
+    source = RunFolder(three_epochs).load_latest()[0]
+    seen = FirstWeights()
+    cfg = dict(tiny(1), init_from=str(three_epochs))
+    result = run_training(
+        cfg,
+        tmp_path / "new",
+        sources=(Synthetic(num_batches=2), None),
+        verbose=0,
+        extra_callbacks=[seen],
+    )
+    assert [r["epoch"] for r in result["history"]] == [1]  # its own epochs, from 1
+    assert len(seen.kernels) > 4
+    for mine, theirs in zip(seen.kernels, source):
+        np.testing.assert_array_equal(mine, theirs)
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["init_from"] == str(
+        three_epochs
+    )
+    fresh = FirstWeights()
+    run_training(
+        tiny(1),
+        tmp_path / "fresh",
+        sources=(Synthetic(num_batches=2), None),
+        verbose=0,
+        extra_callbacks=[fresh],
+    )
+    assert not np.array_equal(fresh.kernels[0], source[0])  # the copy was not by chance
+
+
+def test_init_from_another_architecture_is_refused_writing_nothing(three_epochs, tmp_path):
+    from epsresnet_tf.config import resolve_config
+    from epsresnet_tf.train.loop import run_training
+
+    cfg = resolve_config(
+        {"arch": "cifar-basic-14", "epochs": 1, "batch_size": 8, "val_steps": 0},
+        histogram_every=0,
+        init_from=str(three_epochs),
+    )
+    with pytest.raises(UserError) as err:
+        run_training(cfg, tmp_path / "new", sources=(Synthetic(num_batches=2), None), verbose=0)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"--init-from {three_epochs}: its net")
+    assert "arch 'cifar-basic-8', this run's 'cifar-basic-14'" in message
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match="is not a run folder"):
+        run_training(
+            dict(tiny(1), init_from=str(tmp_path)),
+            tmp_path / "other",
+            sources=(Synthetic(num_batches=2), None),
+            verbose=0,
+        )

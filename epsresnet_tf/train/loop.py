@@ -172,6 +172,7 @@ class _TrainingRun:
         self.strategy = strategy or make_strategy(cfg["gpus"])  # UserError before writing
         replicas = self.strategy.num_replicas_in_sync
         self.global_batch = global_batch_size(cfg, replicas)
+        self.data_dir = data_dir if sources is None else None  # recorded in the run folder
         if sources is None:
             sources = default_sources(cfg, data_dir, self.global_batch)  # missing data fails
         self.train_src, self.val_src = sources
@@ -194,6 +195,8 @@ class _TrainingRun:
 
         self.state = RunState(statistic=cfg["reset_statistic"])
         self.start = 0
+        fresh = restart or not self.folder.config.exists()
+        self.init_weights = self._init_weights() if fresh and cfg.get("init_from") else None
         self._open_folder(restart)  # last: whatever failed above has written nothing
 
     def _open_folder(self, restart):
@@ -210,6 +213,8 @@ class _TrainingRun:
                 )
             else:
                 self.resume = self.folder.check_or_create(self.cfg)
+            if self.data_dir is not None:
+                self.folder.record_data_dir(self.data_dir)
         except BaseException:
             self.owner.close()
             raise
@@ -225,12 +230,22 @@ class _TrainingRun:
         m = self.model
         return list(m.net.variables) + list(m.optimizer.variables) + m.monitor_variables
 
+    def _init_weights(self):
+        """--init-from: the net weights of the run it names (runfolder.read_init_weights)."""
+        from epsresnet_tf.runfolder import read_init_weights
+
+        shapes = [tuple(v.shape) for v in self.model.net.variables]
+        return read_init_weights(self.cfg["init_from"], self.cfg, shapes)
+
     def restore(self):
         """Resume from the newest checkpoint; the history file is rewritten from it (rows
-        of a killed epoch go)."""
-        if not self.resume:
-            return
-        loaded = self.ckpt_source.load_latest()
+        of a killed epoch go). Without one, a run with init_from starts from those weights."""
+        loaded = self.ckpt_source.load_latest() if self.resume else None
+        if loaded is None and self.cfg.get("init_from"):
+            weights = self.init_weights or self._init_weights()
+            for v, a in zip(self.model.net.variables, weights):
+                v.assign(a)
+            print(f"{self.run_root}: starting from the weights of {self.cfg['init_from']}")
         if loaded is not None:
             arrays, saved = loaded
             vs = self.variables()
@@ -241,7 +256,8 @@ class _TrainingRun:
             self.lr_sched.set_state(saved["lr_schedule"])
             self.state.rows = saved["history"]
             self.start = saved["epoch"]
-        self.folder.write_history(self.state.rows)
+        if self.resume:
+            self.folder.write_history(self.state.rows)
 
     def say_start(self, verbose):
         """The run folder and where it starts, from the chief only; a resume is said even at

@@ -5,7 +5,7 @@ import signal
 import sys
 from pathlib import Path
 
-from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.commands import add_command, data_dir, option, run_data_dir
 from epsresnet_tf.errors import UserError
 
 
@@ -35,7 +35,74 @@ NUMERIC = {
     "val_steps": (int, 0),
     "gpus": (int, 0),
     "seed": (int, 0),
+    "lr": (float, 0.0),
+    "weight_decay": (float, 0.0),
 }
+
+
+#: The options that override the config beyond the named keys (docs/CONFIG.md).
+OVERRIDE_OPTIONS = [
+    option(
+        "--lr",
+        help="base learning rate: the recipe's lr schedules scaled to start at LR "
+        "(their steps keep their epochs and ratios)",
+    ),
+    option("--weight-decay", help="L2 weight decay factor (>= 0)"),
+    option(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set any config key (repeatable); VALUE is JSON (5e-4, true, "
+        "[[0, 0.1], [80, 0.01]]) or else a string; see --print-config for the keys",
+    ),
+    option(
+        "--init-from",
+        metavar="RUN",
+        help="start from the net weights of the run folder RUN (same architecture; "
+        "not its optimizer or epoch)",
+    ),
+    option(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (config.json) as JSON and exit",
+    ),
+]
+
+
+#: Where and how the run goes (they do not change what it computes).
+RUN_OPTIONS = [
+    data_dir(
+        "dataset folder (default: the run's own on a resume, else $EPSRESNET_DATA "
+        "or ./data; unused by the demo's digits, which scikit-learn ships)",
+        from_run=True,
+    ),
+    option("--out", default="runs", help="parent of the run folder (default: runs)"),
+    option("--name", help="run folder name (default: recipe name + overrides)"),
+    option("--gpus", help="0 (default): one device; N: MirroredStrategy over N GPUs"),
+    option("--seed", help="random seed (weights and data order)"),
+    option(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 compute (the gates stay float32)",
+    ),
+    option("--xla", action="store_true", help="compile the training step with XLA"),
+    option(
+        "--deterministic",
+        action="store_true",
+        help="enable TensorFlow op determinism (bit-reproducible, slower)",
+    ),
+    option(
+        "--quiet",
+        action="store_true",
+        help="one line per epoch (its events at the end of it), no per-step bar",
+    ),
+    option(
+        "--restart",
+        action="store_true",
+        help="move an existing run folder aside to <name>.old-<time>/ and train "
+        "from the start (for a run with no valid checkpoint left)",
+    ),
+]
 
 
 def register(subparsers):
@@ -46,8 +113,8 @@ def register(subparsers):
         help="train a recipe from experiments/ (resumes an existing run folder)",
         description="Train the recipe RECIPE (a name in experiments/ or a .json path) into "
         "OUT/<name>/: config.json, history.jsonl, tb/, ckpt/, model.keras. "
-        "Running again into the same folder resumes; a folder holding another "
-        "config is refused.",
+        "Running again resumes, and may change what affects only the epochs to come "
+        "(--epochs …: docs/CONFIG.md); a folder holding another config is refused.",
         func=main,
         options=[
             option("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe"),
@@ -66,42 +133,48 @@ def register(subparsers):
                 help="cap on training steps per epoch (default: the whole split)",
             ),
             option("--val-steps", help="cap on validation batches per epoch; 0 skips validation"),
-            data_dir(
-                "folder with the dataset files (default: $EPSRESNET_DATA or ./data; "
-                "unused by the demo's digits, which scikit-learn ships)"
-            ),
-            option("--out", default="runs", help="parent of the run folder (default: runs)"),
-            option("--name", help="run folder name (default: recipe name + overrides)"),
-            option(
-                "--gpus",
-                default="0",
-                help="0: one device; N: MirroredStrategy over N GPUs (per-replica batch)",
-            ),
-            option("--seed", help="random seed (weights and data order)"),
-            option(
-                "--mixed-precision",
-                action="store_true",
-                help="mixed_float16 compute (the gates stay float32)",
-            ),
-            option("--xla", action="store_true", help="compile the training step with XLA"),
-            option(
-                "--deterministic",
-                action="store_true",
-                help="enable TensorFlow op determinism (bit-reproducible, slower)",
-            ),
-            option(
-                "--quiet",
-                action="store_true",
-                help="one line per epoch (its events at the end of it), no per-step bar",
-            ),
-            option(
-                "--restart",
-                action="store_true",
-                help="move an existing run folder aside to <name>.old-<time>/ and train "
-                "from the start (for a run with no valid checkpoint left)",
-            ),
+            *OVERRIDE_OPTIONS,
+            *RUN_OPTIONS,
         ],
     )
+
+
+#: The named flags that set a config key of the same name (the others: depth, lr).
+NAMED_KEYS = (
+    "epsilon",
+    "epochs",
+    "batch_size",
+    "steps_per_epoch",
+    "val_steps",
+    "gpus",
+    "seed",
+    "weight_decay",
+    "mixed_precision",
+    "xla",
+    "deterministic",
+    "init_from",
+)
+
+
+def overrides_of(args):
+    """The config overrides of the command line: the named flags, then each --set (parsed
+    and checked by config.parse_setting). A key given both ways with two values is refused."""
+    from epsresnet_tf.config import parse_setting
+
+    named = {key: getattr(args, key) for key in NAMED_KEYS}
+    for key in ("mixed_precision", "xla", "deterministic"):  # store_true: absent is "recipe's"
+        named[key] = True if named[key] else None
+    settings = dict(parse_setting(text) for text in args.set or ())
+    for key, value in settings.items():
+        if named.get(key) is not None and named[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"{key} given twice: {flag} {getattr(args, key)} and --set {key}={value}; give one"
+            )
+    overrides = {**named, **settings}
+    if isinstance(overrides["init_from"], str):  # the config names the run wherever it runs
+        overrides["init_from"] = str(Path(overrides["init_from"]).resolve())
+    return overrides
 
 
 def main(args):
@@ -117,24 +190,19 @@ def main(args):
         return None
     if not args.recipe:
         raise UserError("name a recipe (epsresnet train --list shows them)")
-    overrides = dict(
-        epsilon=args.epsilon,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch,
-        val_steps=args.val_steps,
-        gpus=args.gpus,
-        seed=args.seed,
-        mixed_precision=True if args.mixed_precision else None,
-        xla=True if args.xla else None,
-        deterministic=True if args.deterministic else None,
-    )
-    name, cfg = recipes.resolve(args.recipe, depth=args.depth, **overrides)
+    overrides = overrides_of(args)
     if args.name:
-        name = cfg["name"] = args.name
+        overrides["name"] = args.name
+    name, cfg = recipes.resolve(args.recipe, depth=args.depth, lr=args.lr, **overrides)
+    if args.print_config:  # what training would write to config.json; nothing is touched
+        from epsresnet_tf.runfolder import config_text
+
+        print(config_text(cfg), end="")
+        return None
     from epsresnet_tf.data import datasets
 
-    data_dir = Path(args.data_dir)
+    run_dir = Path(args.out) / name
+    data_dir = Path(run_data_dir(args.data_dir, run_dir))  # a resume: the run's own folder
     # a dataset that ships inside a package (the demo's digits) needs no data folder
     if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
@@ -143,7 +211,7 @@ def main(args):
     try:
         result = run_training(
             cfg,
-            Path(args.out) / name,
+            run_dir,
             data_dir,
             verbose=2 if args.quiet else 1,
             restart=args.restart,
