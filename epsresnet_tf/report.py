@@ -775,7 +775,9 @@ def fig_epsilon_sweep(runs, summary, path):
         errors = [_percent(s.get("error_full")) for s in rows]
         ax_e.plot(eps, errors, style, color=line.get_color(), label=label)
     ax_d.set_ylabel("blocks discarded (%)")
+    ax_d.set_ylim(-5, 105)
     ax_e.set_ylabel("top-1 error (%)")
+    ax_e.set_ylim(bottom=0)
     ax_e.set_xlabel("ε")
     ax_d.set_title("ε against compression and error")
     fig.legend(*ax_d.get_legend_handles_labels(), loc="outside lower center", title="runs of")
