@@ -490,9 +490,13 @@ def fig_strip(r, path):
     panels = 2 if r.certificate else 1
     height = min(max(1.3 + 0.14 * len(ids), 2.2), 7.0)
     fig, axes = plt.subplots(
-        1, panels, figsize=(COLUMN_WIDTH, height), sharey=True, squeeze=False,
+        1,
+        panels,
+        figsize=(COLUMN_WIDTH, height),
+        sharey=True,
+        squeeze=False,
         width_ratios=[max(len(epochs), 1), max(len(epochs) / 12, 0.8)][:panels],
-    )  # fmt: skip
+    )
     ax = axes[0, 0]
     extent = (epochs[0] - 0.5, epochs[-1] + 0.5, len(ids) - 0.5, -0.5)
     image = ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, aspect="auto", extent=extent)
@@ -597,8 +601,15 @@ def _fan(ax, series):
     v = np.array([series[s] for s in steps])
     col = {q: v[:, PERCENTILES.index(q)] for q in PERCENTILES}
     for (lo, hi), alpha in (((0, 100), 0.15), ((10, 90), 0.3), ((25, 75), 0.5)):
-        ax.fill_between(steps, col[lo], col[hi], color="tab:blue", alpha=alpha, lw=0,
-                        label=f"{lo}–{hi} %" if lo else "min–max")  # fmt: skip
+        ax.fill_between(
+            steps,
+            col[lo],
+            col[hi],
+            color="tab:blue",
+            alpha=alpha,
+            lw=0,
+            label=f"{lo}–{hi} %" if lo else "min–max",
+        )
     ax.plot(steps, col[50], color="navy", label="median")
     ax.set_xlim(steps[0], steps[-1])
 
@@ -713,8 +724,12 @@ def fig_removal_curves(r, path):
     fig, ax = plt.subplots()
     for order, doc in sorted(r.ablations.items()):
         rows = doc["rows"]
-        ax.plot([x["removed"] for x in rows], [_percent(x["top1_error"]) for x in rows],
-                "-o", label=order)  # fmt: skip
+        ax.plot(
+            [x["removed"] for x in rows],
+            [_percent(x["top1_error"]) for x in rows],
+            "-o",
+            label=order,
+        )
     ax.set_xlabel("residual blocks removed")
     _integer_ticks(ax.xaxis)
     ax.set_ylabel("test error (%)")
@@ -913,12 +928,10 @@ def _figures_md(drawn, out):
     """figures.md: each figure with its caption (which names its run in full)."""
     lines = ["# Figures", ""]
     for name, caption in drawn:
-        formats = ", ".join(
-            f"[{s[1:]}]({name[:-4]}{s})"
-            for s in FIGURE_FORMATS
-            if (out / f"{name[:-4]}{s}").is_file()
-        )
-        lines += [f"## {name[:-4]}", "", f"![{name[:-4]}]({name})", "", caption, "", formats, ""]
+        stem = Path(name).stem
+        files = [f"{stem}{s}" for s in FIGURE_FORMATS if (out / f"{stem}{s}").is_file()]
+        formats = ", ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in files)
+        lines += [f"## {stem}", "", f"![{stem}]({name})", "", caption, "", formats, ""]
     return "\n".join(lines)
 
 

@@ -119,10 +119,16 @@ def history_run(root, dataset="cifar10", eps=2.5, epochs=3, closed=(), err=0.3):
     ids = [f"group{g}/block{b}" for g in range(3) for b in range(2)]
     blocks = {b: {"discarded": float(b in closed)} for b in ids}
     rows = [
-        {"epoch": e, "lr": 0.1, "epsilon": eps, "val_error": err, "blocks": blocks,
-         "discarded_ratio": len(closed) / 6}
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "epsilon": eps,
+            "val_error": err,
+            "blocks": blocks,
+            "discarded_ratio": len(closed) / 6,
+        }
         for e in range(1, epochs + 1)
-    ]  # fmt: skip
+    ]
     (root / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -207,9 +213,14 @@ def test_a_report_is_refreshed_without_force_and_keeps_the_users_files(tmp_path,
     (out / R.MANIFEST).write_text(json.dumps(manifest))
     R.make_report([run])
     assert sorted(p.name for p in out.iterdir()) == [
-        "figures.md", "notes.md", "report.json", "strip.pdf", "strip.png", "strip.svg",
+        "figures.md",
+        "notes.md",
+        "report.json",
+        "strip.pdf",
+        "strip.png",
+        "strip.svg",
         "tables.md",
-    ]  # fmt: skip
+    ]
     assert (out / "notes.md").read_text() == "mine"
     assert _png_size(out / "strip.png")[0] == round(R.COLUMN_WIDTH * 300)
     assert "notes.md" not in json.loads((out / R.MANIFEST).read_text())["files"]
