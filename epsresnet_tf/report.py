@@ -2,31 +2,45 @@
 
 Reads per run: config.json, history.jsonl (one row per epoch), reduced/certificate.json
 (after `compress`), ablation/*.json (after `ablate`), tb/ kernel histograms (per epoch) or
-model.keras (final kernels). Writes to --out (default RUN_DIR/report for one run):
+model.keras (final kernels). Paths that are not run folders (`runs/report` in `runs/*`) are
+skipped with one line. Writes to --out (default: RUN_DIR/report for one run, the runs'
+common parent's report/ for several):
 
   tables.md                      full vs reduced: error, blocks, layers, params, memory (Figs. 6–7)
-  [run-]discarded_ratio.png      discarded ratio, validation error and lr against epoch (Fig. 9)
-  [run-]groups.png               kept / discarded blocks per group (Fig. 10)
-  [run-]strip.png                which blocks went, epoch by epoch (Fig. 1's strip)
-  [run-]weight_collapse.png      kernel percentiles of a discarded and a kept block (Fig. 5)
-  [run-]removal_curves.png       error against blocks removed, per order (gates paper Fig. 5)
-  epsilon_sweep.png              ε against compression and error over the runs (Fig. 8)
+  figures.md                     every figure with its caption (the full run names)
+  report.json                    the runs, the summary rows and the files written (the manifest)
+  [run-]discarded_ratio.*        validation error and discarded ratio against epoch (Fig. 9)
+  [run-]groups.*                 kept / discarded blocks per group (Fig. 10)
+  [run-]strip.*                  which blocks went, epoch by epoch (Fig. 1's strip)
+  [run-]weight_collapse.*        a discarded and a kept block's kernel over the epochs (Fig. 5)
+  [run-]removal_curves.*         error against blocks removed, per order (gates paper Fig. 5)
+  epsilon_sweep.*                ε against compression and error, one line per group (Fig. 8)
 
-Files are prefixed with the run's name when several runs are reported together.
+Every figure is written as PNG (300 dpi), PDF and SVG, drawn at a paper's column width
+(COLUMN_WIDTH, fonts ≥ MIN_FONT_PT) in one style (PAPER_STYLE). Files are prefixed with the
+run's name when several runs are reported together; runs are compared (one ε trend) only
+within a group of the same dataset, architecture and schedule (`comparison_groups`).
+Running `report` again refreshes the report through outputs.py's staged swap: the files the
+manifest lists are replaced, anything else in the folder (notes) stays.
 """
 
+import glob
 import json
+import os
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from epsresnet_tf import compress as C
+from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import add_command, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
 from epsresnet_tf.outputs import load_net, staged_outputs
-from epsresnet_tf.runfolder import RunFolder, read_run
+from epsresnet_tf.runfolder import CONFIG, REPORT, RunFolder, read_run
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
@@ -72,7 +86,7 @@ class RunData:
         self.run = read_run(run_dir)
         self.root = self.run.root
         self.folder = RunFolder(self.root)
-        self.name = self.root.name
+        self.name = self.root.resolve().name  # `report .` is named after the folder
         self.rows = read_jsonl(self.folder.history, "repair or delete that line (one epoch's row)")
         cert = self.folder.certificate
         fix = "run `epsresnet compress RUN_DIR --force` again"
@@ -117,14 +131,17 @@ def _mb(n):
 
 
 def summary_rows(runs):
-    """One dict per run: error and size of the full and reduced nets (paper Figs. 6–7)."""
+    """One dict per run: error and size of the full and reduced nets (paper Figs. 6–7), and
+    the run's comparison group (`comparison_groups`)."""
     out = []
-    for r in runs:
+    for r, group in zip(runs, comparison_groups(runs)):
         c = r.certificate
         err = r.final_error()
         row = {
             "run": r.name,
+            "dataset": r.run.dataset,
             "arch": r.run.arch,
+            "group": group,
             "epsilon": r.epsilon,
             "error_full": err,
             "error_reduced": None,
@@ -261,17 +278,100 @@ def tables(runs):
     return "\n".join(text), rows
 
 
-# --- figures ---------------------------------------------------------------------------
+# --- figures: one look, three formats --------------------------------------------------
+
+#: A paper's column, in inches: every figure is drawn this wide, so its fonts print at their
+#: nominal size in a one-column placement.
+COLUMN_WIDTH = 3.3
+#: The smallest font a figure may use (pt at COLUMN_WIDTH).
+MIN_FONT_PT = 7
+#: The look of every report figure, owned here alone: `make_report` draws inside it, so a
+#: newly registered figure gets it too. PDF fonts are embedded as TrueType (type 42), which
+#: publishers accept where type 3 is refused.
+PAPER_STYLE = {
+    "figure.figsize": (COLUMN_WIDTH, 2.4),
+    "figure.constrained_layout.use": True,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "figure.titlesize": 8,
+    "xtick.labelsize": MIN_FONT_PT,
+    "ytick.labelsize": MIN_FONT_PT,
+    "legend.fontsize": MIN_FONT_PT,
+    "legend.frameon": False,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3,
+    "axes.linewidth": 0.6,
+    "savefig.dpi": 300,
+    "pdf.fonttype": 42,
+}
+#: The formats of every figure and the metadata key each writer takes the caption under.
+FIGURE_FORMATS = {".png": "Description", ".pdf": "Subject", ".svg": "Description"}
+ERROR_COLOR = "tab:red"
+
+
+def paper_style():
+    """The context every report figure is drawn in (PAPER_STYLE)."""
+    return _plt().rc_context(PAPER_STYLE)
+
+
+def short_name(name: str, limit: int = 24) -> str:
+    """`name` cut in the middle to `limit` characters ("cifar10-e…seed3"): titles stay on
+    their line; the full name goes into the caption and the file's metadata."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (limit - 1 - head) :]}"
+
+
+def fit_title(text: str, width: float = COLUMN_WIDTH, lines: int = 2) -> str:
+    """`text` wrapped to a figure `width` inches wide at the title size, at most `lines`."""
+    size = PAPER_STYLE["axes.titlesize"]
+    chars = max(int(width * 72 / (0.6 * size)), 10)  # DejaVu Sans: glyphs average < 0.6 em
+    return textwrap.fill(text, chars, max_lines=lines, placeholder=" …")
+
+
+def run_title(r: "RunData", what: str, lines: int = 2) -> str:
+    """A figure title: the run's (shortened) name and what the figure shows."""
+    return fit_title(f"{short_name(r.name)}: {what}", lines=lines)
+
+
+def save_figure(fig: Any, path: Path, caption: str) -> str:
+    """Write `fig` as PNG (`path`), PDF and SVG beside it, the caption (which names the run in
+    full) in each file's metadata; close it and return the caption."""
+    title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "") or path.stem
+    for suffix, key in FIGURE_FORMATS.items():
+        meta = {"Title": " ".join(title.split()), key: caption}
+        fig.savefig(path.with_suffix(suffix), metadata=meta)
+    _plt().close(fig)
+    return caption
+
+
+def _integer_ticks(axis):
+    """Ticks at whole numbers only (epochs, block counts)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _percent(v):
+    return np.nan if v is None else 100 * float(v)
+
+
+# --- per-run figures -------------------------------------------------------------------
 
 
 #: Figures drawn for every run: (file stem, function, whether the run has its data). A new
 #: figure is one function with the decorator; `make_report` draws every registered one.
 PER_RUN_FIGURES = []
+#: Figures drawn once over several runs: (file stem, function(runs, summary rows, path)).
+COMBINED_FIGURES = []
 
 
 def per_run_figure(stem, when=lambda r: True):
-    """Register `fn(run_data, path)` as a figure of every run for which `when(run)` holds;
-    `fn` may return False to say it drew nothing (no file is listed then)."""
+    """Register `fn(run_data, path)` as a figure of every run for which `when(run)` holds.
+    `fn` writes `path` (the PNG; `save_figure` adds the PDF and SVG) and returns its caption,
+    or False when it drew nothing."""
 
     def register_figure(fn):
         PER_RUN_FIGURES.append((stem, fn, when))
@@ -280,111 +380,147 @@ def per_run_figure(stem, when=lambda r: True):
     return register_figure
 
 
+def combined_figure(stem):
+    """Register `fn(runs, summary_rows, path)` as a figure drawn once when several runs are
+    reported together; it returns its caption (or False when it drew nothing)."""
+
+    def register_figure(fn):
+        COMBINED_FIGURES.append((stem, fn))
+        return fn
+
+    return register_figure
+
+
+def _epsilon_text(r):
+    return "" if r.epsilon is None else f", ε = {r.epsilon:g}"
+
+
 @per_run_figure("discarded_ratio", when=lambda r: bool(r.rows))
 def fig_discarded_ratio(r, path):
+    """Validation error (%, left axis) and discarded ratio (right axis) against epoch, the
+    learning rate in a panel below (paper Fig. 9)."""
     plt = _plt()
     epochs = [row["epoch"] for row in r.rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(
-        epochs,
-        [row.get("discarded_ratio", 0) for row in r.rows],
-        "k-o",
-        ms=3,
-        label="discarded ratio",
+    fig, (ax, ax_lr) = plt.subplots(
+        2, 1, sharex=True, figsize=(COLUMN_WIDTH, 2.9), height_ratios=[3, 1]
     )
-    if any(row.get("val_error") is not None for row in r.rows):
-        ax.plot(
-            epochs,
-            [row.get("val_error", np.nan) for row in r.rows],
-            "r--",
-            label="validation error",
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ratio")
-    ax.set_ylim(-0.02, 1.02)
-    ax2 = ax.twinx()
-    ax2.step(
-        epochs, [row.get("lr", np.nan) for row in r.rows], "b:", where="post", label="learning rate"
+    errors = [_percent(row.get("val_error")) for row in r.rows]
+    handles, ratio_ax = [], ax
+    if not np.all(np.isnan(errors)):
+        handles += ax.plot(epochs, errors, "s--", color=ERROR_COLOR, label="validation error")
+        ax.set_ylabel("validation error (%)", color=ERROR_COLOR)
+        ax.set_ylim(0, 1.15 * np.nanmax(errors) + 1e-9)
+        ratio_ax = ax.twinx()
+    ratios = [row.get("discarded_ratio", np.nan) for row in r.rows]
+    handles += ratio_ax.plot(epochs, ratios, "o-", color="k", label="discarded ratio")
+    ratio_ax.set_ylabel("discarded ratio\n(discarded / gated blocks)")
+    ratio_ax.set_ylim(-0.02, 1.02)
+    ax.legend(handles=handles, loc="upper right")
+    ax_lr.step(epochs, [row.get("lr", np.nan) for row in r.rows], where="pre", color="tab:blue")
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning\nrate")
+    ax_lr.set_xlabel("epoch")
+    _integer_ticks(ax_lr.xaxis)
+    ax.set_title(run_title(r, f"discarded blocks and error{_epsilon_text(r)}"))
+    caption = (
+        f"Run {r.root}: validation error (%, left axis) and discarded ratio (blocks whose gate "
+        "is closed over the gated blocks, right axis) at the end of each epoch; the learning "
+        "rate below (paper Fig. 9)."
     )
-    ax2.set_yscale("log")
-    ax2.set_ylabel("learning rate")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
-    ax.set_title(f"{r.name}: discarded blocks over training (ε = {r.epsilon:g})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path, caption)
 
 
 @per_run_figure("groups", when=lambda r: bool(r.block_ids()))
 def fig_groups(r, path):
+    """Kept and discarded blocks per group (paper Fig. 10)."""
     plt = _plt()
     ids = r.block_ids()
     gone = r.discarded()
     groups = sorted({parse_block_id(b)[0] for b in ids})
     kept = [sum(1 for b in ids if parse_block_id(b)[0] == g and b not in gone) for g in groups]
     lost = [sum(1 for b in ids if parse_block_id(b)[0] == g and b in gone) for g in groups]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.2))
     x = np.arange(len(groups))
     ax.bar(x, kept, color="tab:blue", label="kept")
-    ax.bar(x, lost, bottom=kept, color="lightgray", edgecolor="k", label="discarded")
+    ax.bar(x, lost, bottom=kept, color="lightgray", edgecolor="k", lw=0.5, label="discarded")
     ax.set_xticks(x, [f"group {g}" for g in groups])
-    ax.set_ylabel("blocks")
+    ax.set_ylabel("residual blocks")
+    _integer_ticks(ax.yaxis)
     ax.set_ylim(0, 1.3 * max([k + d for k, d in zip(kept, lost)] + [1]))  # room for the legend
     source = "certificate" if r.certificate else "EMA rule"
-    ax.set_title(f"{r.name}: kept / discarded per group ({source})")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.set_title(run_title(r, f"kept and discarded blocks per group ({source})"))
+    ax.legend(loc="upper right", ncols=2)
+    caption = (
+        f"Run {r.root}: residual blocks kept (blue) and discarded (gray) in each group, "
+        f"discarded by the {source} (paper Fig. 10)."
+    )
+    return save_figure(fig, path, caption)
+
+
+#: Up to this many blocks the strip names each one; beyond, only the groups.
+MAX_BLOCK_LABELS = 24
+
+
+def _label_blocks(ax, ids):
+    """Rows named by block id (few blocks) or by group (many), a line between groups."""
+    groups = [parse_block_id(b)[0] for b in ids]
+    for i in range(1, len(ids)):
+        if groups[i] != groups[i - 1]:
+            ax.axhline(i - 0.5, color="tab:red", lw=0.6)
+    if len(ids) <= MAX_BLOCK_LABELS:
+        ax.set_yticks(range(len(ids)), ids)
+        return
+    names = sorted(set(groups))
+    centres = [np.mean([i for i, g in enumerate(groups) if g == k]) for k in names]
+    ax.set_yticks(centres, [f"group {k}" for k in names])
 
 
 @per_run_figure("strip", when=lambda r: bool(r.rows and r.rows[-1].get("blocks")))
 def fig_strip(r, path):
+    """Which blocks were discarded, epoch by epoch (paper Fig. 1's strip), and the blocks the
+    certificate removed."""
     plt = _plt()
     ids = r.block_ids()
+    rows = [row for row in r.rows if row.get("blocks")]
     grid = np.array(
-        [
-            [row["blocks"].get(b, {}).get("discarded", np.nan) for b in ids]
-            for row in r.rows
-            if row.get("blocks")
-        ],
+        [[row["blocks"].get(b, {}).get("discarded", np.nan) for row in rows] for b in ids],
         np.float32,
-    )
+    )  # blocks × epochs
+    epochs = [row["epoch"] for row in rows]
     panels = 2 if r.certificate else 1
-    heights = [max(len(grid), 1), 1] if panels == 2 else [1]
+    height = min(max(1.3 + 0.14 * len(ids), 2.2), 7.0)
     fig, axes = plt.subplots(
-        panels,
         1,
-        figsize=(max(6, 0.35 * len(ids)), 1.2 + 0.25 * len(grid)),
-        gridspec_kw={"height_ratios": heights},
+        panels,
+        figsize=(COLUMN_WIDTH, height),
+        sharey=True,
         squeeze=False,
+        width_ratios=[max(len(epochs), 1), max(len(epochs) / 12, 0.8)][:panels],
     )
     ax = axes[0, 0]
-    ax.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax.set_ylabel("epoch")
-    ax.set_yticks(
-        range(len(grid)), [str(row["epoch"]) for row in r.rows if row.get("blocks")], fontsize=6
-    )
-    ax.set_title(f"{r.name}: discarded blocks (black = EMA of 1−T near 1)")
-    ax.set_xticks([])
+    extent = (epochs[0] - 0.5, epochs[-1] + 0.5, len(ids) - 0.5, -0.5)
+    image = ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, aspect="auto", extent=extent)
+    ax.set_xlabel("epoch")
+    _integer_ticks(ax.xaxis)
+    _label_blocks(ax, ids)
     if panels == 2:
         gone = set(r.certificate["removed"])
-        ax = axes[1, 0]
-        ax.imshow(
-            [[0.0 if b in gone else 1.0 for b in ids]],
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        ax.set_yticks([0], ["certified"], fontsize=7)
-    axes[-1, 0].set_xticks(range(len(ids)), ids, rotation=90, fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        cert = axes[0, 1]
+        cert.imshow([[float(b in gone)] for b in ids], cmap="gray_r", vmin=0, vmax=1, aspect="auto")
+        cert.set_xticks([0], ["cert."])
+        cert.tick_params(left=False)
+    bar = fig.colorbar(image, ax=axes[0, :], location="top", shrink=0.6, aspect=25, pad=0.02)
+    bar.set_label("discarded average (EMA of 1−T)")
+    bar.set_ticks([0, 0.5, 1], labels=["0 kept", "0.5", "1 discarded"])
+    fig.suptitle(run_title(r, "discarded blocks, epoch by epoch"))
+    caption = (
+        f"Run {r.root}: for each block (rows, network order) and epoch (columns), the moving "
+        "average of its discarded indicator at the epoch's end (ε-gate: 1 − T): black = "
+        "discarded, white = kept"
+        + ("; right column: the blocks the certificate removed" if panels == 2 else "")
+        + " (paper Fig. 1's strip)."
+    )
+    return save_figure(fig, path, caption)
 
 
 def _histogram_percentiles(tb_dir, tag_prefix):
@@ -418,151 +554,409 @@ def _histogram_percentiles(tb_dir, tag_prefix):
     return out, tags[0]
 
 
+#: A block counts as discarded in an epoch when its discarded average (EMA, decay 0.95:
+#: about the last 20 steps, docs/semantics.md §8) ends the epoch above this: its gate was
+#: closed on most of the recent steps.
+DISCARDED_LEVEL = 0.5
+#: A discarded block's kernel has collapsed (paper Fig. 5) once the spread of its weights
+#: (10th to 90th percentile) is at most this fraction of the spread it had when the block
+#: went: with T = 0 no gradient reaches it and only weight decay shrinks it, by roughly
+#: lr·wd/(1 − momentum) per step, so how long that takes depends on the schedule, not on a
+#: fixed number of epochs; the figure measures it.
+COLLAPSED_SPREAD = 0.5
+
+
+def discarded_since(r: "RunData", bid: str) -> int | None:
+    """The first epoch from which `bid` stays discarded (DISCARDED_LEVEL) to the end of the
+    history; None when it is not discarded at the end."""
+    since = None
+    for row in r.rows:
+        value = row.get("blocks", {}).get(bid, {}).get("discarded")
+        if value is not None and value >= DISCARDED_LEVEL:
+            since = row["epoch"] if since is None else since
+        else:
+            since = None
+    return since
+
+
+def spread_ratio(series: dict, since: int | None) -> float | None:
+    """The kernel's last 10–90 % spread over its spread just before epoch `since` (the
+    first histogram when there is none before); None without two histograms."""
+    steps = sorted(series)
+    if len(steps) < 2:
+        return None
+    before = [s for s in steps if since is not None and s < since]
+    start = before[-1] if before else steps[0]
+    lo, hi = PERCENTILES.index(10), PERCENTILES.index(90)
+
+    def spread(step):
+        return series[step][hi] - series[step][lo]
+
+    return spread(steps[-1]) / spread(start) if spread(start) > 0 else None
+
+
+def _fan(ax, series):
+    """A kernel's percentiles against epoch as bands: min–max, 10–90 %, 25–75 %, median."""
+    steps = sorted(series)
+    v = np.array([series[s] for s in steps])
+    col = {q: v[:, PERCENTILES.index(q)] for q in PERCENTILES}
+    for (lo, hi), alpha in (((0, 100), 0.15), ((10, 90), 0.3), ((25, 75), 0.5)):
+        ax.fill_between(
+            steps,
+            col[lo],
+            col[hi],
+            color="tab:blue",
+            alpha=alpha,
+            lw=0,
+            label=f"{lo}–{hi} %" if lo else "min–max",
+        )
+    ax.plot(steps, col[50], color="navy", label="median")
+    ax.set_xlim(steps[0], steps[-1])
+
+
+def _final_kernels(ax, r, bid):
+    """Without per-epoch histograms: the percentiles of the block's final kernels."""
+    model = load_net(r.run.model_path)
+    g, b = parse_block_id(bid)
+    kernels = [
+        w.numpy().ravel()
+        for layer in model.layers
+        if layer.name.startswith(layer_prefix(g, b) + "conv")
+        for w in layer.weights
+    ]
+    ax.bar([f"{q}" for q in PERCENTILES], np.percentile(np.concatenate(kernels), PERCENTILES))
+    ax.set_xlabel("percentile (%)")
+
+
+def _collapse_blocks(r):
+    """(block, "discarded" or "kept") to draw: the block discarded longest, the first kept."""
+    gone = r.discarded()
+    longest = sorted(gone, key=lambda b: (discarded_since(r, b) or np.inf, parse_block_id(b)))
+    kept = [b for b in r.block_ids() if b not in gone]
+    return [(b, "discarded") for b in longest[:1]] + [(b, "kept") for b in kept[:1]]
+
+
+class Collapse:
+    """What the weight-collapse figure measured of its discarded block."""
+
+    def __init__(self, bid=None, epochs=None, ratio=None, tag=None):
+        self.bid, self.epochs, self.ratio, self.tag = bid, epochs, ratio, tag
+
+    def verdict(self, histograms: bool) -> str:
+        """The figure's title: what it shows, and whether that is paper Fig. 5's collapse."""
+        if not histograms:
+            return "final kernel weights (no per-epoch histograms: no collapse to show)"
+        if self.bid is None:
+            return "kernel weights of a kept block (no block discarded)"
+        if self.ratio is None:
+            return f"kernel of {self.bid}: discarded too briefly to show a collapse"
+        if self.ratio <= COLLAPSED_SPREAD:
+            return f"weight collapse of {self.bid}, discarded for {self.epochs} epochs (Fig. 5)"
+        return (
+            f"kernel of {self.bid}, discarded for {self.epochs} epochs: not (yet) collapsed "
+            "as in paper Fig. 5"
+        )
+
+
+def _collapse_panel(ax, r, bid, what):
+    """One block's kernel against epoch (bands; its discarded epochs shaded when it went
+    after the first histogram), titled with how its spread changed; a Collapse (empty for a
+    kept block), or None without histograms (the final kernels are drawn then)."""
+    series, tag = _histogram_percentiles(r.folder.tb, bid) if r.folder.tb.is_dir() else ({}, None)
+    if not series:
+        _final_kernels(ax, r, bid)
+        ax.set_title(f"{bid}, {what}: final kernels", loc="left")
+        return None
+    _fan(ax, series)
+    since = discarded_since(r, bid) if what == "discarded" else None
+    ratio = spread_ratio(series, since)
+    if since is not None and since - 1 > min(series):
+        ax.axvspan(since - 1, max(series), color="0.85", zorder=0, label="discarded")
+    ax.set_xlim(min(series), max(series))
+    spread = "" if ratio is None else f": 10–90 % spread ×{ratio:.2f}"
+    ax.set_title(f"{bid}, {what}{spread}", loc="left")
+    ax.set_xlabel("epoch")
+    _integer_ticks(ax.xaxis)
+    if what == "kept":
+        return Collapse()
+    return Collapse(bid, None if since is None else r.rows[-1]["epoch"] - since + 1, ratio, tag)
+
+
 @per_run_figure("weight_collapse", when=lambda r: r.run.model_path.is_file())
 def fig_weight_collapse(r, path):
-    """Percentiles of a discarded block's kernel against epoch (TensorBoard histograms), beside
-    a kept block's; without histograms, the final kernels of model.keras."""
+    """A discarded block's kernel against epoch above a kept block's; the title says whether
+    it collapsed (paper Fig. 5, COLLAPSED_SPREAD). Without histograms, the final kernels."""
     plt = _plt()
-    ids = r.block_ids()
-    gone = sorted(r.discarded(), key=parse_block_id)
-    kept = [b for b in ids if b not in r.discarded()]
-    chosen = [(b, "discarded") for b in gone[:1]] + [(b, "kept") for b in kept[:1]]
+    chosen = _collapse_blocks(r)
     if not chosen:
         return False
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5.5 * len(chosen), 4), squeeze=False)
-    for ax, (bid, what) in zip(axes[0], chosen):
-        series, tag = ({}, None)
-        if r.folder.tb.is_dir():
-            series, tag = _histogram_percentiles(r.folder.tb, bid)
-        if series:
-            steps = sorted(series)
-            vals = np.array([series[s] for s in steps])
-            for j, q in enumerate(PERCENTILES):
-                ax.plot(steps, vals[:, j], label=f"{q}%")
-            ax.set_xlabel("epoch")
-            ax.set_title(f"{bid} ({what}): {tag.split('/', 2)[-1]}", fontsize=9)
-        else:
-            model = load_net(r.run.model_path)
-            g, b = parse_block_id(bid)
-            kernels = [
-                w.numpy().ravel()
-                for l in model.layers
-                if l.name.startswith(layer_prefix(g, b) + "conv")
-                for w in l.weights
-            ]
-            vals = np.percentile(np.concatenate(kernels), PERCENTILES)
-            ax.bar([f"{q}%" for q in PERCENTILES], vals)
-            ax.set_title(f"{bid} ({what}): final kernel percentiles", fontsize=9)
-        ax.set_ylabel("weight value")
+    fig, axes = plt.subplots(
+        len(chosen), 1, figsize=(COLUMN_WIDTH, 1.1 + 1.4 * len(chosen)), squeeze=False
+    )
+    found = [_collapse_panel(ax, r, bid, what) for ax, (bid, what) in zip(axes[:, 0], chosen)]
+    for ax in axes[:, 0]:
+        ax.set_ylabel("kernel weight")
         ax.axhline(0, color="k", lw=0.5)
-        ax.legend(fontsize=7, ncol=2) if series else None
-    fig.suptitle(f"{r.name}: weight collapse of a discarded block (paper Fig. 5)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    histograms = found[0] is not None
+    collapse = found[0] or Collapse()
+    if histograms:
+        handles = {h.get_label(): h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]}
+        fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=3)
+    verdict = collapse.verdict(histograms)
+    fig.suptitle(run_title(r, verdict, lines=3))
+    kernel = f" ({collapse.tag.split('/', 2)[-1]})" if collapse.tag else ""
+    caption = (
+        f"Run {r.root}: {verdict}. Blocks "
+        + ", ".join(f"{b} ({what})" for b, what in chosen)
+        + f": percentiles of the block's first kernel{kernel} at each epoch's end, from the "
+        "TensorBoard histograms (bands: min–max, 10–90 %, 25–75 %; line: median; gray: the "
+        "epochs it was discarded), or of its final kernels when there are none. A discarded "
+        f"block's kernel counts as collapsed once its 10–90 % spread is ≤ ×{COLLAPSED_SPREAD:g} "
+        "of the spread it had when the block went (paper Fig. 5)."
+    )
+    return save_figure(fig, path, caption)
 
 
 @per_run_figure("removal_curves", when=lambda r: bool(r.ablations))
 def fig_removal_curves(r, path):
+    """Test error against the number of blocks removed, one line per removal order."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots()
     for order, doc in sorted(r.ablations.items()):
         rows = doc["rows"]
         ax.plot(
             [x["removed"] for x in rows],
-            [100 * x["top1_error"] for x in rows],
+            [_percent(x["top1_error"]) for x in rows],
             "-o",
-            ms=3,
             label=order,
         )
-    ax.set_xlabel("blocks removed")
+    ax.set_xlabel("residual blocks removed")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("test error (%)")
-    ax.set_title(f"{r.name}: removal robustness")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.set_ylim(bottom=0)
+    ax.set_title(run_title(r, "error as blocks are removed"))
+    ax.legend(title="removal order")
+    caption = (
+        f"Run {r.root}: top-1 test error (%) after removing blocks one by one from the trained "
+        "net, in each order `epsresnet ablate` ran (the gates paper's Fig. 5)."
+    )
+    return save_figure(fig, path, caption)
 
 
-def fig_epsilon_sweep(summary, path):
-    """ε against compression (discarded fraction) and error, one point per run (Fig. 8)."""
+# --- several runs: comparable groups and the ε figure ---------------------------------
+
+#: The config keys that make two runs' ε comparable besides dataset and architecture: the
+#: training schedule (runs of other schedules are not on one ε trend).
+SCHEDULE_KEYS = ("epochs", "steps_per_epoch", "lr_schedule", "adaptive_schedule")
+
+
+def comparison_groups(runs: list["RunData"]) -> list[str]:
+    """The group label of each run: runs share a group (one ε trend line) only with runs of
+    the same dataset, architecture and schedule (SCHEDULE_KEYS)."""
+    keys = [
+        (r.run.dataset, r.run.arch, json.dumps([r.run.config.get(k) for k in SCHEDULE_KEYS]))
+        for r in runs
+    ]
+    labels = {}
+    for key, r in zip(keys, runs):
+        if key not in labels:
+            epochs = r.run.config.get("epochs")
+            labels[key] = f"{key[0]}, {key[1]}" + (f", {epochs} epochs" if epochs else "")
+    taken = [labels[k] for k in dict.fromkeys(keys)]  # same words, other lr schedule
+    for n, key in enumerate(dict.fromkeys(keys), 1):
+        if taken.count(labels[key]) > 1:
+            labels[key] += f", schedule {n}"
+    return [labels[k] for k in keys]
+
+
+@combined_figure("epsilon_sweep")
+def fig_epsilon_sweep(runs, summary, path):
+    """ε against blocks discarded and error, one line per comparison group (a group of one
+    run is a point), paper Fig. 8."""
     plt = _plt()
-    pts = sorted(
-        (s["epsilon"], s.get("discarded_fraction"), s.get("error_full"))
-        for s in summary
-        if s.get("epsilon") is not None
+    groups = {}
+    for s in summary:
+        if s.get("epsilon") is not None:
+            groups.setdefault(s["group"], []).append(s)
+    if not groups:
+        return False
+    fig, (ax_d, ax_e) = plt.subplots(2, 1, sharex=True, figsize=(COLUMN_WIDTH, 3.4))
+    for label, rows in groups.items():
+        rows = sorted(rows, key=lambda s: s["epsilon"])
+        style = "-o" if len(rows) > 1 else "o"
+        eps = [s["epsilon"] for s in rows]
+        fraction = [_percent(s.get("discarded_fraction")) for s in rows]
+        (line,) = ax_d.plot(eps, fraction, style, label=label)
+        errors = [_percent(s.get("error_full")) for s in rows]
+        ax_e.plot(eps, errors, style, color=line.get_color(), label=label)
+    ax_d.set_ylabel("blocks discarded (%)")
+    ax_d.set_ylim(-5, 105)
+    ax_e.set_ylabel("top-1 error (%)")
+    ax_e.set_ylim(bottom=0)
+    ax_e.set_xlabel("ε")
+    ax_d.set_title("ε against compression and error")
+    fig.legend(*ax_d.get_legend_handles_labels(), loc="outside lower center", title="runs of")
+    caption = (
+        "ε against the fraction of blocks discarded (top) and the top-1 error of the full "
+        "net (bottom), one line per group of comparable runs (same dataset, architecture "
+        "and schedule; a group of one run is a point; paper Fig. 8): "
+        + "; ".join(
+            f"{label}: " + ", ".join(s["run"] for s in rows) for label, rows in groups.items()
+        )
+        + "."
     )
-    fig, ax = plt.subplots(figsize=(6, 4))
-    eps = [p[0] for p in pts]
-    ax.plot(
-        eps,
-        [np.nan if p[1] is None else 100 * p[1] for p in pts],
-        "k-o",
-        label="blocks discarded (%)",
+    return save_figure(fig, path, caption)
+
+
+# --- the report folder -----------------------------------------------------------------
+
+#: The report's record of itself: the runs, the groups, the summary rows and the names of
+#: the files it wrote. Its presence says the folder is a report: running `report` again
+#: replaces exactly those files (the user's own files stay) without --force.
+MANIFEST = "report.json"
+#: What --force replaces in a folder without a manifest (a report of an older version, or
+#: any folder --out names): these names, other files stay.
+REPORT_FILES = ("tables.md", "figures.md", MANIFEST, "*.png", "*.pdf", "*.svg")
+
+
+def read_runs(paths: list) -> tuple[list["RunData"], list[str]]:
+    """The run folders among `paths` and one line for each path skipped (not a run folder:
+    no config.json, e.g. `runs/report` from `runs/*`); UserError when none is a run."""
+    if not paths:
+        raise UserError("give at least one run folder")
+    runs, skipped = [], []
+    for path in map(Path, paths):
+        if RunFolder.is_run_folder(path):
+            runs.append(RunData(path))
+        else:
+            skipped.append(f"skipped {path}: not a run folder (no {CONFIG})")
+    if not runs and len(paths) == 1:
+        RunFolder(paths[0]).read_config()  # its own one-line error
+    if not runs:
+        raise UserError(
+            f"none of the {len(paths)} paths is a run folder (one holds the {CONFIG} "
+            f"`epsresnet train` wrote), e.g. {paths[0]}"
+        )
+    return runs, skipped
+
+
+def default_out(runs: list["RunData"]) -> Path:
+    """One run: RUN/report; several: report/ in their common parent (runs/a, runs/b →
+    runs/report)."""
+    if len(runs) == 1:
+        return runs[0].folder.report
+    try:
+        common = os.path.commonpath([os.path.normpath(r.root.parent) for r in runs])
+    except ValueError:  # absolute and relative paths mixed
+        common = os.path.commonpath([r.root.resolve().parent for r in runs])
+    return Path(common or ".") / REPORT
+
+
+def replaced_names(out: Path, force: bool) -> tuple[str, ...]:
+    """Glob patterns of the entries of an existing `out` that a new report replaces: the
+    files its manifest lists (a report folder: refreshed without --force), else with
+    --force REPORT_FILES; UserError for a non-empty folder that is not a report."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return REPORT_FILES
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        fix = f"delete {manifest} and run `epsresnet report` again with --force"
+        files = read_json(manifest, fix).get("files", [])
+        return (MANIFEST, *(glob.escape(name) for name in files))
+    if force:
+        return REPORT_FILES
+    raise UserError(
+        f"{out} is not empty and holds no {MANIFEST} (not a report of this version); pass "
+        "--force to replace its tables and figures (other files stay) or --out another folder"
     )
-    ax.set_xlabel("ε")
-    ax.set_ylabel("blocks discarded (%)")
-    ax2 = ax.twinx()
-    ax2.plot(eps, [np.nan if p[2] is None else 100 * p[2] for p in pts], "r--s", label="error (%)")
-    ax2.set_ylabel("top-1 error (%)", color="r")
-    ax.set_title("ε against compression and error")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def make_report(run_dirs, out=None, force=False):
-    """Write tables.md and the PNGs; returns {"tables": text, "files": [paths], "rows": [...]}."""
-    if not run_dirs:
-        raise UserError("give at least one run folder")
-    runs = [RunData(d) for d in run_dirs]
-    if out is None:
-        if len(runs) > 1:
-            raise UserError("several runs: pass --out FOLDER for the combined report")
-        out = runs[0].folder.report
-    out = Path(out)
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(
-            f"{out} is not empty; pass --force to replace the report or --out another folder"
-        )
+    """tables.md, figures.md, the figures (PNG, PDF, SVG) and report.json into `out`
+    (default_out); returns {"tables", "files", "rows", "groups", "skipped", "out"}."""
+    runs, skipped = read_runs(run_dirs)
+    out = Path(out) if out is not None else default_out(runs)
+    owned = replaced_names(out, force)
     # Drawn into a folder beside `out` and swapped in at the end: a failure half-way through
     # the figures leaves the previous report whole (files that are not ours stay).
-    with staged_outputs(out, owned=REPORT_FILES) as stage:
-        files, text, rows = _write_report(runs, stage)
-    return {"tables": text, "files": [str(out / f.name) for f in files], "rows": rows}
+    with staged_outputs(out, owned=owned) as stage:
+        written, text, rows = _write_report(runs, stage)
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row["run"])
+    return {
+        "tables": text,
+        "files": [str(out / name) for name in written],
+        "rows": rows,
+        "groups": groups,
+        "skipped": skipped,
+        "out": str(out),
+    }
 
 
-#: The names a report writes (glob patterns): --force replaces these, other files stay.
-REPORT_FILES = ("tables.md", "*.png")
+def file_prefixes(runs: list["RunData"]) -> list[str]:
+    """The prefix of each run's figure files: none for one run, else its name (with its
+    parent's when two runs share a name)."""
+    if len(runs) == 1:
+        return [""]
+    names = [r.name for r in runs]
+    return [
+        f"{r.root.resolve().parent.name}-{r.name}-" if names.count(r.name) > 1 else f"{r.name}-"
+        for r in runs
+    ]
+
+
+def _draw_figures(runs, rows, out):
+    """Every registered figure into `out`: [(PNG name, caption)]."""
+    drawn = []
+    with paper_style():
+        for r, prefix in zip(runs, file_prefixes(runs)):
+            for stem, draw, when in PER_RUN_FIGURES:
+                path = out / f"{prefix}{stem}.png"
+                caption = draw(r, path) if when(r) else False
+                if caption is not False:
+                    drawn.append((path.name, caption or ""))
+        for stem, draw in COMBINED_FIGURES if len(runs) > 1 else ():
+            path = out / f"{stem}.png"
+            caption = draw(runs, rows, path)
+            if caption is not False:
+                drawn.append((path.name, caption or ""))
+    return drawn
+
+
+def _figures_md(drawn, out):
+    """figures.md: each figure with its caption (which names its run in full)."""
+    lines = ["# Figures", ""]
+    for name, caption in drawn:
+        stem = Path(name).stem
+        files = [f"{stem}{s}" for s in FIGURE_FORMATS if (out / f"{stem}{s}").is_file()]
+        formats = ", ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in files)
+        lines += [f"## {stem}", "", f"![{stem}]({name})", "", caption, "", formats, ""]
+    return "\n".join(lines)
 
 
 def _write_report(runs, out):
-    """tables.md and the figures into `out`: (paths written, tables text, summary rows)."""
-    files = []
+    """The report into `out`: (names written, tables text, summary rows)."""
     text, rows = tables(runs)
     (out / "tables.md").write_text(text + "\n")
-    files.append(out / "tables.md")
-    for r in runs:
-        prefix = f"{r.name}-" if len(runs) > 1 else ""
-        for stem, draw, when in PER_RUN_FIGURES:
-            path = out / f"{prefix}{stem}.png"
-            if when(r) and draw(r, path) is not False:
-                files.append(path)
-    if len(runs) > 1:
-        fig_epsilon_sweep(rows, out / "epsilon_sweep.png")
-        files.append(out / "epsilon_sweep.png")
-    return files, text, rows
+    drawn = _draw_figures(runs, rows, out)
+    (out / "figures.md").write_text(_figures_md(drawn, out))
+    written = ["tables.md", "figures.md"] + sorted(
+        p.name for p in out.iterdir() if p.suffix in FIGURE_FORMATS
+    )
+    manifest = {"runs": [str(r.root) for r in runs], "files": written, "summary": rows}
+    (out / MANIFEST).write_text(jsonsafe.dumps(manifest, indent=2) + "\n")
+    return [MANIFEST] + written, text, rows
 
 
 def _cli(args):
     result = make_report(args.run_dirs, args.out, args.force)
+    for line in result["skipped"]:
+        print(line, file=sys.stderr)
     print(result["tables"])
-    for f in result["files"]:
-        print(f"wrote {f}")
+    for name in result["files"]:
+        if not name.endswith((".pdf", ".svg")):
+            print(f"wrote {name}" + (" (and .pdf, .svg)" if name.endswith(".png") else ""))
     return 0
 
 
@@ -572,17 +966,22 @@ def register(subparsers):
         subparsers,
         "report",
         help="tables and figures (paper Figs. 1, 5–10) from run folders",
-        description="Tables (full vs reduced error, blocks, layers, params, memory) and PNGs "
-        "(discarded ratio, kept per group, discard strip, weight collapse, removal "
-        "curves, ε sweep) from one or more run folders.",
+        description="Tables (full vs reduced error, blocks, layers, params, memory) and "
+        "figures as PNG, PDF and SVG (discarded ratio, kept per group, discard strip, weight "
+        "collapse, removal curves, ε sweep) from one or more run folders. Paths that are not "
+        "run folders are skipped. Running it again refreshes the report (your own files in "
+        "the report folder stay).",
         func=_cli,
         options=[
             option(
                 "run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)"
             ),
             option(
-                "--out", default=None, help="output folder (default: RUN_DIR/report for one run)"
+                "--out",
+                default=None,
+                help="output folder (default: RUN_DIR/report for one run, the runs' common "
+                "parent's report/ for several)",
             ),
-            force("an existing report"),
+            force("the tables and figures in an --out folder that is not a report"),
         ],
     )
