@@ -53,7 +53,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 import numpy as np
 
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.config import gate_batch, saved_config
+from epsresnet_tf.config import gate_batch, saved_config, upgrade_legacy
 from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -456,8 +456,10 @@ class RunFolder:
         return False
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
-        """UserError unless config.json holds `cfg` (the retention keys aside). Reads only."""
-        old = self.read_config()
+        """UserError unless config.json holds `cfg` (the retention keys aside). Reads only.
+        A config.json of an older version is compared in today's form (`upgrade_legacy`)."""
+        old = {"precision": "float32", **upgrade_legacy(self.read_config())}
+        cfg = {"precision": "float32", **upgrade_legacy(cfg)}
         diff = sorted(
             k
             for k in set(old) | set(cfg)

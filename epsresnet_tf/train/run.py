@@ -83,6 +83,12 @@ def register(subparsers):
                 action="store_true",
                 help="mixed_float16 compute (the gates stay float32)",
             ),
+            option(
+                "--precision",
+                help="compute precision: float32 (default), bf16 (mixed_bfloat16: fast on "
+                "CPUs with AVX512-BF16/AMX) or fp16 (mixed_float16, GPUs); the gates, their "
+                "monitors, the loss and the optimizer state stay float32",
+            ),
             option("--xla", action="store_true", help="compile the training step with XLA"),
             option(
                 "--deterministic",
@@ -122,6 +128,7 @@ def main(args):
         gpus=args.gpus,
         seed=args.seed,
         mixed_precision=True if args.mixed_precision else None,
+        precision=args.precision,
         xla=True if args.xla else None,
         deterministic=True if args.deterministic else None,
     )
