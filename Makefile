@@ -136,6 +136,9 @@ BENCH_ARGS ?=
 PEER_VENV ?= benchmarks/.venv-peer
 PEER_PY := $(PEER_VENV)/bin/python
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# seconds to wait for an idle CPU before measuring; more driver options (--rounds 9 ...)
+BENCH_WAIT ?= 300
+PEER_ARGS ?=
 
 # PyTorch's CPU wheels when their index answers (no CUDA libraries), else PyPI's torch.
 bench-peer: $(PEER_VENV)/.installed
@@ -160,7 +163,7 @@ bench-one: install
 
 # ours vs the peer, and the gate's overhead, interleaved (BENCHMARKS.md "## Training ...")
 bench-train: install bench-peer
-	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY)
+	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY) --quiet-wait $(BENCH_WAIT) $(PEER_ARGS)
 
 # the per-epoch work outside the steps (BENCHMARKS.md "## Per-epoch overhead")
 bench-epoch: install
@@ -175,12 +178,11 @@ bench-bf16: install
 	$(BIN)/python benchmarks/bench_bf16.py
 
 bench: install bench-peer
-	$(BIN)/python benchmarks/bench_train.py --header
-	$(BIN)/python benchmarks/bench_data.py
-	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY)
+	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY) --quiet-wait $(BENCH_WAIT) $(PEER_ARGS)
 	$(BIN)/python benchmarks/bench_epoch.py
-	@if [ -f benchmarks/bench_inference.py ]; then $(BIN)/python benchmarks/bench_inference.py; \
-	  else echo "bench: benchmarks/bench_inference.py not there yet; inference skipped"; fi
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_train.py --header
 
 # On a GPU machine: ResNet-110 CIFAR img/s (bf16/fp16 + XLA), ImageNet ResNet-152 step time
 # on synthetic data, the data pipeline with many workers. GPU_ARGS=--smoke: tiny sizes (CPU).
