@@ -63,7 +63,7 @@ def plan(args):
     for label, spec in OURS.items():
         if args.smoke and label.endswith("-20"):
             continue
-        ours[label] = dict(arch=arch, batch=batch, warmup=args.warmup, **spec)
+        ours[label] = {"arch": arch, "batch": batch, "warmup": args.warmup, **spec}
     peer = {}
     if not args.no_peer:
         for label, spec in PEER.items():
