@@ -428,9 +428,7 @@ def test_ratios_take_the_peers_best_per_precision_within_rounds():
     assert bench_peer.pipeline_consumption(res) == ("ours-bf16-20", 1500.0)
     text = bench_peer.training_body(res)
     assert "| float32 | ours-f32 | torch-f32 | 1.20× (1.20–1.20) | met |" in text
-    assert (
-        "| bf16 | ours-bf16 | torch-bf16-compile | 1.14× (1.14–1.14) | **not met** |" in text
-    )
+    assert "| bf16 | ours-bf16 | torch-bf16-compile | 1.14× (1.14–1.14) | **not met** |" in text
     assert "busy machine" not in text and "load during the rounds 0.50–0.60" in text
     gate = bench_peer.gate_body(res)
     assert "| float32 | +1.5% (+1.5–+1.5) | +2.0% (+2.0–+2.0) | met |" in gate
