@@ -121,23 +121,71 @@ report: install
 bench-inference: install
 	$(BIN)/python benchmarks/bench_inference.py
 
-# --- benchmarks (issue 6) ---
-# Training throughput (cifar-basic-20/56/110, gate none / eps / eps without monitor), the
-# speed levers, the data pipeline and (if its script exists) inference; rewrites only their
-# sections of BENCHMARKS.md. TORCH_PYTHON=/path/to/python (torch installed outside .venv)
-# adds the PyTorch reference. Takes about 25 minutes on 2 cores (it waits for an idle CPU).
-# The step timed is the one `epsresnet train` runs (benchmarks/trainstep.py). One
-# configuration per process: `make bench-one ARCH=cifar-basic-110 BENCH_ARGS="--gate eps"`
-# (= `benchmarks/bench_train.py --one ARCH ...`; `--one --help` lists the levers).
-.PHONY: bench bench-one
-TORCH_PYTHON ?=
+# --- benchmarks (issues 6, 15) ---
+# `make bench` (about 15-20 minutes on 2 cores; it waits for an idle CPU first) rewrites
+# BENCHMARKS.md: ours against PyTorch at float32 and bf16 (cifar-basic-110, batch 128,
+# interleaved rounds in one driver: benchmarks/bench_peer.py), the ε-gate's overhead, the
+# per-epoch overhead of the run's callbacks, the data pipeline against the bf16 model's
+# consumption, and inference full vs reduced. The step timed is the one `epsresnet train`
+# runs (benchmarks/trainstep.py). The peer is PyTorch in its own venv (bench-peer), never in
+# the package's dependencies. One configuration per process:
+# `make bench-one ARCH=cifar-basic-110 BENCH_ARGS="--gate eps --precision bf16"`.
+.PHONY: bench bench-one bench-peer bench-train bench-epoch bench-levers bench-bf16 bench-gpu
 ARCH    ?= cifar-basic-110
 BENCH_ARGS ?=
+PEER_VENV ?= benchmarks/.venv-peer
+PEER_PY := $(PEER_VENV)/bin/python
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# seconds to wait for an idle CPU before measuring; more driver options (--rounds 9 ...)
+BENCH_WAIT ?= 300
+PEER_ARGS ?=
+
+# PyTorch's CPU wheels when their index answers (no CUDA libraries), else PyPI's torch.
+bench-peer: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	$(PY) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q --upgrade pip
+	@if $(PEER_PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/', timeout=10)" \
+	    2>/dev/null; then \
+	  echo "bench-peer: torch from $(TORCH_INDEX)"; \
+	  $(PEER_VENV)/bin/pip install -q torch --index-url $(TORCH_INDEX); \
+	else \
+	  echo "bench-peer: $(TORCH_INDEX) unreachable; torch from the default index"; \
+	  $(PEER_VENV)/bin/pip install -q torch; \
+	fi
+	$(PEER_VENV)/bin/pip install -q numpy
+	$(PEER_PY) -c "import torch; print('bench-peer: torch', torch.__version__)"
+	@touch $@
 
 bench-one: install
 	$(BIN)/python benchmarks/bench_train.py --one $(ARCH) $(BENCH_ARGS)
 
-bench: install bench-data
-	@if [ -f benchmarks/bench_inference.py ]; then $(BIN)/python benchmarks/bench_inference.py; \
-	  else echo "bench: benchmarks/bench_inference.py not there yet; inference skipped"; fi
-	$(BIN)/python benchmarks/bench_train.py $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON))
+# ours vs the peer, and the gate's overhead, interleaved (BENCHMARKS.md "## Training ...")
+bench-train: install bench-peer
+	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY) --quiet-wait $(BENCH_WAIT) $(PEER_ARGS)
+
+# the per-epoch work outside the steps (BENCHMARKS.md "## Per-epoch overhead")
+bench-epoch: install
+	$(BIN)/python benchmarks/bench_epoch.py
+
+# the speed levers, one process each (BENCHMARKS.md "## Levers"; ~10 minutes)
+bench-levers: install
+	$(BIN)/python benchmarks/bench_train.py --levers
+
+# bf16 against float32 on the CIFAR subset: three short real runs (~30-60 minutes)
+bench-bf16: install
+	$(BIN)/python benchmarks/bench_bf16.py
+
+bench: install bench-peer
+	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY) --quiet-wait $(BENCH_WAIT) $(PEER_ARGS)
+	$(BIN)/python benchmarks/bench_epoch.py
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_train.py --header
+
+# On a GPU machine: ResNet-110 CIFAR img/s (bf16/fp16 + XLA), ImageNet ResNet-152 step time
+# on synthetic data, the data pipeline with many workers. GPU_ARGS=--smoke: tiny sizes (CPU).
+GPU_ARGS ?=
+bench-gpu: install
+	$(BIN)/python benchmarks/bench_gpu.py $(GPU_ARGS)

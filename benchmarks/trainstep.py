@@ -4,7 +4,7 @@ benchmarks/profile_train.py; outside the package, as timm keeps its benchmark.py
     python benchmarks/bench_train.py --one ARCH [--gate none|eps] [--no-monitor]
         [--recipe NAME] [--batch 128] [--steps N] [--warmup W] [--repeats R]
         [--loop fit|custom] [--jit | --no-jit] [--steps-per-execution K]
-        [--data-format F] [--mixed-precision] [--keras-bn]
+        [--data-format F] [--precision float32|bf16|fp16] [--keras-bn]
         [--intra-threads T] [--inter-threads T] [--json]
 
 What is timed is the step `epsresnet train` runs: `build_training_step` takes a resolved
@@ -37,12 +37,14 @@ start-up is not counted) and "custom" is a `tf.function` of our own calling the 
 """
 
 import functools
+import inspect
 import json
 import os
 import platform
 import statistics
 import time
 
+from epsresnet_tf.config import PRECISIONS
 from epsresnet_tf.errors import UserError
 
 #: The fastest combination measured on the 2-core CPU this project benchmarks on
@@ -90,6 +92,33 @@ def cpu_details():
     except AttributeError:
         cores = os.cpu_count() or 1
     return name, cores, (mhz / 1000.0 if mhz else None), vector_isa(flags)
+
+
+#: The /proc/cpuinfo flags that decide the kernels oneDNN picks (FP32 FMA width, bfloat16).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags():
+    """The flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_flags():
+    """The ISA_FLAGS this CPU has, in ISA_FLAGS order."""
+    flags = cpu_flags()
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def has_fast_bf16():
+    """AVX512-BF16 or AMX-BF16: oneDNN runs bfloat16 convolutions natively."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def peak_gflops(cores=None, ghz=None, flop_per_cycle=None):
@@ -212,13 +241,14 @@ def bench_config(
     epsilon=None,
     jit_compile=None,
     data_format=None,
-    mixed_precision=None,
+    precision=None,
     **overrides,
 ):
     """A resolved run config (`resolve_config`: the loop's defaults, i.e. cifar10-eps-110's,
     or recipe `recipe`'s) with the benchmark's settings applied; None leaves a value as
     the config has it. `jit_compile` is the config's `xla`, `data_format` goes into
-    `model_options`. UserError on mistakes."""
+    `model_options`, `precision` is the config's (float32, bf16, fp16). UserError on
+    mistakes."""
     from epsresnet_tf.config import resolve_config, validate_config
     from epsresnet_tf.gates import gate_choices
 
@@ -230,7 +260,7 @@ def bench_config(
         batch_size=batch,
         epsilon=epsilon,
         xla=None if jit_compile is None else bool(jit_compile),
-        mixed_precision=None if mixed_precision is None else bool(mixed_precision),
+        precision=precision,
         **overrides,
     )
     if recipe is not None:
@@ -266,7 +296,7 @@ def build_training_step(
     import keras
     import tensorflow as tf
 
-    from epsresnet_tf.config import validate_config
+    from epsresnet_tf.config import dtype_policy, validate_config
     from epsresnet_tf.train.model import TrainingModel, build_net
     from epsresnet_tf.train.optimizers import make_optimizer
 
@@ -287,9 +317,7 @@ def build_training_step(
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
     old = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if cfg["mixed_precision"] else "float32"
-    )
+    keras.mixed_precision.set_global_policy(dtype_policy(cfg))
     try:
         with strategy.scope():
             net = build_net(cfg, num_classes, image_shape)  # the loop's own network build
@@ -354,12 +382,10 @@ class StepTimer:
             self._setup_custom()
 
     @property
-    def mixed(self):
-        return self.model.net.dtype_policy.name == "mixed_float16" or any(
-            getattr(layer, "dtype_policy", None) is not None
-            and layer.dtype_policy.name == "mixed_float16"
-            for layer in self.model.net.layers
-        )
+    def compute_dtypes(self):
+        """The compute dtypes of the network's layers (a set: {"float32"}, or with
+        "bfloat16"/"float16" under a mixed policy)."""
+        return {layer.compute_dtype for layer in self.model.net.layers}
 
     # Keras fit, as `epsresnet train` drives the step ---------------------------------------
     def _run_fit(self, steps):
@@ -439,7 +465,7 @@ def _checked(run, steps):
         raise
 
 
-def _variant_config(v, *, recipe, batch, jit_compile, data_format, mixed_precision):
+def _variant_config(v, *, recipe, batch, jit_compile, data_format, precision):
     return bench_config(
         v.get("arch"),
         v.get("gate", "none"),
@@ -448,79 +474,89 @@ def _variant_config(v, *, recipe, batch, jit_compile, data_format, mixed_precisi
         epsilon=v.get("epsilon"),
         jit_compile=bool(v.get("jit_compile", jit_compile)),
         data_format=data_format,
-        mixed_precision=mixed_precision,
+        precision=v.get("precision", precision),
         **v.get("config", {}),
     )
 
 
-def measure_variants(
-    variants,
+def build_variant(
+    v,
     *,
     batch=128,
-    steps=15,
     warmup=3,
-    repeats=1,
     loop=None,
     jit_compile=None,
     steps_per_execution=None,
     data_format=None,
-    mixed_precision=False,
+    precision=None,
     input_shape=None,
     classes=None,
     fused_bn=True,
     recipe=None,
-    log=None,
 ):
-    """Time several variants of the training step in one process, interleaved round by
-    round (so slow drifts of a shared machine hit each alike). `variants` maps a label to
-    dict(arch=, gate=, monitor=) and optionally epsilon=, recipe=, config= (more config
-    overrides), loop=, jit_compile=, steps_per_execution= overriding the shared settings.
-    `input_shape`/`classes` default to the config's dataset's. Returns {label: result
-    dict}; img_s is the median over `repeats` rounds of `steps` timed steps, after
-    `warmup` untimed ones; img_s_runs has every round (the spread)."""
+    """One variant (see measure_variants) built and warmed up: dict(timer=StepTimer,
+    cfg=, stats=model_stats, opts=the loop settings, build_s=seconds)."""
     loop = loop or CPU_DEFAULTS["loop"]
     jit_compile = CPU_DEFAULTS["jit_compile"] if jit_compile is None else jit_compile
     spe = steps_per_execution or CPU_DEFAULTS["steps_per_execution"]
     data_format = data_format or CPU_DEFAULTS["data_format"]
-    if batch < 1 or steps < 1 or warmup < 0 or repeats < 1:
-        raise UserError("batch, steps and repeats must be >= 1 and warmup >= 0")
+    if batch < 1 or warmup < 0:
+        raise UserError("batch must be >= 1 and warmup >= 0")
     from epsresnet_tf.config import global_batch_size
     from epsresnet_tf.models.describe import model_stats
 
-    timers, stats, opts, cfgs = {}, {}, {}, {}
+    start = time.perf_counter()
+    cfg = _variant_config(
+        v,
+        recipe=recipe,
+        batch=batch,
+        jit_compile=jit_compile,
+        data_format=data_format,
+        precision=precision,
+    )
+    opts = dict(
+        loop=v.get("loop", loop),
+        jit_compile=bool(cfg["xla"]),
+        steps_per_execution=int(v.get("steps_per_execution", spe)),
+    )
+    model = build_training_step(
+        cfg,
+        num_classes=classes,
+        image_shape=input_shape,
+        monitor=v.get("monitor", True),
+        fused_bn=fused_bn,
+        steps_per_execution=opts["steps_per_execution"],
+    )
+    timer = StepTimer(model, global_batch_size(cfg, 1), loop=opts["loop"])
+    fit_extra = opts["steps_per_execution"] if opts["loop"] == "fit" else 0
+    _checked(timer.run, max(warmup, 1) + fit_extra)
+    return dict(
+        timer=timer,
+        cfg=cfg,
+        stats=model_stats(model.net),
+        opts=opts,
+        build_s=time.perf_counter() - start,
+    )
+
+
+def measure_variants(variants, *, steps=15, repeats=1, log=None, **shared):
+    """Time several variants of the training step in one process, interleaved round by
+    round (so slow drifts of a shared machine hit each alike). `variants` maps a label to
+    dict(arch=, gate=, monitor=) and optionally epsilon=, precision=, recipe=, config=
+    (more config overrides), loop=, jit_compile=, steps_per_execution= overriding the
+    shared settings (`build_variant`'s keywords: batch, warmup, loop, jit_compile,
+    steps_per_execution, data_format, precision, input_shape, classes, fused_bn, recipe;
+    `input_shape`/`classes` default to the config's dataset's). Returns {label: result
+    dict}; img_s is the median over `repeats` rounds of `steps` timed steps, after
+    `warmup` untimed ones; img_s_runs has every round (the spread)."""
+    if steps < 1 or repeats < 1:
+        raise UserError("steps and repeats must be >= 1")
+    built = {}
     for label, v in variants.items():
-        cfg = cfgs[label] = _variant_config(
-            v,
-            recipe=recipe,
-            batch=batch,
-            jit_compile=jit_compile,
-            data_format=data_format,
-            mixed_precision=mixed_precision,
-        )
-        opts[label] = dict(
-            loop=v.get("loop", loop),
-            jit_compile=bool(cfg["xla"]),
-            steps_per_execution=int(v.get("steps_per_execution", spe)),
-        )
-        model = build_training_step(
-            cfg,
-            num_classes=classes,
-            image_shape=input_shape,
-            monitor=v.get("monitor", True),
-            fused_bn=fused_bn,
-            steps_per_execution=opts[label]["steps_per_execution"],
-        )
-        stats[label] = model_stats(model.net)
-        global_batch = global_batch_size(cfg, 1)
-        timers[label] = StepTimer(model, global_batch, loop=opts[label]["loop"])
-        t = time.perf_counter()
-        o = opts[label]
-        _checked(
-            timers[label].run,
-            max(warmup, 1) + (o["steps_per_execution"] if o["loop"] == "fit" else 0),
-        )
+        built[label] = build_variant(v, **shared)
         if log:
-            log(f"{label}: built and warmed up in {time.perf_counter() - t:.1f} s")
+            log(f"{label}: built and warmed up in {built[label]['build_s']:.1f} s")
+    timers = {label: b["timer"] for label, b in built.items()}
     rates = {label: [] for label in variants}
     load_before = loadavg()
     for r in range(repeats):
@@ -530,45 +566,96 @@ def measure_variants(
             if log:
                 log(f"round {r + 1}/{repeats} {label}: {rates[label][-1]:.1f} img/s")
     load_after = loadavg()
-    peak = peak_gflops()
     out = {}
     for label, v in variants.items():
-        cfg, timer = cfgs[label], timers[label]
-        img_s = statistics.median(rates[label])
-        macs = stats[label]["macs"]
-        gflop_img = train_gflop_per_image(macs)
-        out[label] = {
+        out[label] = describe_variant(built[label], v, rates[label], steps, shared)
+        out[label].update(load_before=load_before, load_after=load_after)
+    return out
+
+
+def describe_variant(built, v, rates, steps, shared):
+    """The result dict of one built variant timed at `rates` img/s (one per round)."""
+    cfg, timer = built["cfg"], built["timer"]
+    img_s = statistics.median(rates)
+    macs = built["stats"]["macs"]
+    gflop_img = train_gflop_per_image(macs)
+    peak = peak_gflops()
+    return {
+        "arch": cfg["arch"],
+        "gate": cfg["gate"],
+        "monitor": bool(v.get("monitor", True)) if cfg["gate"] == "eps" else None,
+        "batch": timer.batch,
+        "steps": steps,
+        "warmup": shared.get("warmup", 3),
+        "repeats": len(rates),
+        **built["opts"],
+        "data_format": cfg["model_options"].get("data_format", "channels_last"),
+        "precision": cfg["precision"],
+        "fused_bn": bool(shared.get("fused_bn", True)),
+        "optimizer": cfg["optimizer"],
+        "side_head": bool(cfg["side_head"]),
+        "side_weight": cfg["side_weight"],
+        "weight_decay": cfg["weight_decay"],
+        "wd_decay_every": cfg["wd_decay_every"],
+        "epsilon": cfg["epsilon"],
+        "img_s": img_s,
+        "img_s_best": max(rates),
+        "img_s_runs": list(rates),
+        "step_ms": 1000.0 * timer.batch / img_s,
+        "macs": macs,
+        "train_gflop_per_img": gflop_img,
+        "gflop_s": img_s * gflop_img,
+        "peak_gflop_s": peak,
+        "peak_share": (img_s * gflop_img / peak) if peak else None,
+        "final_loss": timer.last_loss,
+    }
+
+
+# --- the worker of `make bench`'s driver (benchmarks/bench_peer.py) ----------------------
+
+
+def worker_handlers():
+    """The ops of benchmarks/workers.py's protocol over this process's built variants:
+    setup(name, spec) builds and warms up `build_variant(spec)` (spec: a variant dict
+    plus build_variant's keywords), time(name, steps) runs it."""
+    built = {}
+    keywords = set(inspect.signature(build_variant).parameters) - {"v"}
+
+    def setup(name, spec):
+        shared = {k: v for k, v in spec.items() if k in keywords}
+        if "input_shape" in shared:
+            shared["input_shape"] = tuple(shared["input_shape"])
+        variant = {k: v for k, v in spec.items() if k not in keywords}
+        built[name] = b = build_variant(variant, **shared)
+        cfg = b["cfg"]
+        return {
+            "build_s": b["build_s"],
+            "macs": b["stats"]["macs"],
+            "batch": b["timer"].batch,
             "arch": cfg["arch"],
             "gate": cfg["gate"],
-            "monitor": bool(v.get("monitor", True)) if cfg["gate"] == "eps" else None,
-            "batch": timer.batch,
-            "steps": steps,
-            "warmup": warmup,
-            "repeats": repeats,
-            **opts[label],
-            "data_format": cfg["model_options"].get("data_format", "channels_last"),
-            "mixed_precision": bool(cfg["mixed_precision"]),
-            "fused_bn": bool(fused_bn),
-            "optimizer": cfg["optimizer"],
-            "side_head": bool(cfg["side_head"]),
-            "side_weight": cfg["side_weight"],
-            "weight_decay": cfg["weight_decay"],
-            "wd_decay_every": cfg["wd_decay_every"],
-            "epsilon": cfg["epsilon"],
-            "img_s": img_s,
-            "img_s_best": max(rates[label]),
-            "img_s_runs": rates[label],
-            "step_ms": 1000.0 * timer.batch / img_s,
-            "macs": macs,
-            "train_gflop_per_img": gflop_img,
-            "gflop_s": img_s * gflop_img,
-            "peak_gflop_s": peak,
-            "peak_share": (img_s * gflop_img / peak) if peak else None,
-            "final_loss": timer.last_loss,
-            "load_before": load_before,
-            "load_after": load_after,
+            "precision": cfg["precision"],
+            "monitor": bool(variant.get("monitor", True)) if cfg["gate"] == "eps" else None,
+            "compute_dtypes": sorted(b["timer"].compute_dtypes),
         }
-    return out
+
+    def timed(name, steps):
+        timer = built[name]["timer"]
+        seconds, done = timer.run(int(steps))
+        return {"seconds": seconds, "steps": done, "loss": timer.last_loss}
+
+    def info():
+        return {"framework": "tensorflow", **versions()}
+
+    return {"info": info, "setup": setup, "time": timed}
+
+
+def serve_worker():
+    """`bench_train.py --worker`: serve the driver's protocol on stdin/stdout."""
+    import workers
+
+    workers.serve(worker_handlers())
+    return 0
 
 
 def measure(arch, gate="none", *, monitor=True, epsilon=None, **kwargs):
@@ -661,9 +748,11 @@ def one_parser(prog="bench_train.py --one"):
         help=f"conv layout (default {CPU_DEFAULTS['data_format']}; channels_first is for GPUs)",
     )
     p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="the config's mixed_precision (mixed_float16, loss scaling)",
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="float32",
+        help="the config's precision: float32, bf16 (mixed_bfloat16) or fp16 "
+        "(mixed_float16, loss scaling); default float32",
     )
     p.add_argument(
         "--keras-bn",
@@ -706,7 +795,7 @@ def run_one(args):
         jit_compile=args.jit,
         steps_per_execution=args.steps_per_execution,
         data_format=args.data_format,
-        mixed_precision=args.mixed_precision,
+        precision=args.precision,
         fused_bn=not args.keras_bn,
     )
     result.update(
@@ -730,7 +819,7 @@ def run_one(args):
         f"({result['step_ms']:.0f} ms/step), {result['gflop_s']:.1f} GFLOP/s{peak} "
         f"[loop={result['loop']} jit={result['jit_compile']} "
         f"spe={result['steps_per_execution']} {result['data_format']}"
-        + (" mixed_float16" if args.mixed_precision else "")
+        + f" {args.precision}"
         + (" keras-bn" if args.keras_bn else "")
         + "]"
     )

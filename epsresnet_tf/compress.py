@@ -671,6 +671,7 @@ def load_epoch(run, epoch):
     epochs and the setting to use when that checkpoint is gone."""
     import keras
 
+    from epsresnet_tf.config import dtype_policy
     from epsresnet_tf.models import build_model
 
     folder = run.folder
@@ -690,7 +691,7 @@ def load_epoch(run, epoch):
     cfg = run.config
     policy = keras.config.dtype_policy()
     try:  # the run's precision, as training set it
-        keras.config.set_dtype_policy("mixed_float16" if cfg.get("mixed_precision") else "float32")
+        keras.config.set_dtype_policy(dtype_policy(cfg))
         net = build_model(run.arch, side_head=cfg.get("side_head", True), **run.build_options)
     finally:
         keras.config.set_dtype_policy(policy)

@@ -14,6 +14,8 @@ see per step — is answered here, so that no other module recomputes it.
     parse_setting("KEY=VALUE") -> (key, value)        one `--set`: JSON, else a string
     with_base_lr(cfg, lr) -> cfg                      the lr schedules scaled to start at lr
     FUTURE_ONLY                                       keys a resumed run may change
+    upgrade_legacy(cfg) -> cfg                        older keys in today's form (mixed_precision)
+    dtype_policy(cfg) -> str                          the Keras dtype policy of the precision
     global_batch_size(cfg, replicas) -> int           images per step over all replicas
     per_device_batch(cfg, replicas=None) -> int       images per step on one device
     gate_batch(cfg) -> int                            images one ε-gate sees per step
@@ -73,7 +75,7 @@ DEFAULTS: Config = {
     "val_steps": None,  # None: the whole evaluation split; 0: no validation
     "top5": False,
     "seed": 0,
-    "mixed_precision": False,
+    "precision": "float32",  # one of PRECISIONS; "bf16"/"fp16" compute, float32 gates/state
     "xla": False,
     "gpus": 0,
     "histogram_every": 1,
@@ -148,7 +150,16 @@ SAVED_FALLBACKS: Config = {
     "gpus": 0,
     "mean": "train",
     "seed": 0,
+    "precision": "float32",
 }
+
+#: Compute precisions and their Keras dtype policies. Under the mixed policies the
+#: variables, the ε-gates' T and monitors, the loss and the optimizer state stay float32
+#: (layers.py, train/model.py); "fp16" is the GPU setting (loss scaling), "bf16" needs no
+#: loss scaling and is fast on CPUs with AVX512-BF16 or AMX (BENCHMARKS.md). float32 is the
+#: default for fidelity: the gate compares max |F| with ε, and a bfloat16 F carries about
+#: 3 significant digits (docs/PROFILE.md, "bfloat16").
+PRECISIONS = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 #: The optimizer names a config may give: "momentum"/"nesterov" are TF1's accumulator forms
 #: (the authors' `tf.train.MomentumOptimizer`, the default of every recipe), "keras-sgd"/
@@ -160,6 +171,8 @@ OPTIMIZERS = ("momentum", "nesterov", "keras-sgd", "keras-nesterov", "nadam")
 def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
     """Defaults ← recipe ← overrides (None values ignored), validated: UserError on mistakes
     (an override that is not a config key included: it is never silently ignored)."""
+    recipe = upgrade_legacy(recipe)
+    overrides = upgrade_legacy(overrides)
     unknown = set(recipe) - set(DEFAULTS) - set(RECIPE_KEYS)
     if unknown:
         raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
@@ -226,6 +239,32 @@ def with_base_lr(cfg: Mapping[str, Any], lr: float) -> Config:
     return out
 
 
+def upgrade_legacy(cfg: Mapping[str, Any]) -> Config:
+    """`cfg` (a copy) with the keys of older versions in today's form: the boolean
+    `mixed_precision` (true: mixed_float16) is `precision` "fp16", false the default
+    float32 — unless `precision` is given beside it, which a true one must agree with."""
+    out = dict(cfg)
+    if "mixed_precision" not in out:
+        return out
+    mixed = out.pop("mixed_precision")
+    if mixed is None or mixed is False:
+        return out
+    if out.get("precision") is None:  # absent, or an unset flag
+        out["precision"] = "fp16"
+    if out["precision"] != "fp16":
+        raise UserError(
+            f"mixed_precision: true (fp16) contradicts precision {out['precision']!r}; "
+            "give precision alone"
+        )
+    return out
+
+
+def dtype_policy(cfg: Mapping[str, Any]) -> str:
+    """The Keras dtype policy the config's precision trains and infers under (a config.json
+    of an older version: its mixed_precision)."""
+    return PRECISIONS[upgrade_legacy(cfg).get("precision", "float32")]
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """UserError (one line, naming the key) unless `cfg` is a config training can run."""
     from epsresnet_tf.models.registry import resolve
@@ -255,6 +294,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if cfg["optimizer"] not in OPTIMIZERS:
         raise UserError(
             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}"
+        )
+    if cfg.get("precision", "float32") not in PRECISIONS:
+        raise UserError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {cfg['precision']!r}"
         )
     if cfg["batch_per"] not in ("replica", "total"):
         raise UserError(f"batch_per must be 'replica' or 'total', got {cfg['batch_per']!r}")
@@ -416,7 +459,7 @@ def _check_gate_group(cfg: Mapping[str, Any], replicas: int) -> None:
 
 def saved_config(cfg: Mapping[str, Any]) -> Config:
     """A config read back from a run folder, its missing keys filled with SAVED_FALLBACKS
-    (a copy; `cfg` is not changed)."""
+    (a copy; `cfg` is not changed) and its older keys upgraded (`upgrade_legacy`)."""
     out = copy.deepcopy(SAVED_FALLBACKS)
-    out.update(cfg)
+    out.update(upgrade_legacy(cfg))
     return out

@@ -23,6 +23,7 @@ from epsresnet_tf.config import (
     FUTURE_ONLY,
     check_keys,
     resolve_config,
+    upgrade_legacy,
     validate_config,
     with_base_lr,
 )
@@ -125,7 +126,7 @@ UNNAMED_KEYS = FUTURE_ONLY | {
     "batch_size",
     "steps_per_epoch",
     "gpus",
-    "mixed_precision",
+    "precision",
     "xla",
     "deterministic",
     "init_from",  # named as `_from-<run>`
@@ -193,6 +194,7 @@ def resolve(
     (config.with_base_lr: the schedules scaled to start at it) and other overrides applied;
     an override that is not a config key is a UserError naming the nearest ones. The run
     name is run_name's, or the `name` override."""
+    overrides = upgrade_legacy(overrides)  # --mixed-precision is precision "fp16"
     check_keys(overrides)
     recipe = load(name_or_path)
     given = dict(recipe)  # the recipe as written: run_name compares the overrides with it

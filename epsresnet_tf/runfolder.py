@@ -59,7 +59,7 @@ from typing import Any, Iterator, Mapping, NoReturn, Sequence
 import numpy as np
 
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config
+from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config, upgrade_legacy
 from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -458,8 +458,10 @@ class RunFolder:
 
     def check_config(self, cfg: Mapping[str, Any]) -> None:
         """UserError unless config.json holds `cfg`, config.FUTURE_ONLY keys aside; the one
-        line names the differing keys and the way out. Reads only."""
-        old = self.read_config()
+        line names the differing keys and the way out. Reads only. A config.json of an
+        older version is compared in today's form (`upgrade_legacy`)."""
+        old = {"precision": "float32", **upgrade_legacy(self.read_config())}
+        cfg = {"precision": "float32", **upgrade_legacy(cfg)}
         diff = sorted(
             k for k in set(old) | set(cfg) if k not in FUTURE_ONLY and old.get(k) != cfg.get(k)
         )

@@ -4,8 +4,10 @@ Speeds are not asserted (they are benchmarks, not tests). What is asserted: the 
 step is the one `epsresnet train` runs (its losses and weights equal `run_training`'s on
 the same batch and initial weights, through the weight-decay staircase), the GFLOP
 arithmetic agrees with an independent MAC count, monitors off changes nothing but the
-monitors, the mixed-precision and XLA paths train to a finite loss on CPU, and the one-
-configuration command reports and refuses in one line.
+monitors, the fp16 and XLA paths train to a finite loss on CPU, the one-configuration
+command reports and refuses in one line; the driver's worker protocol (without torch),
+its smoke run and its ratios; the per-epoch overhead and GPU commands' smoke runs.
+(bf16's dtypes and the stored `--precision`: tests/test_precision.py.)
 """
 
 import json
@@ -293,10 +295,10 @@ def test_monitor_off_changes_nothing_but_the_monitors():
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
-def test_mixed_precision_and_xla_paths_train(loop):
+def test_fp16_and_xla_paths_train(loop):
     import keras
 
-    cfg = tiny_cfg(mixed_precision=True, jit_compile=True)
+    cfg = tiny_cfg(precision="fp16", jit_compile=True)
     model = trainstep.build_training_step(
         cfg, num_classes=10, image_shape=TINY, steps_per_execution=2
     )
@@ -304,7 +306,7 @@ def test_mixed_precision_and_xla_paths_train(loop):
     assert convs and all(layer.compute_dtype == "float16" for layer in convs)
     assert all(layer.kernel.dtype == "float32" for layer in convs)
     timer = trainstep.StepTimer(model, 8, loop=loop)
-    assert timer.mixed and timer.jit_compile and timer.spe == 2
+    assert "float16" in timer.compute_dtypes and timer.jit_compile and timer.spe == 2
     seconds, steps = timer.run(4)
     assert seconds > 0 and steps >= 2
     assert math.isfinite(timer.last_loss)
@@ -331,3 +333,190 @@ def test_interleaved_variants_report_each():
     assert res["quiet"]["monitor"] is False and res["eps"]["monitor"] is True
     assert res["none"]["monitor"] is None
     assert all(r["side_head"] and r["optimizer"] == "momentum" for r in res.values())
+
+
+# --- the driver's workers (benchmarks/workers.py), without torch -------------------------------
+
+STUB_WORKER = """
+import sys, time
+sys.path.insert(0, {here!r})
+import workers
+state = {{}}
+def setup(name, spec):
+    state[name] = spec["rate"]
+    print("noise on stdout must not reach the driver")
+    return {{"build_s": 0.0, "batch": 4}}
+def timed(name, steps):
+    return {{"seconds": steps / state[name], "steps": steps, "loss": 1.0}}
+workers.serve({{"info": lambda: {{"framework": "stub"}}, "setup": setup, "time": timed}})
+"""
+
+
+def test_worker_protocol_answers_errors_and_quits():
+    import workers
+
+    code = STUB_WORKER.format(here=str(BENCHMARKS))
+    w = workers.Worker("stub", [sys.executable, "-c", code])
+    try:
+        assert w.request("info") == {"framework": "stub"}
+        # two setups sent before either answer is read: both workers of a driver build at once
+        w.send("setup", name="a", spec={"rate": 2.0})
+        w.send("setup", name="b", spec={"rate": 4.0})
+        assert w.receive() == {"build_s": 0.0, "batch": 4} == w.receive()
+        assert w.request("time", name="b", steps=8) == {"seconds": 2.0, "steps": 8, "loss": 1.0}
+        with pytest.raises(workers.WorkerError, match="^stub: KeyError: 'c'$"):
+            w.request("time", name="c", steps=1)
+        with pytest.raises(workers.WorkerError, match="unknown op 'fly'"):
+            w.request("fly")
+        assert w.request("time", name="a", steps=2)["seconds"] == 1.0  # still serving
+    finally:
+        w.close()
+    assert w.proc.returncode == 0
+    dead = workers.Worker("dead", [sys.executable, "-c", "import sys; sys.exit('gone: 3')"])
+    with pytest.raises(workers.WorkerError, match="dead worker (died|has exited).*gone: 3"):
+        dead.request("info")
+    dead.close()
+
+
+def fake_results(rounds=5):
+    """bench_peer's results with made-up rates: ours 120 / 240, the peer 100 / 200 (eager)
+    and 90 / 210 (compiled), the gate 2% and 1% slower."""
+    import bench_peer
+
+    def v(who, precision, base):
+        runs = [base * (1 + 0.01 * (r - 2)) for r in range(rounds)]
+        return {"who": who, "precision": precision, "img_s_runs": runs, "img_s": base}
+
+    variants = {
+        "ours-f32": v("ours", "float32", 120.0),
+        "torch-f32": v("peer", "float32", 100.0),
+        "ours-bf16": v("ours", "bf16", 240.0),
+        "torch-bf16": v("peer", "bf16", 200.0),
+        "ours-f32-eps": v("ours", "float32", 120.0 / 1.02),
+        "torch-f32-compile": v("peer", "float32", 90.0),
+        "ours-bf16-eps": v("ours", "bf16", 240.0 / 1.01),
+        "torch-bf16-compile": v("peer", "bf16", 210.0),
+        "ours-f32-eps-quiet": v("ours", "float32", 120.0 / 1.015),
+        "ours-bf16-20": v("ours", "bf16", 1500.0),
+    }
+    return bench_peer, {
+        "date": "2026-01-01",
+        "machine": "a CPU",
+        "info": {
+            "ours": {"tensorflow": "2.x", "keras": "3.x"},
+            "peer": {"torch": "2.y", "threads": 2, "cpu_capability": "AVX512"},
+        },
+        "rounds": rounds,
+        "steps": 6,
+        "order": list(variants),
+        "loads": [[0.5, 0.6]] * rounds,
+        "variants": variants,
+    }
+
+
+def test_ratios_take_the_peers_best_per_precision_within_rounds():
+    bench_peer, res = fake_results()
+    assert bench_peer.peer_best(res, "float32") == "torch-f32"
+    assert bench_peer.peer_best(res, "bf16") == "torch-bf16-compile"
+    best, rs = bench_peer.ratios(res, "ours-f32", "float32")
+    assert best == "torch-f32" and rs == pytest.approx([1.2] * 5)
+    _, rs = bench_peer.ratios(res, "ours-bf16", "bf16")
+    assert rs == pytest.approx(
+        [240.0 * (1 + 0.01 * (r - 2)) / (210 * (1 + 0.01 * (r - 2))) for r in range(5)]
+    )
+    assert bench_peer.overhead(res, "ours-f32", "ours-f32-eps") == pytest.approx([2.0] * 5)
+    assert bench_peer.pipeline_consumption(res) == ("ours-bf16-20", 1500.0)
+    text = bench_peer.training_body(res)
+    assert "| float32 | ours-f32 | torch-f32 | 1.20× (1.20–1.20) | met |" in text
+    assert "| bf16 | ours-bf16 | torch-bf16-compile | 1.14× (1.14–1.14) | **not met** |" in text
+    assert "busy machine" not in text and "load during the rounds 0.50–0.60" in text
+    gate = bench_peer.gate_body(res)
+    assert "| float32 | +1.5% (+1.5–+1.5) | +2.0% (+2.0–+2.0) | met |" in gate
+    res["loads"][2] = [3.0, 2.5]
+    assert "busy machine" in bench_peer.training_body(res)
+
+
+def test_interleaving_alternates_ours_and_the_peers():
+    import bench_peer
+
+    assert bench_peer.interleaved(["a", "b", "c"], ["X"]) == ["a", "X", "b", "c"]
+    assert bench_peer.interleaved(["a"], ["X", "Y"]) == ["a", "X", "Y"]
+
+
+def test_driver_smoke_times_ours_in_a_worker_round():
+    """`bench_peer.py --smoke --no-peer`: our worker subprocess, tiny nets, one round."""
+    import bench_peer
+    import benchmd
+
+    assert bench_peer.main(["--smoke", "--no-peer", "--no-write"]) == 0
+    res = benchmd.load_results("peer-smoke")
+    assert res["rounds"] == 1 and res["info"]["ours"]["tensorflow"].startswith("2.")
+    assert set(res["variants"]) == {
+        "ours-f32",
+        "ours-bf16",
+        "ours-f32-eps",
+        "ours-bf16-eps",
+        "ours-f32-eps-quiet",
+    }
+    for v in res["variants"].values():
+        assert v["who"] == "ours" and len(v["img_s_runs"]) == 1 and v["img_s"] > 0
+        assert v["setup"]["arch"] == "cifar-basic-8" and v["setup"]["batch"] == 8
+        assert v["setup"]["precision"] == v["precision"]
+        assert ("bfloat16" in v["setup"]["compute_dtypes"]) == (v["precision"] == "bf16")
+    assert res["variants"]["ours-f32-eps-quiet"]["setup"]["monitor"] is False
+
+
+PEER_PYTHON = BENCHMARKS / ".venv-peer" / "bin" / "python"
+
+
+@pytest.mark.slow  # imports torch in a second interpreter: about a minute on 2 busy cores
+@pytest.mark.skipif(not PEER_PYTHON.exists(), reason="no benchmarks/.venv-peer (make bench-peer)")
+def test_peer_worker_trains_the_same_network_in_torch():
+    import workers
+
+    w = workers.Worker(
+        "peer", [str(PEER_PYTHON), str(BENCHMARKS / "bench_torch_reference.py"), "--worker"]
+    )
+    try:
+        assert w.request("info")["framework"] == "pytorch"
+        spec = dict(depth=8, batch=4, channels_last=True, bf16=True, warmup=1)
+        built = w.request("setup", name="t", spec=spec)
+        assert built["macs"] == cifar_basic_macs(8) and built["bf16"] is True
+        answer = w.request("time", name="t", steps=2)
+        assert answer["steps"] == 2 and answer["seconds"] > 0 and math.isfinite(answer["loss"])
+    finally:
+        w.close()
+
+
+# --- the per-epoch overhead and GPU commands ---------------------------------------------------
+
+
+def test_epoch_overhead_times_the_runs_own_callbacks(capsys):
+    import bench_epoch
+
+    class Args:
+        arch, epochs, batch, history, smoke = "cifar-basic-8", 2, 8, 2, True
+
+    res = bench_epoch.measure(Args(), log=lambda m: None)
+    for key in ("fresh", "late"):
+        r = res[key]
+        assert r["epochs"] == 1 and r["outside_s"] > 0 and r["step_s"] > 0
+        names = {k.split(".")[0] for k in r["hooks"]}
+        assert {"CheckpointCallback", "HistoryCallback", "MonitorCallback"} <= names
+    text = bench_epoch.body(res)
+    assert "| from epoch 0 |" in text and "| after 2 epochs of history |" in text
+
+
+def test_gpu_command_smoke_runs_on_cpu_and_refuses_without_gpu(capsys):
+    import bench_gpu
+    import benchmd
+
+    assert bench_gpu.main([]) == 2  # no GPU here: nothing measured, the section stays pending
+    assert "no GPU" in capsys.readouterr().out
+    assert bench_gpu.main(["--smoke"]) == 0
+    res = benchmd.load_results("gpu-smoke")
+    rows = {**res["cifar"], **res["imagenet"]}
+    assert len(rows) == 3 and all(r.get("img_s", 0) > 0 for r in rows.values()), rows
+    assert {r["precision"] for r in res["cifar"].values()} == {"bf16", "fp16"}
+    assert all(r["jit_compile"] for r in rows.values())
+    assert set(res["pipeline"]) == {"0", "1"} and all(v > 0 for v in res["pipeline"].values())

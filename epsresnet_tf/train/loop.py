@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from epsresnet_tf.config import global_batch_size, validate_config
+from epsresnet_tf.config import dtype_policy, global_batch_size, validate_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
 
@@ -181,9 +181,7 @@ class _TrainingRun:
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg["seed"])
-        keras.mixed_precision.set_global_policy(
-            "mixed_float16" if cfg["mixed_precision"] else "float32"
-        )
+        keras.mixed_precision.set_global_policy(dtype_policy(cfg))
         self.steps = epoch_steps(cfg, self.train_src, replicas)
         from epsresnet_tf.train.model import build_training_model
 

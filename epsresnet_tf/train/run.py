@@ -81,9 +81,15 @@ RUN_OPTIONS = [
     option("--gpus", help="0 (default): one device; N: MirroredStrategy over N GPUs"),
     option("--seed", help="random seed (weights and data order)"),
     option(
+        "--precision",
+        help="compute precision: float32 (default), bf16 (mixed_bfloat16: fast on "
+        "CPUs with AVX512-BF16/AMX) or fp16 (mixed_float16, GPUs); the gates, their "
+        "monitors, the loss and the optimizer state stay float32",
+    ),
+    option(
         "--mixed-precision",
         action="store_true",
-        help="mixed_float16 compute (the gates stay float32)",
+        help="the same as --precision fp16 (older flag)",
     ),
     option("--xla", action="store_true", help="compile the training step with XLA"),
     option(
@@ -150,6 +156,7 @@ NAMED_KEYS = (
     "seed",
     "weight_decay",
     "mixed_precision",
+    "precision",
     "xla",
     "deterministic",
     "init_from",
