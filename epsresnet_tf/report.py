@@ -1,7 +1,7 @@
 """`epsresnet report RUN_DIR…`: the paper's tables and figures from run folders.
 
 Reads per run: config.json, history.jsonl (one row per epoch), reduced/certificate.json
-(after `compress`), ablation/*.json (after `ablate`), tb/ kernel histograms (per epoch) or
+(after `compress`), ablation/*.json (after `ablate`), tb/train/ kernel histograms (per epoch) or
 model.keras (final kernels). Writes to --out (default RUN_DIR/report for one run):
 
   tables.md                      full vs reduced: error, blocks, layers, params, memory (Figs. 6–7)
@@ -342,46 +342,16 @@ def fig_groups(r, path):
 
 @per_run_figure("strip", when=lambda r: bool(r.rows and r.rows[-1].get("blocks")))
 def fig_strip(r, path):
+    """Paper Fig. 1's strip as TensorBoard shows it (train/dashboard.py draws both), with
+    the certificate's removals as a last column after `compress`."""
+    from epsresnet_tf.train.dashboard import draw_discard_strip, strip_grid
+
     plt = _plt()
-    ids = r.block_ids()
-    grid = np.array(
-        [
-            [row["blocks"].get(b, {}).get("discarded", np.nan) for b in ids]
-            for row in r.rows
-            if row.get("blocks")
-        ],
-        np.float32,
-    )
-    panels = 2 if r.certificate else 1
-    heights = [max(len(grid), 1), 1] if panels == 2 else [1]
-    fig, axes = plt.subplots(
-        panels,
-        1,
-        figsize=(max(6, 0.35 * len(ids)), 1.2 + 0.25 * len(grid)),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
-    )
-    ax = axes[0, 0]
-    ax.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax.set_ylabel("epoch")
-    ax.set_yticks(
-        range(len(grid)), [str(row["epoch"]) for row in r.rows if row.get("blocks")], fontsize=6
-    )
-    ax.set_title(f"{r.name}: discarded blocks (black = EMA of 1−T near 1)")
-    ax.set_xticks([])
-    if panels == 2:
-        gone = set(r.certificate["removed"])
-        ax = axes[1, 0]
-        ax.imshow(
-            [[0.0 if b in gone else 1.0 for b in ids]],
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        ax.set_yticks([0], ["certified"], fontsize=7)
-    axes[-1, 0].set_xticks(range(len(ids)), ids, rotation=90, fontsize=6)
+    ids, epochs, grid = strip_grid(r.rows, r.block_ids())
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.2 * max(len(ids), 4)))
+    removed = set(r.certificate["removed"]) if r.certificate else None
+    draw_discard_strip(fig, ax, ids, epochs, grid, removed)
+    ax.set_title(f"{r.name}: discarded blocks (ε = {r.epsilon:g})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -432,8 +402,9 @@ def fig_weight_collapse(r, path):
     fig, axes = plt.subplots(1, len(chosen), figsize=(5.5 * len(chosen), 4), squeeze=False)
     for ax, (bid, what) in zip(axes[0], chosen):
         series, tag = ({}, None)
-        if r.folder.tb.is_dir():
-            series, tag = _histogram_percentiles(r.folder.tb, bid)
+        tb = r.folder.tb_train if r.folder.tb_train.is_dir() else r.folder.tb  # earlier: tb/
+        if tb.is_dir():
+            series, tag = _histogram_percentiles(tb, bid)
         if series:
             steps = sorted(series)
             vals = np.array([series[s] for s in steps])

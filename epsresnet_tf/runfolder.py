@@ -6,7 +6,8 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
     runs/<name>/
       config.json          the resolved config (epsresnet_tf.config), written once
       history.jsonl        one JSON row per finished epoch
-      tb/                  TensorBoard events
+      tb/train/            TensorBoard events of training; tb/validation/ of evaluation
+                           (a run each, as Keras writes them; earlier runs: tb/ alone)
       train.lock           while `train` runs: its flock, naming its pid and host
       ckpt/epoch-00005.npz checkpoints: every variable + the JSON state of the loop
       ckpt/epoch-00005.json  its manifest (size, sha256), written after it: valid once there
@@ -64,6 +65,7 @@ PathLike = str | os.PathLike
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
 TENSORBOARD = "tb"
+TB_RUNS = ("train", "validation")  # TensorBoard runs inside tb/
 CHECKPOINTS = "ckpt"
 MODEL = "model.keras"
 REDUCED = "reduced"
@@ -337,15 +339,17 @@ class RunFolder:
     """`runs/<name>/`: paths, the writer's lock, config check, checkpoints."""
 
     KEEP = 2  # valid checkpoints kept (the newest and one before, in case the newest is bad)
-    #: Config keys that only say which checkpoints to keep: they do not change the training,
-    #: so a resume may change them (config.json is then updated).
-    RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every")
+    #: Config keys that only say which checkpoints to keep or how often TensorBoard gets
+    #: per-step scalars: they do not change the training, so a resume may change them
+    #: (config.json is then updated).
+    RETENTION_KEYS = ("keep_checkpoints_at", "keep_checkpoints_every", "summary_every_steps")
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
         self.config = self.root / CONFIG
         self.history = self.root / HISTORY
         self.tb = self.root / TENSORBOARD
+        self.tb_train, self.tb_validation = (self.tb / run for run in TB_RUNS)
         self.ckpt = self.root / CHECKPOINTS
         self.model = self.root / MODEL
         self.reduced = self.root / REDUCED
