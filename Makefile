@@ -85,8 +85,9 @@ train-list: install
 # a slow decay); docs/DASHBOARD.md says what each page shows.
 TB_PORT ?= 6006
 tensorboard: install
-	@echo "ε-ResNet dashboard: http://localhost:$(TB_PORT)/#custom_scalars&_smoothingWeight=0"
+	@echo "the dashboard:      http://localhost:$(TB_PORT)/#custom_scalars&_smoothingWeight=0"
 	@echo "all scalars:        http://localhost:$(TB_PORT)/#scalars&_smoothingWeight=0"
+	@echo "time series:        http://localhost:$(TB_PORT)/?smoothing=0#timeseries"
 	$(BIN)/tensorboard --logdir $(OUT) --port $(TB_PORT) --bind_all
 
 # The whole loop in one command, nothing to download (scikit-learn ships the 8x8 digits):

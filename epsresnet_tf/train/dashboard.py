@@ -161,8 +161,10 @@ def _groups_and_fields(tags):
 
 
 def config_markdown(cfg: dict) -> str:
-    """The config as a markdown JSON code block (TensorBoard's text plugin renders it)."""
-    return "```json\n" + json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n```"
+    """The config as a markdown JSON code block (TensorBoard's text plugin renders it), one
+    key a line: json.dumps's indent would spread each schedule over a dozen lines."""
+    lines = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in sorted(cfg.items())]
+    return "```json\n{\n" + ",\n".join(lines) + "\n}\n```"
 
 
 # --- paper Fig. 1's strip ----------------------------------------------------------------
