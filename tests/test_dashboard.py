@@ -217,3 +217,21 @@ def test_summary_every_steps_must_be_a_count():
     assert tiny()["summary_every_steps"] == 50
     with pytest.raises(UserError, match="^summary_every_steps must be an integer >= 0"):
         tiny(summary_every_steps=-1)
+
+
+def test_a_resumed_run_goes_on_counting_steps_and_epochs(tmp_path):
+    import keras
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    cfg = tiny(epochs=2, summary_every_steps=EVERY)
+    sources = (Synthetic(num_batches=STEPS), None)
+    first = [StopAfterFirstEpoch()]
+    run_training(cfg, tmp_path / "r", sources=sources, verbose=0, extra_callbacks=first)
+    run_training(cfg, tmp_path / "r", sources=sources, verbose=0)  # resumes after epoch 1
+    train = _accumulator(RunFolder(tmp_path / "r").tb_train)
+    assert [s for s, _ in _values(train, "steps/lr")] == [3, 6, 9]
+    assert [s for s, _ in _values(train, "discarding/count")] == [1, 2]
+    assert [s for s, _ in _values(train, D.CONFIG_TAG)] == [0, 1]  # each start, at its epoch

@@ -201,9 +201,13 @@ def draw_discard_strip(fig, ax, ids, epochs, grid, removed=None):
     image = ax.imshow(shown, extent=(left, right, rows - 0.5, -0.5), **style)
     every = max(1, math.ceil(len(ids) / 60))  # at most 60 labels: ResNet-1001 has 333 blocks
     ax.set_yticks(range(0, len(ids), every), ids[::every], fontsize=7 if every == 1 else 6)
-    for i in range(1, len(ids)):
-        if parse_block_id(ids[i])[0] != parse_block_id(ids[i - 1])[0]:
-            ax.axhline(i - 0.5, color="white", linewidth=2)
+    groups_end = [
+        i - 0.5
+        for i in range(1, len(ids))
+        if parse_block_id(ids[i])[0] != parse_block_id(ids[i - 1])[0]
+    ]
+    for y in groups_end:
+        ax.axhline(y, color="white", linewidth=2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     divider = make_axes_locatable(ax)
@@ -213,6 +217,8 @@ def draw_discard_strip(fig, ax, ids, epochs, grid, removed=None):
         column.imshow(verdict, extent=(-0.5, 0.5, rows - 0.5, -0.5), **style)
         column.set_xticks([0], ["removed\n(cert.)"], fontsize=6)
         column.tick_params(labelleft=False, left=False)
+        for y in groups_end:
+            column.axhline(y, color="white", linewidth=2)
     bar = fig.colorbar(image, cax=divider.append_axes("right", size=0.12, pad=0.1))
     bar.set_ticks([0, 0.5, 1], labels=["0 kept", "0.5", "1 discarded"], fontsize=7)
     bar.set_label("EMA of 1 − T", fontsize=8)
