@@ -79,6 +79,10 @@ DEFAULTS: Config = {
     "xla": False,
     "gpus": 0,
     "histogram_every": 1,
+    # TensorBoard's steps/ scalars every N steps (0: off): 50 gives ~8 points in a CIFAR
+    # epoch (391 steps) and 100 in an ImageNet one, enough to see the discarded count move
+    # within an epoch, for ~1 MB of events over 300 CIFAR epochs (docs/DASHBOARD.md)
+    "summary_every_steps": 50,
     "data_workers": 0,
     "mean": "train+test",  # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
     # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
@@ -105,6 +109,7 @@ FUTURE_ONLY = frozenset(
         "epochs",
         "val_steps",
         "histogram_every",
+        "summary_every_steps",
         "keep_checkpoints_at",
         "keep_checkpoints_every",
         "data_workers",
@@ -316,6 +321,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         PiecewiseSchedule(cfg["adaptive_schedule"])
     epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
     _check_retention(cfg)
+    every = cfg.get("summary_every_steps", 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise UserError(f"summary_every_steps must be an integer >= 0 (0: off), got {every!r}")
 
 
 #: Numeric keys that must be finite numbers: NaN passes every `< 0` check and ±inf trains

@@ -1,7 +1,7 @@
 """`epsresnet report RUN_DIR…`: the paper's tables and figures from run folders.
 
 Reads per run: config.json, history.jsonl (one row per epoch), reduced/certificate.json
-(after `compress`), ablation/*.json (after `ablate`), tb/ kernel histograms (per epoch) or
+(after `compress`), ablation/*.json (after `ablate`), tb/train/ kernel histograms (per epoch) or
 model.keras (final kernels). Paths that are not run folders (`runs/report` in `runs/*`) are
 skipped with one line. Writes to --out (default: RUN_DIR/report for one run, the runs'
 common parent's report/ for several):
@@ -478,17 +478,14 @@ def _label_blocks(ax, ids):
 @per_run_figure("strip", when=lambda r: bool(r.rows and r.rows[-1].get("blocks")))
 def fig_strip(r, path):
     """Which blocks were discarded, epoch by epoch (paper Fig. 1's strip), and the blocks the
-    certificate removed."""
+    certificate removed: drawn as TensorBoard shows it (train/dashboard.py draws both)."""
+    from epsresnet_tf.train.dashboard import draw_discard_strip, strip_grid
+
     plt = _plt()
-    ids = r.block_ids()
-    rows = [row for row in r.rows if row.get("blocks")]
-    grid = np.array(
-        [[row["blocks"].get(b, {}).get("discarded", np.nan) for row in rows] for b in ids],
-        np.float32,
-    )  # blocks × epochs
-    epochs = [row["epoch"] for row in rows]
-    panels = 2 if r.certificate else 1
+    ids, epochs, grid = strip_grid(r.rows, r.block_ids())
     height = min(max(1.3 + 0.14 * len(ids), 2.2), 7.0)
+    removed = set(r.certificate["removed"]) if r.certificate else None
+    panels = 1 if removed is None else 2
     fig, axes = plt.subplots(
         1,
         panels,
@@ -497,27 +494,14 @@ def fig_strip(r, path):
         squeeze=False,
         width_ratios=[max(len(epochs), 1), max(len(epochs) / 12, 0.8)][:panels],
     )
-    ax = axes[0, 0]
-    extent = (epochs[0] - 0.5, epochs[-1] + 0.5, len(ids) - 0.5, -0.5)
-    image = ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, aspect="auto", extent=extent)
-    ax.set_xlabel("epoch")
-    _integer_ticks(ax.xaxis)
-    _label_blocks(ax, ids)
-    if panels == 2:
-        gone = set(r.certificate["removed"])
-        cert = axes[0, 1]
-        cert.imshow([[float(b in gone)] for b in ids], cmap="gray_r", vmin=0, vmax=1, aspect="auto")
-        cert.set_xticks([0], ["cert."])
-        cert.tick_params(left=False)
-    bar = fig.colorbar(image, ax=axes[0, :], location="top", shrink=0.6, aspect=25, pad=0.02)
-    bar.set_label("discarded average (EMA of 1−T)")
-    bar.set_ticks([0, 0.5, 1], labels=["0 kept", "0.5", "1 discarded"])
+    cert_ax = axes[0, 1] if removed is not None else None
+    draw_discard_strip(fig, axes[0, 0], ids, epochs, grid, removed, cert_ax, bar_on_top=True)
     fig.suptitle(run_title(r, "discarded blocks, epoch by epoch"))
     caption = (
-        f"Run {r.root}: for each block (rows, network order) and epoch (columns), the moving "
-        "average of its discarded indicator at the epoch's end (ε-gate: 1 − T): black = "
-        "discarded, white = kept"
-        + ("; right column: the blocks the certificate removed" if panels == 2 else "")
+        f"Run {r.root}: for each block (rows, network order, groups separated) and epoch "
+        "(columns), the moving average of its discarded indicator at the epoch's end "
+        "(ε-gate: 1 − T): black = discarded, light blue = kept"
+        + ("; right column: the blocks the certificate removed" if removed is not None else "")
         + " (paper Fig. 1's strip)."
     )
     return save_figure(fig, path, caption)
@@ -662,7 +646,8 @@ def _collapse_panel(ax, r, bid, what):
     """One block's kernel against epoch (bands; its discarded epochs shaded when it went
     after the first histogram), titled with how its spread changed; a Collapse (empty for a
     kept block), or None without histograms (the final kernels are drawn then)."""
-    series, tag = _histogram_percentiles(r.folder.tb, bid) if r.folder.tb.is_dir() else ({}, None)
+    tb = r.folder.tb_train if r.folder.tb_train.is_dir() else r.folder.tb  # earlier runs: tb/
+    series, tag = _histogram_percentiles(tb, bid) if tb.is_dir() else ({}, None)
     if not series:
         _final_kernels(ax, r, bid)
         ax.set_title(f"{bid}, {what}: final kernels", loc="left")

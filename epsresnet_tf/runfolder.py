@@ -10,7 +10,8 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
       data.json            the dataset folder training read (not config: where the data
                            lies is not what the run computes); compress/evaluate reuse it
       history.jsonl        one JSON row per finished epoch
-      tb/                  TensorBoard events
+      tb/train/            TensorBoard events of training; tb/validation/ of evaluation
+                           (a run each, as Keras writes them; earlier runs: tb/ alone)
       train.lock           while `train` runs: its flock, naming its pid and host
       ckpt/epoch-00005.npz checkpoints: every variable + the JSON state of the loop
       ckpt/epoch-00005.json  its manifest (size, sha256), written after it: valid once there
@@ -72,6 +73,7 @@ CHANGES = "changes.jsonl"
 DATA = "data.json"
 HISTORY = "history.jsonl"
 TENSORBOARD = "tb"
+TB_RUNS = ("train", "validation")  # TensorBoard runs inside tb/
 CHECKPOINTS = "ckpt"
 MODEL = "model.keras"
 REDUCED = "reduced"
@@ -353,6 +355,7 @@ class RunFolder:
         self.data = self.root / DATA
         self.history = self.root / HISTORY
         self.tb = self.root / TENSORBOARD
+        self.tb_train, self.tb_validation = (self.tb / run for run in TB_RUNS)
         self.ckpt = self.root / CHECKPOINTS
         self.model = self.root / MODEL
         self.reduced = self.root / REDUCED

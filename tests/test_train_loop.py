@@ -95,8 +95,8 @@ def test_history_one_row_per_epoch_with_monitors(cifar_run):
 
 def test_tensorboard_holds_scalars_blocks_histograms_strip(cifar_run):
     _, run_dir, _ = cifar_run
-    events, tags = read_events(run_dir / "tb")
-    ratio = events["discarded_ratio"]
+    events, tags = read_events(run_dir / "tb" / "train")
+    ratio = events["discarding/ratio"]
     assert [e.step for e in ratio] == [1, 2]
     values = [
         float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in ratio
@@ -104,17 +104,19 @@ def test_tensorboard_holds_scalars_blocks_histograms_strip(cifar_run):
     expected = float(tensorpack_ema([6] * STEPS, start_step=STEPS)[-1])
     assert values[0] == 0.0 and values[1] == pytest.approx(expected / 6, rel=1e-6)
     for tag in (
-        "lr",
-        "epsilon",
-        "val_error",
+        "schedule/lr",
+        "schedule/epsilon",
+        "metrics/error",
         "group2/block1/discarded",
-        "discarded_count",
-        "discarded_ratio_authors",
+        "discarding/count",
+        "discarding/ratio_authors",
         "group0/block0/response_max",
         "group1/block0/conv1_kernel",
         "discarded_blocks",
     ):
         assert tag in events, tag
+    validation, _ = read_events(run_dir / "tb" / "validation")
+    assert "metrics/error" in validation  # the same tag as training's, in its own run
 
 
 def test_final_model_reloads_and_predicts(cifar_run):

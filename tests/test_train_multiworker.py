@@ -94,7 +94,7 @@ def test_two_workers_on_localhost_agree_with_single_device(tmp_path):
     rows = [json.loads(ln) for ln in run.history.read_text().splitlines()]
     assert rows == w0["history"]
     assert [p.name for p in run.checkpoints()] == ["epoch-00002.npz", "epoch-00003.npz"]
-    assert run.model.is_file() and list(run.tb.glob("events.out.tfevents.*"))
+    assert run.model.is_file() and list(run.tb_train.glob("events.out.tfevents.*"))
     assert not list(run.root.rglob(".*tmp*"))
     assert not list((tmp_path / "tmp1").glob("epsresnet-worker-*"))
 

@@ -10,7 +10,6 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from epsresnet_tf.gates import read_hyper, set_hyper
 from epsresnet_tf.layers import gate_layers
@@ -166,44 +165,6 @@ class HistoryCallback(keras.callbacks.Callback):
         if self.state.nan or not self.state.rows:
             return
         self.write(self.state.rows)
-
-
-class TensorBoardCallback(keras.callbacks.Callback):
-    """Scalars (lr, ε, losses, errors, discarded count and ratio, per-block EMAs and
-    responses), per-block kernel histograms every `histogram_every` epochs, and the discard
-    strip image, via tf.summary; step = finished epochs."""
-
-    def __init__(self, logdir, state: RunState, histogram_every=1):
-        super().__init__()
-        self.logdir, self.state, self.histogram_every = logdir, state, histogram_every
-        self.writer = None
-
-    def on_train_begin(self, logs=None):
-        self.writer = tf.summary.create_file_writer(self.logdir)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.state.nan or not self.state.rows:
-            return
-        row = self.state.rows[-1]
-        step = row["epoch"]
-        with self.writer.as_default(step=step):
-            for key, value in row.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(key, value)
-            for bid, entry in row["blocks"].items():
-                for key, value in entry.items():
-                    tf.summary.scalar(f"{bid}/{key}", value)
-            if self.histogram_every and step % self.histogram_every == 0:
-                for bid, kernels in monitor.block_kernels(self.model.net).items():
-                    for name, var in kernels:
-                        tf.summary.histogram(f"{bid}/{name}", var.numpy())
-            strip = monitor.discard_strip(self.state.rows)
-            tf.summary.image("discarded_blocks", strip[None], max_outputs=1)
-        self.writer.flush()
-
-    def on_train_end(self, logs=None):
-        if self.writer is not None:
-            self.writer.close()
 
 
 class CheckpointCallback(keras.callbacks.Callback):

@@ -275,6 +275,7 @@ class _TrainingRun:
         from epsresnet_tf.gates import get_gate
         from epsresnet_tf.models.registry import authors_block_count
         from epsresnet_tf.train import callbacks as C
+        from epsresnet_tf.train.dashboard import TensorBoardCallback
         from epsresnet_tf.train.progress import ProgressCallback
         from epsresnet_tf.train.schedules import FixedSchedule, ScheduledSetter
 
@@ -304,7 +305,9 @@ class _TrainingRun:
             ),
             C.MonitorCallback(state, authors_block_count(cfg["arch"])),
             C.HistoryCallback(self.folder.write_history, state),
-            C.TensorBoardCallback(str(self.folder.tb), state, cfg["histogram_every"]),
+            TensorBoardCallback(
+                self.folder.tb_train, self.folder.tb_validation, state, cfg, self.lr_sched
+            ),
             C.CheckpointCallback(self.save, state),
             *console,
             *extra,

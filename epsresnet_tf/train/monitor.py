@@ -3,11 +3,8 @@
 The gates keep their own statistics inside the graph (every gate `discarded_ema`; the
 other fields are its kind's `GateKind.monitor`: ε: `gate_value`, `response_max`,
 `response_mean`; k: k), updated on every training step by the step itself. Nothing here runs per step: `gate_snapshot` reads
-those variables once per epoch and `discard_strip` draws paper Fig. 1's strip from the
-per-epoch history.
+those variables once per epoch (paper Fig. 1's strip of them is `train/dashboard.py`'s).
 """
-
-import numpy as np
 
 from epsresnet_tf.gates import kind_of, to_float
 from epsresnet_tf.layers import gate_layers
@@ -52,15 +49,3 @@ def block_kernels(net):
             bid = block_of_layer_name(path)
             out.setdefault(bid, []).append((parts[2].replace("/", "_"), v))
     return out
-
-
-def discard_strip(rows, cell=4):
-    """Paper Fig. 1's strip as a uint8 image (H, W, 1): one column per block, one row per
-    epoch (latest at the bottom); black = discarded (EMA of 1-T near 1), white = kept."""
-    if not rows or not rows[0].get("blocks"):
-        return np.zeros((cell, cell, 1), np.uint8)
-    ids = list(rows[0]["blocks"])
-    grid = np.array([[r["blocks"][b]["discarded"] for b in ids] for r in rows], np.float32)
-    img = (255 * (1.0 - np.clip(grid, 0, 1))).astype(np.uint8)
-    img = np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)
-    return img[:, :, None]
