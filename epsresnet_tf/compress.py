@@ -35,9 +35,10 @@ so dropping it changes no activation. Kept blocks follow `gates`:
 and reports the test error of each and the blocks only one rule removes.
 
 The exports (epsresnet_tf/exports.py) are the exported rule's net in Keras's own layers:
-reduced.keras loads with `keras.models.load_model` in a Python without this package (unless
-kept ε-gates remain: certificate.json's "exports" says), the SavedModel with TensorFlow
-alone, and with `tflite` a TFLite flatbuffer checked for the same top-1 on the check data.
+reduced.keras loads with `keras.models.load_model` in a Python without this package
+(certificate.json's "exports" names any layer left that needs other code), the SavedModel
+with TensorFlow alone, and with `tflite` a TFLite flatbuffer checked for the same top-1 on
+the check data.
 """
 
 import dataclasses
@@ -609,7 +610,8 @@ def _write_outputs(out_dir, net, doc, tflite=False, check_data=()):
         doc["exports"] = {
             "keras": REDUCED_MODEL,
             "saved_model": SAVED_MODEL,
-            # Standard Keras layers only: loads without epsresnet_tf (kept ε-gates do not).
+            # Keras's own layers and ops: loads without epsresnet_tf. A gate kind registered
+            # from outside the package keeps its layer, and then needs that code.
             "keras_standalone": not custom,
             "custom_layers": custom,
             "tflite": None,
@@ -1022,7 +1024,7 @@ def register(subparsers):
         "without them, check identical predictions on the test set and export "
         "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json} (reduced.tflite "
         "with --tflite). reduced.keras holds standard Keras layers only: "
-        "keras.models.load_model reads it without epsresnet_tf (unless kept ε-gates remain).",
+        "keras.models.load_model reads it without epsresnet_tf.",
         func=_cli,
         options=[
             option("run_dir", help="run folder written by `epsresnet train`"),

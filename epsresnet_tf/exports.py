@@ -1,30 +1,33 @@
 """Exports anyone can load: the reduced net in Keras's own layers, its SavedModel and TFLite.
 
-    standard_net(net) -> (keras.Model, [custom layer classes left])
-        the same function in standard Keras layers only, so `keras.models.load_model`
+    standard_net(net, dtype=None) -> (keras.Model, [custom layer classes left])
+        the same function in standard Keras layers and ops only, so `keras.models.load_model`
         reads the `.keras` file in a Python that never imports epsresnet_tf
-    custom_layers(net) -> ["EpsilonGate", ...]: layer classes Keras alone cannot load
-    write_tflite(saved_model_dir, path) -> bytes written
-    check_tflite(path, net, data) -> agreement of the TFLite interpreter with `net`
+    custom_layers(net) -> [class names]: layer classes Keras alone cannot load
+    write_tflite(net, path, saved_model=None) -> bytes written
+    check_tflite(path, net, images) -> agreement of the TFLite interpreter with `net`
 
-What changes (inference only, so every replacement computes the same numbers):
+What changes (inference only; each replacement computes the same numbers, bit for bit):
   FusedBatchNormalization -> BatchNormalization: the fused kernel and the ghost groups are
       training-time paths; inference is Keras's own BatchNormalization call (same epsilon,
-      momentum, gamma, beta and moving statistics), so outputs are bit-identical.
+      momentum, gamma, beta and moving statistics).
   PoolPadShortcut -> AveragePooling2D, then the channel zero-pad as Reshape(+1 axis) ->
       ZeroPadding3D -> Reshape: pure data movement, exact (a 1x1 conv with 0/1 weights
       would round under TF32 on GPUs).
   ResidualGate (a kept k-gate) -> Rescaling(g(k)) + Add: g(k) = relu(k) is a constant at
       inference, and Rescaling multiplies by it as the gate did.
   SigmoidShortcutGate -> Conv2D(sigmoid) + Rescaling(-1, offset 1) + Multiply + Add.
+  EpsilonGate (kept: `--gates keep`, or "auto" where a kept gate was not open on every
+      certified batch) -> Keras ops (max, min, relu, multiply: nodes Keras serialises in a
+      functional graph, no Lambda): T still decides from each batch (batch scope), image
+      (sample scope) or group of images (`gate_group`), as the gated net does.
   A shared stage kernel (ShaResNet) stays one Conv2D called by several units: a standard
       layer, loaded as such, and the export keeps ShaResNet's parameter saving (duplicating
       it per unit would only be needed to fold unit-wise factors, which the Rescaling of a
       kept k-gate makes unnecessary).
-An ε-gate kept in the reduced net (`--gates keep`, or "auto" where a kept gate was not
-open on every certified batch) decides from its input at every call, and the batch-scope
-gate reduces over the batch axis, which no Keras layer does: it stays, and such a `.keras`
-needs epsresnet_tf (`custom_layers` names it; certificate.json records it).
+A layer this module does not know (a gate kind registered from outside the package) stays
+as it is; `custom_layers` names it and certificate.json records that the `.keras` then
+needs the code that registered it.
 """
 
 import tempfile
@@ -44,6 +47,18 @@ def custom_layers(net: Any) -> list[str]:
     )
 
 
+def _replaced():
+    from epsresnet_tf import layers as L
+
+    return (L.PoolPadShortcut, L.ResidualGate, L.SigmoidShortcutGate)
+
+
+def _is_eps(layer):
+    from epsresnet_tf import layers as L
+
+    return isinstance(layer, L.EpsilonGate)
+
+
 def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
     """`net` rebuilt in Keras's own layers (module docstring), weights copied: (the
     standard net, the custom layer classes that had to stay). `dtype`: a dtype policy for
@@ -54,7 +69,7 @@ def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
     from epsresnet_tf import layers as L
 
     def clone(layer):
-        if isinstance(layer, (L.PoolPadShortcut, L.ResidualGate, L.SigmoidShortcutGate)):
+        if isinstance(layer, _replaced()) or _is_eps(layer):
             return layer  # replaced by standard layers where it is called (`call`)
         config = layer.get_config()
         if dtype is not None:
@@ -72,6 +87,8 @@ def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
             return _scaled_merge(layer, policy, *args[0])
         if isinstance(layer, L.SigmoidShortcutGate):
             return _sigmoid_gate(layer, policy, *args[0])
+        if _is_eps(layer):
+            return _eps_gate(layer, args[0])
         return layer(*args, **kwargs)
 
     out = keras.models.clone_model(net, clone_function=clone, call_function=call)
@@ -150,6 +167,53 @@ def _sigmoid_gate(layer, policy, residual, shortcut):
     if layer.mode == "exclusive":
         residual = keras.layers.Multiply(name=layer.name + "_residual", **kw)([g, residual])
     return keras.layers.Add(name=layer.name, **kw)([residual, kept])
+
+
+def _eps_gate(layer, residual):
+    """A kept ε-gate, S(F) = T·F (docs/semantics.md §1), in Keras ops (serialised by Keras
+    as nodes of the functional graph, no custom objects): T from max |F| over the batch
+    (batch scope), each image (sample scope) or each group of `group_size` consecutive
+    images (`_group_peaks`), ε and L as float32 constants, the same arithmetic in the same
+    order as `EpsilonGate.threshold`; T = 1 multiplies exactly."""
+    from keras import ops
+
+    f = ops.cast(residual, "float32")
+    axes = None if layer.scope == "batch" and not layer.grouped else tuple(range(1, f.ndim))
+    keep = axes is not None
+    peak = ops.maximum(
+        ops.max(f, axis=axes, keepdims=keep), ops.negative(ops.min(f, axis=axes, keepdims=keep))
+    )
+    if layer.grouped:
+        peak, spread = _group_peaks(peak, layer.group_size)
+    epsilon = float(np.float32(np.asarray(layer.epsilon)))  # float32 values, as Python floats
+    sharpness = float(np.float32(layer.sharpness))
+    s = ops.relu(ops.subtract(peak, epsilon))
+    t = ops.relu(
+        ops.subtract(
+            1.0, ops.multiply(sharpness, ops.relu(ops.subtract(1.0, ops.multiply(sharpness, s))))
+        )
+    )
+    if layer.grouped:
+        t = spread(t)
+    return ops.multiply(ops.cast(t, residual.dtype), residual)
+
+
+def _group_peaks(per_image, group_size):
+    """(max over each group of `group_size` consecutive images of the per-image peaks
+    (N, 1, …), a function giving each image its group's value back). Group ids are counted
+    within the graph (a cumulative sum of ones), so a partial last group needs no batch size
+    known when the graph is built; the max of a group is the layer's (zero padding cannot
+    raise a max of values >= 0)."""
+    from keras import ops
+
+    flat = ops.reshape(per_image, (-1,))
+    ids = ops.floor_divide(ops.cumsum(ops.ones_like(flat, dtype="int32")) - 1, group_size)
+    peaks = ops.segment_max(flat, ids)  # unsorted: a TFLite builtin, the sorted one is not
+
+    def spread(per_group):
+        return ops.reshape(ops.take(per_group, ids), (-1,) + (1,) * (per_image.ndim - 1))
+
+    return peaks, spread
 
 
 # --- TFLite ----------------------------------------------------------------------------

@@ -91,27 +91,30 @@ import keras, numpy as np, tensorflow as tf
 from pathlib import Path
 
 for folder in map(Path, json.loads(sys.argv[1])):
-    x = np.load(folder / "x.npy")
     net = keras.models.load_model(folder / "reduced.keras")
-    np.save(folder / "keras.npy", np.asarray(net(x, training=False)))
     served = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
     (name,) = served.structured_input_signature[1]
-    (out,) = served(**{name: tf.constant(x)}).values()
-    np.save(folder / "saved.npy", out.numpy())
     lite = tf.lite.Interpreter(model_path=str(folder / "reduced.tflite"))
     inp, res = lite.get_input_details()[0], lite.get_output_details()[0]
-    lite.resize_tensor_input(inp["index"], x.shape)
-    lite.allocate_tensors()
-    lite.set_tensor(inp["index"], x)
-    lite.invoke()
-    np.save(folder / "tflite.npy", lite.get_tensor(res["index"]))
+    out = {}
+    for key, x in np.load(folder / "inputs.npz").items():
+        out["keras/" + key] = np.asarray(net(x, training=False))
+        (out["saved/" + key],) = [y.numpy() for y in served(**{name: tf.constant(x)}).values()]
+        lite.resize_tensor_input(inp["index"], x.shape)
+        lite.allocate_tensors()
+        lite.set_tensor(inp["index"], x)
+        lite.invoke()
+        out["tflite/" + key] = lite.get_tensor(res["index"])
+    np.savez(folder / "outputs.npz", **out)
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("epsresnet"))))
 """
 
 
 def load_without_package(folders, cwd):
     """Run PLAIN_LOADER on `folders` in `python -I` (no PYTHONPATH, no user site, no
-    script folder on the path); the epsresnet modules it imported (must be none)."""
+    script folder on the path): each folder's exports run on its inputs.npz, their logits
+    in its outputs.npz ("keras/<input>", "saved/<input>", "tflite/<input>"); the
+    epsresnet modules the loading process imported (must be none)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-I", "-c", PLAIN_LOADER, json.dumps([str(f) for f in folders])],
@@ -128,7 +131,7 @@ def load_without_package(folders, cwd):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Each family compressed with every export, then loaded by a plain Python:
-    {family: (certificate doc, folder, the trained net's logits on x.npy)}."""
+    {family: (certificate doc, folder, the trained net's logits on its input "x")}."""
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for name, (arch, options, closed, kept_k) in FAMILIES.items():
@@ -145,7 +148,7 @@ def exported(tmp_path_factory):
             batch_size=BATCH,
             tflite=True,
         )
-        np.save(folder / "x.npy", data[0])
+        np.savez(folder / "inputs.npz", x=data[0])
         out[name] = doc, folder, np.asarray(C.logits_of(net(data[0], training=False)))
     imported = load_without_package([f for _, f, _ in out.values()], root)
     assert imported == []  # not one epsresnet_tf module in the loading process
@@ -159,10 +162,11 @@ def test_exports_load_without_the_package_and_predict_as_the_trained_net(exporte
     assert doc["removed"] == sorted(FAMILIES[family][2]) and doc["equivalence"]["passed"]
     assert doc["reduced_gates"] == ("k" if family == "sharesnet-k" else "none")
     assert doc["exports"]["keras_standalone"] and doc["exports"]["custom_layers"] == []
+    outputs = np.load(folder / "outputs.npz")
     for export in ("keras", "saved"):
-        got = np.load(folder / f"{export}.npy")
+        got = outputs[f"{export}/x"]
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0, err_msg=export)
-    lite = np.load(folder / "tflite.npy")
+    lite = outputs["tflite/x"]
     np.testing.assert_array_equal(lite.argmax(-1), expected.argmax(-1))
     np.testing.assert_allclose(lite, expected, atol=1e-4, rtol=0)
     tfl = doc["exports"]["tflite"]
@@ -175,12 +179,22 @@ def test_exports_load_without_the_package_and_predict_as_the_trained_net(exporte
     assert saved["exports"] == doc["exports"]
 
 
-def test_basic_net_loads_without_the_package(tmp_path):
-    """The user's case, in the fast suite: the CIFAR basic net's exports, read by a Python
-    that cannot import epsresnet_tf, give the trained net's logits."""
+def test_demo_case_loads_without_the_package(tmp_path):
+    """The user's case, in the fast suite: `make demo` keeps its ε-gates (one was not open
+    on every batch). The CIFAR basic net with kept ε-gates, read by a Python that cannot
+    import epsresnet_tf, gives the trained net's logits, and its gates still decide from
+    the batch: an image whose own max |F| is below ε, fed alone, closes a gate the
+    batch opened."""
+    from epsresnet_tf.gates import eps as E
+
     arch, options, closed, kept_k = FAMILIES["basic"]
     net, opts = family_net(arch, options, closed, kept_k)
     data = images(SHAPE)
+    gate = gate_by_block(net)["group2/block0"]
+    response = E.gate_responses(net, [data[1]])[0]["group2/block0"]
+    low = np.sort(response)[:2]
+    gate.epsilon.assign(float(low.mean()))  # the weakest image alone: T = 0; batches: T = 1
+    lone = data[1][np.argmin(response)][None]
     folder = tmp_path / "reduced"
     doc = C.compress_model(
         net,
@@ -190,14 +204,22 @@ def test_basic_net_loads_without_the_package(tmp_path):
         check_data=data,
         out_dir=folder,
         batch_size=BATCH,
+        gates="keep",
         tflite=True,
     )
-    assert doc["exports"]["tflite"]["passed"]
-    np.save(folder / "x.npy", data[1])
+    assert doc["blocks"]["group2/block0"]["verdict"] == "open" and doc["reduced_gates"] == "eps"
+    assert doc["exports"]["keras_standalone"] and doc["exports"]["tflite"]["passed"]
+    np.savez(folder / "inputs.npz", x=data[1], lone=lone)
     assert load_without_package([folder], tmp_path) == []
-    expected = np.asarray(net(data[1], training=False))
-    for export in ("keras", "saved"):
-        np.testing.assert_allclose(np.load(folder / f"{export}.npy"), expected, atol=1e-5, rtol=0)
+    outputs = np.load(folder / "outputs.npz")
+    for key, x in (("x", data[1]), ("lone", lone)):
+        expected = np.asarray(net(x, training=False))
+        for export in ("keras", "saved"):
+            got = outputs[f"{export}/{key}"]
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0, err_msg=export + key)
+        np.testing.assert_array_equal(outputs[f"tflite/{key}"].argmax(-1), expected.argmax(-1))
+    gate.epsilon.assign(0.0)  # the gate open: the lone image's logits differ
+    assert np.abs(np.asarray(net(lone, training=False)) - outputs["keras/lone"]).max() > 1e-3
     names = {
         l.name: type(l).__name__ for l in keras.models.load_model(folder / "reduced.keras").layers
     }
@@ -237,25 +259,55 @@ def test_standard_net_is_bit_identical_and_keras_only(arch, options):
         assert isinstance(conv, keras.layers.Conv2D) and len(conv._inbound_nodes) == 2
 
 
-def test_kept_eps_gates_are_reported_as_needing_the_package(tmp_path):
-    """`--gates keep` keeps ε-gates (they decide from each batch): the export says so."""
-    arch, options, closed, kept_k = FAMILIES["basic"]
-    net, opts = family_net(arch, options, closed, kept_k)
-    data = images(SHAPE)
-    doc = C.compress_model(
-        net,
-        arch,
-        opts,
-        certify_data={"test": data},
-        check_data=data,
-        out_dir=tmp_path / "keep",
-        batch_size=BATCH,
-        gates="keep",
+@pytest.mark.parametrize("scope, group", [("batch", None), ("sample", None), ("batch", 4)])
+def test_kept_eps_gates_become_keras_ops_bit_for_bit(scope, group):
+    """A kept ε-gate in Keras ops: the same T as the layer on a batch, on one image and on
+    batches that end in a partial group, each gate's ε at its median response so some
+    gates open and some close."""
+    from epsresnet_tf.gates import eps as E
+
+    net = build_model(
+        "cifar-basic-14",
+        classes=10,
+        input_shape=SHAPE,
+        gate="eps",
+        gate_scope=scope,
+        gate_group=group,
     )
-    assert doc["equivalence"]["passed"]
+    randomise_batchnorm(net, seed=7)
+    x = images(SHAPE)[0]
+    responses = E.gate_responses(net, [x])[0]
+    for bid, gate in gate_by_block(net).items():
+        gate.epsilon.assign(float(np.median(responses[bid])))
+    standard, custom = X.standard_net(net)
+    assert custom == []
+    for batch in (x, x[:1], x[5:], x[:6]):
+        np.testing.assert_array_equal(
+            np.asarray(standard(batch, training=False)), np.asarray(net(batch, training=False))
+        )
+
+
+@keras.saving.register_keras_serializable(package="test_exports")
+class Halve(keras.layers.Layer):
+    """A layer from outside the package (as a gate kind registered by a user would be)."""
+
+    def call(self, x):
+        return x * 0.5
+
+
+def test_a_layer_from_outside_is_kept_and_reported(tmp_path):
+    """A layer the export does not know stays: certificate.json says that the .keras needs
+    the code that registered it."""
+    inputs = keras.Input(SHAPE)
+    net = keras.Model(inputs, keras.layers.Dense(3)(Halve(name="halve")(inputs)))
+    standard, custom = X.standard_net(net)
+    assert custom == ["Halve"] and isinstance(standard.get_layer("halve"), Halve)
+    doc = {}
+    C._write_outputs(tmp_path, standard, doc)
     assert doc["exports"]["keras_standalone"] is False
-    assert doc["exports"]["custom_layers"] == ["EpsilonGate"]
+    assert doc["exports"]["custom_layers"] == ["Halve"]
     assert doc["exports"]["tflite"] is None
+    assert json.loads((tmp_path / "certificate.json").read_text())["exports"] == doc["exports"]
 
 
 # --- TFLite: refusals in one line -------------------------------------------------------
