@@ -1023,7 +1023,7 @@ def register(subparsers):
         "image of the training and test sets, or g(k) = 0), rebuild the net "
         "without them, check identical predictions on the test set and export "
         "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json} (reduced.tflite "
-        "with --tflite). reduced.keras holds standard Keras layers only: "
+        "with --tflite). reduced.keras holds Keras's own layers and ops only: "
         "keras.models.load_model reads it without epsresnet_tf.",
         func=_cli,
         options=[
