@@ -33,6 +33,12 @@ so dropping it changes no activation. Kept blocks follow `gates`:
 
 `compress_model` builds both reduced nets — the certified one and the authors' (EMA rule) —
 and reports the test error of each and the blocks only one rule removes.
+
+The exports (epsresnet_tf/exports.py) are the exported rule's net in Keras's own layers:
+reduced.keras loads with `keras.models.load_model` in a Python without this package
+(certificate.json's "exports" names any layer left that needs other code), the SavedModel
+with TensorFlow alone, and with `tflite` a TFLite flatbuffer checked for the same top-1 on
+the check data.
 """
 
 import dataclasses
@@ -46,6 +52,7 @@ from epsresnet_tf import gates as G
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import add_command, data_dir, option, run_data_dir
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.exports import check_tflite, custom_layers, standard_net, write_tflite
 from epsresnet_tf.gates import gate_by_block, to_float
 from epsresnet_tf.naming import (
     block_id,
@@ -60,6 +67,7 @@ from epsresnet_tf.outputs import load_net, staged_outputs
 from epsresnet_tf.runfolder import (
     CERTIFICATE,
     REDUCED_MODEL,
+    REDUCED_TFLITE,
     SAVED_MODEL,
     read_history,
     read_run,
@@ -490,11 +498,13 @@ def compress_model(
     check_device: str = "cpu",
     force: bool = False,
     export: bool = True,
+    tflite: bool = False,
     extra: dict | None = None,
 ) -> dict[str, Any]:
     """Certify, reduce, check, export. Writes `out_dir/{reduced.keras, saved_model/,
-    certificate.json}` and returns the certificate dict. rule: "certificate" (default) or
-    "ema" (the authors' moving-average rule; the check then says whether it was safe).
+    certificate.json}` (`tflite`: and reduced.tflite, checked on `check_data`), returns the
+    certificate dict. rule: "certificate" (default) or "ema" (the authors' moving-average
+    rule; the check then says whether it was safe).
 
     Both rules' reduced nets are built and run on `check_data` (the test split): the
     document's "rules" holds each one's removals, layout and test error (labelled data),
@@ -502,15 +512,11 @@ def compress_model(
     `gates` as its policy (None: "auto" for the certificate, "plain" — the authors' standard
     ResNet — for the EMA rule); the other rule's net gets that default."""
     out_dir = Path(out_dir)
-    if rule not in RULES:
-        raise UserError(f"rule must be 'certificate' or 'ema', not {rule!r}")
+    policy = _policies(rule, gates)
     _prepare_out(out_dir, force)
     cert = certify(model, certify_data, scope=scope, batch_size=batch_size)
     ema_ids = ema_removable(model if ema is None else ema, ema_threshold)
-    policy = {"certificate": "auto", "ema": "plain"}
-    if gates is not None:
-        policy[rule] = gates
-    nets, infos, checks = _reduce_by_both_rules(
+    nets, infos, checks, exported = _reduce_by_both_rules(
         model,
         arch,
         build_options,
@@ -527,8 +533,19 @@ def compress_model(
     # Built beside the old outputs and swapped in at the end: a failure or a kill while
     # exporting leaves the previous reduced/ whole.
     with staged_outputs(out_dir, owned=OUTPUT_NAMES) as stage:
-        _write_outputs(stage, nets[rule] if export else None, doc)
+        _write_outputs(stage, exported if export else None, doc, tflite, check_data)
     return doc
+
+
+def _policies(rule, gates):
+    """Each rule's gate policy: "auto" for the certificate, "plain" (the authors' standard
+    ResNet) for the EMA rule, and `gates` where given for the exported `rule`."""
+    if rule not in RULES:
+        raise UserError(f"rule must be 'certificate' or 'ema', not {rule!r}")
+    policy = {"certificate": "auto", "ema": "plain"}
+    if gates is not None:
+        policy[rule] = gates
+    return policy
 
 
 #: The reduction's facts that certificate.json copies as they are.
@@ -582,24 +599,43 @@ def _certificate_doc(arch, rule, cert, ema_ids, ema_threshold, policy, infos, ch
     }
 
 
-def _write_outputs(out_dir, reduced, doc):
-    """reduced.keras and the SavedModel (unless `reduced` is None), then certificate.json."""
-    if reduced is not None:
-        reduced.save(out_dir / REDUCED_MODEL)
-        reduced.export(str(out_dir / SAVED_MODEL), verbose=False)
+def _write_outputs(out_dir, net, doc, tflite=False, check_data=()):
+    """reduced.keras and the SavedModel of the standard-layer `net` (None: no exports), with
+    `tflite` reduced.tflite checked against `net` on `check_data`, then certificate.json;
+    doc["exports"] says what was written and what loading it needs."""
+    if net is not None:
+        net.save(out_dir / REDUCED_MODEL)
+        net.export(str(out_dir / SAVED_MODEL), verbose=False)
+        custom = custom_layers(net)
+        doc["exports"] = {
+            "keras": REDUCED_MODEL,
+            "saved_model": SAVED_MODEL,
+            # Keras's own layers and ops: loads without epsresnet_tf. A gate kind registered
+            # from outside the package keeps its layer, and then needs that code.
+            "keras_standalone": not custom,
+            "custom_layers": custom,
+            "tflite": None,
+        }
+        if tflite:
+            size = write_tflite(net, out_dir / REDUCED_TFLITE, saved_model=out_dir / SAVED_MODEL)
+            check = check_tflite(out_dir / REDUCED_TFLITE, net, iter_images(check_data))
+            doc["exports"]["tflite"] = {"file": REDUCED_TFLITE, "bytes": size, **check}
     (out_dir / CERTIFICATE).write_text(jsonsafe.dumps(doc, indent=2) + "\n")
 
 
 def _reduce_by_both_rules(model, arch, build_options, removable, policy, rule, cert, check):
     """Each rule's reduced net, its info and its check (`check(net)`), the exported rule's
-    first: ({rule: net}, {rule: info}, {rule: check})."""
-    nets, infos, checks = {}, {}, {}
+    first; that rule's net is checked as it is exported, in Keras's own layers
+    (exports.standard_net): ({rule: net}, {rule: info}, {rule: check}, the export)."""
+    nets, infos, checks, exported = {}, {}, {}, None
     for name in (rule,) + tuple(r for r in RULES if r != rule):
         nets[name], infos[name] = reduce(
             model, arch, build_options, removable[name], gates=policy[name], certificate=cert
         )
-        checks[name] = check(nets[name])
-    return nets, infos, checks
+        if name == rule:
+            exported, _ = standard_net(nets[name])
+        checks[name] = check(exported if name == rule else nets[name])
+    return nets, infos, checks, exported
 
 
 def _rule_summary(name, policy, info, check):
@@ -623,7 +659,7 @@ def _rule_summary(name, policy, info, check):
 
 
 #: What compress writes into its folder; with --force the old ones are replaced as a whole.
-OUTPUT_NAMES = (REDUCED_MODEL, SAVED_MODEL, CERTIFICATE)
+OUTPUT_NAMES = (REDUCED_MODEL, SAVED_MODEL, REDUCED_TFLITE, CERTIFICATE)
 
 
 def _prepare_out(out_dir, force):
@@ -770,6 +806,7 @@ def compress_run(
     max_batches: int | None = None,
     force: bool = False,
     check_device: str = "cpu",
+    tflite: bool = False,
 ) -> dict[str, Any]:
     """Compress a run folder: the final net (model.keras), or with `epoch` the state at the
     end of that epoch (its checkpoint's weights and moving averages; the history row of
@@ -798,6 +835,7 @@ def compress_run(
         gates=gates,
         check_device=check_device,
         force=force,
+        tflite=tflite,
         extra=_run_extra(run, epoch, ema_from, ema_epoch, state),
     )
 
@@ -866,6 +904,22 @@ def _report_equivalence(doc):
     return 1
 
 
+def _report_tflite(doc):
+    """One line on the TFLite export, if any; the exit status (1: its top-1 differs)."""
+    tfl = (doc.get("exports") or {}).get("tflite")
+    if not tfl:
+        return 0
+    line = (
+        f"{tfl['file']}: same top-1 on {tfl['same_top1']} of {tfl['images']} test images, "
+        f"max |logit diff| {tfl['max_abs_logit_diff']:.3g}"
+    )
+    if tfl["passed"]:
+        print(line)
+        return 0
+    print(f"{line}: the TFLite net disagrees; kept for inspection, do not ship it", file=sys.stderr)
+    return 1
+
+
 def _cli(args):
     """`epsresnet compress`: compress the run, print the summary; the exit status."""
     doc = compress_run(
@@ -881,9 +935,10 @@ def _cli(args):
         splits=tuple(args.splits.split(",")),
         max_batches=args.max_batches,
         force=args.force,
+        tflite=args.tflite,
     )
     _print_summary(doc)
-    return _report_equivalence(doc)
+    return max(_report_equivalence(doc), _report_tflite(doc))
 
 
 #: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
@@ -950,6 +1005,14 @@ _OPTIONS = [
             help="certify and check on the first N batches of each split only (smoke runs)",
         ),
     ),
+    (
+        ("--tflite",),
+        dict(
+            action="store_true",
+            help="also export reduced.tflite (TFLite, float) and check it gives the same "
+            "top-1 as reduced.keras on the test set",
+        ),
+    ),
     (("--force",), dict(action="store_true", help="replace existing outputs")),
 ]
 
@@ -963,7 +1026,9 @@ def register(subparsers):
         description="Certify which blocks of a trained run contribute nothing (gate 0 on every "
         "image of the training and test sets, or g(k) = 0), rebuild the net "
         "without them, check identical predictions on the test set and export "
-        "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json}.",
+        "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json} (reduced.tflite "
+        "with --tflite). reduced.keras holds Keras's own layers and ops only: "
+        "keras.models.load_model reads it without epsresnet_tf.",
         func=_cli,
         options=[
             option("run_dir", help="run folder written by `epsresnet train`"),

@@ -18,6 +18,7 @@ One module knows what `epsresnet train` writes and what `compress`, `ablate`, `e
       ckpt/corrupt/        checkpoints that failed their manifest, moved aside
       model.keras          the final net (written when training ends)
       reduced/             `compress`: reduced.keras, saved_model/, certificate.json
+                           (reduced.tflite with --tflite)
       ablation/            `ablate`: <order>.json
       report/              `report` of this run alone: tables.md and the figures
 
@@ -82,6 +83,7 @@ REPORT = "report"
 #: Names inside reduced/ (what `compress` exports).
 REDUCED_MODEL = "reduced.keras"
 SAVED_MODEL = "saved_model"
+REDUCED_TFLITE = "reduced.tflite"  # with `compress --tflite`
 CERTIFICATE = "certificate.json"
 #: The writer's lock file (RunLock) and the folder invalid checkpoints are moved to.
 LOCK = "train.lock"

@@ -1,0 +1,300 @@
+"""Exports anyone can load: the reduced net in Keras's own layers, its SavedModel and TFLite.
+
+    standard_net(net, dtype=None) -> (keras.Model, [custom layer classes left])
+        the same function in standard Keras layers and ops only, so `keras.models.load_model`
+        reads the `.keras` file in a Python that never imports epsresnet_tf
+    custom_layers(net) -> [class names]: layer classes Keras alone cannot load
+    write_tflite(net, path, saved_model=None) -> bytes written
+    check_tflite(path, net, images) -> agreement of the TFLite interpreter with `net`
+
+What changes (inference only; each replacement computes the same numbers, bit for bit):
+  FusedBatchNormalization -> BatchNormalization: the fused kernel and the ghost groups are
+      training-time paths; inference is Keras's own BatchNormalization call (same epsilon,
+      momentum, gamma, beta and moving statistics).
+  PoolPadShortcut -> AveragePooling2D, then the channel zero-pad as Reshape(+1 axis) ->
+      ZeroPadding3D -> Reshape: pure data movement, exact (a 1x1 conv with 0/1 weights
+      would round under TF32 on GPUs).
+  ResidualGate (a kept k-gate) -> Rescaling(g(k)) + Add: g(k) = relu(k) is a constant at
+      inference, and Rescaling multiplies by it as the gate did.
+  SigmoidShortcutGate -> Conv2D(sigmoid) + Rescaling(-1, offset 1) + Multiply + Add.
+  EpsilonGate (kept: `--gates keep`, or "auto" where a kept gate was not open on every
+      certified batch) -> Keras ops (max, min, relu, multiply: nodes Keras serialises in a
+      functional graph, no Lambda): T still decides from each batch (batch scope), image
+      (sample scope) or group of images (`gate_group`), as the gated net does.
+  A shared stage kernel (ShaResNet) stays one Conv2D called by several units: a standard
+      layer, loaded as such, and the export keeps ShaResNet's parameter saving (duplicating
+      it per unit would only be needed to fold unit-wise factors, which the Rescaling of a
+      kept k-gate makes unnecessary).
+A layer this module does not know (a gate kind registered from outside the package) stays
+as it is; `custom_layers` names it and certificate.json records that the `.keras` then
+needs the code that registered it.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Where a layer class must come from for Keras alone to deserialise it.
+KERAS_MODULES = ("keras.",)
+
+
+def custom_layers(net: Any) -> list[str]:
+    """Sorted class names of `net`'s layers that plain Keras cannot deserialise."""
+    return sorted(
+        {type(l).__name__ for l in net.layers if not type(l).__module__.startswith(KERAS_MODULES)}
+    )
+
+
+def _replaced():
+    from epsresnet_tf import layers as L
+
+    return (L.PoolPadShortcut, L.ResidualGate, L.SigmoidShortcutGate)
+
+
+def _is_eps(layer):
+    from epsresnet_tf import layers as L
+
+    return isinstance(layer, L.EpsilonGate)
+
+
+def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
+    """`net` rebuilt in Keras's own layers (module docstring), weights copied: (the
+    standard net, the custom layer classes that had to stay). `dtype`: a dtype policy for
+    every layer (e.g. "float32" for TFLite, which has no float16 kernels) instead of each
+    layer's own."""
+    import keras
+
+    from epsresnet_tf import layers as L
+
+    def clone(layer):
+        if isinstance(layer, _replaced()) or _is_eps(layer):
+            return layer  # replaced by standard layers where it is called (`call`)
+        config = layer.get_config()
+        if dtype is not None:
+            config["dtype"] = dtype
+        if isinstance(layer, L.FusedBatchNormalization):
+            config.pop("group_size", None)
+            return keras.layers.BatchNormalization.from_config(config)
+        return type(layer).from_config(config)
+
+    def call(layer, *args, **kwargs):
+        policy = keras.dtype_policies.get(dtype) if dtype else layer.dtype_policy
+        if isinstance(layer, L.PoolPadShortcut):
+            return _pool_pad(layer, policy, args[0])
+        if isinstance(layer, L.ResidualGate):
+            return _scaled_merge(layer, policy, *args[0])
+        if isinstance(layer, L.SigmoidShortcutGate):
+            return _sigmoid_gate(layer, policy, *args[0])
+        if _is_eps(layer):
+            return _eps_gate(layer, args[0])
+        return layer(*args, **kwargs)
+
+    out = keras.models.clone_model(net, clone_function=clone, call_function=call)
+    source = {l.name: l for l in net.layers}
+    for layer in out.layers:
+        if layer.weights and layer.name in source:
+            layer.set_weights(source[layer.name].get_weights())
+    return out, custom_layers(out)
+
+
+def _pool_pad(layer, policy, x):
+    """Option A in standard layers: the average pool, then the zero channels (both sides, as
+    `PoolPadShortcut`) padded by ZeroPadding3D on a trailing unit axis. The last of these
+    layers keeps the shortcut's name."""
+    import keras
+
+    kw = dict(dtype=policy)
+    shape = list(layer.compute_output_shape(x.shape)[1:])
+    axis = 0 if layer.data_format == "channels_first" else 2  # among the 3 non-batch axes
+    missing = layer.out_channels - x.shape[1:][axis]
+    steps = []
+    if layer.stride > 1:
+        steps.append(
+            lambda name: keras.layers.AveragePooling2D(
+                layer.stride, layer.stride, "valid", layer.data_format, name=name, **kw
+            )
+        )
+    if missing:
+        pad = [(0, 0)] * 3
+        pad[axis] = (missing // 2, missing - missing // 2)
+        unpadded = list(shape)
+        unpadded[axis] -= missing
+        steps += [
+            lambda name: keras.layers.Reshape((*unpadded, 1), name=name, **kw),
+            lambda name: keras.layers.ZeroPadding3D(tuple(pad), "channels_last", name=name, **kw),
+            lambda name: keras.layers.Reshape(tuple(shape), name=name, **kw),
+        ]
+    for i, make in enumerate(steps):
+        x = make(layer.name if i == len(steps) - 1 else f"{layer.name}_{i}")(x)
+    return x
+
+
+def _factor(value, policy):
+    """A Python float equal to `value` rounded to the compute dtype, so Rescaling
+    multiplies by the number the gate multiplied by."""
+    return float(np.asarray(value, dtype=policy.compute_dtype))
+
+
+def _scaled_merge(layer, policy, residual, shortcut):
+    """A kept k-gate: g(k) F + x (mode "residual") or g(k) f + (1 - g(k)) x ("plain"), g(k)
+    a constant once trained. (1 - g) is taken in the compute dtype, as the layer does."""
+    import keras
+
+    kw = dict(dtype=policy)
+    g = np.asarray(max(float(np.asarray(layer.k)), 0.0), dtype=policy.compute_dtype)
+    f = keras.layers.Rescaling(_factor(g, policy), name=layer.name + "_scale", **kw)(residual)
+    if layer.mode == "plain":
+        carry = _factor(np.asarray(1, g.dtype) - g, policy)
+        shortcut = keras.layers.Rescaling(carry, name=layer.name + "_carry", **kw)(shortcut)
+    return keras.layers.Add(name=layer.name, **kw)([f, shortcut])
+
+
+def _sigmoid_gate(layer, policy, residual, shortcut):
+    """He et al.'s gate g = sigmoid(conv1x1(x) + b): g F + (1 - g) x ("exclusive") or
+    F + (1 - g) x ("shortcut_only"); 1 - g as -g + 1 (Rescaling), the same rounding."""
+    import keras
+
+    kw = dict(dtype=policy)
+    conv = keras.layers.Conv2D.from_config(
+        dict(layer.gate_conv.get_config(), name=layer.name + "_conv", **kw)
+    )
+    g = conv(shortcut)
+    conv.set_weights(layer.gate_conv.get_weights())
+    carry = keras.layers.Rescaling(-1.0, offset=1.0, name=layer.name + "_carry", **kw)(g)
+    kept = keras.layers.Multiply(name=layer.name + "_shortcut", **kw)([carry, shortcut])
+    if layer.mode == "exclusive":
+        residual = keras.layers.Multiply(name=layer.name + "_residual", **kw)([g, residual])
+    return keras.layers.Add(name=layer.name, **kw)([residual, kept])
+
+
+def _eps_gate(layer, residual):
+    """A kept ε-gate, S(F) = T·F (docs/semantics.md §1), in Keras ops (serialised by Keras
+    as nodes of the functional graph, no custom objects): T from max |F| over the batch
+    (batch scope), each image (sample scope) or each group of `group_size` consecutive
+    images (`_group_peaks`), ε and L as float32 constants, the same arithmetic in the same
+    order as `EpsilonGate.threshold`; T = 1 multiplies exactly."""
+    from keras import ops
+
+    f = ops.cast(residual, "float32")
+    axes = None if layer.scope == "batch" and not layer.grouped else tuple(range(1, f.ndim))
+    keep = axes is not None
+    peak = ops.maximum(
+        ops.max(f, axis=axes, keepdims=keep), ops.negative(ops.min(f, axis=axes, keepdims=keep))
+    )
+    if layer.grouped:
+        peak, spread = _group_peaks(peak, layer.group_size)
+    epsilon = float(np.float32(np.asarray(layer.epsilon)))  # float32 values, as Python floats
+    sharpness = float(np.float32(layer.sharpness))
+    s = ops.relu(ops.subtract(peak, epsilon))
+    t = ops.relu(
+        ops.subtract(
+            1.0, ops.multiply(sharpness, ops.relu(ops.subtract(1.0, ops.multiply(sharpness, s))))
+        )
+    )
+    if layer.grouped:
+        t = spread(t)
+    return ops.multiply(ops.cast(t, residual.dtype), residual)
+
+
+def _group_peaks(per_image, group_size):
+    """(max over each group of `group_size` consecutive images of the per-image peaks
+    (N, 1, …), a function giving each image its group's value back). Group ids are counted
+    within the graph (a cumulative sum of ones), so a partial last group needs no batch size
+    known when the graph is built; the max of a group is the layer's (zero padding cannot
+    raise a max of values >= 0)."""
+    from keras import ops
+
+    flat = ops.reshape(per_image, (-1,))
+    ids = ops.floor_divide(ops.cumsum(ops.ones_like(flat, dtype="int32")) - 1, group_size)
+    peaks = ops.segment_max(flat, ids)  # unsorted: a TFLite builtin, the sorted one is not
+
+    def spread(per_group):
+        return ops.reshape(ops.take(per_group, ids), (-1,) + (1,) * (per_image.ndim - 1))
+
+    return peaks, spread
+
+
+# --- TFLite ----------------------------------------------------------------------------
+
+
+def write_tflite(net: Any, path: "str | Path", saved_model: "str | Path | None" = None) -> int:
+    """Convert the standard-layer `net` to a float32 TFLite flatbuffer at `path` through a
+    SavedModel (`saved_model`, that of `net`, is reused when `net` computes in float32: a
+    mixed-precision net is converted from a float32 copy, TFLite having no float16
+    kernels); the bytes written. UserError (one line) when the converter refuses the net."""
+    import tensorflow as tf
+
+    from epsresnet_tf.errors import UserError
+
+    float32 = all(l.compute_dtype == "float32" for l in net.layers if l.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        if saved_model is None or not float32:
+            net = net if float32 else standard_net(net, dtype="float32")[0]
+            saved_model = Path(tmp) / "float32"
+            net.export(str(saved_model), verbose=False)
+        try:
+            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert()
+        except Exception as err:  # the converter's own error class is not public API
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise UserError(
+                f"TFLite conversion failed ({first}); compress without --tflite"
+            ) from err
+    Path(path).write_bytes(flatbuffer)
+    return len(flatbuffer)
+
+
+def _interpreter(path):
+    """A TFLite interpreter: LiteRT's where installed, else TensorFlow's (deprecated in
+    favour of LiteRT, still shipped; its deprecation warning is silenced here)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
+def tflite_logits(interpreter, images: np.ndarray) -> np.ndarray:
+    """The flatbuffer's logits for a batch (the input resized to the batch's shape)."""
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    if tuple(inp["shape"]) != images.shape:
+        interpreter.resize_tensor_input(inp["index"], images.shape)
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], images.astype(inp["dtype"]))
+    interpreter.invoke()
+    return np.asarray(interpreter.get_tensor(out["index"]), np.float32)
+
+
+def check_tflite(path: "str | Path", net: Any, images: Any) -> dict[str, Any]:
+    """Run the TFLite flatbuffer at `path` and `net` (inference mode, on the CPU) on every
+    batch of `images`: top-1 agreement and max |logit diff|; "passed" when every top-1 agrees
+    (float kernels round differently, so logits agree to about 1e-6, not bit for bit)."""
+    import tensorflow as tf
+
+    interpreter = _interpreter(path)
+    interpreter.allocate_tensors()
+    predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+    worst, same, total = 0.0, 0, 0
+    with tf.device("/CPU:0"):
+        for batch in images:
+            x = np.asarray(batch, np.float32)
+            a = np.asarray(tf.cast(predict(tf.constant(x)), tf.float32))
+            b = tflite_logits(interpreter, x)
+            if a.size:
+                worst = max(worst, float(np.max(np.abs(a - b))))
+            same += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+            total += len(a)
+    return {
+        "images": total,
+        "same_top1": same,
+        "max_abs_logit_diff": worst,
+        "passed": same == total,
+    }
