@@ -172,8 +172,8 @@ def one_run(cfg, folder, shape, history=None):
         seconds = defaultdict(lambda: defaultdict(float))
         stamps = []
         first, last = clocks(stamps)
-        cbs = [timed_callback(cb, seconds) for cb in run.callbacks()]
-        run.fit([first, *cbs, last], verbose=0)
+        cbs = [timed_callback(cb, seconds) for cb in run.callbacks(verbose=2)]
+        run.fit([first, *cbs, last])
         run.finish()
     finally:
         run.owner.close()
