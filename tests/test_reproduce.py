@@ -37,7 +37,7 @@ def test_document_regenerated_from_the_fixture_equals_the_expected_text():
 
 def test_the_fixture_gives_the_verdicts_it_was_built_for():
     assert verdicts() == {
-        "params": REPRODUCED,  # real describe outputs
+        "params": NOT_REPRODUCED,  # real describe outputs: ResNet-1001 is 10.33M, not 10.2M
         "dynamic": REPRODUCED,  # ε = 5: one born closed, one more in epoch 3, a reset
         "eps-sweep": REPRODUCED,  # 0, 1, 2, 2, 4 blocks at ε = 2.5 … 8
         "groups": REPRODUCED,  # 1/8, 3/8, 5/8 from input to output

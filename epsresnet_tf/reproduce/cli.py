@@ -118,7 +118,7 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    parser = argparse.ArgumentParser(prog="python -m epsresnet_tf.reproduce")
+    parser = argparse.ArgumentParser(prog="epsresnet")
     commands = parser.add_subparsers(dest="command")
     register(commands)
     args = parser.parse_args(["reproduce", *(sys.argv[1:] if argv is None else argv)])

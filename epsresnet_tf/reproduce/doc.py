@@ -36,7 +36,14 @@ stated with it: **reproduced**, **not reproduced**, **not testable here**, or **
 
 
 def _table(headers, rows) -> str:
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    """A GitHub table; a "|" inside a cell (max|F|) is escaped so it is not a column."""
+
+    def cells(row):
+        return [str(c).replace("|", "\\|") for c in row]
+
+    return tabulate(
+        [cells(r) for r in rows], headers=cells(headers), tablefmt="github", disable_numparse=True
+    )
 
 
 def _status(step, root: Path) -> str:

@@ -35,7 +35,8 @@ def _trained(piece, root):
 
 def dynamic(piece, root: Path, path: Path) -> bool:
     """Fig. 9's form: discarded ratio against epoch per setting; below, the lr (resets are
-    its jumps up); right, each setting's smallest max|F| among all blocks against ε."""
+    its jumps up); right, how near the next block is to closing (the smallest max|F| / ε
+    of the blocks still open: it closes at 1) and ε (the warm-up's switch-on)."""
     runs = [(s, h) for s, h in _trained(piece, root) if h]
     if not runs:
         return False
@@ -47,21 +48,29 @@ def dynamic(piece, root: Path, path: Path) -> bool:
         colour = line[0].get_color()
         axes[0, 0].plot([], [], color=colour, label=step.name)
         axes[1, 0].step(epochs, [r["lr"] for r in rows], where="post", color=colour)
-        medians = [np.median([b["response_max"] for b in r["blocks"].values()]) for r in rows]
-        axes[0, 1].plot(epochs, medians, "-", color=colour)
+        axes[0, 1].plot(epochs, [_closest_open(r) for r in rows], "-", color=colour)
         axes[1, 1].plot(epochs, [r["epsilon"] for r in rows], "--", color=colour)
     axes[0, 0].set_ylabel("discarded ratio")
     axes[0, 0].set_ylim(-0.02, 1.02)
     axes[0, 0].legend(fontsize=7, loc="upper left")
     axes[1, 0].set_yscale("log")
     axes[1, 0].set_ylabel("learning rate")
-    axes[0, 1].set_ylabel("median over blocks of max|F|")
+    axes[0, 1].axhline(1.0, color="k", lw=0.8)
+    axes[0, 1].set_ylabel("smallest max|F| / ε of the open blocks")
     axes[0, 1].set_yscale("log")
     axes[1, 1].set_ylabel("ε")
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     fig.suptitle("Discarded blocks over training (ε-ResNet Fig. 9's form)")
     return _save(fig, path)
+
+
+def _closest_open(row) -> float:
+    """The smallest max|F| / ε over the blocks still open (NaN before ε is on)."""
+    open_blocks = [b["response_max"] for b in row["blocks"].values() if b["discarded"] < 0.5]
+    if not open_blocks or not row.get("epsilon"):
+        return float("nan")
+    return min(open_blocks) / row["epsilon"]
 
 
 def eps_sweep(piece, root: Path, path: Path) -> bool:

@@ -65,6 +65,8 @@ def dynamic_facts(rows: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
 
 
 def _dynamic_row(name: str, cfg: dict | None, facts: dict, epochs: int, done: int) -> list[str]:
+    if not done:
+        return [name, "not started", *["–"] * (len(DYNAMIC_HEADERS) - 2)]
     rises = ", ".join(f"{e}: +{d:.1f}" for e, d in facts["rises"]) or "none"
     kept = facts["kept_response"]
     eps = facts["epsilon"] if facts["epsilon"] is not None else (cfg or {}).get("epsilon")
@@ -385,7 +387,7 @@ def _described(piece, root: Path) -> dict[str, dict]:
     }
 
 
-def _sharesnet_rows(got: dict[str, dict]) -> tuple[list[list[str]], list[bool]]:
+def _sharesnet_rows(got: dict[str, dict]) -> tuple[list[list[str]], list[tuple[bool, str]]]:
     rows, checks = [], []
     for arch, classes, orig, shared, drop, conv_o, conv_s in P.SHARESNET_TABLE1:
         ident = f"{arch}-c{classes}"
@@ -394,7 +396,10 @@ def _sharesnet_rows(got: dict[str, dict]) -> tuple[list[list[str]], list[bool]]:
             rows.append([arch, "–", f"{orig}M", "–", f"{shared}M", "–", f"{drop}%", "–", "–"])
             continue
         pa, pb = a["trainable_params"], b["trainable_params"]
-        checks += [matches(pa, orig), matches(pb, shared)]
+        checks += [
+            (matches(pa, orig), f"{arch}: {pa:,} against {orig}M"),
+            (matches(pb, shared), f"{arch} shared: {pb:,} against {shared}M"),
+        ]
         rows.append(
             [
                 arch,
@@ -404,7 +409,7 @@ def _sharesnet_rows(got: dict[str, dict]) -> tuple[list[list[str]], list[bool]]:
                 f"{shared}M",
                 f"{100 * (1 - pb / pa):.0f}%",
                 f"{drop}%",
-                f"{a['conv_layers'] + 1} → {b['conv_layers'] + 1}",
+                f"{a['conv_layers']} → {b['conv_layers']}",
                 f"{conv_o} → {conv_s}",
             ]
         )
@@ -416,15 +421,18 @@ def params(piece, root: Path) -> Result:
     got = _described(piece, root)
     share_rows, checks = _sharesnet_rows(got)
     share_headers = ["net", "params", "paper", "shared", "paper", "decrease", "paper"]
-    share_headers += ["layers (convs + FC)", "paper"]
+    share_headers += ["independent convs (shortcuts included)", "paper"]
     he_rows, eps_rows = [], []
     for arch, classes, millions in P.HE_PARAMS:
         d = got.get(f"{arch}-c{classes}")
-        checks += [matches(d["trainable_params"], millions)] if d else []
+        if d:
+            n = d["trainable_params"]
+            checks.append((matches(n, millions), f"{arch}: {n:,} against {millions}M"))
         he_rows.append([arch, f"{d['trainable_params']:,}" if d else "–", f"{millions}M"])
     for arch, blocks in P.EPS_BLOCKS:
         d = got.get(arch)
-        checks += [d["blocks"] == blocks] if d else []
+        if d:
+            checks.append((d["blocks"] == blocks, f"{arch}: {d['blocks']} blocks against {blocks}"))
         eps_rows.append([arch, str(d["blocks"]) if d else "–", str(blocks)])
     tables = [
         Table("ShaResNet Table 1: parameters", share_headers, share_rows),
@@ -434,9 +442,11 @@ def params(piece, root: Path) -> Result:
     expected = sum(isinstance(s, Describe) for s in piece.steps)
     if len(got) < expected:
         return Result(tables, PENDING, f"{len(got)} of {expected} nets described")
-    if all(checks):
+    differ = [text for ok, text in checks if not ok]
+    if not differ:
         return Result(tables, REPRODUCED, f"all {len(checks)} counts match the papers")
-    return Result(tables, NOT_REPRODUCED, f"{checks.count(False)} counts differ from the papers")
+    why = f"{len(checks) - len(differ)} of {len(checks)} counts match; differs: {'; '.join(differ)}"
+    return Result(tables, NOT_REPRODUCED, why)
 
 
 def unit_order(piece, root: Path) -> Result:
