@@ -28,11 +28,30 @@ from epsresnet_tf.reproduce.verdicts import (
 # --- the discard dynamic (a) -------------------------------------------------------------
 
 
-def dynamic_facts(rows: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
+def replay_resets(cfg: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[int]:
+    """The epochs after which the adaptive reset fired: the run's own rule
+    (train.loop.lr_schedule, docs/semantics.md §7) replayed on its history, as the
+    training callback called it. (A reset during the lr-0.1 phase leaves no jump in lr.)"""
+    if not cfg or not rows or not cfg.get("adaptive_schedule"):
+        return []
+    from epsresnet_tf.config import DEFAULTS
+    from epsresnet_tf.train.loop import lr_schedule
+
+    full = {**DEFAULTS, **cfg}
+    schedule = lr_schedule(full)
+    counts = [r[full["reset_statistic"]] for r in rows]
+    for epoch in range(1, len(rows)):
+        schedule.lr_for_epoch(epoch, counts[:epoch])
+    return list(getattr(schedule, "resets", []))
+
+
+def dynamic_facts(
+    rows: list[dict[str, Any]], epochs: int, cfg: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """When blocks went in one ε run: closed in the first epoch with ε > 0 (at
     initialisation or at the warm-up's switch-on), the later rises of the discarded count
-    (≥ 0.5 in one epoch), the lr resets (lr above the previous epoch's), saturation (no rise
-    in the last quarter of a finished run) and the responses of the blocks."""
+    (≥ 0.5 in one epoch), the lr resets (replayed from the config), saturation (no rise in
+    the last quarter of a finished run) and the responses of the blocks."""
     on = next((i for i, r in enumerate(rows) if (r.get("epsilon") or 0) > 0), None)
     counts = [r["discarded_count"] for r in rows]
     rises = [
@@ -40,7 +59,7 @@ def dynamic_facts(rows: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
         for i in range(1, len(rows))
         if on is not None and i > on and counts[i] - counts[i - 1] >= 0.5
     ]
-    resets = [rows[i]["epoch"] for i in range(1, len(rows)) if rows[i]["lr"] > rows[i - 1]["lr"]]
+    resets = replay_resets(cfg, rows)
     finished = bool(rows) and rows[-1]["epoch"] >= epochs
     quarter = epochs - max(epochs // 4, 1)
     first = rows[on]["blocks"] if on is not None else {}
@@ -95,7 +114,7 @@ DYNAMIC_HEADERS = [
     "median max|F|, 1st ε epoch",
     "closed in 1st ε epoch",
     "later discards (epoch: +blocks)",
-    "lr resets (epoch)",
+    "lr resets (after epoch)",
     "discarded at end",
     "max|F| of kept blocks at end",
     "test error",
@@ -108,7 +127,7 @@ def dynamic(piece, root: Path) -> Result:
     for step in _trains(piece):
         history, cfg = R.history(step.run_dir(root)), R.config(step.run_dir(root))
         epochs = (cfg or {}).get("epochs") or 0
-        facts = dynamic_facts(history, epochs)
+        facts = dynamic_facts(history, epochs, cfg)
         rows.append(_dynamic_row(step.name, cfg, facts, epochs, len(history)))
         unfinished += not facts["finished"]
         if facts["finished"] and facts["rises"] and facts["resets"] and facts["saturated"]:
