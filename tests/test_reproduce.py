@@ -56,7 +56,21 @@ def test_a_missing_run_makes_its_pieces_pending(tmp_path):
     got = verdicts(root)
     assert got["mnist-table"] == PENDING
     assert got["dynamic"] == PENDING  # the warm-up run is unfinished, none reproduced
-    assert got["eps-sweep"] == REPRODUCED  # 0, 1, 2, 4 still rise through 3 levels
+    assert got["eps-sweep"] == PENDING  # a rule over all runs waits for them
+    sweep = pieces.get("eps-sweep")
+    assert "so far discarded blocks [0, 1, 2, 4] rise" in sweep.measure(sweep, root).why
+
+
+def test_an_uncompressed_run_counts_the_blocks_its_averages_call_discarded(tmp_path):
+    root = tmp_path / "repro"
+    shutil.copytree(FIXTURE, root)
+    run = Train("digits", "repro-digits-eps", epsilon=6.0)
+    (run.run_dir(root) / "reduced" / "certificate.json").unlink()
+    got = measure.discards(run, root)
+    assert got["source"] == "last epoch's averages"
+    assert got["removed"] == {"group1/block1", "group2/block1"}
+    reduced = pieces.get("reduced")
+    assert reduced.measure(reduced, root).verdict == PENDING  # its compress step is to come
 
 
 def test_dynamic_facts_separate_born_closed_blocks_from_later_ones():

@@ -211,9 +211,7 @@ def eps_sweep(piece, root: Path) -> Result:
         for step, d in points
     ]
     headers = ["ε", "run", "discarded", "ratio", "test error", "discarded by"]
-    verdict, why = sweep_verdict([len(d["removed"]) for _, d in points])
-    if unfinished and verdict != REPRODUCED:
-        verdict, why = PENDING, f"{why}; {unfinished} runs unfinished"
+    verdict, why = _so_far(*sweep_verdict([len(d["removed"]) for _, d in points]), unfinished)
     return Result([Table("Discarded blocks against ε", headers, rows)], verdict, why)
 
 
@@ -255,8 +253,15 @@ def groups(piece, root: Path) -> Result:
     pooled = group_fractions([d for _, d in with_discards])
     rows.append(["all runs above", "", *[f"{a}/{b}" for a, b in pooled]])
     headers = ["run", "ε", *[f"group {g} discarded" for g in range(len(pooled))]]
-    verdict, why = groups_verdict(pooled)
+    verdict, why = _so_far(*groups_verdict(pooled), unfinished)
     return Result([Table("Discarded blocks per group", headers, rows)], verdict, why)
+
+
+def _so_far(verdict: str, why: str, unfinished: int) -> tuple[str, str]:
+    """A rule over all of a piece's runs gives no verdict while some are unfinished."""
+    if unfinished and verdict != PENDING:
+        return PENDING, f"so far {why}; {unfinished} runs unfinished"
+    return verdict, why
 
 
 def reduced_row(step: Train, cert: dict) -> list[str]:
@@ -292,10 +297,11 @@ def reduced(piece, root: Path) -> Result:
     headers += ["error reduced (authors' EMA rule)", "params", "param memory", "max |Δlogit|"]
     tables = [Table("Full against reduced, on the test split", headers, rows)]
     if bad:
-        return Result(tables, NOT_REPRODUCED, f"error or size not kept: {', '.join(bad)}")
+        why = f"error or size not kept: {', '.join(bad)}"
+        return Result(tables, *_so_far(NOT_REPRODUCED, why, unfinished))
     if ok:
         why = f"{len(ok)} compressed runs: same error (±0.5 points), fewer parameters"
-        return Result(tables, REPRODUCED, why)
+        return Result(tables, *_so_far(REPRODUCED, why, unfinished))
     verdict = PENDING if unfinished else NOT_TESTABLE
     return Result(tables, verdict, "no compressed run removed a block yet")
 
