@@ -120,8 +120,14 @@ def _machines(pieces, root: Path) -> list[str]:
     return text
 
 
-def render(root: Path, data: Mapping[str, str], img_rel: Mapping[str, str] | None = None) -> str:
-    """The document's markdown from the run folders under `root` (figures as given)."""
+def render(
+    root: Path,
+    data: Mapping[str, str],
+    img_rel: Mapping[str, str] | None = None,
+    gpu_root: Path | None = None,
+) -> str:
+    """The document's markdown from the run folders under `root` (figures as given) and
+    the full-scale runs under `gpu_root` (default: `root`'s sibling repro-gpu)."""
     from epsresnet_tf.reproduce import gpu, pieces
 
     results = [p.measure(p, Path(root)) for p in pieces.PIECES]
@@ -130,7 +136,8 @@ def render(root: Path, data: Mapping[str, str], img_rel: Mapping[str, str] | Non
         img = (img_rel or {}).get(piece.key)
         lines += _section(piece, result, Path(root), data, img)
     lines += _machines(pieces.PIECES, Path(root))
-    lines += gpu.section()
+    gpu_root = Path(gpu_root) if gpu_root else Path(root).parent / "repro-gpu"
+    lines += gpu.section(gpu_root, _table)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -33,7 +33,7 @@ class GpuTable:
 def _eps_family(dataset: str, depths, paper: str) -> GpuTable:
     names = [f"{dataset}-{kind}-{d}" for d in depths for kind in ("eps", "base", "base-side")]
     names = [n for n in names if not (dataset == "svhn" and "side" in n)]  # no SVHN side runs
-    published = {n: f"{paper}: figure only" for n in names}
+    published = dict.fromkeys(names, "figure only")
     if dataset == "cifar100":
         c = P.EPS_RESNET["cifar100_752"]
         published["cifar100-eps-752"] = (
@@ -112,30 +112,42 @@ def row(train: Train, root: Path, published: str) -> list[str]:
 HEADERS = ["recipe", "epochs", "top-1 error", "top-5", "discarded", "params", "published"]
 
 
+def table_rows(table: GpuTable, root: Path) -> list[list[str]]:
+    """A row per recipe: ours from its run folder under `root` ("–" until run), published."""
+    trains = [t for t in steps(table) if isinstance(t, Train)]
+    return [row(t, root, table.published[t.recipe]) for t in trains]
+
+
 def table_markdown(table: GpuTable, root: Path) -> str:
     from tabulate import tabulate
 
-    rows = [row(t, root, table.published[t.recipe]) for t in steps(table) if isinstance(t, Train)]
-    body = tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)
+    body = tabulate(
+        table_rows(table, root), headers=HEADERS, tablefmt="github", disable_numparse=True
+    )
     return f"## {table.key} ({table.paper})\n\n{body}\n"
 
 
-def section() -> list[str]:
-    """The document's list of the full-scale tables and their commands."""
-    lines = [
-        "## Full scale: `make reproduce-gpu`",
-        "",
-        "On a GPU host with the datasets under `DATA` (see `make data-list`), one command "
-        "per paper table trains its recipes (resumable), compresses the ε-nets and writes "
-        "`runs/repro-gpu/<table>.md` with the published number beside each row:",
-        "",
-    ]
+SECTION_TEXT = (
+    "Not run on this machine (CPU only, no dataset but the subsets). On a GPU host with the "
+    "datasets under `DATA` (`make data-list` says where each goes), `make reproduce-gpu "
+    "DATA=… GPUS=N` runs one command per paper table: it trains the table's recipes "
+    "(resumable, as `make reproduce`), compresses the ε-nets and writes "
+    "`runs/repro-gpu/<table>.md`; `make reproduce-doc` then fills the rows below from "
+    '`runs/repro-gpu/`. "published" is the papers\' number where their text prints one; '
+    "most of ε-ResNet's are in figures only."
+)
+
+
+def section(root: Path, table_fn) -> list[str]:
+    """The document's full-scale part: per table its command and rows (ours from the run
+    folders under `root` where they exist, "–" until then) beside the published numbers.
+    `table_fn(headers, rows)` formats a table."""
+    lines = ["## Full scale: `make reproduce-gpu`", "", SECTION_TEXT, ""]
     for table in TABLES:
-        lines.append(
-            f"- `python -m epsresnet_tf.reproduce gpu {table.key} --data-dir DATA --gpus N` — "
-            f"{table.paper}: {', '.join(table.recipes)}"
-        )
-    return lines + [""]
+        command = f"python -m epsresnet_tf.reproduce gpu {table.key} --data-dir DATA --gpus N"
+        lines += [f"### {table.key}: {table.paper}", "", f"`{command}`", ""]
+        lines += [table_fn(HEADERS, table_rows(table, root)), ""]
+    return lines
 
 
 def _main(args) -> int:
