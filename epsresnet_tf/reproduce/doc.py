@@ -80,6 +80,8 @@ def _section(piece, result: Result, root: Path, data, img: str | None) -> list[s
         f"**Verdict: {result.verdict}** — {result.why}.",
         "",
     ]
+    if piece.first_look:
+        lines += [f"*Issue 16's first look, before this piece*: {piece.first_look}.", ""]
     for table in result.tables:
         lines += [f"*{table.title}*", "", _table(table.headers, table.rows), ""]
     if img:

@@ -37,6 +37,8 @@ def dynamic(piece, root: Path, path: Path) -> bool:
     """Fig. 9's form: discarded ratio against epoch per setting; below, the lr (resets are
     its jumps up); right, how near the next block is to closing (the smallest max|F| / ε
     of the blocks still open: it closes at 1) and ε (the warm-up's switch-on)."""
+    from epsresnet_tf.reproduce.measure import replay_resets
+
     runs = [(s, h) for s, h in _trained(piece, root) if h]
     if not runs:
         return False
@@ -48,13 +50,16 @@ def dynamic(piece, root: Path, path: Path) -> bool:
         colour = line[0].get_color()
         axes[0, 0].plot([], [], color=colour, label=step.name)
         axes[1, 0].step(epochs, [r["lr"] for r in rows], where="post", color=colour)
+        resets = replay_resets(R.config(step.run_dir(root)), rows)
+        lrs = {r["epoch"]: r["lr"] for r in rows}
+        axes[1, 0].plot(resets, [lrs[e] for e in resets], "v", color=colour, ms=7)
         axes[0, 1].plot(epochs, [_closest_open(r) for r in rows], "-", color=colour)
         axes[1, 1].plot(epochs, [r["epsilon"] for r in rows], "--", color=colour)
     axes[0, 0].set_ylabel("discarded ratio")
     axes[0, 0].set_ylim(-0.02, 1.02)
     axes[0, 0].legend(fontsize=7, loc="upper left")
     axes[1, 0].set_yscale("log")
-    axes[1, 0].set_ylabel("learning rate")
+    axes[1, 0].set_ylabel("learning rate (▼ reset)")
     axes[0, 1].axhline(1.0, color="k", lw=0.8)
     axes[0, 1].set_ylabel("smallest max|F| / ε of the open blocks")
     axes[0, 1].set_yscale("log")

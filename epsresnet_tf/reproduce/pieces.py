@@ -28,6 +28,7 @@ class Piece:
     measure: Callable
     figure: Callable | None = None
     notes: str = ""  # what the reader needs to read the numbers (no measured numbers)
+    first_look: str = ""  # what issue 16 saw before this piece existed (quoted, not measured)
 
 
 # --- the runs ----------------------------------------------------------------------------
@@ -135,6 +136,7 @@ PIECES = (
         measure.dynamic,
         figures.dynamic,
         DYNAMIC_NOTES,
+        first_look="cifar-basic-32, 40 epochs: nothing discarded at ε = 2.5 and 4 (every max|F| 6–28); at ε = 8, 2.9 blocks discarded in epoch 1 at 78% training error (born closed), 6 by epoch 19 (the issue suspected the reset never fired)",
     ),
     Piece(
         "eps-sweep",
@@ -149,6 +151,7 @@ PIECES = (
         _EPS_TAKES,
         measure.eps_sweep,
         figures.eps_sweep,
+        first_look="0 / 0 / 0 / 6 blocks at ε = 0 / 2.5 / 4 / 8: monotone, one non-zero point",
     ),
     Piece(
         "groups",
@@ -163,6 +166,7 @@ PIECES = (
         _EPS_TAKES,
         measure.groups,
         figures.groups,
+        first_look="reversed: 3 / 2 / 1 discarded from input to output",
     ),
     Piece(
         "reduced",
@@ -178,6 +182,7 @@ PIECES = (
         _EPS_TAKES,
         measure.reduced,
         figures.reduced,
+        first_look="yes (certificate exact, −23% parameters at ε = 8)",
     ),
     Piece(
         "mnist-table",
@@ -193,6 +198,7 @@ PIECES = (
         "the full MNIST (60,000 images: 469 steps per epoch, 16× the subset's 28)",
         measure.mnist_table,
         figures.mnist_table,
+        first_look="both fail at 40 epochs (87% / 86%); k stayed 0.83–1.04",
     ),
     Piece(
         "removal",
@@ -208,6 +214,7 @@ PIECES = (
         "the full MNIST; all 50 removals",
         measure.removal,
         figures.removal,
+        first_look="about the same; greedy-by-k worse than random",
     ),
     Piece(
         "unit-order",
