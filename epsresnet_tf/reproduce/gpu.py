@@ -158,6 +158,7 @@ def _main(args) -> int:
     if not args.tables:
         raise UserError("name a table (python -m epsresnet_tf.reproduce gpu --list)")
     from epsresnet_tf.reproduce.runner import run_steps
+    from epsresnet_tf.runfolder import atomic_write_text
 
     root, data = Path(args.root), {}
     failed = 0
@@ -166,7 +167,7 @@ def _main(args) -> int:
         data = {t.dataset: args.data_dir for t in steps(table) if isinstance(t, Train)}
         failed += len(run_steps(steps(table, args.gpus), root, data)["failed"])
         out = root / f"{table.key}.md"
-        out.write_text(table_markdown(table, root))
+        atomic_write_text(out, table_markdown(table, root))
         print(f"wrote {out}")
     return 1 if failed else 0
 

@@ -45,35 +45,49 @@ def replay_resets(cfg: dict[str, Any] | None, rows: list[dict[str, Any]]) -> lis
     return list(getattr(schedule, "resets", []))
 
 
+#: A block counts as gone once its discarded average stays at or above this to the end
+#: of the run; one that ends between FLICKER and GONE opens and closes batch by batch.
+GONE, FLICKER = 0.9, 0.1
+
+
+def gone_at(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """{block: the epoch from which its discarded average stays ≥ GONE to the last row}."""
+    out: dict[str, int] = {}
+    for block in rows[-1]["blocks"] if rows else {}:
+        streak = None
+        for row in rows:
+            closed = row["blocks"].get(block, {}).get("discarded", 0.0) >= GONE
+            streak = (streak or row["epoch"]) if closed else None
+        if streak is not None:
+            out[block] = streak
+    return out
+
+
 def dynamic_facts(
     rows: list[dict[str, Any]], epochs: int, cfg: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """When blocks went in one ε run: closed in the first epoch with ε > 0 (at
-    initialisation or at the warm-up's switch-on), the later rises of the discarded count
-    (≥ 0.5 in one epoch), the lr resets (replayed from the config), saturation (no rise in
-    the last quarter of a finished run) and the responses of the blocks."""
-    on = next((i for i, r in enumerate(rows) if (r.get("epsilon") or 0) > 0), None)
-    counts = [r["discarded_count"] for r in rows]
-    rises = [
-        (rows[i]["epoch"], counts[i] - counts[i - 1])
-        for i in range(1, len(rows))
-        if on is not None and i > on and counts[i] - counts[i - 1] >= 0.5
-    ]
-    resets = replay_resets(cfg, rows)
-    finished = bool(rows) and rows[-1]["epoch"] >= epochs
-    quarter = epochs - max(epochs // 4, 1)
-    first = rows[on]["blocks"] if on is not None else {}
+    """When blocks went in one ε run: those closed in the first epoch with ε > 0 (at
+    initialisation or at the warm-up's switch-on), those that went later (epoch: count),
+    the ones flickering at the end, the lr resets (the rule replayed from the config),
+    saturation (none went in the last quarter of a finished run) and the responses."""
+    on = next((r["epoch"] for r in rows if (r.get("epsilon") or 0) > 0), None)
+    went = gone_at(rows) if on is not None else {}
+    later = sorted(e for e in went.values() if e > on) if went else []
+    first = next((r["blocks"] for r in rows if r["epoch"] == on), {})
     last = rows[-1]["blocks"] if rows else {}
     kept = [b["response_max"] for b in last.values() if b["discarded"] < 0.5]
+    finished = bool(rows) and rows[-1]["epoch"] >= epochs
+    quarter = epochs - max(epochs // 4, 1)
     return {
-        "on": rows[on]["epoch"] if on is not None else None,
-        "epsilon": rows[on]["epsilon"] if on is not None else None,
-        "closed_first": counts[on] if on is not None else None,
-        "rises": rises,
-        "resets": resets,
-        "final": counts[-1] if counts else None,
+        "on": on,
+        "epsilon": next((r["epsilon"] for r in rows if r["epoch"] == on), None),
+        "closed_first": sum(e == on for e in went.values()) if on is not None else None,
+        "rises": [(e, later.count(e)) for e in sorted(set(later))],
+        "flickering": sum(FLICKER < b["discarded"] < GONE for b in last.values()),
+        "resets": replay_resets(cfg, rows),
+        "final": rows[-1]["discarded_count"] if rows else None,
         "finished": finished,
-        "saturated": finished and not any(e > quarter for e, _ in rises),
+        "saturated": finished and not any(e > quarter for e in later),
         "median_response_first": statistics.median(b["response_max"] for b in first.values())
         if first
         else None,
@@ -86,7 +100,7 @@ def dynamic_facts(
 def _dynamic_row(name: str, cfg: dict | None, facts: dict, epochs: int, done: int) -> list[str]:
     if not done:
         return [name, "not started", *["–"] * (len(DYNAMIC_HEADERS) - 2)]
-    rises = ", ".join(f"{e}: +{d:.1f}" for e, d in facts["rises"]) or "none"
+    rises = ", ".join(f"{e}: +{n}" for e, n in facts["rises"]) or "none"
     kept = facts["kept_response"]
     eps = facts["epsilon"] if facts["epsilon"] is not None else (cfg or {}).get("epsilon")
     return [
@@ -96,8 +110,9 @@ def _dynamic_row(name: str, cfg: dict | None, facts: dict, epochs: int, done: in
         num(facts["steps_per_epoch"], "{:d}"),
         f"{done}/{epochs}",
         num(facts["median_response_first"], "{:.1f}"),
-        num(facts["closed_first"], "{:.1f}"),
+        num(facts["closed_first"], "{:d}"),
         rises,
+        str(facts["flickering"]),
         ", ".join(map(str, facts["resets"])) or "none",
         num(facts["final"], "{:.1f}"),
         "–" if kept is None else f"{kept[0]:.1f}–{kept[1]:.1f}",
@@ -113,7 +128,8 @@ DYNAMIC_HEADERS = [
     "epochs",
     "median max|F|, 1st ε epoch",
     "closed in 1st ε epoch",
-    "later discards (epoch: +blocks)",
+    "went later (epoch: +blocks)",
+    "flickering at end",
     "lr resets (after epoch)",
     "discarded at end",
     "max|F| of kept blocks at end",

@@ -92,7 +92,11 @@ scale before it. The loss gradient holds up the kernels of a useful block; weigh
    and the epoch is not the first (docs/semantics.md §7): every setting here has 100 or
    more steps per epoch.
 4. **The warm-up** (the authors' last CIFAR script: ε = 0 first) avoids born-closed blocks;
-   at the switch-on every block whose responses have stayed below ε closes at once."""
+   at the switch-on every block whose responses have stayed below ε closes at once.
+5. **Flickering**: a block whose max|F| sits at ε is closed on some batches and open on
+   others (one T per batch); on the open ones it still gets a gradient, so it neither
+   collapses nor counts as gone: its average stays between 0.1 and 0.9 ("flickering at
+   end"), and the certificate keeps it (it is not closed on every image)."""
 
 # --- the pieces --------------------------------------------------------------------------
 
@@ -130,8 +134,9 @@ PIECES = (
         "per epoch: the discarded count (the moving average the reset reads), the lr, each "
         "block's max|F| against ε",
         "reproduced when some finished run has a block go after the first epoch with ε > 0 "
-        "(not at initialisation or at the warm-up's switch-on), at least one lr reset, and "
-        "no block going in the last quarter of its epochs (saturation)",
+        "(not at initialisation or at the warm-up's switch-on; gone: its discarded average "
+        "stays ≥ 0.9 to the end), at least one lr reset (the run's rule replayed on its "
+        "history), and no block going in the last quarter of its epochs (saturation)",
         _EPS_TAKES,
         measure.dynamic,
         figures.dynamic,
