@@ -243,9 +243,9 @@ PIECES = (
 ORDER: tuple[Step, ...] = (
     DESCRIBE
     + (DIGITS_EPS[5.0], DIGITS_WD, DIGITS_WARMUP)
-    + (MNIST["plain-50"], MNIST["plain-50-gated"])
     + (DIGITS_EPS[2.5], DIGITS_EPS[4.0], DIGITS_EPS[6.0], DIGITS_EPS[8.0])
     + SWEEP_COMPRESS
+    + (MNIST["plain-50"], MNIST["plain-50-gated"])
     + (MNIST["res-50"], MNIST["res-50-gated"])
     + tuple(REMOVAL.values())
     + REMOVAL_ABLATE
