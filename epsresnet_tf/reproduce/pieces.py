@@ -75,7 +75,7 @@ REMOVAL_ABLATE = (
 
 DYNAMIC_NOTES = """**What governs when a block goes.** The gate closes when every |F| of the block over the
 batch is below ε (docs/semantics.md §1): ε is compared with the tail of the block's
-responses, the max over 128 images × H × W × C values, several standard deviations above a
+responses, the max over the batch (images × H × W × C values), several standard deviations above a
 typical |F|. That scale is set by the block's last convolution kernel times the BatchNorm
 scale before it. The loss gradient holds up the kernels of a useful block; weight decay
 (c·w each step, amplified by momentum to lr·c/(1 − 0.9)) pulls every kernel down. Hence:
