@@ -73,6 +73,19 @@ def test_an_uncompressed_run_counts_the_blocks_its_averages_call_discarded(tmp_p
     assert reduced.measure(reduced, root).verdict == PENDING  # its compress step is to come
 
 
+def test_a_run_that_discarded_every_block_says_nothing_about_groups(tmp_path):
+    root = tmp_path / "repro"
+    shutil.copytree(FIXTURE, root)
+    cert_path = root / "digits" / "repro-digits-eps_epsilon8.0" / "reduced" / "certificate.json"
+    cert = json.loads(cert_path.read_text())
+    cert["removed"] = [f"group{g}/block{b}" for g in range(3) for b in range(2)]
+    cert_path.write_text(json.dumps(cert))
+    groups = pieces.get("groups")
+    result = groups.measure(groups, root)
+    assert result.tables[0].rows[-1] == ["all runs above", "", "0/6", "2/6", "3/6"]
+    assert "repro-digits-eps_epsilon8.0" not in [row[0] for row in result.tables[0].rows]
+
+
 def test_dynamic_facts_separate_born_closed_blocks_from_later_ones():
     rows = [
         json.loads(line)

@@ -102,7 +102,9 @@ def groups(piece, root: Path, path: Path) -> bool:
     """Fig. 10's form: per group, the share of kept and discarded blocks, one panel a run."""
     from epsresnet_tf.reproduce.measure import _sweep_points, group_fractions
 
-    points = [(s, d) for s, d in _sweep_points(piece, root)[0] if d["removed"]]
+    points = [
+        (s, d) for s, d in _sweep_points(piece, root)[0] if 0 < len(d["removed"]) < len(d["blocks"])
+    ]
     if not points:
         return False
     plt = _plt()

@@ -255,7 +255,8 @@ def groups_verdict(pooled: list[tuple[int, int]]) -> tuple[str, str]:
 def groups(piece, root: Path) -> Result:
     """(c) Later groups lose more blocks (ε-ResNet Fig. 10)."""
     points, unfinished = _sweep_points(piece, root)
-    with_discards = [(s, d) for s, d in points if d["removed"]]
+    # a run that kept every block or discarded every one says nothing about where they go
+    with_discards = [(s, d) for s, d in points if 0 < len(d["removed"]) < len(d["blocks"])]
     rows = []
     for step, d in with_discards:
         per = group_fractions([d])

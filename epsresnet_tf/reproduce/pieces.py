@@ -165,7 +165,8 @@ PIECES = (
         "ε-ResNet discards more blocks in the groups near the output.",
         "ε-ResNet Fig. 10 and §4 (side supervision, layer selection)",
         SWEEP + SWEEP_COMPRESS,
-        "discarded/total blocks per group, per run and pooled over the sweep's runs",
+        "discarded/total blocks per group, per run and pooled over the sweep's runs that "
+        "discarded some but not all of their blocks",
         "reproduced when the pooled discarded share does not fall from the first group to "
         "the last and the last group's share is larger than the first's",
         _EPS_TAKES,
