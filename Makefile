@@ -195,3 +195,43 @@ bench: install bench-peer
 GPU_ARGS ?=
 bench-gpu: install
 	$(BIN)/python benchmarks/bench_gpu.py $(GPU_ARGS)
+
+# --- reproduction (issue 16) ---
+# `make reproduce`: the papers' claims tested on this machine's data (the CIFAR-10 and MNIST
+# subsets in REPRO_DATA, scikit-learn's digits), then docs/REPRODUCTION.md and its figures
+# generated from the run folders under $(OUT)/repro. CPU, about an hour on 2 quiet cores, at
+# low priority. Resumable: finished steps are skipped, an unfinished run resumes; run it
+# again to continue. `make reproduce-PIECE` runs one piece (REPRO_PIECES) and rewrites the
+# document; `make reproduce-doc` only rewrites it. The pieces are data in
+# epsresnet_tf/reproduce/pieces.py.
+.PHONY: reproduce reproduce-doc reproduce-gpu
+REPRO_DATA   ?= ../shared/data
+REPRO_NICE   ?= 15
+REPRO_PIECES := params dynamic eps-sweep groups reduced mnist-table removal unit-order
+REPRO_FLAGS   = --root $(OUT)/repro --data cifar10=$(REPRO_DATA)/cifar10-subset \
+                --data mnist=$(REPRO_DATA)/mnist-subset
+REPRO         = $(BIN)/python -m epsresnet_tf.reproduce
+
+# The document is written even when a step failed (its row says so); the status is the run's.
+reproduce: install
+	nice -n $(REPRO_NICE) $(REPRO) run $(REPRO_FLAGS); status=$$?; \
+	  $(REPRO) doc $(REPRO_FLAGS) && exit $$status
+
+reproduce-doc: install
+	$(REPRO) doc $(REPRO_FLAGS)
+
+$(addprefix reproduce-,$(REPRO_PIECES)): reproduce-%: install
+	nice -n $(REPRO_NICE) $(REPRO) run $* $(REPRO_FLAGS); status=$$?; \
+	  $(REPRO) doc $(REPRO_FLAGS) && exit $$status
+
+# The full-scale list on a GPU host with the datasets in $(DATA): one command per paper
+# table (epsresnet_tf/reproduce/gpu.py), each writing $(OUT)/repro-gpu/<table>.md with the
+# published numbers beside ours. Resumable like `make reproduce`; GPUS=N per run.
+REPRO_GPU_FLAGS = --data-dir $(DATA) --root $(OUT)/repro-gpu $(if $(filter-out 0,$(GPUS)),--gpus $(GPUS))
+reproduce-gpu: install
+	$(REPRO) gpu eps-cifar10 $(REPRO_GPU_FLAGS)
+	$(REPRO) gpu eps-cifar100 $(REPRO_GPU_FLAGS)
+	$(REPRO) gpu eps-svhn $(REPRO_GPU_FLAGS)
+	$(REPRO) gpu eps-imagenet $(REPRO_GPU_FLAGS)
+	$(REPRO) gpu gates-cifar $(REPRO_GPU_FLAGS)
+	$(REPRO) gpu sharesnet $(REPRO_GPU_FLAGS)

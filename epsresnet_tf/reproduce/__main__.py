@@ -1,0 +1,8 @@
+"""`python -m epsresnet_tf.reproduce run|doc|gpu …` (the Makefile's reproduce targets)."""
+
+import sys
+
+from epsresnet_tf.reproduce.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
