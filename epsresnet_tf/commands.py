@@ -1,6 +1,7 @@
 """How a subcommand declares itself: its name, help, description and options as data
 (flags and argparse keyword arguments), added by one function; `cli.py` collects them."""
 
+import argparse
 import os
 
 
@@ -42,11 +43,20 @@ def force(what):
 
 JSON = option("--json", action="store_true", help="print one JSON object")
 
+#: After the subcommand as well as before it (`epsresnet --verbose COMMAND`); SUPPRESS leaves
+#: the top-level flag's value alone when it is not given here.
+VERBOSE = option(
+    "--verbose",
+    action="store_true",
+    default=argparse.SUPPRESS,
+    help="show TensorFlow's own log lines (C++ notices, retracing warnings)",
+)
+
 
 def add_command(subparsers, name, *, help, description, func, options):
     """Add subcommand `name` with `options` ([(flags, kwargs)]) that runs `func(args)`."""
     parser = subparsers.add_parser(name, help=help, description=description)
-    for flags, kwargs in options:
+    for flags, kwargs in [*options, VERBOSE]:
         parser.add_argument(*flags, **kwargs)
     parser.set_defaults(func=func)
     return parser

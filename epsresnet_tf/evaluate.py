@@ -29,9 +29,14 @@ ORDERS = ("greedy-k", "random", "by-response")
 
 
 def _logits_fn(model):
+    """Inference logits, traced once here for any batch size. `ablate` builds a new net per
+    removal: a tf.function traced at its first call per net (and again at a short last
+    batch) made TensorFlow warn about frequent retracing; a concrete function is not."""
     import tensorflow as tf
 
-    return tf.function(lambda x: C.logits_of(model(x, training=False)), reduce_retracing=True)
+    x = model.inputs[0]
+    spec = tf.TensorSpec((None, *x.shape[1:]), x.dtype)
+    return tf.function(lambda x: C.logits_of(model(x, training=False))).get_concrete_function(spec)
 
 
 def error_rates(model, data, top5=False):

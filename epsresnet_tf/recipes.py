@@ -13,6 +13,7 @@ extend the run).
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -29,10 +30,21 @@ from epsresnet_tf.config import (
 )
 from epsresnet_tf.errors import UserError
 
-#: experiments/ beside the package (editable install), or $EPSRESNET_EXPERIMENTS.
-EXPERIMENTS = Path(
-    os.environ.get("EPSRESNET_EXPERIMENTS", Path(__file__).resolve().parents[1] / "experiments")
-)
+
+def _experiments_folder() -> Path:
+    """$EPSRESNET_EXPERIMENTS; else the recipes an installed wheel ships inside the package
+    (setup.cfg maps the top-level experiments/ there); else experiments/ beside the package:
+    a source checkout, run from it or installed editable (`make install`)."""
+    if os.environ.get("EPSRESNET_EXPERIMENTS"):
+        return Path(os.environ["EPSRESNET_EXPERIMENTS"])
+    shipped = importlib.resources.files("epsresnet_tf") / "experiments"
+    if isinstance(shipped, Path) and shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+#: The folder of recipe files (`_experiments_folder`).
+EXPERIMENTS = _experiments_folder()
 
 
 def available() -> list[str]:

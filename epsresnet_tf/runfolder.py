@@ -868,8 +868,10 @@ def read_history(run_dir: PathLike) -> list[dict[str, Any]]:
 
 
 def load_model(path: PathLike) -> Any:
-    """A saved .keras net (our layers are registered, so no custom_objects)."""
+    """A saved .keras net (importing our layers registers them: no custom_objects)."""
     import keras
+
+    from epsresnet_tf import layers  # noqa: F401
 
     path = Path(path)
     if not path.is_file():

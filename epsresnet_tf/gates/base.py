@@ -45,6 +45,20 @@ class Fold:
     factor: float
 
 
+class LayerOf:
+    """A built-in kind's `layer`, named by its class in `epsresnet_tf.layers` and imported
+    on first read: every command's parser reads the registry (`--gate` choices), and
+    importing Keras there would make `epsresnet --help` take seconds."""
+
+    def __init__(self, class_name: str):
+        self.class_name = class_name
+
+    def __get__(self, instance: Any, owner: type) -> type:
+        from epsresnet_tf import layers
+
+        return getattr(layers, self.class_name)
+
+
 class GateKind(abc.ABC):
     """One gate kind. Subclass, fill in the class attributes, override what differs and
     register it with `@register_gate` (epsresnet_tf.gates.registry)."""
@@ -53,7 +67,7 @@ class GateKind(abc.ABC):
     name: ClassVar[str] = ""
     #: How messages name its gates ("ε" → "ε-gates").
     label: ClassVar[str] = ""
-    #: The Keras layer (a `layers.GateLayer`).
+    #: The Keras layer (a `layers.GateLayer`), or `LayerOf(its class name in layers.py)`.
     layer: ClassVar[type] = None
     #: Its layer's name in a unit: `group{g}_block{b}_` + suffix.
     suffix: ClassVar[str] = ""

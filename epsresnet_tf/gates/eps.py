@@ -13,9 +13,8 @@ whole batch.
 
 import numpy as np
 
-from epsresnet_tf import layers as L
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.gates.base import BlockVerdict, GateKind, to_float
+from epsresnet_tf.gates.base import BlockVerdict, GateKind, LayerOf, to_float
 from epsresnet_tf.gates.registry import gate_by_block, register_gate
 
 
@@ -25,6 +24,7 @@ def gate_responses(model, data):
     import keras
     import tensorflow as tf
 
+    from epsresnet_tf import layers as L
     from epsresnet_tf.compress import iter_images
 
     gates = {b: l for b, l in gate_by_block(model).items() if isinstance(l, L.EpsilonGate)}
@@ -57,6 +57,8 @@ def per_image_gate(layer, maxima):
     an (N, 1) tensor whose only entry is max |F| has s = relu(max |F| - ε), as on F itself."""
     import tensorflow as tf
 
+    from epsresnet_tf import layers as L
+
     probe = L.EpsilonGate(to_float(layer.epsilon), scope="sample", sharpness=layer.sharpness)
     probe.build((None, 1))
     probe.epsilon.assign(layer.epsilon)  # bit-identical ε, not a float64 round trip
@@ -82,7 +84,7 @@ def _joined(parts):
 class EpsilonKind(GateKind):
     name = "eps"
     label = "ε"
-    layer = L.EpsilonGate
+    layer = LayerOf("EpsilonGate")
     suffix = "eps_gate"
     hyper_parameters = ("epsilon",)
     adaptive_reset = True
@@ -99,7 +101,7 @@ class EpsilonKind(GateKind):
         }
 
     def make_layer(self, config, name):
-        return L.EpsilonGate(
+        return self.layer(
             config.epsilon, config.gate_scope, group_size=config.gate_group, name=name
         )
 

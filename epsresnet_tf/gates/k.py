@@ -2,8 +2,7 @@
 learned scalar k per unit. Its layer is `layers.ResidualGate`; in the plain MNIST nets it
 interpolates, u = g(k)·f + (1 − g(k))·x."""
 
-from epsresnet_tf import layers as L
-from epsresnet_tf.gates.base import ScalarGateKind, to_float
+from epsresnet_tf.gates.base import LayerOf, ScalarGateKind, to_float
 from epsresnet_tf.gates.registry import register_gate
 
 
@@ -11,16 +10,16 @@ from epsresnet_tf.gates.registry import register_gate
 class KKind(ScalarGateKind):
     name = "k"
     label = "k"
-    layer = L.ResidualGate
+    layer = LayerOf("ResidualGate")
     suffix = "k_gate"
     formula = "g(k) F + x"
     factor_name = "g(k)"
 
     def make_layer(self, config, name):
-        return L.ResidualGate("residual", config.k_decay, name=name)
+        return self.layer("residual", config.k_decay, name=name)
 
     def plain_merge(self, f, x, config, prefix):
-        return L.ResidualGate("plain", config.k_decay, name=prefix + self.suffix)([f, x])
+        return self.layer("plain", config.k_decay, name=prefix + self.suffix)([f, x])
 
     def factor_tensor(self, layer):
         return layer.gate_value  # relu(k)

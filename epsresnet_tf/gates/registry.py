@@ -6,7 +6,6 @@ importing its module before building a net).
 """
 
 from epsresnet_tf.gates.base import GateKind, to_float
-from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.naming import block_of_layer_name
 
 #: "none": no gate (plain residual units); not an entry.
@@ -58,6 +57,8 @@ def kind_of(layer) -> GateKind:
 
 def gate_by_block(model) -> dict:
     """{block id: gate layer} of a model, in network order."""
+    from epsresnet_tf.layers import gate_layers  # Keras: not at import (see base.LayerOf)
+
     out = {}
     for layer in gate_layers(model):
         bid = block_of_layer_name(layer.name)

@@ -1,11 +1,11 @@
-"""Model statistics (parameters, conv layers, blocks, MACs) and `epsresnet describe`."""
+"""Model statistics (parameters, conv layers, blocks, MACs) and `epsresnet describe`.
 
-import keras
+Keras is imported inside the functions: `register` runs for every `epsresnet` command.
+"""
+
 import numpy as np
-from tabulate import tabulate
 
 from epsresnet_tf import jsonsafe
-from epsresnet_tf import layers as L
 from epsresnet_tf.commands import JSON, add_command, option
 from epsresnet_tf.gates import gate_choices
 from epsresnet_tf.naming import block_of_layer_name
@@ -33,6 +33,10 @@ def _conv_macs(kernel, out_shape, data_format):
 def count_macs(model):
     """Forward multiply-accumulates per image, summed over every call of every conv and
     dense kernel (a shared kernel counts at each use)."""
+    import keras
+
+    from epsresnet_tf import layers as L
+
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -49,6 +53,10 @@ def count_macs(model):
 
 def count_conv_layers(model):
     """Independent conv kernels (a shared kernel once), the paper's "layers" minus the FC."""
+    import keras
+
+    from epsresnet_tf import layers as L
+
     kernels = {id(layer.kernel) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
     kernels |= {
         id(layer.gate_conv.kernel)
@@ -65,6 +73,8 @@ def count_blocks(model):
 
 
 def model_stats(model):
+    from epsresnet_tf import layers as L
+
     return {
         "name": model.name,
         "params": _size(model.weights),
@@ -77,6 +87,8 @@ def model_stats(model):
 
 
 def describe(args):
+    from tabulate import tabulate
+
     from epsresnet_tf.models.registry import build_model
 
     options = dict(gate=args.gate, share=args.share, side_head=args.side_head)
