@@ -61,7 +61,8 @@ class VersionAction(argparse.Action):
         super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.exit(message=f"{parser.prog} {version()}\n")
+        print(f"{parser.prog} {version()}")
+        parser.exit()
 
 
 # Plain classes, not importlib.abc's: the import protocol needs only the methods, and
