@@ -96,6 +96,8 @@ def run_folder_layout():
     return {
         "": {
             RF.CONFIG,
+            RF.DATA,
+            RF.CHANGES,
             RF.HISTORY,
             RF.TENSORBOARD + "/",
             RF.CHECKPOINTS + "/",
@@ -106,7 +108,9 @@ def run_folder_layout():
         },
         RF.REDUCED: {RF.REDUCED_MODEL, RF.SAVED_MODEL + "/", RF.CERTIFICATE},
         RF.ABLATION: {f"{order}.json" for order in evaluate.ORDERS},
-        RF.REPORT: {f"{stem}.png" for stem, _, _ in report.PER_RUN_FIGURES}
+        RF.REPORT: {
+            stem + suffix for stem, *_ in report.PER_RUN_FIGURES for suffix in report.FIGURE_FORMATS
+        }
         | {name for name in report.REPORT_FILES if "*" not in name},
     }
 
@@ -115,7 +119,7 @@ def test_the_run_folder_tree_uses_the_run_folders_names():
     [tree] = [body for body in blocks("") if body.startswith("runs/demo/")]
     layout, listed, folder = run_folder_layout(), 0, ""
     for line in tree.splitlines():
-        names = line.split()
+        names = line.split("#")[0].split()
         if not line[0].isspace():  # "runs/demo/<entry>  <entries of that folder …>"
             first = names.pop(0).removeprefix("runs/demo/")
             assert first in layout[""], f"runs/demo/{first}"
@@ -124,7 +128,7 @@ def test_the_run_folder_tree_uses_the_run_folders_names():
         for name in names:
             assert name in layout[folder], f"{name} in runs/demo/{folder}"
             listed += 1
-    assert listed >= 15  # the tree shows the whole demo run
+    assert listed >= 18  # the tree shows the whole demo run
 
 
 def test_named_checkpoint_files_are_the_run_folders():
