@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "epsresnet_tf.evaluate",
     "epsresnet_tf.report",
     "epsresnet_tf.sweep",
+    "epsresnet_tf.reproduce.cli",
 )
 
 #: Set (to anything but "" or "0") to see TensorFlow's own log lines, as `--verbose` does.
