@@ -115,7 +115,8 @@ def run_training(
     from epsresnet_tf.train import stopping
 
     # several machines: one worker leaving on its own would hang the others' collectives
-    with stopping.stop_on_signals(enabled=not os.environ.get("TF_CONFIG")) as stop:
+    signals = dict(enabled=not os.environ.get("TF_CONFIG"), on_second=stopping.exit_now)
+    with stopping.stop_on_signals(**signals) as stop:
         try:
             return _run(
                 cfg, run_dir, data_dir, sources, strategy, verbose, extra_callbacks, stop, restart
@@ -147,6 +148,7 @@ def _interrupted(stop, run_dir, verbose) -> dict:
     if shows_bar(verbose):
         print(flush=True)
     print(stop.message(), file=sys.stderr, flush=True)
+    stop.said = True
     return {
         "status": "interrupted",
         "exit_code": stop.exit_code,
