@@ -146,21 +146,30 @@ def reduced(piece, root: Path, path: Path) -> bool:
     return _save(fig, path)
 
 
-def mnist_table(piece, root: Path, path: Path) -> bool:
-    """Fig. 4's form: training loss against epoch of the four d = 50 nets."""
+def _per_epoch(piece, root: Path, key: str, scale: float, ylabel: str, title: str):
+    """One line per trained run of the piece: history `key` × `scale` against epoch."""
     runs = [(s, h) for s, h in _trained(piece, root) if h]
     if not runs:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for step, rows in runs:
-        ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=step.name)
-    ax.set_yscale("log")
+        ax.plot([r["epoch"] for r in rows], [scale * r[key] for r in rows], label=step.name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
-    ax.set_title("MNIST d = 50: training loss (gates Fig. 4's form)")
-    return _save(fig, path)
+    ax.set_title(title)
+    return fig, ax
+
+
+def mnist_table(piece, root: Path, path: Path) -> bool:
+    """Fig. 4's form: training loss against epoch of the four d = 50 nets."""
+    title = "MNIST d = 50: training loss (gates Fig. 4's form)"
+    drawn = _per_epoch(piece, root, "loss", 1.0, "training loss", title)
+    if not drawn:
+        return False
+    drawn[1].set_yscale("log")
+    return _save(drawn[0], path)
 
 
 def removal(piece, root: Path, path: Path) -> bool:
@@ -184,15 +193,6 @@ def removal(piece, root: Path, path: Path) -> bool:
 
 def unit_order(piece, root: Path, path: Path) -> bool:
     """He et al. Fig. 6's form: test error against epoch for each unit order."""
-    runs = [(s, h) for s, h in _trained(piece, root) if h]
-    if not runs:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for step, rows in runs:
-        ax.plot([r["epoch"] for r in rows], [100 * r["val_error"] for r in rows], label=step.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
-    ax.legend(fontsize=8)
-    ax.set_title("Unit order: original against pre-activation")
-    return _save(fig, path)
+    title = "Unit order: original against pre-activation"
+    drawn = _per_epoch(piece, root, "val_error", 100.0, "test error (%)", title)
+    return bool(drawn) and _save(drawn[0], path)
