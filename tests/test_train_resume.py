@@ -60,7 +60,8 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path, shared_data)
     killed_dir = tmp_path / "killed"
     victim = start(killed_dir, data)
     deadline = time.time() + 240
-    while not (killed_dir / "ckpt" / "epoch-00002.npz").exists():
+    # the manifest is written last: with it, epoch 2's checkpoint is complete
+    while not (killed_dir / "ckpt" / "epoch-00002.json").exists():
         assert victim.poll() is None, victim.stdout.read()
         assert time.time() < deadline
         time.sleep(0.02)
