@@ -115,6 +115,20 @@ def clocks(stamps):
     return First(), Last()
 
 
+def Drain(writer):
+    """Waits, before an epoch's clock starts, for the writer thread to finish the epoch
+    before: epochs here are one step long, so its jobs would still be running at the next
+    epoch's end and take the GIL from it; in a real epoch (390 steps and more) they finish
+    during the steps. The epoch's end is then timed as a real run pays it."""
+    import keras
+
+    class DrainCallback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            writer.wait()
+
+    return DrainCallback()
+
+
 def epoch_figures(stamps):
     """{epoch: (wall seconds, seconds in steps)} from the clocks' stamps."""
     out, begin, steps, open_step = {}, None, 0.0, None
@@ -173,15 +187,19 @@ def one_run(cfg, folder, shape, history=None):
         stamps = []
         first, last = clocks(stamps)
         cbs = [timed_callback(cb, seconds) for cb in run.callbacks(verbose=2)]
-        run.fit([first, *cbs, last])
+        run.fit([Drain(run.writer), first, *cbs, last])
+        run.wait_for_writes()
         run.finish()
     finally:
+        run.writer.close()
         run.owner.close()
-    return seconds, epoch_figures(stamps), run.state.rows
+    background = {name: list(t) for name, t in run.writer.timings.items() if name != "barrier"}
+    return seconds, epoch_figures(stamps), run.state.rows, background
 
 
-def summarise(seconds, figures, skip_first=True):
-    """Median seconds per epoch: per callback hook, and outside the steps in all."""
+def summarise(seconds, figures, background, skip_first=True):
+    """Median seconds per epoch: per callback hook, and outside the steps in all; and
+    each job of the run's writer thread (train/writer.py), which overlaps the next steps."""
     epochs = sorted(figures)
     use = epochs[1:] if skip_first and len(epochs) > 1 else epochs
     per_hook = {
@@ -197,6 +215,10 @@ def summarise(seconds, figures, skip_first=True):
         "step_s": statistics.median(figures[e][1] for e in use),
         "first_epoch_outside_s": figures[epochs[0]][0] - figures[epochs[0]][1],
         "hooks": {k: v for k, v in sorted(per_hook.items(), key=lambda kv: -kv[1]) if v > 0},
+        "background": {
+            name: statistics.median(t[1:] if skip_first and len(t) > 1 else t)
+            for name, t in sorted(background.items())
+        },
     }
 
 
@@ -206,14 +228,14 @@ def measure(args, log=print):
     out = {"date": benchmd.today(), "machine": benchmd.machine_line(), "arch": args.arch}
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         out["load_before"] = benchmd.load1()
-        seconds, figures, rows = one_run(copy.deepcopy(cfg), Path(tmp) / "fresh", shape)
-        out["fresh"] = summarise(seconds, figures)
+        seconds, figures, rows, background = one_run(copy.deepcopy(cfg), Path(tmp) / "fresh", shape)
+        out["fresh"] = summarise(seconds, figures, background)
         log(f"from epoch 0: {out['fresh']['outside_s']:.3f} s outside the steps per epoch")
         if args.history:
-            seconds, figures, _ = one_run(
+            seconds, figures, _, background = one_run(
                 copy.deepcopy(cfg), Path(tmp) / "late", shape, late_rows(rows, args.history)
             )
-            out["late"] = summarise(seconds, figures)
+            out["late"] = summarise(seconds, figures, background)
             out["history"] = args.history
             log(
                 f"after {args.history} epochs: {out['late']['outside_s']:.3f} s outside "
@@ -255,6 +277,16 @@ per epoch (2% of a 5 s CIFAR epoch at 10,000 img/s) or asynchronous.
         values = [r["hooks"].get(name, 0.0) for _, r in runs]
         if max(values) >= 0.001:
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines.append(
+        "\nOn the run's writer thread (`epsresnet_tf/train/writer.py`), overlapping the next"
+        " epoch's steps (seconds per epoch, median):\n"
+    )
+    jobs = list(dict.fromkeys(k for _, r in runs for k in r.get("background", {})))
+    lines.append("| job | " + " | ".join(label for label, _ in runs) + " |")
+    lines.append("|---|" + "---|" * len(runs))
+    for job in jobs:
+        values = [r.get("background", {}).get(job, 0.0) for _, r in runs]
+        lines.append(f"| {job} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 

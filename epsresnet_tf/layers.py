@@ -162,13 +162,16 @@ class EpsilonGate(GateLayer):
         return ops.relu(one - self.sharpness * ops.relu(one - self.sharpness * s))
 
     def call(self, residual, training=None):
-        f32 = ops.cast(residual, "float32")
-        peak = self._peak(f32)
+        # max |F| in the residual's own dtype, then the (per-image or per-group) maxima cast
+        # to float32: the max of bfloat16 values is one of them, and bfloat16 → float32 is
+        # exact, so T is what float32 gives from the same F. Casting the whole F first was
+        # an extra pass over it (bf16 gate overhead, docs/PROFILE.md).
+        peak = ops.cast(self._peak(residual), "float32")
         gate = self.threshold(peak)
         if not self.gate_gradient:
             gate = ops.stop_gradient(gate)
         if training:
-            self._update_monitors(f32, peak, gate)
+            self._update_monitors(residual, peak, gate)
         if self.grouped:  # each image takes its group's T
             n = ops.shape(residual)[0]
             per_image = ops.repeat(gate, self.group_size)[:n]
@@ -201,7 +204,9 @@ class EpsilonGate(GateLayer):
         else:
             top = peak if self.scope == "batch" else ops.max(peak)
         moving_average(self.response_max, top, steps, d)
-        moving_average(self.response_mean, ops.mean(ops.abs(f)), steps, d)
+        # mean |F| in F's dtype: TensorFlow sums bfloat16 in float32 and rounds the mean
+        # once (relative error ≤ 2^-9 in a monitor that decides nothing)
+        moving_average(self.response_mean, ops.cast(ops.mean(ops.abs(f)), "float32"), steps, d)
         self.monitor_steps.assign(steps + 1.0)
 
     def compute_output_shape(self, input_shape):

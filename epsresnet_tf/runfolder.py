@@ -553,14 +553,45 @@ class RunFolder:
     # --- history ---
 
     def read_history(self) -> list[dict[str, Any]]:
-        """The rows of history.jsonl ([] when there is none yet)."""
+        """The rows of history.jsonl ([] when there is none yet). A last line cut short (a
+        kill during `append_history`: no newline, not JSON) is not a row."""
         if not self.history.is_file():
             return []
-        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+        text = self.history.read_text()
+        lines = [line for line in text.splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1 and not text.endswith("\n"):
+                    break
+                raise
+        return rows
 
     def write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace history.jsonl with `rows` (atomically)."""
         atomic_write_text(self.history, "".join(jsonsafe.dumps(r) + "\n" for r in rows))
+
+    def append_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append `rows` (the epochs finished since the last write) to history.jsonl: a run
+        of 1,000 epochs writes each row once, not the whole file every epoch (issue 15).
+        All or nothing: a failed append (a full disk) cuts the file back to its old end;
+        a kill during one leaves a partial last line, which read_history skips and a
+        resume rewrites from its checkpoint."""
+        data = "".join(jsonsafe.dumps(r) + "\n" for r in rows).encode()
+        try:
+            with open(self.history, "ab") as f:
+                end = f.tell()
+                try:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(end)
+                    raise
+        except OSError as err:
+            _raise_disk_error(err, self.history, len(data))
 
     # --- checkpoints ---
     #

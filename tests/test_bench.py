@@ -503,8 +503,12 @@ def test_epoch_overhead_times_the_runs_own_callbacks(capsys):
         assert r["epochs"] == 1 and r["outside_s"] > 0 and r["step_s"] > 0
         names = {k.split(".")[0] for k in r["hooks"]}
         assert {"CheckpointCallback", "HistoryCallback", "MonitorCallback"} <= names
+        # the file writes run on the writer thread, each timed there
+        assert set(r["background"]) == {"checkpoint", "history", "tensorboard"}
+        assert all(t > 0 for t in r["background"].values())
     text = bench_epoch.body(res)
     assert "| from epoch 0 |" in text and "| after 2 epochs of history |" in text
+    assert "| checkpoint |" in text
 
 
 def test_gpu_command_smoke_runs_on_cpu_and_refuses_without_gpu(capsys):

@@ -164,3 +164,27 @@ def test_train_cli_stores_precision_bf16_and_trains_a_bf16_net(tmp_path, capsys)
     assert len(err) == 1 and "contradicts precision 'bf16'" in err[0]
     assert cli.main(["train", "demo", "--out", str(tmp_path), "--precision", "half"]) == 2
     assert "precision must be one of" in capsys.readouterr().err
+
+
+def test_bf16_gate_reads_max_abs_F_in_bfloat16_and_gives_float32s_T_and_monitors():
+    """The gate reduces a bfloat16 F without casting it whole: T and max|F| equal those of
+    the same values in float32 bit for bit (the max of bfloat16 values is one of them);
+    mean|F| (a monitor) within bfloat16's rounding of the mean."""
+    import keras
+
+    from epsresnet_tf.layers import EpsilonGate
+
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((8, 4, 4, 16)).astype(np.float32) * 2.0
+    f_bf16 = keras.ops.cast(values, "bfloat16")
+    f_f32 = keras.ops.cast(f_bf16, "float32")  # the same numbers, in float32
+    for eps in (0.5, float(np.max(np.abs(keras.ops.convert_to_numpy(f_f32)))), 100.0):
+        a = EpsilonGate(epsilon=eps, dtype="mixed_bfloat16")
+        b = EpsilonGate(epsilon=eps)
+        out_bf16 = a(f_bf16, training=True)
+        b(f_f32, training=True)
+        assert out_bf16.dtype == "bfloat16"
+        assert float(a.gate_value.numpy()) == float(b.gate_value.numpy())
+        assert float(a.response_max.numpy()) == float(b.response_max.numpy())
+        mean_a, mean_b = float(a.response_mean.numpy()), float(b.response_mean.numpy())
+        assert mean_a == pytest.approx(mean_b, rel=2**-8)

@@ -123,7 +123,8 @@ class GateKind(abc.ABC):
         """ "Discarded" in the training step just run, a float32 tensor in [0, 1]."""
 
     def monitor(self, layer) -> dict:
-        """Per-epoch monitor fields besides "discarded" (history rows, TensorBoard)."""
+        """Per-epoch monitor fields besides "discarded" (history rows, TensorBoard): {field:
+        scalar variable}, read once per epoch with all the others (train/monitor.py)."""
         return {}
 
     def factor(self, layer) -> float | None:

@@ -118,9 +118,9 @@ class EpsilonKind(GateKind):
 
     def monitor(self, layer):
         return {
-            "gate": to_float(layer.gate_value),
-            "response_max": to_float(layer.response_max),
-            "response_mean": to_float(layer.response_mean),
+            "gate": layer.gate_value,
+            "response_max": layer.response_max,
+            "response_mean": layer.response_mean,
         }
 
     def scope(self, layer):

@@ -25,7 +25,7 @@ class KKind(ScalarGateKind):
         return layer.gate_value  # relu(k)
 
     def monitor(self, layer):
-        return {"k": to_float(layer.k)}
+        return {"k": layer.k}
 
     def verdict_details(self, layer):
         k = to_float(layer.k)

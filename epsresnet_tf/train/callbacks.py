@@ -154,21 +154,33 @@ def nonfinite_problems(model, logs) -> list[str]:
 
 
 class HistoryCallback(keras.callbacks.Callback):
-    """Writes history.jsonl after each epoch through `write(rows)` (the run folder's atomic
-    write: a full disk is one line and never a half-written history)."""
+    """Adds each epoch's row to history.jsonl through `append(rows)` (the run folder's
+    `append_history`: all or nothing; a full disk is one line), on `writer`'s thread
+    (train/writer.py; default: at once). The file holds the rows of `state` when training
+    begins (a resume rewrites it from its checkpoint); rows are never changed once
+    appended, so each is written once."""
 
-    def __init__(self, write, state: RunState):
+    def __init__(self, append, state: RunState, writer=None):
+        from epsresnet_tf.train.writer import EpochWriter
+
         super().__init__()
-        self.write, self.state = write, state
+        self.append, self.state = append, state
+        self.writer = writer or EpochWriter(threaded=False)
+        self.written = len(state.rows)
+
+    def on_train_begin(self, logs=None):
+        self.written = len(self.state.rows)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.state.nan or not self.state.rows:
+        if self.state.nan or len(self.state.rows) <= self.written:
             return
-        self.write(self.state.rows)
+        self.writer.submit("history", self.append, self.state.rows[self.written :])
+        self.written = len(self.state.rows)
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """After each good epoch, `save(epoch + 1)` writes an atomic checkpoint."""
+    """After each good epoch, `save(epoch + 1)` writes an atomic checkpoint (the loop's
+    save copies the variables, then hands the file write to its writer thread)."""
 
     def __init__(self, save, state: RunState):
         super().__init__()

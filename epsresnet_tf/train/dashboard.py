@@ -260,12 +260,15 @@ class TensorBoardCallback(keras.callbacks.Callback):
     training step itself gains nothing. `lr_schedule`'s `resets` (the adaptive reset's
     epochs; none for a fixed schedule) give `schedule/lr_reset`."""
 
-    def __init__(self, train_dir, validation_dir, state, cfg: dict, lr_schedule=None):
+    def __init__(self, train_dir, validation_dir, state, cfg: dict, lr_schedule=None, writer=None):
+        from epsresnet_tf.train.writer import EpochWriter
+
         super().__init__()
         self.dirs = {"train": str(train_dir), "validation": str(validation_dir)}
         self.state, self.cfg, self.lr_schedule = state, cfg, lr_schedule
         self.histogram_every = int(cfg.get("histogram_every") or 0)
         self.every_steps = int(cfg.get("summary_every_steps") or 0)
+        self.jobs = writer or EpochWriter(threaded=False)  # the epoch's writes (writer.py)
         self.writers: dict = {}
         self.step = 0
         self.layout_written = False
@@ -296,11 +299,26 @@ class TensorBoardCallback(keras.callbacks.Callback):
                     tf.summary.scalar(tag, float(value))
 
     def on_epoch_end(self, epoch, logs=None):
+        """Copies what the epoch writes (the scalars, the kernels of a histogram epoch, the
+        rows of the strip) and hands the writing to the run's writer thread: the events,
+        the histograms and the strip's drawing take the steps nothing."""
         if self.state.nan or not self.state.rows:
             return
-        row = self.state.rows[-1]
-        step = row["epoch"]
-        written = epoch_scalars(row, getattr(self.lr_schedule, "resets", ()))
+        step = self.state.rows[-1]["epoch"]
+        written = epoch_scalars(self.state.rows[-1], getattr(self.lr_schedule, "resets", ()))
+        kernels = {}
+        if self.histogram_every and step % self.histogram_every == 0:
+            pairs = [
+                (f"{bid}/{name}", var)
+                for bid, named in monitor.block_kernels(self.model.net).items()
+                for name, var in named
+            ]
+            values = monitor.variable_values([var for _, var in pairs])
+            kernels = {tag: value for (tag, _), value in zip(pairs, values)}
+        rows = list(self.state.rows) if self.state.rows[-1].get("blocks") else None
+        self.jobs.submit("tensorboard", self._write_epoch, step, written, kernels, rows)
+
+    def _write_epoch(self, step, written, kernels, rows):
         for run, tags in written.items():
             with self.writer(run).as_default(step=step):
                 for tag, value in tags.items():
@@ -308,14 +326,11 @@ class TensorBoardCallback(keras.callbacks.Callback):
         with self.writer("train").as_default(step=step):
             if not self.layout_written:
                 self._write_layout(written)
-            if self.histogram_every and step % self.histogram_every == 0:
-                for bid, kernels in monitor.block_kernels(self.model.net).items():
-                    for name, var in kernels:
-                        tf.summary.histogram(f"{bid}/{name}", var.numpy())
-            if row.get("blocks"):
+            for tag, values in kernels.items():
+                tf.summary.histogram(tag, values)
+            if rows:
                 title = f"{self.cfg.get('name') or 'run'}: discarded blocks after epoch {step}"
-                strip = strip_image(self.state.rows, title)
-                tf.summary.image(STRIP_TAG, strip[None], max_outputs=1)
+                tf.summary.image(STRIP_TAG, strip_image(rows, title)[None], max_outputs=1)
         for w in self.writers.values():
             w.flush()
 
@@ -328,6 +343,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self.layout_written = True
 
     def on_train_end(self, logs=None):
+        self.jobs.wait()
         for w in self.writers.values():
             w.close()
         self.writers = {}

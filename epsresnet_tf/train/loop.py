@@ -25,8 +25,6 @@ ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 import os
 import sys
 
-import numpy as np
-
 from epsresnet_tf.config import dtype_policy, global_batch_size, validate_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
@@ -135,10 +133,16 @@ def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restar
         stop.epoch = run.start + 1
         stop.check()  # a signal during the set-up: nothing trained yet
         run.fit([*run.callbacks(extra, verbose), StopCallback(stop)])
+        run.wait_for_writes()  # the last epoch's files and line before the final model
         stop.check()
         return run.finish()
-    finally:
+    finally:  # no write outlives the run folder's lock
+        unsaid = run.writer.close()  # on the way out of another error only (else raised above)
         run.owner.close()
+        if run.console is not None and unsaid is None:  # the lines of the epochs saved
+            run.console.print_saved()
+        if unsaid is not None:
+            print(f"also: {unsaid}", file=sys.stderr, flush=True)
 
 
 def _interrupted(stop, run_dir, verbose) -> dict:
@@ -195,6 +199,10 @@ class _TrainingRun:
 
         self.state = RunState(statistic=cfg["reset_statistic"])
         self.start = 0
+        from epsresnet_tf.train.writer import EpochWriter
+
+        self.writer = EpochWriter()  # the epoch's file writes, off the training thread
+        self.console = None  # the ProgressCallback, whose lines wait for their checkpoint
         fresh = restart or not self.folder.config.exists()
         self.init_weights = self._init_weights() if fresh and cfg.get("init_from") else None
         self._open_folder(restart)  # last: whatever failed above has written nothing
@@ -268,8 +276,23 @@ class _TrainingRun:
             print(start_line(self.run_root, self.start, self.cfg["epochs"]), flush=True)
 
     def save(self, epoch):
-        st = {"epoch": epoch, "lr_schedule": self.lr_sched.get_state(), "history": self.state.rows}
-        self.folder.save_checkpoint(epoch, [np.asarray(v.numpy()) for v in self.variables()], st)
+        """Copy the variables and the loop's state now; write them on the writer thread."""
+        st = {
+            "epoch": epoch,
+            "lr_schedule": self.lr_sched.get_state(),
+            "history": list(self.state.rows),
+        }
+        from epsresnet_tf.train.monitor import variable_values
+
+        arrays = variable_values(self.variables())
+        self.writer.submit("checkpoint", self.folder.save_checkpoint, epoch, arrays, st)
+
+    def wait_for_writes(self):
+        """Every epoch's files are on disk and its console line printed; a failed write
+        raises here."""
+        self.writer.wait()
+        if self.console is not None:
+            self.console.print_saved(wait=True)
 
     def callbacks(self, extra=(), verbose=0):
         """The loop's callbacks in order, `extra` after them; the console's (`verbose` 1 or
@@ -284,11 +307,10 @@ class _TrainingRun:
         cfg, state = self.cfg, self.state
         kind = get_gate(cfg["gate"])  # its scheduled hyper-parameters (ε)
         gate_schedules = kind.schedules(cfg) if kind is not None else {}
-        console = (
-            [ProgressCallback(state, cfg["epochs"], self.steps, self.lr_sched, verbose)]
-            if verbose and self.is_chief()
-            else []
-        )
+        if verbose and self.is_chief():
+            self.console = ProgressCallback(
+                state, cfg["epochs"], self.steps, self.lr_sched, verbose, self.writer.barrier
+            )
         return [
             C.ScheduleCallback(
                 ScheduledSetter(self.lr_sched, "learning rate"),
@@ -306,12 +328,17 @@ class _TrainingRun:
                 for name, schedule in gate_schedules.items()
             ),
             C.MonitorCallback(state, authors_block_count(cfg["arch"])),
-            C.HistoryCallback(self.folder.write_history, state),
-            TensorBoardCallback(
-                self.folder.tb_train, self.folder.tb_validation, state, cfg, self.lr_sched
-            ),
+            C.HistoryCallback(self.folder.append_history, state, self.writer),
             C.CheckpointCallback(self.save, state),
-            *console,
+            TensorBoardCallback(
+                self.folder.tb_train,
+                self.folder.tb_validation,
+                state,
+                cfg,
+                self.lr_sched,
+                self.writer,
+            ),
+            *([self.console] if self.console is not None else []),
             *extra,
         ]
 

@@ -6,7 +6,10 @@ other fields are its kind's `GateKind.monitor`: ε: `gate_value`, `response_max`
 those variables once per epoch (paper Fig. 1's strip of them is `train/dashboard.py`'s).
 """
 
-from epsresnet_tf.gates import kind_of, to_float
+import numpy as np
+import tensorflow as tf
+
+from epsresnet_tf.gates import kind_of
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.naming import block_of_layer_name, split_layer_name
 
@@ -23,17 +26,33 @@ def gate_snapshot(net):
     """Per-block monitor values: {"blocks": {id: {...}}, "blocks_discarded_sum" (the sum
     of the per-block averages, for dashboards; not what the reset reads), "num_blocks"}.
     Under tf.distribute the variables hold the mean over replicas (their aggregation is
-    "mean")."""
-    blocks = {}
+    "mean"). All the variables are read in one graph call (ResNet-110: 216 of them)."""
+    fields = {}
     for layer in gate_layers(net):
-        entry = {"discarded": to_float(layer.discarded_ema)}
-        entry.update(kind_of(layer).monitor(layer))
-        blocks[block_of_layer_name(layer.name) or layer.name] = entry
+        entry = {"discarded": layer.discarded_ema, **kind_of(layer).monitor(layer)}
+        fields[block_of_layer_name(layer.name) or layer.name] = entry
+    flat = [v for entry in fields.values() for v in entry.values()]
+    values = iter(variable_values(flat))
+    blocks = {b: {f: float(next(values)) for f in entry} for b, entry in fields.items()}
     return {
         "blocks": blocks,
         "num_blocks": len(blocks),
         "blocks_discarded_sum": sum(e["discarded"] for e in blocks.values()),
     }
+
+
+def variable_values(variables) -> list[np.ndarray]:
+    """The values of `variables` (Keras or tf.Variables) as numpy arrays, read in one graph
+    call: one eager read each costs ~0.2 ms of the epoch's end (a checkpoint of
+    ResNet-110 holds ~700 variables)."""
+    if not variables:
+        return []
+    return [t.numpy() for t in _read_all([getattr(v, "value", v) for v in variables])]
+
+
+@tf.function
+def _read_all(variables):
+    return [tf.identity(v) for v in variables]
 
 
 def block_kernels(net):

@@ -107,12 +107,14 @@ class ProgressCallback(keras.callbacks.Callback):
     and the lr schedule's reset after the schedule callback has decided it. `verbose` 1:
     bar (on a terminal) and event lines; 2: one line per epoch."""
 
-    def __init__(self, state, epochs: int, steps: int, lr_schedule, verbose: int = 1):
+    def __init__(self, state, epochs: int, steps: int, lr_schedule, verbose: int = 1, saved=None):
         super().__init__()
         self.state, self.epochs, self.steps = state, epochs, steps
         self.lr_schedule, self.verbose = lr_schedule, verbose
+        self.saved = saved  # () -> a future done once the epoch's files are written
         self.bar = None
         self.pending = []  # events waiting for the next epoch line (verbose 2)
+        self.unsaid = []  # (future, lines): an epoch's lines, said once its files are written
         self.started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -126,6 +128,8 @@ class ProgressCallback(keras.callbacks.Callback):
             self.bar = StepBar(self.steps, has_epsilon=self.model.epsilon_value() is not None)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.unsaid and self.unsaid[0][0].done():
+            self.print_saved()
         if self.bar is not None and self.bar.due(batch + 1):
             self.bar.draw(batch + 1, self.model, logs or {})
 
@@ -137,19 +141,37 @@ class ProgressCallback(keras.callbacks.Callback):
         line = epoch_line(rows[-1], self.epochs, time.monotonic() - self.started)
         events = discard_changes(rows[-2] if len(rows) > 1 else None, rows[-1])
         if self.verbose == 1:
-            _say(line)
-            for text in events:
-                _say("  " + text)
+            lines = [line, *("  " + text for text in events)]
         else:
-            _say("; ".join([line, *self.pending, *events]))
+            lines = ["; ".join([line, *self.pending, *events])]
         self.pending = []
+        self.unsaid.append((self.saved() if self.saved else None, lines))
+        self.print_saved()
+
+    def print_saved(self, wait: bool = False):
+        """Say the lines of the epochs whose files are written (all of them with `wait`), in
+        order: an epoch's line means its checkpoint is on disk."""
+        while self.unsaid:
+            future, lines = self.unsaid[0]
+            if future is not None and not (wait or future.done()):
+                return
+            if future is not None and future.exception() is not None:
+                self.unsaid.pop(0)  # not saved: the run's writer raises why, not us
+                continue
+            if self.bar is not None:
+                self.bar.erase()  # the bar is drawn again at its next step
+            for line in lines:
+                _say(line)
+            self.unsaid.pop(0)
 
     def on_train_end(self, logs=None):
         self._erase_bar()
+        self.print_saved(wait=True)
 
     def _event(self, text):
-        if self.verbose == 1:
-            _say("  " + text)
+        if self.verbose == 1:  # after the lines of the epoch before it
+            self.unsaid.append((None, ["  " + text]))
+            self.print_saved()
         else:
             self.pending.append(text)
 
