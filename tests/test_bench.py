@@ -524,3 +524,31 @@ def test_gpu_command_smoke_runs_on_cpu_and_refuses_without_gpu(capsys):
     assert {r["precision"] for r in res["cifar"].values()} == {"bf16", "fp16"}
     assert all(r["jit_compile"] for r in rows.values())
     assert set(res["pipeline"]) == {"0", "1"} and all(v > 0 for v in res["pipeline"].values())
+
+
+def test_bf16_accuracy_section_is_written_from_the_runs_final_rows(tmp_path, monkeypatch):
+    import bench_bf16
+
+    finals = {("float32", 0): 0.30, ("bf16", 0): 0.31, ("float32", 1): 0.33}
+    calls = []
+
+    def fake_train(recipe, precision, seed, args):
+        calls.append((precision, seed))
+        row = {"val_error": finals[(precision, seed)], "loss": 1.0, "discarded_count": 0.0}
+        return row, 600.0
+
+    monkeypatch.setattr(bench_bf16, "train", fake_train)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## bfloat16 accuracy\n\nold\n\n## GPU\n\nkept\n")
+    assert bench_bf16.main(["--bench-md", str(md), "--seeds", "0,1"]) == 0
+    assert calls == [("float32", 0), ("bf16", 0), ("float32", 1)]
+    text = md.read_text()
+    assert "old" not in text and "## GPU\n\nkept" in text
+    assert "| bf16 | 0 | 31.00% | 1.000 | 0.00 |" in text
+    # 1 point from float32 at the same seed; seeds alone moved float32 by 3: within
+    assert "1.00 points; float32 across seeds: 3.00 points;" in text
+    assert "**within the noise**" in text
+    # 2 standard errors of 30% on 1,017 images: 2.87 points; 4 points off is outside
+    finals.update({("bf16", 0): 0.34, ("float32", 1): 0.30})
+    assert bench_bf16.main(["--bench-md", str(md), "--seeds", "0,1"]) == 0
+    assert "standard errors of the test error: 2.87 points: **outside the noise**" in md.read_text()

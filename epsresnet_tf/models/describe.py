@@ -72,6 +72,18 @@ def count_blocks(model):
     return len({block_of_layer_name(layer.name) for layer in model.layers} - {None})
 
 
+def _without_batchnorm(weights, model) -> list:
+    import keras
+
+    bn = {
+        id(w)
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in layer.trainable_weights
+    }
+    return [w for w in weights if id(w) not in bn]
+
+
 def model_stats(model):
     from epsresnet_tf import layers as L
 
@@ -79,6 +91,9 @@ def model_stats(model):
         "name": model.name,
         "params": _size(model.weights),
         "trainable_params": _size(model.trainable_weights),
+        # papers differ on counting BatchNorm's γ and β: He et al.'s ResNet-1001 "10.2M"
+        # leaves them out (docs/REPRODUCTION.md, parameter tables)
+        "trainable_params_without_bn": _size(_without_batchnorm(model.trainable_weights, model)),
         "conv_layers": count_conv_layers(model),
         "blocks": count_blocks(model),
         "gates": len(L.gate_layers(model)),

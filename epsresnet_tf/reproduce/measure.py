@@ -421,6 +421,19 @@ def matches(count: int, millions: float) -> bool:
     )
 
 
+def count_matches(described: dict, millions: float) -> bool:
+    """The paper's count, with BatchNorm's γ and β or without them (He et al.'s ResNet-1001
+    "10.2M" leaves them out; a run folder described before that count existed has only
+    the first)."""
+    counts = [described["trainable_params"], described.get("trainable_params_without_bn")]
+    return any(n is not None and matches(n, millions) for n in counts)
+
+
+def _without_bn(described: dict | None) -> str:
+    n = (described or {}).get("trainable_params_without_bn")
+    return "–" if n is None else f"{n:,}"
+
+
 def _described(piece, root: Path) -> dict[str, dict]:
     return {
         s.ident: R.described(s.path(root))
@@ -439,8 +452,8 @@ def _sharesnet_rows(got: dict[str, dict]) -> tuple[list[list[str]], list[tuple[b
             continue
         pa, pb = a["trainable_params"], b["trainable_params"]
         checks += [
-            (matches(pa, orig), f"{arch}: {pa:,} against {orig}M"),
-            (matches(pb, shared), f"{arch} shared: {pb:,} against {shared}M"),
+            (count_matches(a, orig), f"{arch}: {pa:,} against {orig}M"),
+            (count_matches(b, shared), f"{arch} shared: {pb:,} against {shared}M"),
         ]
         rows.append(
             [
@@ -469,8 +482,9 @@ def params(piece, root: Path) -> Result:
         d = got.get(f"{arch}-c{classes}")
         if d:
             n = d["trainable_params"]
-            checks.append((matches(n, millions), f"{arch}: {n:,} against {millions}M"))
-        he_rows.append([arch, f"{d['trainable_params']:,}" if d else "–", f"{millions}M"])
+            checks.append((count_matches(d, millions), f"{arch}: {n:,} against {millions}M"))
+        count = f"{d['trainable_params']:,}" if d else "–"
+        he_rows.append([arch, count, _without_bn(d), f"{millions}M"])
     for arch, blocks in P.EPS_BLOCKS:
         d = got.get(arch)
         if d:
@@ -478,7 +492,11 @@ def params(piece, root: Path) -> Result:
         eps_rows.append([arch, str(d["blocks"]) if d else "–", str(blocks)])
     tables = [
         Table("ShaResNet Table 1: parameters", share_headers, share_rows),
-        Table("He et al. 2016 Tables 3–4: parameters", ["net", "params", "paper"], he_rows),
+        Table(
+            "He et al. 2016 Tables 3–4: parameters",
+            ["net", "params", "without BN γ, β", "paper"],
+            he_rows,
+        ),
         Table("ε-ResNet §4: residual blocks", ["net", "blocks", "paper"], eps_rows),
     ]
     expected = sum(isinstance(s, Describe) for s in piece.steps)

@@ -8,6 +8,7 @@ simply run again, and the run folder resumes it from its newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Mapping
 
@@ -152,7 +153,12 @@ class Describe:
         return args + (["--share"] if self.share else [])
 
     def done(self, root: Path) -> bool:
-        return self.path(root).is_file()
+        """Its JSON is there and has the counts the document reads (an output of an older
+        `describe`, without the count that leaves BatchNorm out, is described again)."""
+        try:
+            return "trainable_params_without_bn" in json.loads(self.path(root).read_text())
+        except (OSError, ValueError):
+            return False
 
     @property
     def home(self) -> str:
