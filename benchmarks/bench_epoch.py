@@ -193,7 +193,9 @@ def one_run(cfg, folder, shape, history=None):
     finally:
         run.writer.close()
         run.owner.close()
-    background = {name: list(t) for name, t in run.writer.timings.items() if name != "barrier"}
+    background = {
+        name: list(t) for name, t in run.writer.timings.items() if name not in ("barrier", "hold")
+    }
     return seconds, epoch_figures(stamps), run.state.rows, background
 
 

@@ -24,6 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.setrecursionlimit(30000)
 
 import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import benchmd  # noqa: E402  (the machine line every section prints)
 import tensorflow as tf  # noqa: E402
 
 from epsresnet_tf import compress as C  # noqa: E402
@@ -92,13 +96,13 @@ def main(argv=None):
             "device_name", ""
         )
         if tf.config.list_physical_devices("GPU")
-        else f"CPU, {os.cpu_count()} cores"
+        else benchmd.machine_line()
     )
     lines = [
         SECTION,
         "",
         f"Measured by `make bench-inference` (`benchmarks/bench_inference.py --arch {args.arch}`) on "
-        f"{datetime.date.today()}: {device} ({platform.processor() or platform.machine()}); "
+        f"{datetime.date.today()}: {device}; "
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}.",
         "",
         f"{args.arch} with ε-gates; {len(cert.closed)} of {s_full['blocks']} blocks closed "

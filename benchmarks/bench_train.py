@@ -130,7 +130,8 @@ def header_body():
     loads = []
     for section in ("peer", "epoch", "data"):
         saved = benchmd.load_results(section) or {}
-        loads += [x for pair in saved.get("loads", []) for x in pair if x is not None]
+        for entry in saved.get("loads", []):  # per round (before, after), or one value
+            loads += [x for x in (entry if isinstance(entry, list) else [entry]) if x is not None]
         loads += [saved[k] for k in ("load_before", "load_after") if saved.get(k) is not None]
     busy = loads and max(loads) > benchmd.BUSY_LOAD
     warning = (

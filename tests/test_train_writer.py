@@ -146,3 +146,19 @@ def test_a_write_that_fails_mid_run_stops_it_with_one_line_and_no_line_for_its_e
     monkeypatch.setattr(RF.np, "savez", real)  # the disk has room again: resume after epoch 1
     result = run_training(cfg, tmp_path / "r", sources=(Synthetic(num_batches=2), None), verbose=0)
     assert result["status"] == "done" and [r["epoch"] for r in result["history"]] == [1, 2, 3, 4]
+
+
+def test_held_jobs_wait_for_release_and_a_wait_releases_them():
+    writer, seen = EpochWriter(), []
+    writer.hold()
+    writer.submit("job", seen.append, 1)
+    done = writer.barrier()
+    assert not concurrent.futures.wait([done], timeout=0.3).done
+    assert seen == []  # held: the epoch's end is still copying
+    writer.release()
+    concurrent.futures.wait([done], timeout=5)
+    assert seen == [1]
+    writer.hold()  # an error between hold and release: wait must not hang
+    writer.submit("job", seen.append, 2)
+    writer.wait()
+    assert seen == [1, 2] and writer.close() is None

@@ -272,6 +272,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self.writers: dict = {}
         self.step = 0
         self.layout_written = False
+        self.kernel_reader = None
 
     def writer(self, run):
         if run not in self.writers:  # created on first use: no validation/ without one
@@ -313,7 +314,9 @@ class TensorBoardCallback(keras.callbacks.Callback):
                 for bid, named in monitor.block_kernels(self.model.net).items()
                 for name, var in named
             ]
-            values = monitor.variable_values([var for _, var in pairs])
+            if self.kernel_reader is None:  # the same kernels every histogram epoch
+                self.kernel_reader = monitor.VariableReader([var for _, var in pairs])
+            values = self.kernel_reader()
             kernels = {tag: value for (tag, _), value in zip(pairs, values)}
         rows = list(self.state.rows) if self.state.rows[-1].get("blocks") else None
         self.jobs.submit("tensorboard", self._write_epoch, step, written, kernels, rows)

@@ -282,9 +282,11 @@ class _TrainingRun:
             "lr_schedule": self.lr_sched.get_state(),
             "history": list(self.state.rows),
         }
-        from epsresnet_tf.train.monitor import variable_values
+        from epsresnet_tf.train.monitor import VariableReader
 
-        arrays = variable_values(self.variables())
+        if getattr(self, "reader", None) is None:  # the same variables every epoch
+            self.reader = VariableReader(self.variables())
+        arrays = self.reader()
         self.writer.submit("checkpoint", self.folder.save_checkpoint, epoch, arrays, st)
 
     def wait_for_writes(self):
@@ -327,6 +329,7 @@ class _TrainingRun:
                 )
                 for name, schedule in gate_schedules.items()
             ),
+            self.writer.hold_callback(),  # no job starts while the epoch's end copies
             C.MonitorCallback(state, authors_block_count(cfg["arch"])),
             C.HistoryCallback(self.folder.append_history, state, self.writer),
             C.CheckpointCallback(self.save, state),
@@ -338,6 +341,7 @@ class _TrainingRun:
                 self.lr_sched,
                 self.writer,
             ),
+            self.writer.release_callback(),  # the epoch's jobs start once its copies are made
             *([self.console] if self.console is not None else []),
             *extra,
         ]

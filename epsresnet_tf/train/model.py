@@ -110,7 +110,12 @@ class TrainingModel(keras.Model):
         ]
         if not vs:
             return []
-        ok = _all_finite([getattr(v, "value", v) for v in vs]).numpy()
+        if getattr(self, "_finite_check", None) is None:  # one graph call, built once
+            handles = [getattr(v, "value", v) for v in vs]
+            self._finite_check = tf.function(
+                lambda: tf.stack([tf.reduce_all(tf.math.is_finite(h)) for h in handles])
+            )
+        ok = self._finite_check().numpy()
         return [v.path for v, good in zip(vs, ok) if not good]
 
     def epsilon_value(self):
@@ -172,12 +177,6 @@ class TrainingModel(keras.Model):
         x, y = data
         loss, xent, logits, side = self._forward(x, y, False)
         return self._update(loss, xent, y, logits, side)
-
-
-@tf.function
-def _all_finite(variables):
-    # one graph call per epoch for all variables, not one eager op each (ResNet-1001: ~3,000)
-    return tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
 def build_net(cfg: dict, num_classes: int, image_shape: tuple) -> keras.Model:

@@ -18,8 +18,11 @@ error surfacing and the per-job timings `benchmarks/bench_epoch.py` reports.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from collections import defaultdict
+
+import keras
 
 
 class EpochWriter:
@@ -35,6 +38,7 @@ class EpochWriter:
         self.pending: list[concurrent.futures.Future] = []
         self.timings: dict[str, list[float]] = defaultdict(list)  # job name → seconds
         self.failed: BaseException | None = None  # the first job's error
+        self.held: threading.Event | None = None  # set: the held jobs may start
 
     def submit(self, name: str, fn, *args) -> concurrent.futures.Future:
         """Queue `fn(*args)`; first raise the error of a job that already failed."""
@@ -46,6 +50,27 @@ class EpochWriter:
         future = self.pool.submit(self._timed, name, fn, *args)
         self.pending.append(future)
         return future
+
+    def hold(self) -> None:
+        """Jobs submitted from now on wait for `release` (the jobs already running go on):
+        the training thread copies what the epoch writes without a job's Python work (the
+        strip's matplotlib, the checkpoint state's JSON) taking the GIL from it."""
+        if self.pool is not None and self.held is None:
+            self.held = threading.Event()
+            self.submit("hold", self.held.wait)
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.set()
+            self.held = None
+
+    def hold_callback(self):
+        """A Keras callback, first at the epoch's end: `hold`."""
+        return _EpochEnd(self.hold)
+
+    def release_callback(self):
+        """A Keras callback, after the callbacks that copy: `release`."""
+        return _EpochEnd(self.release)
 
     def barrier(self) -> concurrent.futures.Future:
         """A future done once every job submitted before it is done; it fails when one of
@@ -77,6 +102,7 @@ class EpochWriter:
 
     def wait(self) -> None:
         """Block until every job is done; raise the first error among them."""
+        self.release()  # a held queue (an error between hold and release) must not hang
         concurrent.futures.wait(self.pending)
         self.raise_failed()
 
@@ -91,3 +117,12 @@ class EpochWriter:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
         return None
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.action()
