@@ -203,6 +203,7 @@ class _TrainingRun:
 
         self.writer = EpochWriter()  # the epoch's file writes, off the training thread
         self.console = None  # the ProgressCallback, whose lines wait for their checkpoint
+        self.reader = None  # the checkpoint's variables, read in one graph call
         fresh = restart or not self.folder.config.exists()
         self.init_weights = self._init_weights() if fresh and cfg.get("init_from") else None
         self._open_folder(restart)  # last: whatever failed above has written nothing
@@ -284,7 +285,7 @@ class _TrainingRun:
         }
         from epsresnet_tf.train.monitor import VariableReader
 
-        if getattr(self, "reader", None) is None:  # the same variables every epoch
+        if self.reader is None:  # the same variables every epoch, once built
             self.reader = VariableReader(self.variables())
         arrays = self.reader()
         self.writer.submit("checkpoint", self.folder.save_checkpoint, epoch, arrays, st)

@@ -44,13 +44,6 @@ def gate_snapshot(net):
     }
 
 
-def variable_values(variables) -> list[np.ndarray]:
-    """The values of `variables` (Keras or tf.Variables) as numpy arrays, in one graph call
-    (one eager read each costs ~0.2 ms of the epoch's end; a checkpoint of ResNet-110
-    holds ~700 variables). For a list read every epoch, keep a VariableReader instead."""
-    return VariableReader(variables)()
-
-
 class VariableReader:
     """Reads a fixed list of variables in one graph call that captures them: passed as
     arguments, each would cost the call ~50 µs of argument handling."""
