@@ -56,13 +56,17 @@ bench-data: install
 # --- training (issue 4) ---
 # `make cifar10-eps DEPTH=200 EPS=2.5 GPUS=2 DATA=... OUT=...`; running a target again
 # resumes its run folder $(OUT)/<recipe>. DEPTH and EPS default to the recipe's values.
-# ImageNet gates over the authors' towers (docs/semantics.md §1): imagenet-101 on 1, 2 or 4
-# GPUs, imagenet-152 on 1, 2, 3 or 6; other counts are refused in one line.
+# GPUS=N trains N towers as the authors' scripts did (docs/semantics.md §1, §6): CIFAR/SVHN
+# 128 images per tower, an epoch of dataflow.size() steps (N passes); ImageNet the
+# recipe's towers where they fit N (R-101 4 × 64: 1, 2, 4; R-152 6 × 42: 1, 2, 3, 6),
+# else the script's N × 256 // N (`make imagenet-152 GPUS=8`: 8 × 32), said in one line.
+# CPU_DEVICES=N runs the same towers on N logical CPU devices (a check, not for speed).
 .PHONY: cifar10-eps cifar100-eps svhn-eps imagenet-101 imagenet-152 tensorboard demo train-list
 
 DEPTH   ?=
 EPS     ?=
-TRAIN_FLAGS = --data-dir $(DATA) --out $(OUT) --gpus $(GPUS) \
+TRAIN_FLAGS = --data-dir $(DATA) --out $(OUT) \
+              $(if $(CPU_DEVICES),--cpu-devices $(CPU_DEVICES),--gpus $(GPUS)) \
               $(if $(DEPTH),--depth $(DEPTH)) $(if $(EPS),--epsilon $(EPS))
 
 cifar10-eps: install

@@ -19,6 +19,11 @@ see per step — is answered here, so that no other module recomputes it.
     global_batch_size(cfg, replicas) -> int           images per step over all replicas
     per_device_batch(cfg, replicas=None) -> int       images per step on one device
     gate_batch(cfg) -> int                            images one ε-gate sees per step
+    towers(cfg, replicas=None) -> (count, images)     the run's towers (gate groups)
+    authors_towers(cfg, total, given) -> cfg          the authors' N × total // N towers
+                                                      where the recipe's do not fit N devices
+    towers_notice(recipe, cfg, flag) -> str | None    the one line saying so
+    devices_fitting(batch, group) -> [int]            device counts a batch's towers fit
     saved_config(cfg) -> cfg                          a config.json with its missing keys filled
 """
 
@@ -137,8 +142,13 @@ COMMON_NAMES = {
     "depth": "--depth (not a config key: the arch's number)",
 }
 
-#: Keys a recipe may hold besides those of DEFAULTS: they describe it and are not trained.
-RECIPE_KEYS = ("description", "source", "depth")
+#: Keys a recipe may hold besides those of DEFAULTS: they describe it, or say how it
+#: resolves, and are not written to config.json. `script_total_batch`: the total batch of
+#: the authors' script, which lays `script_total_batch // N` images on each of N GPU towers
+#: (imagenetEpsilonResnet.py: TOTAL_BATCH_SIZE = 256, BATCH_SIZE = TOTAL_BATCH_SIZE //
+#: NR_GPU); on a device count the recipe's own towers do not fit, resolve_config follows
+#: that rule (`authors_towers`) instead of refusing the count.
+RECIPE_KEYS = ("description", "source", "depth", "script_total_batch")
 
 #: What a saved config.json that lacks a key means: hand-written configs, and run folders
 #: written before the key existed. Not DEFAULTS: a config without "gate" is an ungated net,
@@ -185,6 +195,8 @@ def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
     cfg.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k for k, v in overrides.items() if v is not None}
+    cfg = authors_towers(cfg, recipe.get("script_total_batch"), given)
     validate_config(cfg)
     return cfg
 
@@ -447,18 +459,83 @@ def _check_gate_group(cfg: Mapping[str, Any], replicas: int) -> None:
     if batch % replicas == 0 and (batch // replicas) % group == 0:
         return
     per = f"{batch // replicas}" if batch % replicas == 0 else f"{batch / replicas:.1f}"
-    works = [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
-    hint = (
-        f"use --gpus {', '.join(map(str, works[:-1]))} or {works[-1]}"
-        if len(works) > 1
-        else "use --gpus 1"
-        if works
-        else f"use a batch that is a multiple of {group}"
-    )
+    works = devices_fitting(batch, group)
+    hint = f"use --gpus {_either(works)}" if works else f"use a batch that is a multiple of {group}"
     raise UserError(
         f"gate group {group} needs a per-device batch that is a multiple of "
         f"{group} (batch {batch} over {replicas} devices is {per} per device); "
         f"with batch {batch} {hint}"
+    )
+
+
+def devices_fitting(batch: int, group: int) -> list[int]:
+    """The device counts over which a total batch splits into whole towers of `group`."""
+    return [d for d in range(1, batch // group + 1) if batch % (d * group) == 0]
+
+
+def _either(counts: list[int]) -> str:
+    return f"{', '.join(map(str, counts[:-1]))} or {counts[-1]}" if len(counts) > 1 else "1"
+
+
+def _towers_fit(cfg: Mapping[str, Any], replicas: int) -> bool:
+    group, batch = cfg.get("gate_group"), cfg["batch_size"]
+    return group is None or (batch % replicas == 0 and (batch // replicas) % group == 0)
+
+
+def authors_towers(cfg: Config, total: int | None, given: Iterable[str] = ()) -> Config:
+    """`cfg`, or on a device count its gate groups (towers) do not fit, the authors'
+    script's towers: --gpus N trains N towers of `total` // N images each, one ε-gate group
+    and one BatchNorm group per tower (imagenetEpsilonResnet.py: BATCH_SIZE =
+    TOTAL_BATCH_SIZE // NR_GPU, config.nr_tower = NR_GPU). `total` None (the recipe has no
+    such rule), a per-replica batch, or a batch_size or gate_group the user gave: unchanged
+    (validation then refuses a count that does not fit). More devices than `total` images
+    is refused, as the script would fail on it."""
+    devices = cfg.get("gpus") or 0
+    if (
+        not total
+        or cfg.get("gate_group") is None
+        or cfg.get("batch_per") != "total"
+        or {"batch_size", "gate_group"} & set(given)
+        or not isinstance(devices, int)
+        or isinstance(devices, bool)
+        or devices < 1
+        or _towers_fit(cfg, devices)
+    ):
+        return cfg
+    if devices > total:
+        raise UserError(
+            f"--gpus {devices} is more devices than the {total} images of a step: the "
+            f"authors' script gives each tower {total} // {devices} = 0 images; use at most "
+            f"{total} devices"
+        )
+    per = total // devices
+    return {**cfg, "batch_size": per * devices, "gate_group": per}
+
+
+def towers(cfg: Mapping[str, Any], replicas: int | None = None) -> tuple[int, int]:
+    """(towers, images per tower) of one step: the gate groups over all devices, each with
+    its own T (and, with ghost BN, its own BatchNorm statistics), docs/semantics.md §1."""
+    cfg = saved_config(cfg)
+    devices = replicas if replicas else max(int(cfg["gpus"] or 0), 1)
+    per = per_device_batch(cfg, devices)
+    group = gate_batch(cfg, devices)
+    return devices * (per // group), group
+
+
+def towers_notice(
+    recipe: Mapping[str, Any], cfg: Mapping[str, Any], flag: str = "--gpus"
+) -> str | None:
+    """One line when `cfg`'s towers are not the recipe's own (authors_towers applied):
+    what this run's towers are, and the device counts that give the paper's."""
+    group, batch = recipe.get("gate_group"), recipe.get("batch_size")
+    if not group or not batch or (cfg["gate_group"], cfg["batch_size"]) == (group, batch):
+        return None
+    count, images = towers(cfg)
+    return (
+        f"{flag} {cfg['gpus']}: {count} towers of {images} images, each with its own ε-gates "
+        f"and BatchNorm statistics (the authors' script's rule: {cfg['batch_size']} = "
+        f"{count} × {images}); the paper's run used {batch // group} × {group}: for the "
+        f"paper's towers use --gpus {_either(devices_fitting(batch, group))}"
     )
 
 

@@ -151,22 +151,97 @@ def test_count_is_one_float32_moving_average_of_the_integer_count(tmp_path):
     assert rows[1]["blocks_discarded_sum"] == pytest.approx(rows[1]["discarded_count"], abs=1e-5)
 
 
+def authors_lr_to_set(epoch_num, hist, state, threshold=1, last_k=1):
+    """LearningRateSetter._get_value_to_set (scripts/LearningRateSetter.py:57-84), restated
+    here from the authors' file, not from this package: the lr to set after `epoch_num`
+    finished epochs, or None. `hist` is the statistic's history as tensorpack's monitors hold
+    it (float32 summary values read as Python floats); `state` holds the callback's
+    `schedule`, `updated_schedule` and `last_changed_epoch` (:50-55, the last starting at 0)."""
+    schedule = state["schedule"]
+    if len(hist) < last_k + 1 or epoch_num - state["last_changed_epoch"] < last_k:  # :61-62
+        return next((v for e, v in schedule if e == epoch_num), None)  # :63-67
+    hist = hist[-last_k - 1 :]  # :68
+    hist_first, hist_max = hist[0], max(hist)  # :72-73
+    if hist_max < hist_first + threshold:  # :74, "not increase enough"
+        return next((v for e, v in schedule if e == epoch_num), None)  # :75-79
+    state["last_changed_epoch"] = epoch_num  # :81
+    state["schedule"] = [(a + epoch_num, b) for a, b in state["updated_schedule"]]  # :82-83
+    return state["schedule"][0][1]  # :84
+
+
+def authors_state(standard, adaptive):
+    return {"schedule": list(standard), "updated_schedule": list(adaptive), "last_changed_epoch": 0}
+
+
+def epoch_ends(counts, steps):
+    """The float32 moving average of the per-step counts (tests/_reference.py) at the end
+    of each epoch of `steps` steps, as the history holds it."""
+    ema = tensorpack_ema(counts)
+    return [float(ema[i]) for i in range(steps - 1, len(counts), steps)]
+
+
 def test_float32_stall_needs_the_tolerance():
-    # A block discarded for good: its float32 average stalls just below 1, and so does the
-    # count, a little below each integer. The authors' exact comparison misses the rise.
-    stalled = tensorpack_ema([1] * 2000)[-1]
-    assert stalled < 1.0
-    two = tensorpack_ema([1] * 2000 + [2] * 2000)[-1]
-    history = [float(stalled), float(two)]
-    assert history[1] < 2.0 and history[1] - history[0] < 1.0
-    exact = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.0)
-    ours = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.01)
-    assert ours.lr_for_epoch(2, history) == 0.5
-    # and a rise short of 1 - tolerance (a block discarded in the epoch's last steps) does not
-    late = [0.0, float(tensorpack_ema([0] * 300 + [1] * 50)[-1])]
-    fresh = AdaptiveResetSchedule([[0, 0.1]], [[0, 0.5]], threshold=1.0, tolerance=0.01)
-    assert late[1] < 0.99 and fresh.lr_for_epoch(2, late) is None
-    assert exact.lr_for_epoch(2, history) is None
+    # 3,000 steps at each count 0, 1, …, 5 (an epoch each): the one float32 average of the
+    # count stalls just below each integer, so the authors' `hist_max < hist_first + 1`
+    # (LearningRateSetter.py:74) fires or not by rounding: of the five one-block rises it
+    # fires on 3 → 4 alone (docs/semantics.md §7's table).
+    steps = 3000
+    history = epoch_ends([c for c in range(6) for _ in range(steps)], steps)
+    assert history[0] == 0.0 and all(c - 1e-5 < v < c for c, v in enumerate(history[1:], 1))
+    standard, adaptive = [(0, 0.1), (2, 0.01)], [(0, 0.5), (3, 0.05)]
+    authors = authors_state(standard, adaptive)
+    exact = AdaptiveResetSchedule(standard, adaptive, threshold=1.0, tolerance=0.0)
+    ours = AdaptiveResetSchedule(standard, adaptive, threshold=1.0, tolerance=0.01)
+    theirs, mine = [], []
+    for e in range(1, len(history) + 1):  # e finished epochs: the history holds e values
+        seen = history[:e]
+        expected = authors_lr_to_set(e, seen, authors)
+        assert exact.lr_for_epoch(e, seen) == expected, (e, seen)  # tolerance 0 is theirs
+        theirs.append(expected == 0.5)
+        mine.append(ours.lr_for_epoch(e, seen) == 0.5)
+    # the decision after epoch e reads the rise (e − 2) → (e − 1): 0→1 after epoch 2 … 4→5
+    # after epoch 6; after epoch 1 there is one value and no decision (LearningRateSetter.py:61)
+    assert theirs == [False, False, False, False, True, False]
+    # ours: every one-block rise resets (the paper, §4: "every time we lose a residual block,
+    # we reset the learning rate")
+    assert mine == [False, True, True, True, True, True]
+
+
+def test_a_late_block_resets_neither_rule():
+    # A block discarded in an epoch's last 50 steps: the average rises by 1 − 0.95^50 ≈ 0.92
+    # in that epoch, short of 1 (theirs) and of 1 − 0.01 (ours); the rest comes in the next.
+    steps = 350
+    history = epoch_ends([0] * steps + [0] * 300 + [1] * 50 + [1] * steps, steps)
+    assert 0.9 < history[1] < 0.99 and history[2] - history[1] < 0.99
+    standard, adaptive = [(0, 0.1), (2, 0.01)], [(0, 0.5)]
+    authors = authors_state(standard, adaptive)
+    exact = AdaptiveResetSchedule(standard, adaptive, threshold=1.0, tolerance=0.0)
+    ours = AdaptiveResetSchedule(standard, adaptive, threshold=1.0, tolerance=0.01)
+    got = []
+    for e in (2, 3):  # the rise into epoch 2's end, then into epoch 3's
+        expected = authors_lr_to_set(e, history[:e], authors)
+        assert exact.lr_for_epoch(e, history[:e]) == expected
+        assert ours.lr_for_epoch(e, history[:e]) == expected
+        got.append(expected)
+    assert got == [0.01, None]  # the standard schedule's entry at 2, then nothing: no reset
+
+
+def test_two_blocks_at_once_reset_both_rules():
+    # Two more blocks in one epoch rise the average by ~2: the authors' rule resets without
+    # any tolerance, and ours agrees with it on every decision.
+    steps = 3000
+    history = epoch_ends([1] * steps + [3] * steps + [3] * steps, steps)
+    standard, adaptive = [(0, 0.1), (2, 0.01)], [(0, 0.5), (1, 0.05)]
+    authors = authors_state(standard, adaptive)
+    exact = AdaptiveResetSchedule(standard, adaptive, threshold=1.0, tolerance=0.0)
+    got = []
+    for e in (1, 2):
+        expected = authors_lr_to_set(e, history[:e], authors)
+        assert exact.lr_for_epoch(e, history[:e]) == expected
+        got.append(expected)
+    # after epoch 1: one value (follow the schedule: no entry at 1); after epoch 2: reset
+    assert got == [None, 0.5]
+    assert authors["schedule"] == [(2, 0.5), (3, 0.05)] == list(exact.current.points)
 
 
 def test_the_reset_reads_the_statistic_the_config_names(tmp_path, one_block_epsilon):

@@ -157,8 +157,19 @@ def test_the_config_is_there_as_text(run):
     cfg, _, train, _ = run
     (step, text), *_ = _values(train, D.CONFIG_TAG)
     markdown = text.item().decode()
-    assert step == 0 and markdown.startswith("```json\n") and markdown.endswith("\n```")
-    assert json.loads(markdown[len("```json\n") : -len("\n```")]) == cfg
+    head, sep, block = markdown.partition("\n\n")
+    assert step == 0 and sep and block.startswith("```json\n") and block.endswith("\n```")
+    assert json.loads(block[len("```json\n") : -len("\n```")]) == cfg
+    # the towers in words: one device, the batch in gate groups where the config has them
+    group = cfg["gate_group"] or cfg["batch_size"]
+    assert head.startswith(f"towers: {cfg['batch_size'] // group} × {group} images per step")
+
+
+def test_the_config_text_names_the_authors_towers():
+    from epsresnet_tf import recipes
+
+    _, cfg = recipes.resolve("imagenet-eps-152-e1.8", gpus=8)  # imagenetEpsilonResnet.py:319
+    assert D.config_markdown(cfg).startswith("towers: 8 × 32 images per step over 8 device(s)")
 
 
 # --- the pieces, without training ---------------------------------------------------------

@@ -16,6 +16,15 @@ needs_cifar = pytest.mark.skipif(
 )
 
 
+#: The AlexNet PCA of imagenetEpsilonResnet.py:216-222, in RGB order (the script reverses
+#: both for its BGR images), its eigenvalues ×255 for uint8 pixels (docs/semantics.md §10).
+ALEXNET_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], np.float32) * 255.0
+ALEXNET_EIGVEC = np.asarray(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
+    np.float32,
+)
+
+
 def _img(shape=(32, 32, 3), seed=0, dtype=np.uint8):
     return np.random.default_rng(seed).integers(0, 256, shape).astype(dtype)
 
@@ -179,16 +188,12 @@ def test_imagenet_train_list_and_random_order():
     assert sat.alpha == 0.4 and sat.rgb and not sat.clip  # images are RGB here
     assert type(sat) is imgaug.Saturation  # default: 0.11's uint8 clipping
     assert light.std == 0.1 and not light.clip  # 0.2.0: clip only uint8 input
-    np.testing.assert_allclose(light.eigval, np.array([0.2175, 0.0188, 0.0045]) * 255, rtol=1e-6)
-    np.testing.assert_allclose(
-        light.eigvec,
-        [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
-        rtol=1e-6,
-    )
+    np.testing.assert_allclose(light.eigval, ALEXNET_EIGVAL, rtol=1e-6)
+    np.testing.assert_allclose(light.eigvec, ALEXNET_EIGVEC, rtol=1e-6)
     assert (clip.min, clip.max) == (0, 255)
     assert flip.horiz and flip.prob == 0.5
     # The AlexNet PCA basis is orthonormal.
-    v = augment.IMAGENET_EIGVEC
+    v = ALEXNET_EIGVEC
     np.testing.assert_allclose(v.T @ v, np.eye(3), atol=2e-3)
     out = augment.augment_image(augment.augmentor_list("imagenet", True), _img((80, 100, 3)))
     assert out.dtype == np.uint8 and out.shape == (224, 224, 3)
@@ -276,7 +281,7 @@ def test_lighting_and_saturation_match_numpy():
     light = augment.augmentor_list("imagenet", True).augmentors[1].aug_lists[3]
     light.rng = np.random.RandomState(3)
     alpha = np.random.RandomState(3).randn(3) * 0.1
-    shift = augment.IMAGENET_EIGVEC @ (alpha * augment.IMAGENET_EIGVAL)  # AlexNet PCA noise
+    shift = ALEXNET_EIGVEC @ (alpha * ALEXNET_EIGVAL)  # AlexNet PCA noise
     np.testing.assert_allclose(light.augment(img), img + shift, rtol=1e-5, atol=1e-3)
     sat = augment.augmentor_list("imagenet", True).augmentors[1].aug_lists[2]
     sat.rng = np.random.RandomState(4)
@@ -402,9 +407,7 @@ def test_imagenet_jitter_runs_on_uint8_step_by_step():
     got = contrast.augment(img)
     assert got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1
     light.rng = np.random.RandomState(2)
-    shift = augment.IMAGENET_EIGVEC @ (
-        np.random.RandomState(2).randn(3) * 0.1 * augment.IMAGENET_EIGVAL
-    )
+    shift = ALEXNET_EIGVEC @ (np.random.RandomState(2).randn(3) * 0.1 * ALEXNET_EIGVAL)
     got = light.augment(img)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, np.clip(img + shift, 0, 255).astype(np.uint8))

@@ -538,8 +538,19 @@ def test_cifar_side_head_is_after_res2_n_over_2_which_is_block_floor_n_over_2(n)
     assert model.get_layer("side_head_fc").units == 10
 
 
+#: Blocks per group of the authors' ImageNet nets, imagenetEpsilonResnet.py:103-109 (and
+#: :301-307): the depths their script builds.
+AUTHORS_IMAGENET_DEFS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
+
+
 def _authors_imagenet_side_block(defs):
-    # imagenetEpsilonResnet.py: SIDE_POSITION = sum(defs)/2 - sum(defs[:2]) - 1 under
+    # imagenetEpsilonResnet.py:310: SIDE_POSITION = sum(defs)/2 - sum(defs[:2]) - 1 under
     # Python 2 (integer division), the block index inside group 2.
     return sum(defs) // 2 - sum(defs[:2]) - 1
 
@@ -551,7 +562,8 @@ def _authors_imagenet_side_block(defs):
 def test_imagenet_side_head_follows_the_authors_block_of_group_2(depth, expected):
     from epsresnet_tf.models.imagenet import DEPTHS
 
-    counts = DEPTHS[depth][0]
+    counts = AUTHORS_IMAGENET_DEFS[depth]
+    assert list(DEPTHS[depth][0]) == counts  # our net has the script's blocks
     assert expected == f"group2_block{_authors_imagenet_side_block(counts)}_add"
     model = build_model(f"imagenet-{depth}", side_head=True, classes=10, input_shape=(32, 32, 3))
     assert _layer_of(model.get_layer("side_head_bn").input).name == expected
@@ -560,7 +572,10 @@ def test_imagenet_side_head_follows_the_authors_block_of_group_2(depth, expected
 def test_imagenet_side_head_sits_inside_group_2_for_every_depth():
     from epsresnet_tf.models.imagenet import DEPTHS
 
-    for depth, (counts, _) in DEPTHS.items():
+    assert set(AUTHORS_IMAGENET_DEFS) <= set(DEPTHS)
+    for depth, (counts, _) in DEPTHS.items():  # the script's depths, and ours (200) beside
+        counts = list(counts)
+        assert counts == AUTHORS_IMAGENET_DEFS.get(depth, counts), depth
         index = blocks.imagenet_side_head_index(counts)
         if depth == 18:  # the script's block index is -1: it attaches no side head
             assert _authors_imagenet_side_block(counts) == -1 and index is None

@@ -106,16 +106,19 @@ def test_window_rule():
 
 def test_window_rule_independent():
     def naive(counts, k, thr):
-        """Independent restatement of docs/semantics.md §7 for the reset epochs only."""
-        resets, last = [], None
-        for e in range(len(counts) + 1):
-            h = counts[:e]
-            if len(h) < k + 1 or (last is not None and e - last < k):
+        """The reset epochs of the authors' LearningRateSetter._get_value_to_set, restated
+        from scripts/LearningRateSetter.py (not from this package): called with epoch_num =
+        finished epochs and the history of those epochs."""
+        resets, last_changed_epoch = [], 0  # :50
+        for epoch_num in range(len(counts) + 1):
+            hist = counts[:epoch_num]
+            if len(hist) < k + 1 or epoch_num - last_changed_epoch < k:  # :61-62
                 continue
-            w = h[-(k + 1) :]
-            if max(w) >= w[0] + thr:
-                resets.append(e)
-                last = e
+            hist = hist[-k - 1 :]  # :68
+            if max(hist) < hist[0] + thr:  # :72-74, "not increase enough"
+                continue
+            last_changed_epoch = epoch_num  # :81
+            resets.append(epoch_num)
         return resets
 
     counts = [0, 0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.1, 2.4, 2.4, 2.4, 3.5, 3.5, 3.5]

@@ -75,7 +75,8 @@ def test_history_one_row_per_epoch_with_monitors(cifar_run):
             sum(b["discarded"] for b in r["blocks"].values())
         )
         assert r["discarded_ratio"] == pytest.approx(r["discarded_count"] / 6)
-        assert r["discarded_ratio_authors"] == pytest.approx(r["discarded_count"] / 8)  # 3n+2
+        # all_cnt = n * 3 + 2 = 8 for n = 2 (cifarEpsilonResnet.py:65, :133-134)
+        assert r["discarded_ratio_authors"] == pytest.approx(r["discarded_count"] / 8)
         assert 0 <= r["val_error"] <= 1 and 0 <= r["val_side_error"] <= 1
     # epoch 1: ε = 0, T = 1 in every step, the EMA of 1 - T stays 0
     assert rows[0]["epsilon"] == 0.0 and rows[0]["discarded_count"] == 0.0

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from epsresnet_tf.config import towers
 from epsresnet_tf.naming import parse_block_id, sort_block_ids
 from epsresnet_tf.train import monitor
 
@@ -161,10 +162,17 @@ def _groups_and_fields(tags):
 
 
 def config_markdown(cfg: dict) -> str:
-    """The config as a markdown JSON code block (TensorBoard's text plugin renders it), one
-    key a line: json.dumps's indent would spread each schedule over a dozen lines."""
+    """The run's towers in words, then the config as a markdown JSON code block
+    (TensorBoard's text plugin renders it), one key a line: json.dumps's indent would
+    spread each schedule over a dozen lines."""
+    count, images = towers(cfg)
+    head = (
+        f"towers: {count} × {images} images per step over {max(cfg.get('gpus') or 0, 1)} "
+        "device(s): BatchNorm statistics and batch-scope gates over each tower's own "
+        "images (docs/semantics.md §1)\n\n"
+    )
     lines = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in sorted(cfg.items())]
-    return "```json\n{\n" + ",\n".join(lines) + "\n}\n```"
+    return head + "```json\n{\n" + ",\n".join(lines) + "\n}\n```"
 
 
 # --- paper Fig. 1's strip ----------------------------------------------------------------

@@ -25,18 +25,22 @@ ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 import os
 import sys
 
-from epsresnet_tf.config import dtype_policy, global_batch_size, validate_config
+from epsresnet_tf.config import dtype_policy, global_batch_size, towers, validate_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
 
 # --- strategy and precision --------------------------------------------------------------
 
 
-def make_strategy(gpus):
+def make_strategy(gpus, device="gpu"):
     """0: the default strategy (one device); N >= 1: MirroredStrategy over N GPUs. With
-    TF_CONFIG set: MultiWorkerMirroredStrategy over each machine's first N GPUs (0: CPU)."""
+    TF_CONFIG set: MultiWorkerMirroredStrategy over each machine's first N GPUs (0: CPU).
+    `device` "cpu" (`train --cpu-devices N`): MirroredStrategy over N logical CPU devices
+    standing in for N GPUs, for checking a multi-device run where there are no GPUs."""
     import tensorflow as tf
 
+    if device == "cpu":
+        return _cpu_strategy(gpus)
     if os.environ.get("TF_CONFIG"):
         from epsresnet_tf.train.multiworker import make_multi_worker_strategy
 
@@ -47,6 +51,30 @@ def make_strategy(gpus):
     if gpus > len(visible):
         raise UserError(f"--gpus {gpus} asks for more GPUs than the {len(visible)} visible")
     return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
+
+
+def _cpu_strategy(count):
+    """N logical CPU devices and MirroredStrategy over them: each replica runs the step on
+    its slice of the batch, so its ε-gates, gate groups and BatchNorm statistics are those
+    of a GPU tower (the same towers as --gpus N); the devices share the CPU's cores."""
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        raise UserError("--cpu-devices is for one machine: unset TF_CONFIG, or use --gpus")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    except RuntimeError:  # TensorFlow has started: its devices can no longer change
+        pass
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) < count:
+        raise UserError(
+            f"--cpu-devices {count}: TensorFlow already runs on {len(logical)} CPU device(s) "
+            "in this process; start a new process"
+        )
+    return tf.distribute.MirroredStrategy([d.name for d in logical[:count]])
 
 
 # --- data --------------------------------------------------------------------------------
@@ -63,6 +91,21 @@ def epoch_steps(cfg, source, replicas):
         examples = getattr(source, "shard_size", None)
         return examples // cfg["batch_size"] if examples else source.num_batches * replicas
     return source.num_batches
+
+
+def towers_line(cfg, replicas, steps, source):
+    """What one step and one epoch are on several towers, in words: the towers (gate and
+    BatchNorm groups) over the devices, and the epoch in steps and passes over the data
+    (tensorpack's `dataflow.size()` steps of one batch per tower, docs/semantics.md §6)."""
+    count, images = towers(cfg, replicas)
+    where = f"{replicas} devices" if replicas > 1 else "one device"
+    text = f"towers: {count} × {images} images per step on {where}, each with its own ε-gates"
+    text += " and BatchNorm statistics" if cfg.get("ghost_bn", True) or count == replicas else ""
+    examples = getattr(source, "shard_size", None)
+    if examples:
+        passes = steps * count * images / examples
+        text += f"; an epoch is {steps} steps, {passes:.3g} passes over {examples} images"
+    return text
 
 
 def epochs_dataset(source, start, end, steps, global_batch=None):
@@ -275,6 +318,9 @@ class _TrainingRun:
 
         if self.is_chief() and (verbose or self.start):
             print(start_line(self.run_root, self.start, self.cfg["epochs"]), flush=True)
+        replicas = self.strategy.num_replicas_in_sync
+        if self.is_chief() and verbose and (replicas > 1 or towers(self.cfg, replicas)[0] > 1):
+            print(towers_line(self.cfg, replicas, self.steps, self.train_src), flush=True)
 
     def save(self, epoch):
         """Copy the variables and the loop's state now; write them on the writer thread."""

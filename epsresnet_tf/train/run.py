@@ -34,6 +34,7 @@ NUMERIC = {
     "steps_per_epoch": (int, 1),
     "val_steps": (int, 0),
     "gpus": (int, 0),
+    "cpu_devices": (int, 1),
     "seed": (int, 0),
     "lr": (float, 0.0),
     "weight_decay": (float, 0.0),
@@ -79,6 +80,12 @@ RUN_OPTIONS = [
     option("--out", default="runs", help="parent of the run folder (default: runs)"),
     option("--name", help="run folder name (default: recipe name + overrides)"),
     option("--gpus", help="0 (default): one device; N: MirroredStrategy over N GPUs"),
+    option(
+        "--cpu-devices",
+        metavar="N",
+        help="N logical CPU devices in place of N GPUs: the towers, ε-gates and BatchNorm "
+        "groups of --gpus N, to check a multi-device run without GPUs (not for speed)",
+    ),
     option("--seed", help="random seed (weights and data order)"),
     option(
         "--precision",
@@ -197,15 +204,24 @@ def main(args):
         return None
     if not args.recipe:
         raise UserError("name a recipe (epsresnet train --list shows them)")
+    if args.cpu_devices is not None:  # N CPU devices stand in for N GPUs: the same config
+        if args.gpus not in (None, 0, args.cpu_devices):  # make passes --gpus 0
+            raise UserError(
+                f"--gpus {args.gpus} and --cpu-devices {args.cpu_devices}: give one of them"
+            )
+        args.gpus = args.cpu_devices
     overrides = overrides_of(args)
     if args.name:
         overrides["name"] = args.name
     name, cfg = recipes.resolve(args.recipe, depth=args.depth, lr=args.lr, **overrides)
+    notices = _notices(args, cfg)
     if args.print_config:  # what training would write to config.json; nothing is touched
         from epsresnet_tf.runfolder import config_text
 
+        print(*notices, sep="\n", file=sys.stderr)  # stdout is the JSON alone
         print(config_text(cfg), end="")
         return None
+    print(*notices, sep="\n", flush=True)
     from epsresnet_tf.data import datasets
 
     run_dir = Path(args.out) / name
@@ -213,13 +229,15 @@ def main(args):
     # a dataset that ships inside a package (the demo's digits) needs no data folder
     if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
-    from epsresnet_tf.train.loop import run_training
+    from epsresnet_tf.train.loop import make_strategy, run_training
 
+    strategy = None if args.cpu_devices is None else make_strategy(cfg["gpus"], device="cpu")
     try:
         result = run_training(
             cfg,
             run_dir,
             data_dir,
+            strategy=strategy,
             verbose=2 if args.quiet else 1,
             restart=args.restart,
         )
@@ -234,6 +252,26 @@ def main(args):
         return result["exit_code"]
     print(summary(result))
     return 1 if result["status"] != "done" else None
+
+
+def _notices(args, cfg):
+    """The lines said before a run starts: towers that are not the recipe's own (the
+    authors' device rule, config.authors_towers), and logical CPU devices standing in for
+    GPUs."""
+    from epsresnet_tf import recipes
+    from epsresnet_tf.config import towers_notice
+
+    flag = "--cpu-devices" if args.cpu_devices is not None else "--gpus"
+    lines = [towers_notice(recipes.load(args.recipe), cfg, flag)]
+    if args.cpu_devices is not None:
+        n = args.cpu_devices
+        lines.append(
+            f"--cpu-devices {n}: {n} logical CPU {'devices stand' if n > 1 else 'device stands'} "
+            f"in for --gpus {n} "
+            "(the same towers, ε-gates and BatchNorm groups per device; for checking a "
+            "multi-device run, not for speed)"
+        )
+    return [line for line in lines if line]
 
 
 def summary(result):
