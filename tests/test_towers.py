@@ -144,32 +144,19 @@ def _write_cifar100(folder, n_train, n_test, rng):
         pickle.dump(meta, f, protocol=2)
 
 
+def _train_one_epoch(tmp_path, recipe, devices, *flags):
+    """`epsresnet train RECIPE --cpu-devices N` for one epoch, no validation, data and runs
+    under tmp_path."""
+    data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
+    argv = ["train", recipe, "--cpu-devices", devices, *flags, "--epochs", "1"]
+    argv += ["--val-steps", "0", "--quiet", "--data-dir", data, "--out", runs]
+    return subprocess.run([*EPSRESNET, *argv], env=ENV, capture_output=True, text=True)
+
+
 def test_cifar100_eps_on_two_cpu_devices_runs_the_scripts_towers_and_epoch(tmp_path):
     n_train = 300  # 300 // 128 = 2 batches of one tower: dataflow.size()
     _write_cifar100(tmp_path / "data" / "cifar-100-python", n_train, 40, np.random.default_rng(0))
-    proc = subprocess.run(
-        [
-            *EPSRESNET,
-            "train",
-            "cifar100-eps-110",
-            "--cpu-devices",
-            "2",
-            "--set",
-            "arch=cifar-basic-8",
-            "--epochs",
-            "1",
-            "--val-steps",
-            "0",
-            "--quiet",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "runs"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-    )
+    proc = _train_one_epoch(tmp_path, "cifar100-eps-110", "2", "--set", "arch=cifar-basic-8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = n_train // 128  # cifarEpsilonResnet.py:178, remainder=False
     assert "2 logical CPU devices stand in for --gpus 2" in proc.stdout
@@ -267,30 +254,8 @@ def test_make_imagenet_152_gpus_8_trains_on_eight_cpu_devices(tmp_path):
     for name in names:
         cv2.imwrite(str(root / "val" / name), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
     (root / "val.txt").write_text("".join(f"{n} {k % 2}\n" for k, n in enumerate(names)))
-    proc = subprocess.run(
-        [
-            *EPSRESNET,
-            "train",
-            "imagenet-eps-152-e1.8",
-            "--cpu-devices",
-            "8",
-            "--depth",
-            "18",
-            "--steps-per-epoch",
-            "1",
-            "--epochs",
-            "1",
-            "--val-steps",
-            "0",
-            "--quiet",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "runs"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
+    proc = _train_one_epoch(
+        tmp_path, "imagenet-eps-152-e1.8", "8", "--depth", "18", "--steps-per-epoch", "1"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     n, per = _script_towers(8)
