@@ -21,7 +21,11 @@ How a gate is certified and how a kept one folds is its kind's (`epsresnet_tf.ga
 why); scalar gates such as k from their scalar alone.
 
 The reduced net. A removed ε-block contributed T·F = 0 and a removed k-block g(k)·F = 0,
-so dropping it changes no activation. Kept blocks follow `gates`:
+so dropping it changes no activation — provided the unit is then an identity (or the
+group's transition). A closed unit whose shortcut still maps x (He et al.'s constant
+scaling λx and gatings (1 − g(x))·x, the conv1x1 shortcut) or with BN-ReLU after the
+addition is kept, and each block's entry says why (`closed_unit`). Kept blocks follow
+`gates`:
   "auto" (default): a standard (ungated) pre-activation ResNet where that is exact on the
       certified data — every kept ε-gate "open" there (T = 1), every kept k-gate folded into
       the unit's last conv (g(k)·conv(x) = conv_{g(k)·W}(x)); otherwise the gates stay.
@@ -123,7 +127,14 @@ class Certificate:
 
     @property
     def closed(self):
+        """Blocks whose gate is closed on every certified image (their branch adds 0)."""
         return sort_block_ids(b for b, v in self.blocks.items() if v.verdict == "closed")
+
+    @property
+    def removable(self):
+        """The closed blocks the certificate removes: those whose unit is then exactly what
+        the reduced net puts in its place (`closed_unit`); the others are kept."""
+        return sort_block_ids(b for b, v in self.blocks.items() if v.removable)
 
     def as_dict(self):
         return {
@@ -142,10 +153,99 @@ def iter_images(data):
         yield np.asarray(x, np.float32) if isinstance(x, (np.ndarray, list)) else x
 
 
+#: He et al.'s shortcut gatings (layers.SigmoidShortcutGate modes) by their config name.
+_GATINGS = {"exclusive": "exclusive_gating", "shortcut_only": "shortcut_only_gating"}
+_KEPT = "closed but kept: "
+
+
+def _inputs(layer):
+    """The tensors a unit's layer was called on (each is called once)."""
+    return list(layer._inbound_nodes[0].input_tensors)
+
+
+def _producer(tensor):
+    return tensor._keras_history.operation
+
+
+def _nonnegative(tensor):
+    """Whether `tensor` is provably >= 0: a ReLU's output, seen through layers that keep
+    signs at inference (pooling, the pool+pad shortcut, dropout)."""
+    import keras
+
+    from epsresnet_tf import layers as L
+
+    keeps_sign = (
+        keras.layers.MaxPooling2D,
+        keras.layers.AveragePooling2D,
+        keras.layers.Dropout,
+        L.PoolPadShortcut,
+    )
+    layer = _producer(tensor)
+    while isinstance(layer, keeps_sign):
+        layer = _producer(_inputs(layer)[0])
+    return (
+        isinstance(layer, keras.layers.ReLU)
+        and not layer.negative_slope
+        and float(layer.threshold) >= 0
+    )
+
+
+def closed_unit(model: "keras.Model", bid: str) -> tuple[bool, str]:
+    """(removable, why): whether unit `bid` of `model`, its gated branch adding 0, is exactly
+    what the reduced net puts in its place — nothing where its shortcut is the identity
+    (dropout: at inference), the group's transition where it is the first unit's pool+pad
+    or projection shortcut. He et al.'s merging shortcuts still map x (constant scaling λx,
+    the gatings (1 − g(x))·x), as do the conv1x1 shortcut, BN-ReLU after the addition
+    (bn_after_add) and a ReLU after it (original) unless x >= 0: those units are kept."""
+    from epsresnet_tf import layers as L
+
+    g, b = parse_block_id(bid)
+    p = layer_prefix(g, b)
+    unit = {l.name[len(p) :]: l for l in model.layers if l.name.startswith(p)}
+    scale = unit.get("shortcut_scale")
+    if scale is not None and (float(scale.scale), float(scale.offset)) != (1.0, 0.0):
+        # λx cannot fold exactly into the next unit: its BatchNorm and shortcut both see it
+        return False, (
+            _KEPT + f"its constant_scaling shortcut scales x by {float(scale.scale):g}, "
+            "not an identity"
+        )
+    gate = unit.get("shortcut_gate")
+    if isinstance(gate, L.SigmoidShortcutGate):
+        return False, (
+            _KEPT + f"its {_GATINGS[gate.mode]} shortcut scales x by 1 − sigmoid(conv(x)), "
+            "not an identity"
+        )
+    conv = unit.get("shortcut_conv")
+    # Equal shapes: He et al.'s conv1x1 variant, which no transition keeps (a projection
+    # changes the channels or the resolution).
+    if conv is not None and tuple(conv.input.shape) == tuple(conv.output.shape):
+        return False, _KEPT + "its conv1x1 shortcut maps x by a learned 1×1 conv, not an identity"
+    if "out_bn" in unit:
+        return False, _KEPT + "BN-ReLU after the addition (order bn_after_add) changes x"
+    if "shortcut_pool_pad" in unit or conv is not None:
+        kind = "pool+pad" if conv is None else "projection"
+        why = f"closed: the unit is then its {kind} shortcut, kept as group{g}'s transition"
+    elif "shortcut_dropout" in unit:
+        why = "closed: the unit is then its dropout shortcut, the identity at inference"
+    else:
+        why = "closed: the unit is then its identity shortcut"
+    relu = unit.get("out_relu")
+    merge = _producer(relu.input) if relu is not None else None
+    if merge is not None and len(_inputs(merge)) == 2:  # a ReLU after the addition
+        if not _nonnegative(_inputs(merge)[1]):
+            return False, (
+                _KEPT + "the ReLU after the addition (order original) changes its shortcut, "
+                "which can be negative"
+            )
+        why += "; the ReLU after the addition sees x >= 0"
+    return True, why
+
+
 def certify(
     model: "keras.Model", datasets: dict, scope: str | None = None, batch_size: int | None = None
 ) -> "Certificate":
-    """Per-block verdicts for every gate of `model`, each by its kind's `certify`.
+    """Per-block verdicts for every gate of `model`, each by its kind's `certify`; every
+    verdict says whether the certificate removes its block and why (`closed_unit`).
 
     datasets: {split name: iterable of batches} in the order the run would see them (the
     run's batch size: batch-scope "open" depends on the batching; "closed" does not).
@@ -167,6 +267,16 @@ def certify(
         images.update(i)
         batches.update(n)
     verdicts = {b: verdicts[b] for b in gates}  # network order
+    for b, v in verdicts.items():
+        if v.verdict == "closed":
+            v.removable, v.reason = closed_unit(model, b)
+        else:
+            v.removable = False
+            v.reason = (
+                "kept: its gate is open"
+                if v.verdict == "open"
+                else "kept: its gate is open on some certified images or batches"
+            )
     return Certificate(scope, int(batch_size) if batch_size else None, images, batches, verdicts)
 
 
@@ -190,12 +300,13 @@ def ema_removable(source: Any, threshold: float = EMA_THRESHOLD) -> list[str]:
 
 def disagreements(certificate: "Certificate", ema_ids: list[str]) -> dict[str, list[str]]:
     """Where the moving-average rule and the certificate differ: "ema_only" blocks would be
-    removed by the EMA rule but are not provably closed (removing them may change
-    predictions); "certificate_only" blocks are provably closed but the EMA lags."""
-    closed, ema = set(certificate.closed), set(ema_ids)
+    removed by the EMA rule but the certificate keeps them (not provably closed, or closed
+    but no identity: removing them may change predictions); "certificate_only" blocks are
+    provably removable but the EMA lags."""
+    removable, ema = set(certificate.removable), set(ema_ids)
     return {
-        "ema_only": sort_block_ids(ema - closed),
-        "certificate_only": sort_block_ids(closed - ema),
+        "ema_only": sort_block_ids(ema - removable),
+        "certificate_only": sort_block_ids(removable - ema),
     }
 
 
@@ -520,7 +631,7 @@ def compress_model(
         model,
         arch,
         build_options,
-        {"certificate": cert.closed, "ema": ema_ids},
+        {"certificate": cert.removable, "ema": ema_ids},
         policy,
         rule,
         cert,
@@ -858,6 +969,9 @@ def _print_summary(doc):
         f"{doc['blocks_before']} blocks ({', '.join(doc['removed']) or 'none'}); "
         f"reduced net gates: {doc['reduced_gates']}"
     )
+    for bid, v in doc["blocks"].items():
+        if v["verdict"] == "closed" and not v.get("removable", True):
+            print(f"{bid}: {v['reason']}")
     print(
         f"params {b['trainable_params']:,} -> {a['trainable_params']:,}; layers {b['layers']} -> "
         f"{a['layers']}; MACs {b['macs']:,} -> {a['macs']:,}"

@@ -21,19 +21,25 @@ def to_float(v: Any) -> float:
 
 @dataclasses.dataclass
 class BlockVerdict:
-    """One block's certificate entry: `verdict` is "closed" (provably contributes 0),
-    "open" or "mixed"; `details` are the kind's own numbers (ε, max |F|, images open; k, g)."""
+    """One block's certificate entry: `verdict` is "closed" (its branch provably contributes
+    0), "open" or "mixed"; `details` are the kind's own numbers (ε, max |F|, images open; k,
+    g). `removable` and `reason`, set by `compress.certify`: whether the unit is then exactly
+    what the reduced net puts in its place (a closed unit whose shortcut scales x is not) and
+    why, in words."""
 
     block: str
     kind: str
     verdict: str
     ema: float | None = None
     details: dict = dataclasses.field(default_factory=dict)
+    removable: bool | None = None
+    reason: str | None = None
 
     def as_dict(self) -> dict:
         out = {"block": self.block, "kind": self.kind, "verdict": self.verdict, **self.details}
         if self.ema is not None:
             out["ema"] = self.ema
+        out.update(removable=self.removable, reason=self.reason)
         return {k: v for k, v in out.items() if v is not None}
 
 

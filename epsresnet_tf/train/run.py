@@ -218,10 +218,12 @@ def main(args):
     if args.print_config:  # what training would write to config.json; nothing is touched
         from epsresnet_tf.runfolder import config_text
 
-        print(*notices, sep="\n", file=sys.stderr)  # stdout is the JSON alone
+        for line in notices:  # stdout is the JSON alone
+            print(line, file=sys.stderr)
         print(config_text(cfg), end="")
         return None
-    print(*notices, sep="\n", flush=True)
+    for line in notices:  # print(*[]) would still write an empty line
+        print(line, flush=True)
     from epsresnet_tf.data import datasets
 
     run_dir = Path(args.out) / name
