@@ -93,6 +93,12 @@ class NetConfig:
     def preact(self):
         return self.order in ("full_preact", "relu_preact")
 
+    @property
+    def shortcut_merges(self) -> bool:
+        """Whether the shortcut merges the branches itself (`MERGING_SHORTCUTS`): the fact a
+        gate kind that is a merge of its own (`GateKind.merges`) checks in `validate`."""
+        return self.shortcut in MERGING_SHORTCUTS
+
 
 def __getattr__(name):
     if name == "GATES":  # "none" and the registered kinds, kinds registered later included

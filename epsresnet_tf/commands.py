@@ -2,7 +2,8 @@
 (flags and argparse keyword arguments), added by one function; `cli.py` collects them."""
 
 import argparse
-import os
+
+from epsresnet_tf.data.readers import default_data_dir
 
 
 def option(*flags, **kwargs):
@@ -10,30 +11,10 @@ def option(*flags, **kwargs):
     return flags, kwargs
 
 
-def default_data_dir():
-    """Where datasets are looked for when nothing else says: $EPSRESNET_DATA or ./data."""
-    return os.environ.get("EPSRESNET_DATA", "data")
-
-
 def data_dir(help="dataset root (default: $EPSRESNET_DATA or ./data)", from_run=False):
     """--data-dir, its default read when the parser is built (the running command's
-    environment); `from_run`: no default, the command asks run_data_dir (the run's own)."""
+    environment); `from_run`: no default, the command asks runfolder.run_data_dir (the run's own)."""
     return option("--data-dir", default=None if from_run else default_data_dir(), help=help)
-
-
-def run_data_dir(given, run_dir=None):
-    """The dataset folder for a command on the run `run_dir`: --data-dir when given, else
-    the folder its training read (recorded in the run folder) while it is there, else
-    default_data_dir()."""
-    if given is not None:
-        return str(given)
-    if run_dir is not None:
-        from epsresnet_tf.runfolder import RunFolder
-
-        recorded = RunFolder(run_dir).data_dir()
-        if recorded is not None:
-            return str(recorded)
-    return default_data_dir()
 
 
 def force(what):

@@ -54,7 +54,8 @@ import numpy as np
 
 from epsresnet_tf import gates as G
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.commands import add_command, data_dir, option, run_data_dir
+from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.exports import check_tflite, custom_layers, standard_net, write_tflite
 from epsresnet_tf.gates import gate_by_block, to_float
@@ -75,6 +76,7 @@ from epsresnet_tf.runfolder import (
     SAVED_MODEL,
     read_history,
     read_run,
+    run_data_dir,
 )
 
 if TYPE_CHECKING:
@@ -144,13 +146,6 @@ class Certificate:
             "batches": self.batches,
             "blocks": {b: self.blocks[b].as_dict() for b in sort_block_ids(self.blocks)},
         }
-
-
-def iter_images(data):
-    """Images of each batch; `data` yields images or (images, labels)."""
-    for item in data:
-        x = item[0] if isinstance(item, (tuple, list)) else item
-        yield np.asarray(x, np.float32) if isinstance(x, (np.ndarray, list)) else x
 
 
 #: He et al.'s shortcut gatings (layers.SigmoidShortcutGate modes) by their config name.

@@ -18,12 +18,20 @@ import numpy as np
 
 from epsresnet_tf import compress as C
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.commands import JSON, add_command, data_dir, force, option, run_data_dir
+from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
+from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
 from epsresnet_tf.naming import block_id, layer_prefix, parse_block_id, sort_block_ids
 from epsresnet_tf.outputs import load_net
-from epsresnet_tf.runfolder import MODEL, REDUCED_MODEL, atomic_write_text, find_run, read_run
+from epsresnet_tf.runfolder import (
+    MODEL,
+    REDUCED_MODEL,
+    atomic_write_text,
+    find_run,
+    read_run,
+    run_data_dir,
+)
 
 ORDERS = ("greedy-k", "random", "by-response")
 
@@ -127,7 +135,7 @@ def block_contributions(model, data):
         ]
 
     total, n = np.zeros(len(ids)), 0
-    for x in C.iter_images(data):
+    for x in iter_images(data):
         total += np.asarray([float(v) for v in means(tf.convert_to_tensor(x))])
         n += int(x.shape[0])
     return {b: float(total[i] / max(n, 1) * tensors[b][1]) for i, b in enumerate(ids)}

@@ -62,6 +62,7 @@ import numpy as np
 
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config, upgrade_legacy
+from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -891,6 +892,19 @@ def read_init_weights(
                 f"{tuple(shape)} (another dataset's classes or input?)"
             )
     return arrays
+
+
+def run_data_dir(given: PathLike | None, run_dir: PathLike | None = None) -> str:
+    """The dataset folder for a command on the run `run_dir`: --data-dir when given, else
+    the folder its training read (recorded in the run folder) while it is there, else
+    default_data_dir()."""
+    if given is not None:
+        return str(given)
+    if run_dir is not None:
+        recorded = RunFolder(run_dir).data_dir()
+        if recorded is not None:
+            return str(recorded)
+    return default_data_dir()
 
 
 def read_history(run_dir: PathLike) -> list[dict[str, Any]]:

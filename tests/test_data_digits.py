@@ -4,7 +4,7 @@ package ships, whatever --data-dir says, split 1,437 / 360, and fed like MNIST (
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import datasets, readers
+from epsresnet_tf.data import datasets
 from epsresnet_tf.data.pipeline import make_pipeline
 from epsresnet_tf.errors import UserError
 
@@ -14,8 +14,8 @@ def test_digits_splits_are_the_packaged_images_scaled_to_uint8(tmp_path):
 
     bunch = load_digits()
     missing = tmp_path / "no-such-folder"  # the data folder plays no part
-    train = readers.read_split("digits", "train", missing)
-    test = readers.read_split("digits", "test", missing)
+    train = datasets.read_split("digits", "train", missing)
+    test = datasets.read_split("digits", "test", missing)
     assert (
         (len(train), len(test))
         == (1437, 360)
@@ -34,7 +34,7 @@ def test_digits_splits_are_the_packaged_images_scaled_to_uint8(tmp_path):
 
 def test_digits_unknown_split_is_a_user_error():
     with pytest.raises(UserError, match="digits has splits train and test"):
-        readers.read_split("digits", "extra", "data")
+        datasets.read_split("digits", "extra", "data")
 
 
 def test_digits_pipeline_normalises_and_orders_by_seed():

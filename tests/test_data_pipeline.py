@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import pipeline, readers
+from epsresnet_tf.data import datasets, pipeline
 from epsresnet_tf.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -59,8 +59,8 @@ def test_default_mean_is_train_plus_test_from_the_readers_arrays():
     # tensorpack's get_per_pixel_mean (the authors' scripts) averages train and test; that
     # is the default. Computed here from the reader's own arrays, in float64.
     pipeline._MEAN_CACHE.clear()
-    tr = readers.read_split("cifar10", "train", CIFAR).images.astype(np.float64)
-    te = readers.read_split("cifar10", "test", CIFAR).images.astype(np.float64)
+    tr = datasets.read_split("cifar10", "train", CIFAR).images.astype(np.float64)
+    te = datasets.read_split("cifar10", "test", CIFAR).images.astype(np.float64)
     assert len(tr) == 5085 and len(te) == 1017
     want = np.concatenate([tr, te]).mean(axis=0)
     pipe = pipeline.make_pipeline("cifar10", "test", CIFAR, 100, train=False)
@@ -184,7 +184,7 @@ def test_tf_dataset_normalisation_matches_numpy_and_is_deterministic():
 def test_mnist_pixels_over_255_no_augmentation():
     pipe = pipeline.make_pipeline("mnist", "train", MNIST, 500, train=True, seed=0)
     x, y = next(iter(pipe.dataset(0)))
-    src = readers.read_split("mnist", "train", MNIST)
+    src = datasets.read_split("mnist", "train", MNIST)
     idx = pipe.order(0)[:500]
     np.testing.assert_allclose(x.numpy(), src.images[idx] / 255.0, atol=1e-7)
     np.testing.assert_array_equal(y.numpy(), src.labels[idx])

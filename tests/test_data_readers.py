@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from epsresnet_tf.data import readers
+from epsresnet_tf.data import datasets, readers
 from epsresnet_tf.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,8 +35,8 @@ def _raw_cifar(files):
 @needs_shared
 def test_cifar10_subset_counts_histogram_and_pixels():
     folder = CIFAR_SUBSET / "cifar-10-batches-py"
-    train = readers.read_split("cifar10", "train", CIFAR_SUBSET)
-    test = readers.read_split("cifar10", "test", CIFAR_SUBSET)
+    train = datasets.read_split("cifar10", "train", CIFAR_SUBSET)
+    test = datasets.read_split("cifar10", "test", CIFAR_SUBSET)
     assert len(train) == 5085 and len(test) == 1017
     x, y = _raw_cifar([folder / f"data_batch_{i}" for i in range(1, 6)])
     np.testing.assert_array_equal(
@@ -51,13 +51,13 @@ def test_cifar10_subset_counts_histogram_and_pixels():
     assert train.images.dtype == np.uint8 and train.images.shape[1:] == (32, 32, 3)
     assert train.num_classes == 10 and len(train.class_names) == 10
     # Also reachable by pointing at the dataset folder itself.
-    assert len(readers.read_split("cifar10", "test", folder)) == 1017
+    assert len(datasets.read_split("cifar10", "test", folder)) == 1017
 
 
 @needs_shared
 def test_mnist_subset_counts_and_pixels():
-    train = readers.read_split("mnist", "train", MNIST_SUBSET)
-    test = readers.read_split("mnist", "test", MNIST_SUBSET)
+    train = datasets.read_split("mnist", "train", MNIST_SUBSET)
+    test = datasets.read_split("mnist", "test", MNIST_SUBSET)
     assert len(train) == 3678 and len(test) == 3678
     with gzip.open(MNIST_SUBSET / "t10k-images-idx3-ubyte.gz") as f:
         raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
@@ -76,7 +76,7 @@ def test_mnist_uncompressed_and_truncated(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(
         np.array([2049, 5], ">u4").tobytes() + bytes([3, 1, 4, 1, 5])
     )
-    d = readers.read_split("mnist", "train", tmp_path)
+    d = datasets.read_split("mnist", "train", tmp_path)
     np.testing.assert_array_equal(d.images[..., 0], imgs)
     assert list(d.labels) == [3, 1, 4, 1, 5]
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
@@ -85,7 +85,7 @@ def test_mnist_uncompressed_and_truncated(tmp_path):
         np.array([2049, 5], ">u4").tobytes() + bytes(5)
     )
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz"):
-        readers.read_split("mnist", "test", tmp_path)
+        datasets.read_split("mnist", "test", tmp_path)
 
 
 def _write_cifar_batch(path, n, rng, label_keys=("labels",), classes=10):
@@ -116,9 +116,9 @@ def test_cifar100_official_pickles_fine_and_coarse(tmp_path):
             },
             f,
         )
-    fine = readers.read_split("cifar100", "train", tmp_path)
-    coarse = readers.read_split("cifar100", "train", tmp_path, label="coarse")
-    assert len(fine) == 37 and len(readers.read_split("cifar100", "test", tmp_path)) == 11
+    fine = datasets.read_split("cifar100", "train", tmp_path)
+    coarse = datasets.read_split("cifar100", "train", tmp_path, label="coarse")
+    assert len(fine) == 37 and len(datasets.read_split("cifar100", "test", tmp_path)) == 11
     np.testing.assert_array_equal(fine.labels, labels["fine_labels"])
     np.testing.assert_array_equal(coarse.labels, labels["coarse_labels"])
     assert fine.num_classes == 100 and coarse.num_classes == 20 and fine.class_names[7] == "f7"
@@ -135,11 +135,11 @@ def test_cifar_any_batch_length_and_corrupt_pickle(tmp_path):
     for i, n in enumerate(sizes, 1):
         _write_cifar_batch(folder / f"data_batch_{i}", n, rng)
     _write_cifar_batch(folder / "test_batch", 4, rng)
-    assert len(readers.read_split("cifar10", "train", tmp_path)) == sum(sizes)
+    assert len(datasets.read_split("cifar10", "train", tmp_path)) == sum(sizes)
     blob = (folder / "test_batch").read_bytes()
     (folder / "test_batch").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(UserError, match="test_batch") as err:
-        readers.read_split("cifar10", "test", tmp_path)
+        datasets.read_split("cifar10", "test", tmp_path)
     assert "\n" not in str(err.value)
 
 
@@ -152,11 +152,11 @@ def test_missing_files_name_the_path_and_the_fix(tmp_path):
         ("imagenet", "README"),
     ]:
         with pytest.raises(UserError) as err:
-            readers.read_split(name, "train", tmp_path)
+            datasets.read_split(name, "train", tmp_path)
         msg = str(err.value)
         assert str(tmp_path) in msg and hint in msg and "\n" not in msg, msg
     with pytest.raises(UserError, match="unknown dataset"):
-        readers.read_split("stl10", "train", tmp_path)
+        datasets.read_split("stl10", "train", tmp_path)
 
 
 def _write_svhn(path, n, rng):
@@ -174,17 +174,17 @@ def test_svhn_mat_label_10_is_zero_and_train_mixes_extra(tmp_path):
     xt, yt = _write_svhn(folder / "train_32x32.mat", 9, rng)
     xe, ye = _write_svhn(folder / "extra_32x32.mat", 6, rng)
     _write_svhn(folder / "test_32x32.mat", 4, rng)
-    only = readers.read_split("svhn", "train-only", tmp_path)
+    only = datasets.read_split("svhn", "train-only", tmp_path)
     assert only.labels[0] == 0 and set(only.labels) <= set(range(10))
     np.testing.assert_array_equal(only.labels, np.where(yt[:, 0] == 10, 0, yt[:, 0]))
     np.testing.assert_array_equal(only.images[4], xt[:, :, :, 4])
-    both = readers.read_split("svhn", "train", tmp_path)
+    both = datasets.read_split("svhn", "train", tmp_path)
     assert len(both) == 15
     np.testing.assert_array_equal(both.images[9 + 2], xe[:, :, :, 2])
-    assert len(readers.read_split("svhn", "test", tmp_path)) == 4
+    assert len(datasets.read_split("svhn", "test", tmp_path)) == 4
     (folder / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage" + bytes(50))
     with pytest.raises(UserError, match="test_32x32.mat"):
-        readers.read_split("svhn", "test", tmp_path)
+        datasets.read_split("svhn", "test", tmp_path)
 
 
 def write_imagenet_tree(root, rng, corrupt=True, flat_val=True):
@@ -217,16 +217,16 @@ def write_imagenet_tree(root, rng, corrupt=True, flat_val=True):
 
 def test_imagenet_tree_synsets_from_train_and_flat_val(tmp_path):
     wnids, truth, bad = write_imagenet_tree(tmp_path / "imagenet", np.random.default_rng(4))
-    train = readers.read_split("imagenet", "train", tmp_path)
+    train = datasets.read_split("imagenet", "train", tmp_path)
     assert train.class_names == sorted(wnids) and train.num_classes == 3
     assert dict(zip(train.paths, train.labels.tolist())) == truth
-    val = readers.read_split("imagenet", "val", tmp_path)
+    val = datasets.read_split("imagenet", "val", tmp_path)
     assert val.labels.tolist() == [0, 1, 2, 2] and all(Path(p).exists() for p in val.paths)
     # A synsets.txt fixes another order.
     (tmp_path / "imagenet" / "synsets.txt").write_text(
         "\n".join(f"{w} some words" for w in reversed(wnids)) + "\n"
     )
-    train2 = readers.read_split("imagenet", "train", tmp_path)
+    train2 = datasets.read_split("imagenet", "train", tmp_path)
     assert {p: l for p, l in zip(train2.paths, train2.labels)} == {
         p: 2 - l for p, l in truth.items()
     }
@@ -240,11 +240,11 @@ def test_imagenet_val_by_folder(tmp_path):
         p.unlink()
     (root / "val" / "n01484850").mkdir()
     cv2.imwrite(str(root / "val" / "n01484850" / "a.JPEG"), np.zeros((30, 30, 3), np.uint8))
-    val = readers.read_split("imagenet", "val", root)
+    val = datasets.read_split("imagenet", "val", root)
     assert val.labels.tolist() == [2]
     (root / "val" / "n99999999").mkdir()
     with pytest.raises(UserError, match="n99999999"):
-        readers.read_split("imagenet", "val", root)
+        datasets.read_split("imagenet", "val", root)
 
 
 def test_cifar_missing_batch_and_labels_out_of_range(tmp_path):
@@ -255,12 +255,12 @@ def test_cifar_missing_batch_and_labels_out_of_range(tmp_path):
         _write_cifar_batch(folder / f"data_batch_{i}", 3, rng)
     _write_cifar_batch(folder / "test_batch", 3, rng)
     with pytest.raises(UserError) as err:
-        readers.read_split("cifar10", "train", tmp_path)
+        datasets.read_split("cifar10", "train", tmp_path)
     assert str(folder / "data_batch_3") in str(err.value) and "make data-cifar10" in str(err.value)
     with open(folder / "test_batch", "wb") as f:  # a label 10 in CIFAR-10
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}, f)
     with pytest.raises(readers.DataFileError, match="test_batch.*0..9"):
-        readers.read_split("cifar10", "test", tmp_path)
+        datasets.read_split("cifar10", "test", tmp_path)
     c100 = tmp_path / "cifar-100-python"
     c100.mkdir()
     _write_cifar_batch(c100 / "test", 4, rng, ("fine_labels", "coarse_labels"), 100)
@@ -274,8 +274,8 @@ def test_cifar_missing_batch_and_labels_out_of_range(tmp_path):
             f,
         )
     with pytest.raises(readers.DataFileError, match="train.*0..99"):
-        readers.read_split("cifar100", "train", tmp_path)
-    assert readers.read_split("cifar100", "train", tmp_path, label="coarse").labels.tolist() == [
+        datasets.read_split("cifar100", "train", tmp_path)
+    assert datasets.read_split("cifar100", "train", tmp_path, label="coarse").labels.tolist() == [
         19,
         0,
     ]
@@ -288,7 +288,7 @@ def test_svhn_truncated_mat_names_the_file(tmp_path):
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])  # a download cut in half
     with pytest.raises(readers.DataFileError) as err:
-        readers.read_split("svhn", "test", tmp_path)
+        datasets.read_split("svhn", "test", tmp_path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -298,12 +298,12 @@ def test_imagenet_flat_val_with_a_missing_listed_file(tmp_path):
     gone = root / "val" / "ILSVRC2012_val_00000002.JPEG"
     gone.unlink()
     with pytest.raises(UserError) as err:
-        readers.read_split("imagenet", "val", tmp_path)
+        datasets.read_split("imagenet", "val", tmp_path)
     msg = str(err.value)
     assert "1 of the 4" in msg and str(gone) in msg and str(root / "val.txt") in msg
     (root / "val.txt").unlink()
     with pytest.raises(UserError, match="val.txt.*ILSVRC2012_validation_ground_truth.txt"):
-        readers.read_split("imagenet", "val", tmp_path)
+        datasets.read_split("imagenet", "val", tmp_path)
 
 
 def _write_devkit_meta(path, leaves):
@@ -352,7 +352,7 @@ def test_imagenet_devkit_ground_truth_and_class_order(tmp_path):
     _write_devkit_meta(data / "meta.mat", devkit_order)
     ids = [3, 1, 2, 1]  # ground truth of val images 1..4
     (data / readers.DEVKIT_GROUND_TRUTH).write_text("".join(f"{i}\n" for i in ids))
-    val = readers.read_split("imagenet", "val", tmp_path)
+    val = datasets.read_split("imagenet", "val", tmp_path)
     expect = [sorted(wnids).index(devkit_order[i - 1]) for i in ids]
     assert val.labels.tolist() == expect and val.class_names == sorted(wnids)
     assert [Path(p).name for p in val.paths] == [
@@ -362,14 +362,14 @@ def test_imagenet_devkit_ground_truth_and_class_order(tmp_path):
     import shutil
 
     shutil.rmtree(root / "train")
-    again = readers.read_split("imagenet", "val", tmp_path)
+    again = datasets.read_split("imagenet", "val", tmp_path)
     assert again.labels.tolist() == expect and again.num_classes == 3
     (data / readers.DEVKIT_GROUND_TRUTH).write_text("1\n2\n7\n1\n")
     with pytest.raises(readers.DataFileError, match=r"ground_truth.txt:3"):
-        readers.read_split("imagenet", "val", tmp_path)
+        datasets.read_split("imagenet", "val", tmp_path)
     (data / "meta.mat").write_bytes(b"not a mat file")
     with pytest.raises(readers.DataFileError, match="meta.mat"):
-        readers.read_split("imagenet", "val", tmp_path)
+        datasets.read_split("imagenet", "val", tmp_path)
 
 
 def test_default_data_dir_follows_epsresnet_data(monkeypatch, tmp_path):

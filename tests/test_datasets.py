@@ -4,7 +4,7 @@ pipeline, the augmentation and the download that ask them."""
 import numpy as np
 import pytest
 
-from epsresnet_tf.data import augment, datasets, download, pipeline, readers
+from epsresnet_tf.data import augment, datasets, download, pipeline
 from epsresnet_tf.errors import UserError
 
 ALL = ("cifar10", "cifar100", "svhn", "imagenet", "mnist", "digits")
@@ -59,7 +59,7 @@ def test_download_sources_are_the_descriptions():
 def test_missing_files_print_the_descriptions_fix(tmp_path):
     for name in ("cifar10", "cifar100", "svhn", "mnist", "imagenet"):
         with pytest.raises(UserError) as err:
-            readers.read_split(name, datasets.get(name).train_split, tmp_path)
+            datasets.read_split(name, datasets.get(name).train_split, tmp_path)
         assert datasets.get(name).how_to_get in str(err.value)
 
 

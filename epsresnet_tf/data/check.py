@@ -14,15 +14,17 @@ import time
 import numpy as np
 
 from epsresnet_tf import jsonsafe
+from epsresnet_tf.data import datasets, readers
+from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
 
 IMAGENET_MEAN_SAMPLE = 256
 
 
 def split_stats(name: str, split: str, data_dir, label: str = "fine") -> dict:
-    from epsresnet_tf.data import pipeline, readers
+    from epsresnet_tf.data import pipeline  # cv2, tensorpack
 
-    data = readers.read_split(name, split, data_dir, label=label)
+    data = datasets.read_split(name, split, data_dir, label=label)
     counts = np.bincount(data.labels, minlength=data.num_classes)
     stats = {
         "count": int(len(data)),
@@ -53,7 +55,7 @@ def measure_throughput(
     label: str = "fine",
 ) -> float:
     """Images/s of the augmented training pipeline through tf.data, after one warm-up batch."""
-    from epsresnet_tf.data import datasets, pipeline
+    from epsresnet_tf.data import pipeline  # cv2, tensorpack
 
     pipe = pipeline.make_pipeline(
         name,
@@ -78,8 +80,6 @@ def measure_throughput(
 
 
 def run_check(args):
-    from epsresnet_tf.data import datasets
-
     info = datasets.get(args.dataset)
     result = {"dataset": args.dataset, "data_dir": str(args.data_dir), "splits": {}}
     for s in (info.train_split, info.eval_split):
@@ -135,22 +135,18 @@ def print_splits(result):
 
 def run_list(args) -> None:
     """`epsresnet data list`: every dataset description, a few lines each."""
-    from epsresnet_tf.data import datasets
-
     for name in args.dataset or datasets.names():
         print(datasets.describe(datasets.get(name)))
     return None
 
 
 def register(subparsers) -> None:
-    from epsresnet_tf.data.datasets import names
-    from epsresnet_tf.data.readers import default_data_dir
 
     p = subparsers.add_parser("data", help="inspect datasets on disk")
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     c = sub.add_parser("check", help="counts, classes, mean pixel and pipeline throughput")
-    c.add_argument("dataset", choices=names())
+    c.add_argument("dataset", choices=datasets.names())
     c.add_argument(
         "--data-dir",
         default=default_data_dir(),
@@ -174,7 +170,9 @@ def register(subparsers) -> None:
         "normalisation, augmentation, where to get them, layout",
     )
     lst.add_argument(
-        "dataset", nargs="*", help=f"datasets to describe (default: all of {', '.join(names())})"
+        "dataset",
+        nargs="*",
+        help=f"datasets to describe (default: all of {', '.join(datasets.names())})",
     )
     lst.set_defaults(func=run_list)
 

@@ -92,12 +92,15 @@ class Dataset:
     def read(self, split: str, data_dir: Any = None, *, label: str = "fine"):
         """Split `split` of this dataset under the data root `data_dir` (None: the default
         root) as readers.ArrayData or readers.FileData; UserError with the fix when missing."""
-        if self.embedded:  # `data_dir` plays no part
-            return self.reader(None, split, label)
-        root = Path(os.path.expanduser(str(data_dir or readers.default_data_dir())))
-        if not root.exists():
-            raise self.missing(root)
-        return self.reader(root, split, label)
+        root = None  # an embedded dataset: `data_dir` plays no part
+        if not self.embedded:
+            root = Path(os.path.expanduser(str(data_dir or readers.default_data_dir())))
+            if not root.exists():
+                raise self.missing(root)
+        try:
+            return self.reader(root, split, label)
+        except readers.DataNeeded as err:  # the reader says what is missing, we say how to get it
+            raise UserError(f"{err}; {self.how_to_get}") from None
 
     def missing(self, path: Any) -> UserError:
         """The one-line error for a missing file or folder `path`."""
@@ -334,3 +337,8 @@ def describe(d: Dataset) -> str:
         f"  normalisation {d.normalisation}; augmentation {augs}; get it: {fetch}\n"
         f"  layout: {d.layout}"
     )
+
+
+def read_split(name: str, split: str, data_dir: Any, *, label: str = "fine"):
+    """Split `split` of dataset `name` under `data_dir`, read as its description says."""
+    return get(name).read(split, data_dir, label=label)

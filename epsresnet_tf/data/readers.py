@@ -75,16 +75,13 @@ class FileData(_Split):
         self.paths = paths
 
 
-def _how_to_get(name):
-    from epsresnet_tf.data import datasets  # the description owns the text
-
-    return datasets.get(name).how_to_get
+class DataNeeded(UserError):
+    """A dataset's file or folder is missing or incomplete. The message says what; the
+    dataset's description (datasets.Dataset.read) adds how to get it, the text it owns."""
 
 
 def _missing(name, path):
-    from epsresnet_tf.data import datasets
-
-    return datasets.get(name).missing(path)
+    return DataNeeded(f"{name}: expected {path} — it is missing")
 
 
 def _find_folder(root, name, folder, marker):
@@ -316,7 +313,7 @@ def read_digits(split: str) -> ArrayData:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise UserError(f"digits: scikit-learn is not installed; {_how_to_get('digits')}") from None
+        raise DataNeeded("digits: scikit-learn is not installed") from None
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = bunch.target.astype(np.int32)
@@ -384,9 +381,9 @@ def imagenet_synsets(folder: Path) -> list:
     devkit_meta = _devkit_file(folder, "meta.mat")
     if devkit_meta is not None:
         return sorted(_devkit_synsets(devkit_meta).values())
-    raise UserError(
+    raise DataNeeded(
         f"imagenet: need {meta}, the {train} folders or the devkit's meta.mat to "
-        f"fix the class order; {_how_to_get('imagenet')}"
+        "fix the class order"
     )
 
 
@@ -477,16 +474,5 @@ def read_imagenet(root: Path, split: str) -> FileData:
     else:
         paths, labels = _flat_split_labels(folder, split_dir, index, len(wnids))
     if not paths:
-        raise UserError(f"imagenet: no images under {split_dir}; {_how_to_get('imagenet')}")
+        raise DataNeeded(f"imagenet: no images under {split_dir}")
     return FileData(paths, np.asarray(labels, np.int32), len(wnids), wnids, str(split_dir))
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-
-def read_split(name: str, split: str, data_dir, *, label: str = "fine"):
-    """Read one split of dataset `name` under `data_dir` with the reader its description
-    (:mod:`epsresnet_tf.data.datasets`) names."""
-    from epsresnet_tf.data import datasets
-
-    return datasets.get(name).read(split, data_dir, label=label)

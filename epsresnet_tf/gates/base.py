@@ -94,9 +94,7 @@ class GateKind(abc.ABC):
 
     def validate(self, config) -> None:
         """ValueError where a NetConfig cannot carry this gate."""
-        from epsresnet_tf.blocks import MERGING_SHORTCUTS
-
-        if self.merges and config.shortcut in MERGING_SHORTCUTS:
+        if self.merges and config.shortcut_merges:
             raise ValueError(
                 f"gate {self.name!r} merges the branches itself ({self.formula}); it "
                 f"cannot combine with shortcut {config.shortcut!r}: use another "

@@ -13,6 +13,7 @@ whole batch.
 
 import numpy as np
 
+from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates.base import BlockVerdict, GateKind, LayerOf, to_float
 from epsresnet_tf.gates.registry import gate_by_block, register_gate
@@ -25,7 +26,6 @@ def gate_responses(model, data):
     import tensorflow as tf
 
     from epsresnet_tf import layers as L
-    from epsresnet_tf.compress import iter_images
 
     gates = {b: l for b, l in gate_by_block(model).items() if isinstance(l, L.EpsilonGate)}
     if not gates:

@@ -5,8 +5,9 @@ import signal
 import sys
 from pathlib import Path
 
-from epsresnet_tf.commands import add_command, data_dir, option, run_data_dir
+from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.runfolder import config_text, run_data_dir
 
 
 def _number(text, flag, kind, low):
@@ -216,8 +217,6 @@ def main(args):
     name, cfg = recipes.resolve(args.recipe, depth=args.depth, lr=args.lr, **overrides)
     notices = _notices(args, cfg)
     if args.print_config:  # what training would write to config.json; nothing is touched
-        from epsresnet_tf.runfolder import config_text
-
         for line in notices:  # stdout is the JSON alone
             print(line, file=sys.stderr)
         print(config_text(cfg), end="")
