@@ -296,7 +296,7 @@ def build_training_step(
     import keras
     import tensorflow as tf
 
-    from epsresnet_tf.config import dtype_policy, validate_config
+    from epsresnet_tf.config import dtype_policy, keras_precision, validate_config
     from epsresnet_tf.train.model import TrainingModel, build_net
     from epsresnet_tf.train.optimizers import make_optimizer
 
@@ -316,27 +316,22 @@ def build_training_step(
     if cfg["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg["seed"])
-    old = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(dtype_policy(cfg))
-    try:
-        with strategy.scope():
-            net = build_net(cfg, num_classes, image_shape)  # the loop's own network build
-            if not monitor:
-                disable_monitors(net)
-            if not fused_bn:
-                unfuse_batchnorm(net)
-            cls = TrainingModel if monitor else _quiet_training_model_class()
-            model = cls(
-                net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
-            )
-            model.compile(
-                optimizer=make_optimizer(cfg),
-                jit_compile=bool(cfg["xla"]),
-                steps_per_execution=int(steps_per_execution),
-            )
-            model.optimizer.build(net.trainable_variables)
-    finally:
-        keras.mixed_precision.set_global_policy(old)
+    with keras_precision(dtype_policy(cfg)), strategy.scope():
+        net = build_net(cfg, num_classes, image_shape)  # the loop's own network build
+        if not monitor:
+            disable_monitors(net)
+        if not fused_bn:
+            unfuse_batchnorm(net)
+        cls = TrainingModel if monitor else _quiet_training_model_class()
+        model = cls(
+            net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
+        )
+        model.compile(
+            optimizer=make_optimizer(cfg),
+            jit_compile=bool(cfg["xla"]),
+            steps_per_execution=int(steps_per_execution),
+        )
+        model.optimizer.build(net.trainable_variables)
     return model
 
 

@@ -8,12 +8,14 @@ parser imports no TensorFlow (the commands import it when they run), so `--help`
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import sys
 import tempfile
 
+from epsresnet_tf import __version__
 from epsresnet_tf.commands import VERBOSE
 from epsresnet_tf.errors import UserError
 
@@ -45,13 +47,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def version() -> str:
     """The installed distribution's version (its metadata); a source checkout that was
     never installed has only the package's own `__version__`, which setup.cfg reads."""
-    import importlib.metadata
-
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        from epsresnet_tf import __version__
-
         return __version__
 
 

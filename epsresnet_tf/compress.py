@@ -55,10 +55,12 @@ import numpy as np
 from epsresnet_tf import gates as G
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.config import dtype_policy, keras_precision
 from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.exports import check_tflite, custom_layers, standard_net, write_tflite
 from epsresnet_tf.gates import gate_by_block, to_float
+from epsresnet_tf.models.describe import _calls, model_stats
 from epsresnet_tf.naming import (
     block_id,
     layer_prefix,
@@ -435,17 +437,11 @@ def _blocks_in(layout, block_ids):
 def _build_like(model, arch, counts, first_removed, options):
     """The reduced architecture at the trained net's precision (so the check compares like
     with like)."""
-    import keras
+    from epsresnet_tf.models.registry import build_model  # the builders import Keras
 
-    from epsresnet_tf.models import build_model
-
-    policy = keras.config.dtype_policy()
     first = next(l for l in model.layers if l.weights)  # the stem: the net's compute policy
-    try:
-        keras.config.set_dtype_policy(first.dtype_policy.name)
+    with keras_precision(first.dtype_policy.name):
         return build_model(arch, blocks_per_group=counts, first_removed=first_removed, **options)
-    finally:
-        keras.config.set_dtype_policy(policy)
 
 
 def _copy_weights(model, reduced, inverse, folded):
@@ -485,8 +481,6 @@ def model_size(model: "keras.Model") -> dict[str, Any]:
     on the main path: convs at every use except shortcuts, + dense; 6n+2 for CIFAR basic),
     blocks and MACs per image."""
     import keras
-
-    from epsresnet_tf.models.describe import _calls, model_stats
 
     stats = model_stats(model)
     side = [l for l in model.layers if l.name.startswith("side_head")]
@@ -811,10 +805,7 @@ def load_epoch(run, epoch):
     config.json as training built it, every variable (weights, BatchNorm statistics, ε,
     the gates' moving averages) from `ckpt/epoch-<epoch>.npz`. UserError naming the kept
     epochs and the setting to use when that checkpoint is gone."""
-    import keras
-
-    from epsresnet_tf.config import dtype_policy
-    from epsresnet_tf.models import build_model
+    from epsresnet_tf.models.registry import build_model  # the builders import Keras
 
     folder = run.folder
     path = folder.checkpoint_path(epoch)
@@ -831,12 +822,8 @@ def load_epoch(run, epoch):
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{path} is unreadable ({err}): compress another kept epoch") from err
     cfg = run.config
-    policy = keras.config.dtype_policy()
-    try:  # the run's precision, as training set it
-        keras.config.set_dtype_policy(dtype_policy(cfg))
+    with keras_precision(dtype_policy(cfg)):  # the run's precision, as training set it
         net = build_model(run.arch, side_head=cfg.get("side_head", True), **run.build_options)
-    finally:
-        keras.config.set_dtype_policy(policy)
     variables = net.variables  # the checkpoint holds these first, then the optimizer's
     if len(arrays) < len(variables) or any(
         tuple(v.shape) != a.shape for v, a in zip(variables, arrays)

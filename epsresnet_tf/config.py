@@ -29,6 +29,7 @@ see per step — is answered here, so that no other module recomputes it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import json
@@ -36,6 +37,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
 
 Config = dict[str, Any]
 
@@ -282,6 +284,21 @@ def dtype_policy(cfg: Mapping[str, Any]) -> str:
     return PRECISIONS[upgrade_legacy(cfg).get("precision", "float32")]
 
 
+@contextlib.contextmanager
+def keras_precision(policy: str):
+    """Keras's global dtype policy set to `policy` inside the block and restored after: a
+    layer takes the global policy when it is made, so training, compression and the
+    benchmarks each build under their run's precision and leave the next caller its own."""
+    import keras
+
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """UserError (one line, naming the key) unless `cfg` is a config training can run."""
     from epsresnet_tf.models.registry import resolve
@@ -326,7 +343,6 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     # --gpus N is N replicas on one machine; with several machines there are more, and a
     # per-device batch that works there works here too (global_batch_size checks again).
     _check_gate_group(cfg, max(cfg["gpus"], 1))
-    from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
 
     PiecewiseSchedule(cfg["lr_schedule"])
     if cfg["adaptive_schedule"]:

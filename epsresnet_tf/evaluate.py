@@ -19,6 +19,7 @@ import numpy as np
 from epsresnet_tf import compress as C
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import JSON, add_command, data_dir, force, option
+from epsresnet_tf.data import datasets
 from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, kind_of
@@ -181,7 +182,6 @@ def ablate(model, arch, build_options, order_ids, data, top5=False, max_removals
 
 
 def _evaluate_cli(args):
-    from epsresnet_tf.data import datasets
     from epsresnet_tf.data.pipeline import eval_batches
 
     path = Path(args.model)
@@ -233,7 +233,6 @@ def _ablate_cli(args):
     model = load_net(run.model_path)
     data = C.run_datasets(run, args.data_dir, ("test",), args.max_batches)["test"]
     order_ids = removal_order(model, args.order, data, args.seed)
-    from epsresnet_tf.data import datasets
 
     rows = ablate(
         model,

@@ -31,10 +31,13 @@ needs the code that registered it.
 """
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from epsresnet_tf.errors import UserError
 
 #: Where a layer class must come from for Keras alone to deserialise it.
 KERAS_MODULES = ("keras.",)
@@ -226,8 +229,6 @@ def write_tflite(net: Any, path: "str | Path", saved_model: "str | Path | None" 
     kernels); the bytes written. UserError (one line) when the converter refuses the net."""
     import tensorflow as tf
 
-    from epsresnet_tf.errors import UserError
-
     float32 = all(l.compute_dtype == "float32" for l in net.layers if l.weights)
     with tempfile.TemporaryDirectory() as tmp:
         if saved_model is None or not float32:
@@ -251,8 +252,6 @@ def _interpreter(path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        import warnings
-
         import tensorflow as tf
 
         with warnings.catch_warnings():

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.runfolder import load_model
 
 PathLike = str | os.PathLike
 
@@ -125,8 +126,6 @@ def staged_outputs(out: PathLike, owned: Sequence[str] = ("*",)) -> Iterator[Pat
 def load_net(path: PathLike) -> Any:
     """A saved .keras net; UserError (one line) when it is missing or not a readable .keras
     file (Keras reports a truncated or zeroed file as "File not found", which it is not)."""
-    from epsresnet_tf.runfolder import load_model
-
     path = Path(path)
     if path.is_file() and not zipfile.is_zipfile(path):
         raise _unreadable(path, "not a zip archive: truncated, zeroed or another format")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tabulate import tabulate
 
 from epsresnet_tf import compress as C
 from epsresnet_tf import jsonsafe
@@ -40,45 +41,13 @@ from epsresnet_tf.commands import add_command, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
 from epsresnet_tf.outputs import load_net, staged_outputs
-from epsresnet_tf.runfolder import CONFIG, REPORT, RunFolder, read_run
+from epsresnet_tf.plotting import pyplot
+from epsresnet_tf.runfolder import CONFIG, REPORT, RunFolder, last_val_error, read_json, read_run
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # --- reading a run ---------------------------------------------------------------------
-
-
-def read_json(path: Path, fix: str) -> Any:
-    """One JSON file; UserError (one line: the file, what is wrong, `fix`) if it is not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); {fix}") from err
-
-
-def read_jsonl(path: Path, fix: str) -> list[Any]:
-    """The rows of a JSON-lines file ([] if there is none); UserError naming the file and the
-    line that is not JSON (a garbled history would otherwise end `report` in a traceback)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_bytes().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:  # bytes: a flipped byte that is not UTF-8 is reported with its line too
-            rows.append(json.loads(line.decode()))
-        except ValueError as err:
-            raise UserError(f"{path}, line {number}: not valid JSON ({err}); {fix}") from err
-    return rows
 
 
 class RunData:
@@ -87,13 +56,17 @@ class RunData:
         self.root = self.run.root
         self.folder = RunFolder(self.root)
         self.name = self.root.resolve().name  # `report .` is named after the folder
-        self.rows = read_jsonl(self.folder.history, "repair or delete that line (one epoch's row)")
-        cert = self.folder.certificate
-        fix = "run `epsresnet compress RUN_DIR --force` again"
-        self.certificate = read_json(cert, fix) if cert.is_file() else None
-        self.ablations = {}
-        for path in sorted(self.folder.ablation.glob("*.json")):
-            self.ablations[path.stem] = read_json(path, "run `epsresnet ablate --force` again")
+        history = self.folder.history_rows()
+        self.rows = history.rows
+        #: What `report` says about this run before its tables (one line each).
+        self.notes = []
+        if history.cut_short:
+            self.notes.append(
+                f"{self.folder.history}: the last line is cut short (a kill while it was "
+                f"written) and is left out; reporting its {len(self.rows)} whole epochs"
+            )
+        self.certificate = self.folder.read_certificate()
+        self.ablations = self.folder.read_ablations()
 
     @property
     def epsilon(self):
@@ -117,10 +90,7 @@ class RunData:
         return set()
 
     def final_error(self):
-        for row in reversed(self.rows):
-            if row.get("val_error") is not None:
-                return float(row["val_error"])
-        return None
+        return last_val_error(self.rows)
 
 
 # --- tables ----------------------------------------------------------------------------
@@ -233,8 +203,6 @@ def _main_table(rows):
 def _per_group_section(runs):
     """The markdown lines of the kept-blocks-per-group table ([] when no run has a
     certificate)."""
-    from tabulate import tabulate
-
     per_group = []
     for r in runs:
         c = r.certificate
@@ -261,8 +229,6 @@ def _per_group_section(runs):
 
 def tables(runs):
     """The report's markdown tables and the summary rows they show: (text, rows)."""
-    from tabulate import tabulate
-
     rows = summary_rows(runs)
     text = [
         "## Full against reduced (paper Figs. 6–7)",
@@ -312,7 +278,7 @@ ERROR_COLOR = "tab:red"
 
 def paper_style():
     """The context every report figure is drawn in (PAPER_STYLE)."""
-    return _plt().rc_context(PAPER_STYLE)
+    return pyplot().rc_context(PAPER_STYLE)
 
 
 def short_name(name: str, limit: int = 24) -> str:
@@ -343,7 +309,7 @@ def save_figure(fig: Any, path: Path, caption: str) -> str:
     for suffix, key in FIGURE_FORMATS.items():
         meta = {"Title": " ".join(title.split()), key: caption}
         fig.savefig(path.with_suffix(suffix), metadata=meta)
-    _plt().close(fig)
+    pyplot().close(fig)
     return caption
 
 
@@ -399,7 +365,7 @@ def _epsilon_text(r):
 def fig_discarded_ratio(r, path):
     """Validation error (%, left axis) and discarded ratio (right axis) against epoch, the
     learning rate in a panel below (paper Fig. 9)."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [row["epoch"] for row in r.rows]
     fig, (ax, ax_lr) = plt.subplots(
         2, 1, sharex=True, figsize=(COLUMN_WIDTH, 2.9), height_ratios=[3, 1]
@@ -433,7 +399,7 @@ def fig_discarded_ratio(r, path):
 @per_run_figure("groups", when=lambda r: bool(r.block_ids()))
 def fig_groups(r, path):
     """Kept and discarded blocks per group (paper Fig. 10)."""
-    plt = _plt()
+    plt = pyplot()
     ids = r.block_ids()
     gone = r.discarded()
     groups = sorted({parse_block_id(b)[0] for b in ids})
@@ -481,7 +447,7 @@ def fig_strip(r, path):
     certificate removed: drawn as TensorBoard shows it (train/dashboard.py draws both)."""
     from epsresnet_tf.train.dashboard import draw_discard_strip, strip_grid
 
-    plt = _plt()
+    plt = pyplot()
     ids, epochs, grid = strip_grid(r.rows, r.block_ids())
     height = min(max(1.3 + 0.14 * len(ids), 2.2), 7.0)
     removed = set(r.certificate["removed"]) if r.certificate else None
@@ -671,7 +637,7 @@ def _collapse_panel(ax, r, bid, what):
 def fig_weight_collapse(r, path):
     """A discarded block's kernel against epoch above a kept block's; the title says whether
     it collapsed (paper Fig. 5, COLLAPSED_SPREAD). Without histograms, the final kernels."""
-    plt = _plt()
+    plt = pyplot()
     chosen = _collapse_blocks(r)
     if not chosen:
         return False
@@ -705,7 +671,7 @@ def fig_weight_collapse(r, path):
 @per_run_figure("removal_curves", when=lambda r: bool(r.ablations))
 def fig_removal_curves(r, path):
     """Test error against the number of blocks removed, one line per removal order."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots()
     for order, doc in sorted(r.ablations.items()):
         rows = doc["rows"]
@@ -758,7 +724,7 @@ def comparison_groups(runs: list["RunData"]) -> list[str]:
 def fig_epsilon_sweep(runs, summary, path):
     """ε against blocks discarded and error, one line per comparison group (a group of one
     run is a point), paper Fig. 8."""
-    plt = _plt()
+    plt = pyplot()
     groups = {}
     for s in summary:
         if s.get("epsilon") is not None:
@@ -858,7 +824,7 @@ def replaced_names(out: Path, force: bool) -> tuple[str, ...]:
 
 def make_report(run_dirs, out=None, force=False):
     """tables.md, figures.md, the figures (PNG, PDF, SVG) and report.json into `out`
-    (default_out); returns {"tables", "files", "rows", "groups", "skipped", "out"}."""
+    (default_out); returns {"tables", "files", "rows", "groups", "skipped", "notes", "out"}."""
     runs, skipped = read_runs(run_dirs)
     out = Path(out) if out is not None else default_out(runs)
     owned = replaced_names(out, force)
@@ -875,6 +841,7 @@ def make_report(run_dirs, out=None, force=False):
         "rows": rows,
         "groups": groups,
         "skipped": skipped,
+        "notes": [note for r in runs for note in r.notes],
         "out": str(out),
     }
 
@@ -936,7 +903,7 @@ def _write_report(runs, out):
 
 def _cli(args):
     result = make_report(args.run_dirs, args.out, args.force)
-    for line in result["skipped"]:
+    for line in result["skipped"] + result["notes"]:
         print(line, file=sys.stderr)
     print(result["tables"])
     for name in result["files"]:

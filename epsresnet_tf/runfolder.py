@@ -56,14 +56,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NoReturn, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, NoReturn, Sequence
 
 import numpy as np
 
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config, upgrade_legacy
+from epsresnet_tf.data import datasets
 from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import get_gate
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,28 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+class History(NamedTuple):
+    rows: list[dict[str, Any]]
+    cut_short: bool  # the last line was a half-written row (a kill mid-write), left out
+
+
+def read_json(path: PathLike, fix: str) -> Any:
+    """One JSON file of a run folder; UserError (the file, what is wrong, `fix`) if it is
+    not JSON."""
+    try:
+        return json.loads(Path(path).read_bytes().decode())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def last_val_error(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """The last validation (test split) error of a history; None when no epoch has one."""
+    for row in reversed(rows):
+        if row.get("val_error") is not None:
+            return float(row["val_error"])
+    return None
+
+
 class RunFolder:
     """`runs/<name>/`: paths, the writer's lock, config check, checkpoints."""
 
@@ -554,21 +578,41 @@ class RunFolder:
     # --- history ---
 
     def read_history(self) -> list[dict[str, Any]]:
-        """The rows of history.jsonl ([] when there is none yet). A last line cut short (a
-        kill during `append_history`: no newline, not JSON) is not a row."""
+        """The rows of history.jsonl ([] when there is none yet); see history_rows."""
+        return self.history_rows().rows
+
+    def history_rows(self) -> "History":
+        """history.jsonl's rows, and whether its last line was cut short (a kill during
+        `append_history`: no newline, not JSON), which is not a row. Any other line that is
+        not JSON: UserError naming the file and the line (resume, compress and report all
+        read the history here, so they agree on what a row is)."""
         if not self.history.is_file():
-            return []
-        text = self.history.read_text()
-        lines = [line for line in text.splitlines() if line.strip()]
+            return History([], False)
+        data = self.history.read_bytes()
+        lines = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
         rows = []
-        for i, line in enumerate(lines):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1 and not text.endswith("\n"):
-                    break
-                raise
-        return rows
+        for i, (number, line) in enumerate(lines):
+            try:  # bytes: a flipped byte that is not UTF-8 is reported with its line too
+                rows.append(json.loads(line.decode()))
+            except ValueError as err:
+                if i == len(lines) - 1 and not data.endswith(b"\n"):
+                    return History(rows, True)
+                raise UserError(
+                    f"{self.history}, line {number}: not valid JSON ({err}); repair or "
+                    "delete that line (one epoch's row)"
+                ) from err
+        return History(rows, False)
+
+    def read_certificate(self) -> dict[str, Any] | None:
+        """reduced/certificate.json (None before `compress`)."""
+        if not self.certificate.is_file():
+            return None
+        return read_json(self.certificate, "run `epsresnet compress RUN_DIR --force` again")
+
+    def read_ablations(self) -> dict[str, Any]:
+        """ablation/<order>.json by order name ({} before `ablate`)."""
+        fix = "run `epsresnet ablate --force` again"
+        return {p.stem: read_json(p, fix) for p in sorted(self.ablation.glob("*.json"))}
 
     def write_history(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace history.jsonl with `rows` (atomically)."""
@@ -833,8 +877,6 @@ def read_run(run_dir: PathLike) -> RunInfo:
     folder = RunFolder(run_dir)
     cfg = folder.read_config()
     full = saved_config(cfg)  # keys missing from an older or hand-written config.json
-    from epsresnet_tf.data import datasets
-    from epsresnet_tf.gates import get_gate
 
     info = datasets.get(cfg["dataset"])
     options = dict(full["model_options"] or {})

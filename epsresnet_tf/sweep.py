@@ -10,12 +10,16 @@ compression. Re-running resumes finished runs (the training loop's resume) and r
 certificates, so a sweep can be extended by adding values.
 """
 
-import json
 from pathlib import Path
 
-from epsresnet_tf import jsonsafe
+from tabulate import tabulate
+
+from epsresnet_tf import jsonsafe, recipes
 from epsresnet_tf.commands import add_command, data_dir, option
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.gates import get_gate
+from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.train.loop import run_training
 
 
 def parse_eps(text):
@@ -72,10 +76,6 @@ def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, ver
     """Train (or resume) the sweep's run for one ε and certify it: (row, run_dir), run_dir
     None when training did not finish."""
     from epsresnet_tf import compress as C
-    from epsresnet_tf import recipes
-    from epsresnet_tf.gates import get_gate
-    from epsresnet_tf.runfolder import RunFolder
-    from epsresnet_tf.train.loop import run_training
 
     _, cfg = recipes.resolve(recipe, epsilon=eps, **overrides)
     kind = get_gate(cfg["gate"])
@@ -92,10 +92,9 @@ def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, ver
         }, None
     cert = None
     folder = RunFolder(run_dir)
-    cert_path = folder.certificate
-    if compress and cert_path.is_file():
-        cert = json.loads(cert_path.read_text())
-    elif compress:
+    if compress:
+        cert = folder.read_certificate()
+    if compress and cert is None:
         cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
     return _row(eps, run_dir, folder.read_history(), cert), run_dir
 
@@ -153,7 +152,6 @@ def sweep_eps(
 
 
 def _cli(args):
-    from tabulate import tabulate
 
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.recipe).stem}"
     doc = sweep_eps(

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _import_rules
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ import epsresnet_tf
 from epsresnet_tf import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("tensorflow", "keras", "matplotlib", "sklearn")
+HEAVY = _import_rules.HEAVY
 
 
 def run_python(*args, cwd=ROOT, pythonpath=()):

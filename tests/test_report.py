@@ -15,7 +15,8 @@ from epsresnet_tf import sweep as S
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
-from epsresnet_tf.runfolder import read_run
+from epsresnet_tf.plotting import pyplot
+from epsresnet_tf.runfolder import RunFolder, read_run
 
 
 def _png_size(path):
@@ -247,7 +248,7 @@ def test_a_new_figure_is_one_decorated_function(tmp_path, monkeypatch):
 
     @R.per_run_figure("epochs_seen", when=lambda r: len(r.rows) >= 2)
     def fig_epochs(r, path):
-        plt = R._plt()
+        plt = pyplot()
         fig, ax = plt.subplots()
         ax.plot([row["epoch"] for row in r.rows])
         return R.save_figure(fig, path, "epochs")
@@ -281,6 +282,28 @@ def test_several_runs_give_the_epsilon_figure_in_their_parents_report(
     assert [r["discarded_fraction"] for r in rows] == [pytest.approx(1 / 6), pytest.approx(3 / 6)]
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_report_on_a_history_a_kill_cut_short_reports_its_whole_epochs_and_says_so(
+    tmp_path, capsys, monkeypatch
+):
+    # A kill while history.jsonl was appended leaves a half line; resume and compress skip
+    # it (runfolder reads the history for all of them), and so does report, saying so.
+    only_figures(monkeypatch, "strip")
+    run = history_run(tmp_path / "a", epochs=3, err=0.25)
+    with open(run / "history.jsonl", "a") as f:
+        f.write('{"epoch": 4, "lr": 0.1, "val_err')
+    assert cli.main(["report", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert "history.jsonl: the last line is cut short" in err and "its 3 whole epochs" in err
+    assert "25.00%" in out
+    assert [r["epoch"] for r in R.RunData(run).rows] == [1, 2, 3]
+    assert RunFolder(run).read_history() == R.RunData(run).rows
+    # the same damage with a newline after it is not a kill's half line: one line naming it
+    with open(run / "history.jsonl", "a") as f:
+        f.write("\n")
+    with pytest.raises(UserError, match=r"history.jsonl, line 4: not valid JSON"):
+        R.RunData(run)
 
 
 def test_runs_are_compared_only_within_their_group(tmp_path, monkeypatch):

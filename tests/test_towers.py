@@ -218,6 +218,7 @@ print("RESULT " + json.dumps({
 """
 
 
+@pytest.mark.slow  # 8 logical devices, 2 ImageNet R-152-recipe steps: ~45 s on 2 cores
 def test_eight_towers_gate_and_normalise_their_own_32_images(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", TOWER_SCRIPT], env=ENV, capture_output=True, text=True, cwd=ROOT

@@ -41,8 +41,9 @@ def test_make_demo_is_train_compress_ablate_report_with_nothing_to_download(tmp_
     assert cfg["dataset"] == "digits" and cfg["gate"] == "eps"
 
 
+@pytest.mark.slow  # the demo's 15 epochs, then compress: ~1.5 min on 2 cores
 def test_demo_recipe_discards_blocks_and_compresses(tmp_path):
-    """The demo recipe (15 epochs on 8x8 images: about 20 s here) discards blocks, and the
+    """The demo recipe (15 epochs on 8x8 images) discards blocks, and the
     certificate removes them: gate 0 on every train and test batch, not just a high EMA."""
     from epsresnet_tf.compress import compress_run
     from epsresnet_tf.train.loop import run_training

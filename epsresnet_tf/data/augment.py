@@ -51,6 +51,8 @@ from tensorpack.dataflow import imgaug
 from tensorpack.dataflow.imgaug.deform import GaussianDeform
 from tensorpack.dataflow.imgaug.transform import CropTransform, ResizeTransform, TransformFactory
 
+from epsresnet_tf.data import datasets
+
 # AlexNet's PCA lighting noise (fb.resnet.torch), RGB order, for pixels in [0, 255].
 IMAGENET_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045], dtype=np.float32) * 255.0
 IMAGENET_EIGVEC = np.asarray(
@@ -214,8 +216,6 @@ def augmentor_list(name: str, train: bool, imagenet_saturation: str = "clip"):
     """The augmentation list of dataset `name` (the builder its description names), as an
     ``AugmentorList``, or None for identity. `imagenet_saturation`: "clip" (default) or
     "authors-wrap" (0.2.0's uint8 overflow), for datasets with that quirk."""
-    from epsresnet_tf.data import datasets
-
     try:
         ds = datasets.get(name)
     except Exception:

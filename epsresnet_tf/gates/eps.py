@@ -17,6 +17,7 @@ from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates.base import BlockVerdict, GateKind, LayerOf, to_float
 from epsresnet_tf.gates.registry import gate_by_block, register_gate
+from epsresnet_tf.train.schedules import epsilon_schedule
 
 
 def gate_responses(model, data):
@@ -106,7 +107,6 @@ class EpsilonKind(GateKind):
         )
 
     def schedules(self, cfg):
-        from epsresnet_tf.train.schedules import epsilon_schedule
 
         return {"epsilon": epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])}
 

@@ -4,6 +4,7 @@ Keras is imported inside the functions: `register` runs for every `epsresnet` co
 """
 
 import numpy as np
+from tabulate import tabulate
 
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.commands import JSON, add_command, option
@@ -102,7 +103,6 @@ def model_stats(model):
 
 
 def describe(args):
-    from tabulate import tabulate
 
     from epsresnet_tf.models.registry import build_model
 

@@ -14,14 +14,17 @@ from pathlib import Path
 
 from epsresnet_tf.commands import add_command, option
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.reproduce import gpu, pieces
+from epsresnet_tf.reproduce.doc import render, write_doc
+from epsresnet_tf.reproduce.runner import run_steps
+from epsresnet_tf.reproduce.steps import DEFAULT_DATA
+from epsresnet_tf.runfolder import atomic_write_text
 
 ROOT = "runs/repro"
 
 
 def _data(pairs: list[str]) -> dict[str, str]:
     """--data NAME=PATH pairs over the defaults (steps.DEFAULT_DATA)."""
-    from epsresnet_tf.reproduce.steps import DEFAULT_DATA
-
     data = dict(DEFAULT_DATA)
     for pair in pairs or ():
         name, sep, path = pair.partition("=")
@@ -33,8 +36,6 @@ def _data(pairs: list[str]) -> dict[str, str]:
 
 def steps_of(keys: list[str]):
     """`make reproduce`'s order, restricted to the named pieces' steps (all when none)."""
-    from epsresnet_tf.reproduce import pieces
-
     if not keys:
         return list(pieces.ORDER)
     wanted = [s for k in keys for s in pieces.get(k).steps]
@@ -43,7 +44,6 @@ def steps_of(keys: list[str]):
 
 
 def _run(args) -> int:
-    from epsresnet_tf.reproduce.runner import run_steps
 
     summary = run_steps(steps_of(args.pieces), Path(args.root), _data(args.data))
     print(
@@ -54,12 +54,8 @@ def _run(args) -> int:
 
 
 def _doc(args) -> int:
-    from epsresnet_tf.reproduce.doc import write_doc
 
     if args.no_figures:  # the test fixture's expected text: tables only
-        from epsresnet_tf.reproduce.doc import render
-        from epsresnet_tf.runfolder import atomic_write_text
-
         atomic_write_text(Path(args.doc), render(Path(args.root), _data(args.data)))
         print(f"wrote {args.doc}")
         return 0
@@ -70,7 +66,6 @@ def _doc(args) -> int:
 
 
 def _gpu(args) -> int:
-    from epsresnet_tf.reproduce import gpu
 
     return gpu.main(args)
 
@@ -111,7 +106,6 @@ def register(subparsers) -> None:
             options=[root, data, *extra],
         )
         sub.set_defaults(action_func=func)
-    from epsresnet_tf.reproduce import gpu
 
     gpu.register(actions)
 

@@ -14,10 +14,12 @@ from typing import Mapping
 
 from tabulate import tabulate
 
+from epsresnet_tf.reproduce import gpu, pieces
 from epsresnet_tf.reproduce import readers as R
 from epsresnet_tf.reproduce.runner import command_line
 from epsresnet_tf.reproduce.steps import Train
 from epsresnet_tf.reproduce.verdicts import Result, seconds
+from epsresnet_tf.runfolder import atomic_write_text
 
 #: The root the document's commands name (where `make reproduce` puts the runs), whatever
 #: folder the document is generated from (the test's fixture, say).
@@ -130,8 +132,6 @@ def render(
 ) -> str:
     """The document's markdown from the run folders under `root` (figures as given) and
     the full-scale runs under `gpu_root` (default: `root`'s sibling repro-gpu)."""
-    from epsresnet_tf.reproduce import gpu, pieces
-
     results = [p.measure(p, Path(root)) for p in pieces.PIECES]
     lines = [HEADER] + _summary(pieces.PIECES, results)
     for piece, result in zip(pieces.PIECES, results):
@@ -145,8 +145,6 @@ def render(
 
 def draw_figures(root: Path, img_dir: Path, doc: Path) -> dict[str, str]:
     """Each piece's figure into img_dir/repro-<key>.png: {key: path relative to the doc}."""
-    from epsresnet_tf.reproduce import pieces
-
     img_dir.mkdir(parents=True, exist_ok=True)
     out = {}
     for piece in pieces.PIECES:
@@ -158,8 +156,6 @@ def draw_figures(root: Path, img_dir: Path, doc: Path) -> dict[str, str]:
 
 def write_doc(root: Path, doc: Path, img_dir: Path, data: Mapping[str, str]) -> list[Path]:
     """Draw the figures and write the document; the paths written."""
-    from epsresnet_tf.runfolder import atomic_write_text
-
     figures = draw_figures(root, img_dir, doc)
     atomic_write_text(doc, render(root, data, figures))
     return [doc, *(doc.parent / rel for rel in figures.values())]

@@ -7,28 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
+from epsresnet_tf.plotting import pyplot
 from epsresnet_tf.reproduce import readers as R
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    return plt
+from epsresnet_tf.reproduce.measure import (
+    _sweep_points,
+    _trains,
+    group_fractions,
+    removal_curves,
+    replay_resets,
+)
 
 
 def _save(fig, path: Path) -> bool:
     fig.tight_layout()
     # Fixed metadata: the same runs give the same bytes (the document is regenerated often).
     fig.savefig(path, dpi=100, metadata={"Software": None})
-    _plt().close(fig)
+    pyplot().close(fig)
     return True
 
 
 def _trained(piece, root):
-    from epsresnet_tf.reproduce.measure import _trains
 
     return [(s, R.history(s.run_dir(root))) for s in _trains(piece)]
 
@@ -37,12 +35,10 @@ def dynamic(piece, root: Path, path: Path) -> bool:
     """Fig. 9's form: discarded ratio against epoch per setting; below, the lr (resets are
     its jumps up); right, how near the next block is to closing (the smallest max|F| / ε
     of the blocks still open: it closes at 1) and ε (the warm-up's switch-on)."""
-    from epsresnet_tf.reproduce.measure import replay_resets
-
     runs = [(s, h) for s, h in _trained(piece, root) if h]
     if not runs:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 6), sharex="col", height_ratios=[2, 1])
     for step, rows in runs:
         epochs = [r["epoch"] for r in rows]
@@ -80,12 +76,10 @@ def _closest_open(row) -> float:
 
 def eps_sweep(piece, root: Path, path: Path) -> bool:
     """Fig. 8's form: discarded ratio and test error against ε."""
-    from epsresnet_tf.reproduce.measure import _sweep_points
-
     points, _ = _sweep_points(piece, root)
     if not points:
         return False
-    plt = _plt()
+    plt = pyplot()
     eps = [d["epsilon"] for _, d in points]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(eps, [100 * len(d["removed"]) / len(d["blocks"]) for _, d in points], "k-o")
@@ -100,14 +94,12 @@ def eps_sweep(piece, root: Path, path: Path) -> bool:
 
 def groups(piece, root: Path, path: Path) -> bool:
     """Fig. 10's form: per group, the share of kept and discarded blocks, one panel a run."""
-    from epsresnet_tf.reproduce.measure import _sweep_points, group_fractions
-
     points = [
         (s, d) for s, d in _sweep_points(piece, root)[0] if 0 < len(d["removed"]) < len(d["blocks"])
     ]
     if not points:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(points), figsize=(2.6 * len(points) + 1, 3.4), squeeze=False)
     for ax, (_, d) in zip(axes[0], points):
         per = group_fractions([d])
@@ -126,13 +118,11 @@ def groups(piece, root: Path, path: Path) -> bool:
 
 def reduced(piece, root: Path, path: Path) -> bool:
     """Fig. 7's form: parameter memory of the full and the reduced nets."""
-    from epsresnet_tf.reproduce.measure import _trains
-
     certs = [(s, R.certificate(s.run_dir(root))) for s in _trains(piece)]
     certs = [(s, c) for s, c in certs if c]
     if not certs:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(certs))
     full = [c["before"]["param_bytes"] / 2**20 for _, c in certs]
@@ -151,7 +141,7 @@ def _per_epoch(piece, root: Path, key: str, scale: float, ylabel: str, title: st
     runs = [(s, h) for s, h in _trained(piece, root) if h]
     if not runs:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for step, rows in runs:
         ax.plot([r["epoch"] for r in rows], [scale * r[key] for r in rows], label=step.name)
@@ -174,12 +164,10 @@ def mnist_table(piece, root: Path, path: Path) -> bool:
 
 def removal(piece, root: Path, path: Path) -> bool:
     """Fig. 5 (right)'s form: test accuracy against the number of removed blocks."""
-    from epsresnet_tf.reproduce.measure import removal_curves
-
     curves = removal_curves(piece, root)
     if not curves:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for (run, order), curve in sorted(curves.items()):
         xs = sorted(curve)

@@ -12,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tabulate import tabulate
+
+from epsresnet_tf import recipes
 from epsresnet_tf.commands import add_command, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.reproduce import published as P
 from epsresnet_tf.reproduce import readers as R
+from epsresnet_tf.reproduce.runner import run_steps
 from epsresnet_tf.reproduce.steps import Compress, Train
 from epsresnet_tf.reproduce.verdicts import pct
+from epsresnet_tf.runfolder import atomic_write_text
 
 GPU_ROOT = "runs/repro-gpu"
 
@@ -85,8 +90,6 @@ def get(key: str) -> GpuTable:
 
 def steps(table: GpuTable, gpus: int | None = None) -> list:
     """Train every recipe of the table (data under --data-dir), then compress the ε-nets."""
-    from epsresnet_tf import recipes
-
     trains = [
         Train(table.key, name, recipes.load(name)["dataset"], gpus=gpus) for name in table.recipes
     ]
@@ -119,7 +122,6 @@ def table_rows(table: GpuTable, root: Path) -> list[list[str]]:
 
 
 def table_markdown(table: GpuTable, root: Path) -> str:
-    from tabulate import tabulate
 
     body = tabulate(
         table_rows(table, root), headers=HEADERS, tablefmt="github", disable_numparse=True
@@ -157,8 +159,6 @@ def _main(args) -> int:
         return 0
     if not args.tables:
         raise UserError("name a table (python -m epsresnet_tf.reproduce gpu --list)")
-    from epsresnet_tf.reproduce.runner import run_steps
-    from epsresnet_tf.runfolder import atomic_write_text
 
     root, data = Path(args.root), {}
     failed = 0

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from epsresnet_tf.config import DEFAULTS
 from epsresnet_tf.reproduce import published as P
 from epsresnet_tf.reproduce import readers as R
 from epsresnet_tf.reproduce.steps import Ablate, Compress, Describe, Train
@@ -24,6 +25,7 @@ from epsresnet_tf.reproduce.verdicts import (
     num,
     pct,
 )
+from epsresnet_tf.train.loop import lr_schedule
 
 # --- the discard dynamic (a) -------------------------------------------------------------
 
@@ -34,8 +36,6 @@ def replay_resets(cfg: dict[str, Any] | None, rows: list[dict[str, Any]]) -> lis
     training callback called it. (A reset during the lr-0.1 phase leaves no jump in lr.)"""
     if not cfg or not rows or not cfg.get("adaptive_schedule"):
         return []
-    from epsresnet_tf.config import DEFAULTS
-    from epsresnet_tf.train.loop import lr_schedule
 
     full = {**DEFAULTS, **cfg}
     schedule = lr_schedule(full)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from epsresnet_tf.errors import UserError
 from epsresnet_tf.reproduce import figures, measure
 from epsresnet_tf.reproduce.published import EPS_BLOCKS, HE_PARAMS, SHARESNET_TABLE1
 from epsresnet_tf.reproduce.steps import Ablate, Compress, Describe, Step, Train
@@ -275,7 +276,6 @@ ORDER: tuple[Step, ...] = (
 
 
 def get(key: str) -> Piece:
-    from epsresnet_tf.errors import UserError
 
     for piece in PIECES:
         if piece.key == key:

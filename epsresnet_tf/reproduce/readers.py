@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from epsresnet_tf.naming import parse_block_id
-from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.runfolder import RunFolder, last_val_error, read_json
 
 #: The runner's log of finished commands in each step folder (one JSON object a line).
 STEP_LOG = "steps.jsonl"
@@ -26,24 +26,18 @@ def config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def certificate(run_dir: Path) -> dict[str, Any] | None:
-    path = RunFolder(run_dir).certificate
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunFolder(run_dir).read_certificate()
 
 
 def ablation(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "run its `make reproduce` step again") if path.is_file() else None
 
 
 def described(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "run its `make reproduce` step again") if path.is_file() else None
 
 
-def last_error(rows: list[dict[str, Any]]) -> float | None:
-    """The last validation (test split) error of a history."""
-    for row in reversed(rows):
-        if row.get("val_error") is not None:
-            return float(row["val_error"])
-    return None
+last_error = last_val_error  # the history's owner says what "last validation error" is
 
 
 def group_of(block: str) -> int:

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from epsresnet_tf import jsonsafe
+from epsresnet_tf import cli, jsonsafe
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.reproduce.readers import STEP_LOG
 from epsresnet_tf.reproduce.steps import Ablate, Compress, Describe, Step
@@ -64,8 +64,6 @@ def _log_row(root: Path, step: Step, row: dict) -> None:
 
 def _describe(step: Describe, root: Path, data: Mapping[str, str]) -> int:
     """`epsresnet describe ARCH --json` in this process; its JSON saved to step.path."""
-    from epsresnet_tf import cli
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli.main(step.argv(root, data))

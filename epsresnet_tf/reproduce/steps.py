@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from epsresnet_tf import recipes
 from epsresnet_tf.runfolder import RunFolder
 
 #: Where each dataset's files are on this machine, relative to the repository root (the
@@ -33,8 +34,6 @@ class Train:
     @property
     def name(self) -> str:
         """The run folder's name, as `epsresnet train` names it (recipe + overrides)."""
-        from epsresnet_tf import recipes
-
         return recipes.resolve(self.recipe, depth=self.depth, epsilon=self.epsilon)[0]
 
     def run_dir(self, root: Path) -> Path:

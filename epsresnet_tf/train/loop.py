@@ -25,9 +25,19 @@ ckpt/, model.keras) and its checkpoints are `epsresnet_tf.runfolder`'s.
 import os
 import sys
 
-from epsresnet_tf.config import dtype_policy, global_batch_size, towers, validate_config
+from epsresnet_tf.config import (
+    dtype_policy,
+    global_batch_size,
+    keras_precision,
+    towers,
+    validate_config,
+)
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.gates import get_gate
+from epsresnet_tf.runfolder import RunFolder, read_init_weights
+from epsresnet_tf.train import multiworker, stopping
+from epsresnet_tf.train.multiworker import make_multi_worker_strategy
+from epsresnet_tf.train.schedules import AdaptiveResetSchedule, FixedSchedule, ScheduledSetter
 
 # --- strategy and precision --------------------------------------------------------------
 
@@ -42,8 +52,6 @@ def make_strategy(gpus, device="gpu"):
     if device == "cpu":
         return _cpu_strategy(gpus)
     if os.environ.get("TF_CONFIG"):
-        from epsresnet_tf.train.multiworker import make_multi_worker_strategy
-
         return make_multi_worker_strategy(gpus)
     if gpus == 0:
         return tf.distribute.get_strategy()
@@ -153,8 +161,6 @@ def run_training(
     line, 1 the console of `epsresnet_tf.train.progress` (its per-step bar on a terminal),
     2 one line per epoch. `extra_callbacks` (Keras callbacks) run after the loop's own. `restart` moves an existing run aside (`<run_dir>.old-<time>/`) and trains
     from the start."""
-    from epsresnet_tf.train import stopping
-
     # several machines: one worker leaving on its own would hang the others' collectives
     signals = dict(enabled=not os.environ.get("TF_CONFIG"), on_second=stopping.exit_now)
     with stopping.stop_on_signals(**signals) as stop:
@@ -167,6 +173,14 @@ def run_training(
 
 
 def _run(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restart):
+    validate_config(cfg)  # before its precision is read
+    with keras_precision(dtype_policy(cfg)):  # the layers built from here on take it
+        return _run_in_precision(
+            cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restart
+        )
+
+
+def _run_in_precision(cfg, run_dir, data_dir, sources, strategy, verbose, extra, stop, restart):
     from epsresnet_tf.train.callbacks import StopCallback
 
     run = _TrainingRun(cfg, run_dir, data_dir, sources, strategy, restart)
@@ -213,8 +227,6 @@ class _TrainingRun:
         import keras
         import tensorflow as tf
 
-        from epsresnet_tf.train import multiworker
-
         validate_config(cfg)
         self.cfg = cfg
         self.folder = RunFolder(run_dir)
@@ -230,7 +242,6 @@ class _TrainingRun:
         if cfg["deterministic"]:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg["seed"])
-        keras.mixed_precision.set_global_policy(dtype_policy(cfg))
         self.steps = epoch_steps(cfg, self.train_src, replicas)
         from epsresnet_tf.train.model import build_training_model
 
@@ -254,8 +265,6 @@ class _TrainingRun:
     def _open_folder(self, restart):
         """Lock the run folder (held until run_training ends: one writer), then check or
         create it; only the chief writes it, the other workers a temporary one."""
-        from epsresnet_tf.train import multiworker
-
         if not self.multi or multiworker.is_chief(self.strategy):
             self.owner.open(restart)
         try:
@@ -273,8 +282,6 @@ class _TrainingRun:
 
     def is_chief(self):
         """Whether this process speaks for the run (several machines: the chief only)."""
-        from epsresnet_tf.train import multiworker
-
         return not self.multi or multiworker.is_chief(self.strategy)
 
     def variables(self):
@@ -284,8 +291,6 @@ class _TrainingRun:
 
     def _init_weights(self):
         """--init-from: the net weights of the run it names (runfolder.read_init_weights)."""
-        from epsresnet_tf.runfolder import read_init_weights
-
         shapes = [tuple(v.shape) for v in self.model.net.variables]
         return read_init_weights(self.cfg["init_from"], self.cfg, shapes)
 
@@ -346,12 +351,10 @@ class _TrainingRun:
     def callbacks(self, extra=(), verbose=0):
         """The loop's callbacks in order, `extra` after them; the console's (`verbose` 1 or
         2, the chief only) after the checkpoint, so an epoch's line means it is saved."""
-        from epsresnet_tf.gates import get_gate
         from epsresnet_tf.models.registry import authors_block_count
         from epsresnet_tf.train import callbacks as C
         from epsresnet_tf.train.dashboard import TensorBoardCallback
         from epsresnet_tf.train.progress import ProgressCallback
-        from epsresnet_tf.train.schedules import FixedSchedule, ScheduledSetter
 
         cfg, state = self.cfg, self.state
         kind = get_gate(cfg["gate"])  # its scheduled hyper-parameters (ε)
@@ -394,7 +397,6 @@ class _TrainingRun:
         ]
 
     def fit(self, cbs):
-        from epsresnet_tf.train import multiworker
 
         if self.multi:
             multiworker.check_same_start(self.strategy, self.start)
@@ -423,7 +425,6 @@ class _TrainingRun:
             self.model.fit(train_ds, shuffle=False, **common)
 
     def finish(self):
-        from epsresnet_tf.train import multiworker
 
         rows, root = self.state.rows, str(self.run_root)
         if self.state.nan:
@@ -449,9 +450,6 @@ class _TrainingRun:
 def lr_schedule(cfg: dict):
     """The lr's schedule object: the adaptive reset (docs/semantics.md §7) where the config
     has an adaptive schedule and the gate kind resets, else the fixed one."""
-    from epsresnet_tf.gates import get_gate
-    from epsresnet_tf.train.schedules import AdaptiveResetSchedule, FixedSchedule
-
     kind = get_gate(cfg["gate"])
     if cfg["adaptive_schedule"] and kind is not None and kind.adaptive_reset:
         return AdaptiveResetSchedule(

@@ -5,9 +5,15 @@ import signal
 import sys
 from pathlib import Path
 
+from tabulate import tabulate
+
+from epsresnet_tf import recipes
 from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.config import parse_setting, towers_notice
+from epsresnet_tf.data import datasets
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import config_text, run_data_dir
+from epsresnet_tf.train.loop import make_strategy, run_training
 
 
 def _number(text, flag, kind, low):
@@ -174,8 +180,6 @@ NAMED_KEYS = (
 def overrides_of(args):
     """The config overrides of the command line: the named flags, then each --set (parsed
     and checked by config.parse_setting). A key given both ways with two values is refused."""
-    from epsresnet_tf.config import parse_setting
-
     named = {key: getattr(args, key) for key in NAMED_KEYS}
     for key in ("mixed_precision", "xla", "deterministic"):  # store_true: absent is "recipe's"
         named[key] = True if named[key] else None
@@ -193,13 +197,10 @@ def overrides_of(args):
 
 
 def main(args):
-    from epsresnet_tf import recipes
 
     for key, (kind, low) in NUMERIC.items():
         setattr(args, key, _number(getattr(args, key), "--" + key.replace("_", "-"), kind, low))
     if args.list:
-        from tabulate import tabulate
-
         rows = [(n, recipes.load(n).get("description", "")) for n in recipes.available()]
         print(tabulate(rows, headers=("recipe", "description")))
         return None
@@ -223,14 +224,12 @@ def main(args):
         return None
     for line in notices:  # print(*[]) would still write an empty line
         print(line, flush=True)
-    from epsresnet_tf.data import datasets
 
     run_dir = Path(args.out) / name
     data_dir = Path(run_data_dir(args.data_dir, run_dir))  # a resume: the run's own folder
     # a dataset that ships inside a package (the demo's digits) needs no data folder
     if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
         raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
-    from epsresnet_tf.train.loop import make_strategy, run_training
 
     strategy = None if args.cpu_devices is None else make_strategy(cfg["gpus"], device="cpu")
     try:
@@ -259,9 +258,6 @@ def _notices(args, cfg):
     """The lines said before a run starts: towers that are not the recipe's own (the
     authors' device rule, config.authors_towers), and logical CPU devices standing in for
     GPUs."""
-    from epsresnet_tf import recipes
-    from epsresnet_tf.config import towers_notice
-
     flag = "--cpu-devices" if args.cpu_devices is not None else "--gpus"
     lines = [towers_notice(recipes.load(args.recipe), cfg, flag)]
     if args.cpu_devices is not None:
@@ -278,8 +274,6 @@ def _notices(args, cfg):
 def summary(result):
     """The last epoch's per-block discard table and one line of totals (tabulate), in the
     words of the epoch lines (`epsresnet_tf.train.progress`)."""
-    from tabulate import tabulate
-
     from epsresnet_tf.train.progress import DISCARDED_ABOVE, measures
 
     rows = result.get("history") or []
