@@ -27,7 +27,6 @@ manifest lists are replaced, anything else in the folder (notes) stays.
 import glob
 import json
 import os
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from tabulate import tabulate
 
 from epsresnet_tf import compress as C
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.commands import add_command, force, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
 from epsresnet_tf.outputs import load_net, staged_outputs
@@ -899,41 +897,3 @@ def _write_report(runs, out):
     manifest = {"runs": [str(r.root) for r in runs], "files": written, "summary": rows}
     (out / MANIFEST).write_text(jsonsafe.dumps(manifest, indent=2) + "\n")
     return [MANIFEST] + written, text, rows
-
-
-def _cli(args):
-    result = make_report(args.run_dirs, args.out, args.force)
-    for line in result["skipped"] + result["notes"]:
-        print(line, file=sys.stderr)
-    print(result["tables"])
-    for name in result["files"]:
-        if not name.endswith((".pdf", ".svg")):
-            print(f"wrote {name}" + (" (and .pdf, .svg)" if name.endswith(".png") else ""))
-    return 0
-
-
-def register(subparsers):
-    """Add the `report` subcommand."""
-    add_command(
-        subparsers,
-        "report",
-        help="tables and figures (paper Figs. 1, 5–10) from run folders",
-        description="Tables (full vs reduced error, blocks, layers, params, memory) and "
-        "figures as PNG, PDF and SVG (discarded ratio, kept per group, discard strip, weight "
-        "collapse, removal curves, ε sweep) from one or more run folders. Paths that are not "
-        "run folders are skipped. Running it again refreshes the report (your own files in "
-        "the report folder stay).",
-        func=_cli,
-        options=[
-            option(
-                "run_dirs", nargs="+", help="run folders (after `compress`/`ablate` for all panels)"
-            ),
-            option(
-                "--out",
-                default=None,
-                help="output folder (default: RUN_DIR/report for one run, the runs' common "
-                "parent's report/ for several)",
-            ),
-            force("the tables and figures in an --out folder that is not a report"),
-        ],
-    )

@@ -49,15 +49,12 @@ def _targets(name: str, path: Path, node) -> list[str]:
 
 
 class Import:
-    """One import statement: where it is, what it loads, whether it sits in a function."""
+    """One import statement: where it is, what it loads, whether it sits in a function, and
+    whether it is for type checkers only (`if TYPE_CHECKING:`, never run)."""
 
-    def __init__(self, module, line, targets, in_function):
-        self.module, self.line, self.targets, self.in_function = (
-            module,
-            line,
-            targets,
-            in_function,
-        )
+    def __init__(self, module, line, targets, in_function, typing_only=False):
+        self.module, self.line, self.targets = module, line, targets
+        self.in_function, self.typing_only = in_function, typing_only
 
     def top_level_packages(self) -> set[str]:
         return {t.split(".")[0] for t in self.targets}
@@ -67,20 +64,25 @@ class Import:
         return f"{self.module}:{self.line} {where} imports {self.targets[0]}"
 
 
+def _statements(node) -> set[int]:
+    return {id(n) for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))}
+
+
 def imports() -> list[Import]:
     found = []
     for name, path in modules().items():
         tree = ast.parse(path.read_text(), str(path))
-        nested = set()
-        for fn in ast.walk(tree):
-            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                nested |= {
-                    id(n) for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))
-                }
+        nested, typing_only = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                nested |= _statements(node)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                typing_only |= _statements(node)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 targets = _targets(name, path, node)
-                found.append(Import(name, node.lineno, targets, id(node) in nested))
+                nid = id(node)
+                found.append(Import(name, node.lineno, targets, nid in nested, nid in typing_only))
     return found
 
 
@@ -143,7 +145,7 @@ def heavy_modules() -> set[str]:
     top = {name: set() for name in known}
     loads_heavy = set()
     for imp in imports():
-        if imp.in_function:
+        if imp.in_function or imp.typing_only:
             continue
         if imp.top_level_packages() & set(HEAVY):
             loads_heavy.add(imp.module)

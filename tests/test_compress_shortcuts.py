@@ -12,6 +12,7 @@ from test_compress import batches, close, train_briefly
 
 from epsresnet_tf import compress as C
 from epsresnet_tf.blocks import MERGING_SHORTCUTS, SHORTCUTS
+from epsresnet_tf.cli import compress as compress_cli
 from epsresnet_tf.models import build_model
 from epsresnet_tf.models.registry import FAMILIES
 from epsresnet_tf.naming import sort_block_ids
@@ -133,7 +134,7 @@ def test_trained_merging_shortcut_net_keeps_its_closed_blocks_and_says_why(
     assert kept["verdict"] == "closed" and kept["removable"] is False
     assert kept["reason"].startswith(f"closed but kept: its {shortcut} shortcut scales x by")
     assert saved["blocks"]["group2/block0"]["removable"] is True
-    C._print_summary(doc)
+    compress_cli._print_summary(doc)
     assert f"group1/block1: closed but kept: its {shortcut} shortcut" in capsys.readouterr().out
     # What the certificate avoided: dropping the closed block anyway changes predictions.
     unsound, _ = C.reduce(model, arch, opts, ["group1/block1", "group2/block0"], gates="keep")

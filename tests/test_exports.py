@@ -16,6 +16,7 @@ import pytest
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
 from epsresnet_tf import exports as X
+from epsresnet_tf.cli import compress as compress_cli
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.layers import EpsilonGate
@@ -325,12 +326,12 @@ def test_tflite_disagreement_and_conversion_failure_are_one_line(capsys, monkeyp
             }
         }
     }
-    assert C._report_tflite(doc) == 1
+    assert compress_cli._report_tflite(doc) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "15 of 16" in err[0] and "disagrees" in err[0]
     doc["exports"]["tflite"].update(same_top1=16, passed=True)
-    assert C._report_tflite(doc) == 0 and "16 of 16" in capsys.readouterr().out
-    assert C._report_tflite({"exports": {"tflite": None}}) == 0
+    assert compress_cli._report_tflite(doc) == 0 and "16 of 16" in capsys.readouterr().out
+    assert compress_cli._report_tflite({"exports": {"tflite": None}}) == 0
 
     import tensorflow as tf
 

@@ -12,7 +12,7 @@ import pytest
 from epsresnet_tf import recipes
 from epsresnet_tf.reproduce import doc, gpu, measure, pieces
 from epsresnet_tf.reproduce import runner as runner_module
-from epsresnet_tf.reproduce.cli import steps_of
+from epsresnet_tf.reproduce.pieces import steps_of
 from epsresnet_tf.reproduce.steps import DEFAULT_DATA, Ablate, Compress, Describe, Train
 from epsresnet_tf.reproduce.verdicts import (
     NOT_REPRODUCED,

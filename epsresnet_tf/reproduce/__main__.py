@@ -2,7 +2,7 @@
 
 import sys
 
-from epsresnet_tf.reproduce.cli import main
+from epsresnet_tf.cli.reproduce import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,6 @@ from pathlib import Path
 from tabulate import tabulate
 
 from epsresnet_tf import recipes
-from epsresnet_tf.commands import add_command, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.reproduce import published as P
 from epsresnet_tf.reproduce import readers as R
@@ -152,7 +151,8 @@ def section(root: Path, table_fn) -> list[str]:
     return lines
 
 
-def _main(args) -> int:
+def run_tables(args) -> int:
+    """`reproduce gpu`: run the named tables' steps, then write each table."""
     if args.list:
         for table in TABLES:
             print(f"{table.key}: {table.paper}: {' '.join(table.recipes)}")
@@ -170,25 +170,3 @@ def _main(args) -> int:
         atomic_write_text(out, table_markdown(table, root))
         print(f"wrote {out}")
     return 1 if failed else 0
-
-
-def main(args) -> int:
-    return _main(args)
-
-
-def register(actions) -> None:
-    sub = add_command(
-        actions,
-        "gpu",
-        help="full-scale runs of paper tables (GPU host)",
-        description=__doc__,
-        func=_main,
-        options=[
-            option("tables", nargs="*", help="table keys (--list)"),
-            option("--list", action="store_true", help="list the tables and their recipes"),
-            option("--data-dir", default="data", help="root of the full datasets"),
-            option("--gpus", type=int, default=None, help="GPUs per run"),
-            option("--root", default=GPU_ROOT, help=f"parent of the run folders ({GPU_ROOT})"),
-        ],
-    )
-    sub.set_defaults(action_func=_main)

@@ -281,3 +281,12 @@ def get(key: str) -> Piece:
         if piece.key == key:
             return piece
     raise UserError(f"unknown piece {key!r}: choose {', '.join(p.key for p in PIECES)}")
+
+
+def steps_of(keys: list[str]):
+    """`make reproduce`'s order, restricted to the named pieces' steps (all when none)."""
+    if not keys:
+        return list(ORDER)
+    wanted = [s for k in keys for s in get(k).steps]
+    ordered = [s for s in ORDER if s in wanted]
+    return ordered + [s for s in wanted if s not in ordered]

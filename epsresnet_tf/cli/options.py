@@ -1,5 +1,5 @@
 """How a subcommand declares itself: its name, help, description and options as data
-(flags and argparse keyword arguments), added by one function; `cli.py` collects them."""
+(flags and argparse keyword arguments), added by one function; `epsresnet_tf.cli` collects them."""
 
 import argparse
 

@@ -1,7 +1,9 @@
 """`epsresnet` command line: thin — parse, call, print.
 
-Each subcommand lives beside the code it drives and exposes `register(subparsers)`;
-this module only collects them and turns user mistakes into one-line errors. Building the
+Each subcommand is a module of this package (`cli/<command>.py`): its options as data
+(`cli/options.py`), `register(subparsers)` and what it prints; the domain modules it
+calls (compress, evaluate, report, …) never import the CLI. This module collects them and
+turns user mistakes into one-line errors. Building the
 parser imports no TensorFlow (the commands import it when they run), so `--help`,
 `--version` and `train --list` answer at once.
 """
@@ -16,19 +18,22 @@ import sys
 import tempfile
 
 from epsresnet_tf import __version__
-from epsresnet_tf.commands import VERBOSE
+from epsresnet_tf.cli.options import VERBOSE
 from epsresnet_tf.errors import UserError
 
 # Modules that contribute subcommands, in the order `--help` lists them.
-COMMAND_MODULES = (
-    "epsresnet_tf.models.describe",
-    "epsresnet_tf.data.check",
-    "epsresnet_tf.train.run",
-    "epsresnet_tf.compress",
-    "epsresnet_tf.evaluate",
-    "epsresnet_tf.report",
-    "epsresnet_tf.sweep",
-    "epsresnet_tf.reproduce.cli",
+COMMAND_MODULES = tuple(
+    f"epsresnet_tf.cli.{name}"
+    for name in (
+        "describe",
+        "data",
+        "train",
+        "compress",
+        "evaluate",
+        "report",
+        "sweep",
+        "reproduce",
+    )
 )
 
 #: Set (to anything but "" or "0") to see TensorFlow's own log lines, as `--verbose` does.
@@ -162,7 +167,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
     return 0 if result is None else int(result)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from epsresnet_tf.commands import add_command, option
+from epsresnet_tf.cli.options import add_command, option
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.reproduce import gpu, pieces
 from epsresnet_tf.reproduce.doc import render, write_doc
@@ -34,18 +34,8 @@ def _data(pairs: list[str]) -> dict[str, str]:
     return data
 
 
-def steps_of(keys: list[str]):
-    """`make reproduce`'s order, restricted to the named pieces' steps (all when none)."""
-    if not keys:
-        return list(pieces.ORDER)
-    wanted = [s for k in keys for s in pieces.get(k).steps]
-    ordered = [s for s in pieces.ORDER if s in wanted]
-    return ordered + [s for s in wanted if s not in ordered]
-
-
 def _run(args) -> int:
-
-    summary = run_steps(steps_of(args.pieces), Path(args.root), _data(args.data))
+    summary = run_steps(pieces.steps_of(args.pieces), Path(args.root), _data(args.data))
     print(
         f"reproduce: {len(summary['ran'])} ran, {len(summary['skipped'])} already done, "
         f"{len(summary['failed'])} failed, {len(summary['waiting'])} waiting"
@@ -54,7 +44,6 @@ def _run(args) -> int:
 
 
 def _doc(args) -> int:
-
     if args.no_figures:  # the test fixture's expected text: tables only
         atomic_write_text(Path(args.doc), render(Path(args.root), _data(args.data)))
         print(f"wrote {args.doc}")
@@ -63,11 +52,6 @@ def _doc(args) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def _gpu(args) -> int:
-
-    return gpu.main(args)
 
 
 def register(subparsers) -> None:
@@ -107,7 +91,27 @@ def register(subparsers) -> None:
         )
         sub.set_defaults(action_func=func)
 
-    gpu.register(actions)
+    _register_gpu(actions)
+
+
+def _register_gpu(actions) -> None:
+    sub = add_command(
+        actions,
+        "gpu",
+        help="full-scale runs of paper tables (GPU host)",
+        description=gpu.__doc__,
+        func=gpu.run_tables,
+        options=[
+            option("tables", nargs="*", help="table keys (--list)"),
+            option("--list", action="store_true", help="list the tables and their recipes"),
+            option("--data-dir", default="data", help="root of the full datasets"),
+            option("--gpus", type=int, default=None, help="GPUs per run"),
+            option(
+                "--root", default=gpu.GPU_ROOT, help=f"parent of the run folders ({gpu.GPU_ROOT})"
+            ),
+        ],
+    )
+    sub.set_defaults(action_func=gpu.run_tables)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from epsresnet_tf import recipes
-from epsresnet_tf.commands import add_command, data_dir, option
+from epsresnet_tf.cli.options import add_command, data_dir, option
 from epsresnet_tf.config import parse_setting, towers_notice
 from epsresnet_tf.data import datasets
 from epsresnet_tf.errors import UserError

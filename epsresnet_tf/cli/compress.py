@@ -1,0 +1,209 @@
+"""`epsresnet compress RUN_DIR`: its options, and the summary it prints (epsresnet_tf.compress
+does the work)."""
+
+import sys
+
+from epsresnet_tf.cli.options import add_command, data_dir, option
+from epsresnet_tf.compress import EMA_THRESHOLD, GATE_POLICIES, RULES, compress_run
+
+
+def _pct(v):
+    """A fraction as a percentage with two decimals, or "n/a"."""
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _print_summary(doc):
+    """Print what was removed, the sizes, whether the rules agree and the test errors."""
+    eq = doc["equivalence"]
+    b, a = doc["before"], doc["after"]
+    where = "final model" if doc.get("epoch") is None else f"epoch {doc['epoch']}"
+    print(
+        f"{where}, rule {doc['rule']}: removed {doc['removed_count']} of "
+        f"{doc['blocks_before']} blocks ({', '.join(doc['removed']) or 'none'}); "
+        f"reduced net gates: {doc['reduced_gates']}"
+    )
+    for bid, v in doc["blocks"].items():
+        if v["verdict"] == "closed" and not v.get("removable", True):
+            print(f"{bid}: {v['reason']}")
+    print(
+        f"params {b['trainable_params']:,} -> {a['trainable_params']:,}; layers {b['layers']} -> "
+        f"{a['layers']}; MACs {b['macs']:,} -> {a['macs']:,}"
+    )
+    dis = doc["disagreements"]
+    if dis["ema_only"] or dis["certificate_only"]:
+        print(
+            f"the rules disagree: only the authors' EMA rule removes "
+            f"{', '.join(dis['ema_only']) or 'none'}; only the certificate removes "
+            f"{', '.join(dis['certificate_only']) or 'none'}"
+        )
+    else:
+        print("the rules agree: both remove the same blocks")
+    r = doc["rules"]
+    print(
+        f"test error on {eq['images']} images: trained {_pct(eq.get('error_full'))}; "
+        + "; ".join(
+            f"{RULES[n]} ({r[n]['removed_count']} removed) {_pct(r[n]['test_error'])}"
+            for n in RULES
+        )
+    )
+
+
+def _report_equivalence(doc):
+    """Print the equivalence check's verdict; the exit status (1: a certified net differs)."""
+    eq = doc["equivalence"]
+    print(
+        f"equivalence on {eq['images']} test images: max |logit diff| "
+        f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
+        f"tolerance {eq['tolerance']:g})"
+    )
+    if eq["passed"]:
+        return 0
+    if doc["rule"] == "ema":  # expected: the authors' rule is not a proof
+        print(
+            "the authors' EMA rule changed predictions (it is not certified); "
+            "the difference is in certificate.json"
+        )
+        return 0
+    print(
+        "the reduced net does not reproduce the trained one; exports kept for inspection",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _report_tflite(doc):
+    """One line on the TFLite export, if any; the exit status (1: its top-1 differs)."""
+    tfl = (doc.get("exports") or {}).get("tflite")
+    if not tfl:
+        return 0
+    line = (
+        f"{tfl['file']}: same top-1 on {tfl['same_top1']} of {tfl['images']} test images, "
+        f"max |logit diff| {tfl['max_abs_logit_diff']:.3g}"
+    )
+    if tfl["passed"]:
+        print(line)
+        return 0
+    print(f"{line}: the TFLite net disagrees; kept for inspection, do not ship it", file=sys.stderr)
+    return 1
+
+
+def _cli(args):
+    """`epsresnet compress`: compress the run, print the summary; the exit status."""
+    doc = compress_run(
+        args.run_dir,
+        args.data_dir,
+        args.out,
+        rule=args.rule,
+        gates=args.gates,
+        epoch=args.epoch,
+        ema_from=args.ema_from,
+        ema_epoch=args.ema_epoch,
+        ema_threshold=args.ema_threshold,
+        splits=tuple(args.splits.split(",")),
+        max_batches=args.max_batches,
+        force=args.force,
+        tflite=args.tflite,
+    )
+    _print_summary(doc)
+    return max(_report_equivalence(doc), _report_tflite(doc))
+
+
+#: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
+#: keywords), in the order --help lists them.
+_OPTIONS = [
+    (("--out",), dict(default=None, help="output folder (default: RUN_DIR/reduced)")),
+    (
+        ("--rule",),
+        dict(
+            choices=("certificate", "ema"),
+            default="certificate",
+            help="certificate (proof on the data, default) or ema (the authors' rule: "
+            "the moving average printed with 5 significant digits reads 1); "
+            "both nets are built and their test errors reported",
+        ),
+    ),
+    (
+        ("--epoch",),
+        dict(
+            type=int,
+            default=None,
+            help="compress the state at the end of this epoch (its checkpoint, kept "
+            "with the config's keep_checkpoints_at / keep_checkpoints_every) "
+            "instead of the final model.keras",
+        ),
+    ),
+    (
+        ("--gates",),
+        dict(
+            choices=GATE_POLICIES,
+            default=None,
+            help="gates of the kept blocks of the exported net: auto (plain where "
+            "exact; the certificate's default), keep, none, plain (always the "
+            "standard ResNet, as the authors; the EMA rule's default)",
+        ),
+    ),
+    (
+        ("--ema-from",),
+        dict(
+            choices=("model", "history"),
+            default="model",
+            help="EMA values of the compressed net's gates, or a history.jsonl row",
+        ),
+    ),
+    (
+        ("--ema-epoch",),
+        dict(type=int, default=None, help="history row (default: --epoch, else the last)"),
+    ),
+    (
+        ("--ema-threshold",),
+        dict(
+            type=float,
+            default=EMA_THRESHOLD,
+            help=f"EMA at or above which a block counts as discarded ({EMA_THRESHOLD:g}: "
+            "the authors' log printed it as 1)",
+        ),
+    ),
+    (("--splits",), dict(default="train,test", help="splits to certify on (train,test)")),
+    (
+        ("--max-batches",),
+        dict(
+            type=int,
+            default=None,
+            help="certify and check on the first N batches of each split only (smoke runs)",
+        ),
+    ),
+    (
+        ("--tflite",),
+        dict(
+            action="store_true",
+            help="also export reduced.tflite (TFLite, float) and check it gives the same "
+            "top-1 as reduced.keras on the test set",
+        ),
+    ),
+    (("--force",), dict(action="store_true", help="replace existing outputs")),
+]
+
+
+def register(subparsers):
+    """Add the `compress` subcommand to the CLI's subparsers."""
+    add_command(
+        subparsers,
+        "compress",
+        help="certify removable blocks and export the reduced standard ResNet",
+        description="Certify which blocks of a trained run contribute nothing (gate 0 on every "
+        "image of the training and test sets, or g(k) = 0), rebuild the net "
+        "without them, check identical predictions on the test set and export "
+        "RUN_DIR/reduced/{reduced.keras, saved_model/, certificate.json} (reduced.tflite "
+        "with --tflite). reduced.keras holds Keras's own layers and ops only: "
+        "keras.models.load_model reads it without epsresnet_tf.",
+        func=_cli,
+        options=[
+            option("run_dir", help="run folder written by `epsresnet train`"),
+            data_dir(
+                "dataset root (default: the folder the run trained with, else "
+                "$EPSRESNET_DATA or ./data)",
+                from_run=True,
+            ),
+            *(option(*flags, **kwargs) for flags, kwargs in _OPTIONS),
+        ],
+    )
