@@ -27,6 +27,8 @@ test: install
 lint: install
 	$(BIN)/ruff check epsresnet_tf tests benchmarks
 	$(BIN)/ruff format --check epsresnet_tf tests benchmarks
+	# the import rule ruff cannot say: no circle, function-level imports for heavy modules only
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_graph.py
 
 # The multi-minute checks (marked `slow`), for CI machines with time to spare.
 test-slow: install

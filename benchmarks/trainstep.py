@@ -13,7 +13,7 @@ config (`resolve_config`: the defaults are cifar10-eps-110's, or a recipe's) and
 optimizer": `build_model` with the gate kind's net options, the side head and the weight
 decay; the loop's own `TrainingModel` (`epsresnet_tf.train.model`: cross-entropy + side
 weight × the side head's, the weight-decay staircase from the optimizer's step, the
-discarded-count moving average, the metrics); `make_optimizer(cfg)` (TF1 momentum);
+discarded-count moving average, the metrics); `make_optimizer` (TF1 momentum);
 `compile` with the config's `xla`. Only the data differ: one synthetic in-memory batch,
 so the input pipeline is not in the figure. tests/test_bench.py checks that the step's
 losses and weights equal `run_training`'s on the same batch and weights.
@@ -285,10 +285,8 @@ def build_training_step(
     fused_bn=True,
     steps_per_execution=1,
 ):
-    """The training model `run_training` builds for `cfg` (same calls, same order: seed,
-    precision policy, the gate kind's net options, ghost BN, `build_model`, the loop's
-    TrainingModel, `make_optimizer`, `compile` with the config's `xla`, the optimizer
-    built), for a dataset of `num_classes` classes and `image_shape` images (default: the
+    """The training model `run_training` builds for `cfg`, through the loop's own
+    `build_training_model` after the same seed and precision policy, for a dataset of `num_classes` classes and `image_shape` images (default: the
     config's dataset's). The returned model's `.net` is the network. Benchmark variants:
     `monitor=False` (ε-gate: the gates' monitors and the discarded-count average off),
     `fused_bn=False` (Keras's BatchNormalization), `steps_per_execution`. The global
@@ -297,8 +295,7 @@ def build_training_step(
     import tensorflow as tf
 
     from epsresnet_tf.config import dtype_policy, keras_precision, validate_config
-    from epsresnet_tf.train.model import TrainingModel, build_net
-    from epsresnet_tf.train.optimizers import make_optimizer
+    from epsresnet_tf.train.model import TrainingModel, build_training_model
 
     validate_config(cfg)
     if not monitor and cfg["gate"] != "eps":
@@ -311,27 +308,27 @@ def build_training_step(
         description = datasets.get(cfg["dataset"])
         num_classes = num_classes or description.num_classes
         image_shape = image_shape or description.image_shape
-    strategy = strategy or tf.distribute.get_strategy()
-    # from here on, run_training's own sequence (train/loop.py, "with strategy.scope()")
-    if cfg["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(cfg["seed"])
-    with keras_precision(dtype_policy(cfg)), strategy.scope():
-        net = build_net(cfg, num_classes, image_shape)  # the loop's own network build
+
+    def variant(net):  # the benchmark's variants of the loop's network
         if not monitor:
             disable_monitors(net)
         if not fused_bn:
             unfuse_batchnorm(net)
-        cls = TrainingModel if monitor else _quiet_training_model_class()
-        model = cls(
-            net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
+
+    # from here on, run_training's own sequence (train/loop.py): seed, precision, the build
+    if cfg["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg["seed"])
+    with keras_precision(dtype_policy(cfg)):
+        model = build_training_model(
+            cfg,
+            num_classes,
+            image_shape,
+            strategy,
+            net_hook=variant,
+            model_class=TrainingModel if monitor else _quiet_training_model_class(),
+            steps_per_execution=steps_per_execution,
         )
-        model.compile(
-            optimizer=make_optimizer(cfg),
-            jit_compile=bool(cfg["xla"]),
-            steps_per_execution=int(steps_per_execution),
-        )
-        model.optimizer.build(net.trainable_variables)
     return model
 
 

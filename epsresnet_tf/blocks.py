@@ -61,6 +61,9 @@ class NetConfig:
     # per-device batch) and per BatchNorm group in training (None: the whole batch).
     gate_group: int = None
     bn_group: int = None
+    # A gate kind's own options ({name: value}), for a kind outside the package whose
+    # `make_layer` reads them (GateKind.net_options); the built-in kinds' are fields above.
+    gate_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         for field, allowed in (
@@ -86,8 +89,7 @@ class NetConfig:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"{field} must be None or a positive integer; got {value!r}")
-        if get_gate(self.gate) is not None:
-            get_gate(self.gate).validate(self)
+        get_gate(self.gate).validate(self)
 
     @property
     def preact(self):
@@ -313,7 +315,7 @@ def _merge_with_shortcut(x, residual, factory, p, kind, out_channels, stride):
 def gated_residual(residual, cfg, p):
     """S(F) under a gate that maps F alone (the ε gate, docs/semantics.md §1); F otherwise."""
     kind = get_gate(cfg.gate)
-    if kind is not None and not kind.merges:
+    if kind.gated and not kind.merges:
         return kind.make_layer(cfg, p + kind.suffix)(residual)
     return residual
 
@@ -321,7 +323,7 @@ def gated_residual(residual, cfg, p):
 def merge_branch(residual, shortcut, cfg, p):
     """S(F) + x, a merging gate's own u (g(k) F + x, docs/semantics.md §3) or F + x."""
     kind = get_gate(cfg.gate)
-    if kind is not None and kind.merges:
+    if kind.gated and kind.merges:
         return kind.make_layer(cfg, p + kind.suffix)([residual, shortcut])
     return keras.layers.Add(name=p + "add")([gated_residual(residual, cfg, p), shortcut])
 

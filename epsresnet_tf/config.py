@@ -37,7 +37,9 @@ import math
 from typing import Any, Iterable, Mapping
 
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.train.schedules import PiecewiseSchedule, epsilon_schedule
+from epsresnet_tf.gates import all_settings, gate_choices, gate_kinds, get_gate
+from epsresnet_tf.runconfig import GateSection, section_defaults
+from epsresnet_tf.train.schedules import PiecewiseSchedule
 
 Config = dict[str, Any]
 
@@ -51,56 +53,13 @@ RESET_STATISTICS = (
     "discarded_ratio_authors",
 )
 
+#: Every config key and its default, owned by its section (epsresnet_tf.runconfig) or, for
+#: the gate section, by the built-in gate kinds' `settings` (a kind registered later adds
+#: its own keys to the configs that choose it: `resolve_config`).
 DEFAULTS: Config = {
-    "name": None,
-    "dataset": "cifar10",
-    "arch": "cifar-basic-110",
-    "gate": "eps",
-    "epsilon": 2.5,
-    "epsilon_start_epoch": 0,
-    "gate_scope": "batch",
-    "gate_group": None,  # images per "virtual tower" (None: the per-device batch)
-    "ghost_bn": True,  # with gate_group: BN normalises each group on its own
-    "side_head": True,
-    "side_weight": 0.1,
-    "model_options": {},
-    "epochs": 1000,
-    "batch_size": 128,
-    "batch_per": "replica",  # "replica" (CIFAR/SVHN: 128 per GPU) or "total" (ImageNet)
-    "optimizer": "momentum",  # one of OPTIMIZERS: TF1's momentum, Nesterov, Keras's SGD, Nadam
-    "momentum": 0.9,
-    "lr_schedule": [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]],
-    "adaptive_schedule": [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]],
-    "reset_threshold": 1.0,
-    "reset_tolerance": 0.01,  # above float32 rounding of the count's average (docs/semantics.md)
-    "reset_statistic": "discarded_count",  # the history key the reset reads (one of RESET_STATISTICS)
-    "reset_window": 1,
-    "weight_decay": 2e-4,
-    "wd_decay_every": 480000,
-    "wd_decay_factor": 0.2,
-    "steps_per_epoch": None,  # None: the whole training split
-    "val_steps": None,  # None: the whole evaluation split; 0: no validation
-    "top5": False,
-    "seed": 0,
-    "precision": "float32",  # one of PRECISIONS; "bf16"/"fp16" compute, float32 gates/state
-    "xla": False,
-    "gpus": 0,
-    "histogram_every": 1,
-    # TensorBoard's steps/ scalars every N steps (0: off): 50 gives ~8 points in a CIFAR
-    # epoch (391 steps) and 100 in an ImageNet one, enough to see the discarded count move
-    # within an epoch, for ~1 MB of events over 300 CIFAR epochs (docs/DASHBOARD.md)
-    "summary_every_steps": 50,
-    "data_workers": 0,
-    "mean": "train+test",  # per-pixel mean as tensorpack's get_per_pixel_mean; or "train"
-    # ImageNet input quirks of the authors' code (docs/semantics.md): "rgb" or "authors-bgr"
-    # (BGR images normalised with the RGB mean/std); "clip" or "authors-wrap" (tensorpack
-    # 0.2.0's Saturation overflowing uint8). Passed to data.pipeline.make_pipeline.
-    "imagenet_channel_order": "rgb",
-    "imagenet_saturation": "clip",
-    "deterministic": False,
-    "keep_checkpoints_at": [],  # epochs whose checkpoints outlive the 2 newest (compress --epoch)
-    "keep_checkpoints_every": 0,  # also keep every N-th epoch's checkpoint (0: none)
-    "init_from": None,  # a run folder whose net weights start this run (`train --init-from`)
+    **section_defaults(),
+    GateSection.KEY: GateSection.DEFAULT,
+    **{key: default for key, (_, default) in all_settings().items()},
 }
 
 #: Keys a run may change when it resumes (config.json is then updated and the change
@@ -157,8 +116,6 @@ RECIPE_KEYS = ("description", "source", "depth", "script_total_batch")
 #: one without "mean" was normalised with the training split's mean.
 SAVED_FALLBACKS: Config = {
     "gate": "none",
-    "epsilon": 0.0,
-    "gate_scope": "batch",
     "gate_group": None,
     "model_options": {},
     "weight_decay": 2e-4,
@@ -190,26 +147,53 @@ def resolve_config(recipe: Mapping[str, Any], **overrides: Any) -> Config:
     (an override that is not a config key included: it is never silently ignored)."""
     recipe = upgrade_legacy(recipe)
     overrides = upgrade_legacy(overrides)
-    unknown = set(recipe) - set(DEFAULTS) - set(RECIPE_KEYS)
+    unknown = set(recipe) - set(known_defaults()) - set(RECIPE_KEYS)
     if unknown:
         raise UserError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
     check_keys(overrides)
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update({k: v for k, v in recipe.items() if k in DEFAULTS})
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
     given = {k for k, v in overrides.items() if v is not None}
+    gate = overrides.get("gate") if "gate" in given else recipe.get("gate", DEFAULTS["gate"])
+    cfg = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(_kind(gate).settings)}
+    cfg.update({k: v for k, v in recipe.items() if k in known_defaults()})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    _check_gate_keys(cfg)
     cfg = authors_towers(cfg, recipe.get("script_total_batch"), given)
     validate_config(cfg)
     return cfg
 
 
+def known_defaults() -> Config:
+    """{key: default} of every config key: DEFAULTS and the settings of every registered gate
+    kind (a kind registered after this module loads, a test's or a user's, included)."""
+    return {**{k: v for k, (_, v) in all_settings().items()}, **DEFAULTS}
+
+
+def _kind(name: Any):
+    """The gate kind of a config's "gate" (UserError for an unknown one)."""
+    try:
+        return get_gate(name)
+    except (ValueError, TypeError):
+        raise UserError(f"gate must be one of {', '.join(gate_choices())}, got {name!r}") from None
+
+
+def _check_gate_keys(cfg: Mapping[str, Any]) -> None:
+    """A gate kind's own key (one DEFAULTS lacks) only in a config that chooses that kind."""
+    for key, (kind, _) in all_settings().items():
+        if key in cfg and key not in DEFAULTS and kind.name != cfg.get("gate"):
+            raise UserError(
+                f"{key} is a setting of gate {kind.name!r}, and this run's gate is "
+                f"{cfg.get('gate')!r}: give --gate {kind.name} or leave {key} out"
+            )
+
+
 def check_keys(keys: Iterable[str], what: str = "") -> None:
     """UserError (one line) for the first of `keys` that is not a config key, naming the
     nearest valid keys; `what` (e.g. "--set lr=0.1: ") is put in front."""
+    known = known_defaults()
     for key in keys:
-        if key not in DEFAULTS:
+        if key not in known:
             near = [COMMON_NAMES[key]] if key in COMMON_NAMES else []
-            near += [k for k in difflib.get_close_matches(key, DEFAULTS, 3, 0.5) if k not in near]
+            near += [k for k in difflib.get_close_matches(key, known, 3, 0.5) if k not in near]
             hint = (
                 f"did you mean {' or '.join(near)}?"
                 if near
@@ -235,7 +219,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
         value = json.loads(raw, parse_constant=_no_constant)
     except ValueError:
         value = raw
-    if isinstance(DEFAULTS[key], float) and _finite_number(value):
+    if isinstance(known_defaults()[key], float) and _finite_number(value):
         value = float(value)
     return key, value
 
@@ -306,8 +290,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_types(cfg)
     resolve(cfg["arch"])  # UserError for unknown architecture or depth
     _check_finite(cfg)
-    if cfg["epsilon"] < 0:
-        raise UserError(f"epsilon must be >= 0, got {cfg['epsilon']}")
+    _kind(cfg["gate"])
+    _check_gate_keys(cfg)
+    for name in gate_kinds():  # each kind checks its keys (the built-in ones: in every config)
+        kind = get_gate(name)
+        if kind.settings and all(k in cfg for k in kind.settings):
+            kind.check_settings({k: cfg[k] for k in kind.settings})
     if cfg["reset_statistic"] not in RESET_STATISTICS:
         raise UserError(
             f"reset_statistic must be one of {', '.join(RESET_STATISTICS)}, "
@@ -347,7 +335,6 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     PiecewiseSchedule(cfg["lr_schedule"])
     if cfg["adaptive_schedule"]:
         PiecewiseSchedule(cfg["adaptive_schedule"])
-    epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])
     _check_retention(cfg)
     every = cfg.get("summary_every_steps", 0)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
@@ -357,7 +344,6 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 #: Numeric keys that must be finite numbers: NaN passes every `< 0` check and ±inf trains
 #: into NaN weights, and neither can be written as JSON (config.json).
 FINITE_KEYS = (
-    "epsilon",
     "momentum",
     "weight_decay",
     "wd_decay_factor",
@@ -389,12 +375,13 @@ def _type_ok(kind: type, value: Any) -> bool:
 def _check_types(cfg: Mapping[str, Any]) -> None:
     """Each key holds its DEFAULTS value's type (NULLABLE ones may be null): a --set value
     or a recipe's "true" string fails here in one line, not in a traceback later."""
+    known = known_defaults()
     for key, value in cfg.items():
-        if key not in DEFAULTS or (value is None and key in NULLABLE):
+        if key not in known or (value is None and key in NULLABLE):
             continue
         if key == "adaptive_schedule" and value is False:  # recipes: no adaptive reset
             continue
-        kind = NULLABLE.get(key) or type(DEFAULTS[key])
+        kind = NULLABLE.get(key) or type(known[key])
         if not _type_ok(kind, value):
             null = " or null" if key in NULLABLE else ""
             raise UserError(f"{key} must be {_TYPE_NAMES[kind]}{null}, got {value!r}")
@@ -562,5 +549,12 @@ def saved_config(cfg: Mapping[str, Any]) -> Config:
     """A config read back from a run folder, its missing keys filled with SAVED_FALLBACKS
     (a copy; `cfg` is not changed) and its older keys upgraded (`upgrade_legacy`)."""
     out = copy.deepcopy(SAVED_FALLBACKS)
+    for name in gate_kinds():  # the gate keys every config.json of today carries
+        kind = get_gate(name)
+        if all(k in DEFAULTS for k in kind.settings):
+            out.update(copy.deepcopy(kind.saved_settings or kind.settings))
     out.update(upgrade_legacy(cfg))
+    kind = get_gate(out["gate"]) if out["gate"] in gate_choices() else None
+    for key, value in (kind.saved_settings or kind.settings).items() if kind else ():
+        out.setdefault(key, copy.deepcopy(value))
     return out

@@ -61,11 +61,17 @@ from typing import Any, Iterator, Mapping, NamedTuple, NoReturn, Sequence
 import numpy as np
 
 from epsresnet_tf import jsonsafe
-from epsresnet_tf.config import FUTURE_ONLY, gate_batch, saved_config, upgrade_legacy
+from epsresnet_tf.config import (
+    FUTURE_ONLY,
+    gate_batch,
+    known_defaults,
+    saved_config,
+    upgrade_legacy,
+)
 from epsresnet_tf.data import datasets
 from epsresnet_tf.data.readers import default_data_dir
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.gates import get_gate
+from epsresnet_tf.runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -879,16 +885,10 @@ def read_run(run_dir: PathLike) -> RunInfo:
     full = saved_config(cfg)  # keys missing from an older or hand-written config.json
 
     info = datasets.get(cfg["dataset"])
-    options = dict(full["model_options"] or {})
-    gate = full["gate"]
-    options.update(
-        classes=info.num_classes,
-        input_shape=tuple(info.image_shape),
-        gate=gate,
-        weight_decay=full["weight_decay"],
-    )
-    if get_gate(gate) is not None:  # the kind's own build settings (ε, scope, group …)
-        options.update(get_gate(gate).net_options(full))
+    # One assembly of the net's options (RunConfig's), so a rebuild matches training's; an
+    # older config.json lacks keys a rebuild never reads, which today's defaults fill.
+    options = RunConfig.from_dict({**known_defaults(), **full}).net_options()
+    options.update(classes=info.num_classes, input_shape=tuple(info.image_shape))
     return RunInfo(
         folder.root,
         cfg,

@@ -76,7 +76,7 @@ def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, ver
     None when training did not finish."""
     _, cfg = recipes.resolve(recipe, epsilon=eps, **overrides)
     kind = get_gate(cfg["gate"])
-    if kind is None or "epsilon" not in kind.hyper_parameters:
+    if "epsilon" not in kind.hyper_parameters:
         raise UserError(f"recipe {recipe} trains gate {cfg['gate']!r}: sweep-eps needs an ε-net")
     run_dir = out / f"eps{eps:g}"
     result = run_training(cfg, run_dir, data_dir, verbose=verbose)

@@ -16,6 +16,7 @@ import pytest
 
 from epsresnet_tf import recipes
 from epsresnet_tf.data import datasets
+from epsresnet_tf.runconfig import RunConfig
 from epsresnet_tf.train.loop import epoch_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,13 +254,15 @@ def test_steps_per_epoch_are_the_scripts(dataset, images, steps):
     assert datasets.get(dataset).splits["train"] == images
     cfg = _resolved(f"{dataset}-eps-110")
     source = SimpleNamespace(shard_size=images, num_batches=images // cfg["batch_size"])
-    assert epoch_steps(cfg, source, 1) == steps
+    assert epoch_steps(RunConfig.from_dict(cfg).data, source, 1) == steps
 
 
 def test_imagenet_steps_per_epoch_are_the_scripts():
     cfg = _resolved("imagenet-eps-101-e2.0")
     source = SimpleNamespace(shard_size=1281167, num_batches=1281167 // 256)
-    assert epoch_steps(cfg, source, 1) == 5000  # steps_per_epoch=5000, imagenetEpsilonResnet.py:261
+    assert (
+        epoch_steps(RunConfig.from_dict(cfg).data, source, 1) == 5000
+    )  # steps_per_epoch=5000, imagenetEpsilonResnet.py:261
 
 
 def test_each_deviation_departs_from_the_script_and_is_in_section_12():

@@ -197,7 +197,9 @@ def test_mirrored_strategy_two_cpus_matches_formula():
 
 
 def _cfg(name):
-    return {"optimizer": name, "momentum": 0.9, "lr_schedule": [[0, 0.1], [82, 0.01]]}
+    from epsresnet_tf.runconfig import ScheduleSection
+
+    return ScheduleSection(optimizer=name, momentum=0.9, lr_schedule=[[0, 0.1], [82, 0.01]])
 
 
 @pytest.mark.parametrize(

@@ -252,8 +252,8 @@ def test_ctrl_c_is_one_line_and_exit_130(run_dir, tmp_path, capsys, monkeypatch,
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    import epsresnet_tf.cli.evaluate as E  # the CLI's own name for the loader
-    import epsresnet_tf.data.check as check
+    import epsresnet_tf.cli.data as check  # the CLI layer's own names for what it calls
+    import epsresnet_tf.cli.evaluate as E
 
     where = {
         "compress": (C, "load_net"),

@@ -273,17 +273,18 @@ def test_epochs_are_cut_from_one_stream_of_passes():
 
 
 def test_epoch_steps_count_one_batch_per_gpu_per_step():
+    from epsresnet_tf.runconfig import DataSection
     from epsresnet_tf.train.loop import epoch_steps
 
     class Split:
         shard_size, num_batches = 50000, 50000 // 256  # built with the global batch
 
-    cifar = {"steps_per_epoch": None, "batch_per": "replica", "batch_size": 128}
+    cifar = DataSection(steps_per_epoch=None, batch_per="replica", batch_size=128)
     # tensorpack: dataflow.size() = 50000 // 128 steps, whatever the GPU count
     assert epoch_steps(cifar, Split(), 1) == epoch_steps(cifar, Split(), 2) == 390
-    imagenet = {"steps_per_epoch": 5000, "batch_per": "total", "batch_size": 256}
+    imagenet = DataSection(steps_per_epoch=5000, batch_per="total", batch_size=256)
     assert epoch_steps(imagenet, Split(), 4) == 5000
-    total = dict(imagenet, steps_per_epoch=None)
+    total = DataSection(steps_per_epoch=None, batch_per="total", batch_size=256)
     assert epoch_steps(total, Split(), 4) == Split.num_batches
 
 

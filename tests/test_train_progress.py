@@ -174,11 +174,11 @@ def test_the_bar_fits_the_terminal(columns, names, monkeypatch, capsys):
     # Progbar's line, wrapped, would be redrawn as new rows each step: it leaves out ε, then
     # lr, and narrows until it fits.
     monkeypatch.setenv("COLUMNS", str(columns))
-    bar = progress.StepBar(179, has_epsilon=True)
+    bar = progress.StepBar(179, {"epsilon": "ε"})
     assert len(bar.names) == names
     net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     net.compile(optimizer=keras.optimizers.SGD(1.0e-4))
-    net.epsilon_value = lambda: 2.5
+    net.hyper_values = lambda: {"epsilon": 2.5}
     bar.draw(123, net, {"acc": 0.9876, "loss": 12.3456})
     shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out.split("\r")[-1])
     assert shown.startswith("123/179") and len(shown) < columns, shown

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +327,43 @@ def test_init_from_another_architecture_is_refused_writing_nothing(three_epochs,
             sources=(Synthetic(num_batches=2), None),
             verbose=0,
         )
+
+
+# --- a run folder written before the typed config ------------------------------------------
+
+#: A run folder the previous main (commit fe34f22, before RunConfig and the gate kinds'
+#: settings) wrote: one epoch of cifar-basic-8 with ε = 0.5 on Synthetic(batch=8,
+#: num_batches=2), its config.json, history.jsonl and checkpoint as they were on disk.
+OLD_RUN = Path(__file__).parent / "fixtures" / "run-fe34f22"
+
+
+def test_a_run_folder_of_the_previous_main_resumes_unchanged(tmp_path):
+    import shutil
+
+    from _sources import tiny as tiny_config
+
+    from epsresnet_tf.config import saved_config
+    from epsresnet_tf.runconfig import RunConfig
+    from epsresnet_tf.train.loop import run_training
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(OLD_RUN, run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    old_row = json.loads((run_dir / "history.jsonl").read_text().splitlines()[0])
+    run = RunConfig.from_dict(saved_config(saved))
+    assert run.as_dict() == saved and run.gate.own == {
+        "epsilon": 0.5,
+        "epsilon_start_epoch": 0,
+        "gate_scope": "batch",
+    }
+
+    cfg = tiny_config(epochs=2, side_head=False, summary_every_steps=0, epsilon=0.5)
+    assert cfg == saved | {"epochs": 2}  # today's resolution of the same settings
+    result = run_training(
+        cfg, run_dir, sources=(Synthetic(batch=8, num_batches=2), None), verbose=0
+    )
+    assert result["status"] == "done"
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    assert result["history"][0] == old_row  # the old epoch kept, not retrained
+    assert result["history"][1]["epsilon"] == 0.5 and result["history"][1]["step"] == 4
+    assert json.loads((run_dir / "config.json").read_text()) == saved | {"epochs": 2}

@@ -2,8 +2,16 @@
 module each (`eps`: epsilon-ResNet's ε gate; `k`: Savarese et al.'s residual gate)."""
 
 from epsresnet_tf.gates import eps, k  # noqa: F401  (registers the built-in kinds)
-from epsresnet_tf.gates.base import BlockVerdict, Fold, GateKind, ScalarGateKind, to_float
+from epsresnet_tf.gates.base import (
+    BlockVerdict,
+    Fold,
+    GateKind,
+    NoGate,
+    ScalarGateKind,
+    to_float,
+)
 from epsresnet_tf.gates.registry import (
+    all_settings,
     gate_by_block,
     gate_choices,
     gate_kinds,
@@ -19,7 +27,9 @@ __all__ = [
     "BlockVerdict",
     "Fold",
     "GateKind",
+    "NoGate",
     "ScalarGateKind",
+    "all_settings",
     "gate_by_block",
     "gate_choices",
     "gate_kinds",

@@ -9,7 +9,7 @@ scalar φ (the k gate; a new scalar gate needs its layer and `factor_tensor`).
 
 import abc
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -82,13 +82,38 @@ class GateKind(abc.ABC):
     merges: ClassVar[bool] = False
     #: The unit's output with this gate, for messages.
     formula: ClassVar[str] = "S(F) + x"
-    #: Scalar variables on the layer, set per epoch by schedules (name → layer attribute).
+    #: Scalar variables on the layer, set per epoch by schedules (name → layer attribute):
+    #: each is a history column, a console value, a TensorBoard `schedule/<name>` chart
+    #: and a certificate field (`hyper_details`).
     hyper_parameters: ClassVar[tuple[str, ...]] = ()
+    #: How the console writes a hyper-parameter ("epsilon" → "ε"); default: its name.
+    hyper_labels: ClassVar[dict[str, str]] = {}
+    #: The run-config keys this kind owns, with their defaults: recipes, `--set` and
+    #: config.json carry them (the gate section of `runconfig.RunConfig`).
+    settings: ClassVar[dict[str, Any]] = {}
+    #: What a saved config.json that lacks one of `settings` meant (run folders written
+    #: before the key existed); None: the defaults.
+    saved_settings: ClassVar[dict[str, Any] | None] = None
+    #: False only for the no-gate kind ("none"): plain residual units, no layer.
+    gated: ClassVar[bool] = True
     #: Whether the adaptive learning-rate reset (docs/semantics.md §7) applies to its runs.
     adaptive_reset: ClassVar[bool] = False
     #: Whether `--gates plain` (the authors' reduced net) drops kept gates that are not
     #: exactly an identity on the data (ε-gates taken as T = 1); otherwise they stay.
     plain_drops_inexact: ClassVar[bool] = False
+
+    # --- settings ---------------------------------------------------------------------
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        """UserError (one line, naming the key) where the kind's `settings` cannot train."""
+        return None
+
+    def hyper_label(self, name: str) -> str:
+        return self.hyper_labels.get(name, name)
+
+    def hyper_details(self, layer) -> dict:
+        """{hyper-parameter: its value on `layer`}: the certificate's record of them."""
+        return {h: to_float(getattr(layer, h)) for h in self.hyper_parameters}
 
     # --- building ---------------------------------------------------------------------
 
@@ -101,9 +126,10 @@ class GateKind(abc.ABC):
                 "gate or none, or shortcut identity, conv1x1 or dropout"
             )
 
-    def net_options(self, cfg: dict, training_start: bool = False) -> dict:
-        """NetConfig fields of this kind from a run config (`training_start`: the values
-        the net is built with before the first epoch's schedules)."""
+    def net_options(self, settings: Mapping[str, Any], training_start: bool = False) -> dict:
+        """NetConfig fields of this kind from its settings (`training_start`: the values the
+        net is built with before the first epoch's schedules). A kind outside the package
+        passes its own as {"gate_options": {...}}, which its `make_layer` reads."""
         return {}
 
     @abc.abstractmethod
@@ -116,8 +142,9 @@ class GateKind(abc.ABC):
             f"the {self.name} gate sits on a residual branch; use mnist-res-D or --gate k"
         )
 
-    def schedules(self, cfg: dict) -> dict:
-        """{hyper-parameter: per-epoch schedule} from a run config."""
+    def schedules(self, settings: Mapping[str, Any]) -> dict:
+        """{hyper-parameter: per-epoch schedule (train.schedules.PiecewiseSchedule)} from
+        the kind's settings."""
         return {}
 
     # --- monitoring -------------------------------------------------------------------
@@ -183,7 +210,7 @@ class ScalarGateKind(GateKind):
                 self.name,
                 "closed" if self.factor(l) == 0 else "open",
                 ema=to_float(l.discarded_ema),
-                details=self.verdict_details(l),
+                details={**self.verdict_details(l), **self.hyper_details(l)},
             )
             for b, l in layers.items()
         }
@@ -217,3 +244,27 @@ class ScalarGateKind(GateKind):
         )
         folds = {b: Fold(c, self.factor(layers[b])) for b, c in convs.items() if c is not None}
         return exact, folds, why
+
+
+class NoGate(GateKind):
+    """ "none": plain residual units u = F + x, no gate layer, nothing to monitor or
+    certify. An entry like the others, so that callers ask it instead of testing the name."""
+
+    name = "none"
+    label = "no"
+    gated = False
+
+    def make_layer(self, config, name):
+        raise ValueError("the no-gate kind has no layer")
+
+    def plain_merge(self, f, x, config, prefix):
+        return f  # a plain net without gates: the layers in sequence
+
+    def discarded_now(self, layer):
+        raise ValueError("the no-gate kind has no layer")
+
+    def certify(self, model, layers, datasets, scope):
+        return {}, {}, {}
+
+    def plain_decision(self, layers, certificate):
+        return True, {}, "no gates"

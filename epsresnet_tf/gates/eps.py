@@ -88,27 +88,42 @@ class EpsilonKind(GateKind):
     layer = LayerOf("EpsilonGate")
     suffix = "eps_gate"
     hyper_parameters = ("epsilon",)
+    hyper_labels = {"epsilon": "ε"}
+    settings = {
+        "epsilon": 2.5,  # the paper's CIFAR ε (docs/semantics.md §1)
+        "epsilon_start_epoch": 0,  # ε is 0 before it (the authors' CIFAR warm-up: 150)
+        "gate_scope": "batch",  # T per batch (the authors') or per image ("sample")
+    }
+    #: A config.json without ε (written before it was a key) trained no ε.
+    saved_settings = {"epsilon": 0.0, "epsilon_start_epoch": 0, "gate_scope": "batch"}
     adaptive_reset = True
     plain_drops_inexact = True
 
-    def net_options(self, cfg, training_start=False):
-        epsilon = cfg.get("epsilon", 0.0)
-        if training_start and cfg.get("epsilon_start_epoch", 0) != 0:
+    def check_settings(self, settings):
+        eps = settings["epsilon"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps):
+            raise UserError(f"epsilon must be finite, got {eps!r}")
+        if eps < 0:
+            raise UserError(f"epsilon must be >= 0, got {eps}")
+        if settings["gate_scope"] not in ("batch", "sample"):
+            raise UserError(
+                f"gate_scope must be 'batch' or 'sample', got {settings['gate_scope']!r}"
+            )
+        epsilon_schedule(eps, settings["epsilon_start_epoch"])
+
+    def net_options(self, settings, training_start=False):
+        epsilon = settings.get("epsilon", 0.0)
+        if training_start and settings.get("epsilon_start_epoch", 0) != 0:
             epsilon = 0.0  # the schedule sets ε from its start epoch
-        return {
-            "epsilon": epsilon,
-            "gate_scope": cfg.get("gate_scope", "batch"),
-            "gate_group": cfg.get("gate_group"),
-        }
+        return {"epsilon": epsilon, "gate_scope": settings.get("gate_scope", "batch")}
 
     def make_layer(self, config, name):
         return self.layer(
             config.epsilon, config.gate_scope, group_size=config.gate_group, name=name
         )
 
-    def schedules(self, cfg):
-
-        return {"epsilon": epsilon_schedule(cfg["epsilon"], cfg["epsilon_start_epoch"])}
+    def schedules(self, settings):
+        return {"epsilon": epsilon_schedule(settings["epsilon"], settings["epsilon_start_epoch"])}
 
     def discarded_now(self, layer):
         """1 − T (the mean over images or gate groups where T is not one number)."""
@@ -151,7 +166,7 @@ class EpsilonKind(GateKind):
                 verdict,
                 ema=to_float(layer.discarded_ema),
                 details={
-                    "epsilon": to_float(layer.epsilon),
+                    **self.hyper_details(layer),
                     "max_response": float(m.max()),
                     "images_open": int(np.sum(ti > 0)),
                     "batches_open": int(np.sum(tb > 0)),

@@ -5,11 +5,12 @@ one import line in `epsresnet_tf/gates/__init__.py` (or, for a kind outside the 
 importing its module before building a net).
 """
 
-from epsresnet_tf.gates.base import GateKind, to_float
+from epsresnet_tf.gates.base import GateKind, NoGate, to_float
 from epsresnet_tf.naming import block_of_layer_name
 
-#: "none": no gate (plain residual units); not an entry.
-NONE = "none"
+#: "none": no gate (plain residual units): the `NoGate` entry, not among the registered.
+NONE = NoGate.name
+_NO_GATE = NoGate()
 _KINDS: dict[str, GateKind] = {}
 
 
@@ -38,13 +39,18 @@ def gate_choices() -> tuple[str, ...]:
     return (NONE,) + gate_kinds()
 
 
-def get_gate(name: str) -> GateKind | None:
-    """The entry of a gate kind; None for "none"; ValueError for an unknown name."""
+def get_gate(name: str) -> GateKind:
+    """The entry of a gate kind ("none": the no-gate entry); ValueError for an unknown name."""
     if name == NONE:
-        return None
+        return _NO_GATE
     if name not in _KINDS:
         raise ValueError(f"gate must be one of {', '.join(gate_choices())}; got {name!r}")
     return _KINDS[name]
+
+
+def all_settings() -> dict[str, tuple[GateKind, object]]:
+    """{config key: (the kind that owns it, its default)} over every registered kind."""
+    return {k: (kind, v) for kind in _KINDS.values() for k, v in kind.settings.items()}
 
 
 def kind_of(layer) -> GateKind:

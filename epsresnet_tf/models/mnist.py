@@ -39,7 +39,7 @@ def mnist_fc(
             x = blocks.merge_branch(f, x, config, p)
         else:
             f = _dense_bn_relu(x, factory, p + "1_")
-            x = kind.plain_merge(f, x, config, p) if kind is not None else f
+            x = kind.plain_merge(f, x, config, p)
         if b == side_at:
             side = factory.dense(config.classes, name="side_head_fc", dtype="float32")(x)
     logits = factory.dense(config.classes, name="logits", dtype="float32")(x)

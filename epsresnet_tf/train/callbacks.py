@@ -114,7 +114,7 @@ class MonitorCallback(keras.callbacks.Callback):
         row = {
             "epoch": epoch + 1,
             "lr": float(self.model.optimizer.learning_rate.numpy()),
-            "epsilon": self.model.epsilon_value(),
+            **self.model.hyper_values(),  # the gate kind's hyper-parameters (ε)
             "step": int(self.model.optimizer.iterations.numpy()),
         }
         for key, value in sorted(logs.items()):

@@ -7,7 +7,8 @@ tag in both, so TensorBoard overlays train and validation on one chart.
 Tags (few sections, several charts each; x = finished epochs unless said otherwise):
 
     discarding/  count, blocks_sum, ratio, ratio_authors
-    schedule/    lr, lr_reset (the lr the adaptive reset set, at its epochs; else 0), epsilon
+    schedule/    lr, lr_reset (the lr the adaptive reset set, at its epochs; else 0), and
+                 the gate kind's hyper-parameters (epsilon), each a chart of its own
     metrics/     error, side_error, top5_error, loss, xent   (train and validation runs)
     group{g}/    block{b}/discarded, …/gate, …/response_max, … (the gate kind's monitors)
     steps/       loss, error, discarded_count, lr          (x = global step, every
@@ -39,7 +40,6 @@ EPOCH_TAGS = {
     "discarded_ratio": ("train", "discarding/ratio"),
     "discarded_ratio_authors": ("train", "discarding/ratio_authors"),
     "lr": ("train", "schedule/lr"),
-    "epsilon": ("train", "schedule/epsilon"),
     "wd_factor": ("train", "schedule/wd_factor"),
     "train_error": ("train", "metrics/error"),
     "val_error": ("validation", "metrics/error"),
@@ -59,7 +59,8 @@ CONFIG_TAG = "config"
 STEP_TAGS = ("steps/loss", "steps/error", "steps/discarded_count", "steps/lr")
 
 #: The "discarding" dashboard: (chart title, the tags it overlays); charts whose tags are
-#: not written by a run (no validation, no ε) are left out of its layout.
+#: not written by a run (no validation) are left out of its layout; the gate kind's
+#: hyper-parameters (ε) get a chart each after the learning rate's (`dashboard_layout`).
 DISCARDING_CHARTS = (
     (
         "discarded count: the moving average the reset reads; sum of block averages",
@@ -73,7 +74,6 @@ DISCARDING_CHARTS = (
         "learning rate; lr_reset rises to it at the epochs the adaptive reset fired",
         ("schedule/lr", LR_RESET_TAG),
     ),
-    ("ε", ("schedule/epsilon",)),
     ("error: train and validation runs", ("metrics/error",)),
     ("loss: train and validation runs", ("metrics/loss",)),
 )
@@ -91,14 +91,21 @@ BLOCK_FIELDS = {
 # --- what is written -------------------------------------------------------------------
 
 
-def epoch_scalars(row: dict, lr_resets=()) -> dict[str, dict[str, float]]:
+def hyper_tag(name: str) -> str:
+    """The tag of a gate kind's hyper-parameter (ε: schedule/epsilon)."""
+    return f"schedule/{name}"
+
+
+def epoch_scalars(row: dict, lr_resets=(), hyper=()) -> dict[str, dict[str, float]]:
     """{run: {tag: value}} of one history row's per-epoch scalars. `lr_resets` are the
     adaptive reset's epochs (finished epochs when it fired): the reset lr is first used in
-    the epoch after, whose `schedule/lr_reset` is that lr."""
+    the epoch after, whose `schedule/lr_reset` is that lr. `hyper`: the row's keys that are
+    the gate kind's hyper-parameters (ε), written as `hyper_tag`s."""
     out = {"train": {}, "validation": {}}
+    tags = {**EPOCH_TAGS, **{h: ("train", hyper_tag(h)) for h in hyper}}
     for key, value in row.items():
         if isinstance(value, float) and key != "epoch":
-            run, tag = EPOCH_TAGS.get(key, ("train", f"other/{key}"))
+            run, tag = tags.get(key, ("train", f"other/{key}"))
             out[run][tag] = value
     if "lr" in row:
         fired = row["epoch"] - 1 in set(lr_resets)
@@ -121,16 +128,22 @@ def _chart(title, regexes):
     )
 
 
-def dashboard_layout(written: dict[str, dict[str, float]], with_steps: bool = False):
+def dashboard_layout(
+    written: dict[str, dict[str, float]], with_steps: bool = False, hyper_labels=None
+):
     """The custom-scalars layout (layout_pb2.Layout) for a run that writes the tags of
     `written` ({run: {tag: value}}, from `epoch_scalars`), and the `steps/…` tags if
-    `with_steps`: it names only tags the run writes."""
+    `with_steps`: it names only tags the run writes. `hyper_labels` ({hyper-parameter:
+    label}): the gate kind's, one chart each after the learning rate's."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     tags = {t for run in written.values() for t in run}
+    listed = list(DISCARDING_CHARTS)
+    after_lr = next(i + 1 for i, (_, c) in enumerate(listed) if "schedule/lr" in c)
+    listed[after_lr:after_lr] = [(t, (hyper_tag(h),)) for h, t in (hyper_labels or {}).items()]
     charts = [
         _chart(title, [_exact(t) for t in chart if t in tags])
-        for title, chart in DISCARDING_CHARTS
+        for title, chart in listed
         if any(t in tags for t in chart)
     ]
     categories = [layout_pb2.Category(title="discarding", chart=charts)]
@@ -314,7 +327,11 @@ class TensorBoardCallback(keras.callbacks.Callback):
         if self.state.nan or not self.state.rows:
             return
         step = self.state.rows[-1]["epoch"]
-        written = epoch_scalars(self.state.rows[-1], getattr(self.lr_schedule, "resets", ()))
+        written = epoch_scalars(
+            self.state.rows[-1],
+            getattr(self.lr_schedule, "resets", ()),
+            hyper=self.model.hyper_labels,
+        )
         kernels = {}
         if self.histogram_every and step % self.histogram_every == 0:
             pairs = [
@@ -348,7 +365,9 @@ class TensorBoardCallback(keras.callbacks.Callback):
     def _write_layout(self, written):
         from tensorboard.plugins.custom_scalar import summary as layout_summary
 
-        layout = dashboard_layout(written, with_steps=bool(self.every_steps))
+        layout = dashboard_layout(
+            written, with_steps=bool(self.every_steps), hyper_labels=self.model.hyper_labels
+        )
         layout = layout_summary.pb(layout).SerializeToString()
         tf.summary.experimental.write_raw_pb(layout, step=0)
         self.layout_written = True

@@ -33,7 +33,7 @@ from epsresnet_tf.config import (
     validate_config,
 )
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.gates import get_gate
+from epsresnet_tf.runconfig import RunConfig
 from epsresnet_tf.runfolder import RunFolder, read_init_weights
 from epsresnet_tf.train import multiworker, stopping
 from epsresnet_tf.train.multiworker import make_multi_worker_strategy
@@ -88,16 +88,17 @@ def _cpu_strategy(count):
 # --- data --------------------------------------------------------------------------------
 
 
-def epoch_steps(cfg, source, replicas):
+def epoch_steps(data, source, replicas):
     """Steps in one epoch as tensorpack counted them (docs/semantics.md §6): an
     epoch is `dataflow.size()` steps of the per-GPU dataflow and each step takes one batch
     per GPU, so with k GPUs and a per-replica batch an epoch is k passes over the data.
-    A recipe's `steps_per_epoch` (ImageNet: 5,000) is taken as it is."""
-    if cfg["steps_per_epoch"]:
-        return cfg["steps_per_epoch"]
-    if cfg["batch_per"] == "replica":
+    A recipe's `steps_per_epoch` (ImageNet: 5,000) is taken as it is. `data`: the run's
+    data section (runconfig.DataSection)."""
+    if data.steps_per_epoch:
+        return data.steps_per_epoch
+    if data.batch_per == "replica":
         examples = getattr(source, "shard_size", None)
-        return examples // cfg["batch_size"] if examples else source.num_batches * replicas
+        return examples // data.batch_size if examples else source.num_batches * replicas
     return source.num_batches
 
 
@@ -124,20 +125,21 @@ def epochs_dataset(source, start, end, steps, global_batch=None):
     return dataset(source, start, end, steps, global_batch)
 
 
-def default_sources(cfg, data_dir, global_batch):
-    """(training, evaluation or None) pipelines of the config's dataset."""
+def default_sources(run: RunConfig, data_dir, global_batch):
+    """(training, evaluation or None) pipelines of the run's dataset."""
     from epsresnet_tf.data.pipeline import make_sources
 
+    data = run.data
     return make_sources(
-        cfg["dataset"],
+        data.dataset,
         data_dir,
         global_batch,
-        seed=cfg["seed"],
-        mean=cfg["mean"],
-        workers=cfg["data_workers"],
-        evaluate=cfg["val_steps"] != 0,
-        imagenet_channel_order=cfg["imagenet_channel_order"],
-        imagenet_saturation=cfg["imagenet_saturation"],
+        seed=run.run.seed,
+        mean=data.mean,
+        workers=data.data_workers,
+        evaluate=data.val_steps != 0,
+        imagenet_channel_order=data.imagenet_channel_order,
+        imagenet_saturation=data.imagenet_saturation,
     )
 
 
@@ -228,30 +230,31 @@ class _TrainingRun:
         import tensorflow as tf
 
         validate_config(cfg)
-        self.cfg = cfg
+        self.cfg = cfg  # the flat config: config.json's content
+        self.run = RunConfig.from_dict(cfg)  # the same by section, the gate kind resolved
         self.folder = RunFolder(run_dir)
-        self.strategy = strategy or make_strategy(cfg["gpus"])  # UserError before writing
+        self.strategy = strategy or make_strategy(self.run.run.gpus)  # UserError before writing
         replicas = self.strategy.num_replicas_in_sync
         self.global_batch = global_batch_size(cfg, replicas)
         self.data_dir = data_dir if sources is None else None  # recorded in the run folder
         if sources is None:
-            sources = default_sources(cfg, data_dir, self.global_batch)  # missing data fails
+            sources = default_sources(self.run, data_dir, self.global_batch)  # missing data fails
         self.train_src, self.val_src = sources
         self.multi = multiworker.is_multi_worker(self.strategy)
         self.run_root, self.ckpt_source, self.owner = self.folder.root, self.folder, self.folder
-        if cfg["deterministic"]:
+        if self.run.run.deterministic:
             tf.config.experimental.enable_op_determinism()
-        keras.utils.set_random_seed(cfg["seed"])
-        self.steps = epoch_steps(cfg, self.train_src, replicas)
+        keras.utils.set_random_seed(self.run.run.seed)
+        self.steps = epoch_steps(self.run.data, self.train_src, replicas)
         from epsresnet_tf.train.model import build_training_model
 
         self.model = build_training_model(
-            cfg, self.train_src.num_classes, self.train_src.image_shape, self.strategy
+            self.run, self.train_src.num_classes, self.train_src.image_shape, self.strategy
         )
-        self.lr_sched = lr_schedule(cfg)
+        self.lr_sched = lr_schedule(self.run)
         from epsresnet_tf.train.callbacks import RunState
 
-        self.state = RunState(statistic=cfg["reset_statistic"])
+        self.state = RunState(statistic=self.run.schedule.reset_statistic)
         self.start = 0
         from epsresnet_tf.train.writer import EpochWriter
 
@@ -259,7 +262,7 @@ class _TrainingRun:
         self.console = None  # the ProgressCallback, whose lines wait for their checkpoint
         self.reader = None  # the checkpoint's variables, read in one graph call
         fresh = restart or not self.folder.config.exists()
-        self.init_weights = self._init_weights() if fresh and cfg.get("init_from") else None
+        self.init_weights = self._init_weights() if fresh and self.run.run.init_from else None
         self._open_folder(restart)  # last: whatever failed above has written nothing
 
     def _open_folder(self, restart):
@@ -292,17 +295,17 @@ class _TrainingRun:
     def _init_weights(self):
         """--init-from: the net weights of the run it names (runfolder.read_init_weights)."""
         shapes = [tuple(v.shape) for v in self.model.net.variables]
-        return read_init_weights(self.cfg["init_from"], self.cfg, shapes)
+        return read_init_weights(self.run.run.init_from, self.cfg, shapes)
 
     def restore(self):
         """Resume from the newest checkpoint; the history file is rewritten from it (rows
         of a killed epoch go). Without one, a run with init_from starts from those weights."""
         loaded = self.ckpt_source.load_latest() if self.resume else None
-        if loaded is None and self.cfg.get("init_from"):
+        if loaded is None and self.run.run.init_from:
             weights = self.init_weights or self._init_weights()
             for v, a in zip(self.model.net.variables, weights):
                 v.assign(a)
-            print(f"{self.run_root}: starting from the weights of {self.cfg['init_from']}")
+            print(f"{self.run_root}: starting from the weights of {self.run.run.init_from}")
         if loaded is not None:
             arrays, saved = loaded
             vs = self.variables()
@@ -322,7 +325,7 @@ class _TrainingRun:
         from epsresnet_tf.train.progress import start_line
 
         if self.is_chief() and (verbose or self.start):
-            print(start_line(self.run_root, self.start, self.cfg["epochs"]), flush=True)
+            print(start_line(self.run_root, self.start, self.run.schedule.epochs), flush=True)
         replicas = self.strategy.num_replicas_in_sync
         if self.is_chief() and verbose and (replicas > 1 or towers(self.cfg, replicas)[0] > 1):
             print(towers_line(self.cfg, replicas, self.steps, self.train_src), flush=True)
@@ -357,11 +360,11 @@ class _TrainingRun:
         from epsresnet_tf.train.progress import ProgressCallback
 
         cfg, state = self.cfg, self.state
-        kind = get_gate(cfg["gate"])  # its scheduled hyper-parameters (ε)
-        gate_schedules = kind.schedules(cfg) if kind is not None else {}
+        epochs = self.run.schedule.epochs
+        gate_schedules = self.run.gate.kind.schedules(self.run.gate.settings)  # ε
         if verbose and self.is_chief():
             self.console = ProgressCallback(
-                state, cfg["epochs"], self.steps, self.lr_sched, verbose, self.writer.barrier
+                state, epochs, self.steps, self.lr_sched, verbose, self.writer.barrier
             )
         return [
             C.ScheduleCallback(
@@ -380,7 +383,7 @@ class _TrainingRun:
                 for name, schedule in gate_schedules.items()
             ),
             self.writer.hold_callback(),  # no job starts while the epoch's end copies
-            C.MonitorCallback(state, authors_block_count(cfg["arch"])),
+            C.MonitorCallback(state, authors_block_count(self.run.net.arch)),
             C.HistoryCallback(self.folder.append_history, state, self.writer),
             C.CheckpointCallback(self.save, state),
             TensorBoardCallback(
@@ -400,14 +403,14 @@ class _TrainingRun:
 
         if self.multi:
             multiworker.check_same_start(self.strategy, self.start)
-        epochs = self.cfg["epochs"]
+        epochs = self.run.schedule.epochs
         if self.start >= epochs:
             return
         train_ds = epochs_dataset(self.train_src, self.start, epochs, self.steps, self.global_batch)
         val_ds = val_steps = None
         if self.val_src is not None:
             val_steps = min(
-                self.cfg["val_steps"] or self.val_src.num_batches, self.val_src.num_batches
+                self.run.data.val_steps or self.val_src.num_batches, self.val_src.num_batches
             )
             val_ds = epochs_dataset(self.val_src, 0, 1, val_steps, None)
         common = dict(
@@ -447,16 +450,18 @@ class _TrainingRun:
         return result
 
 
-def lr_schedule(cfg: dict):
-    """The lr's schedule object: the adaptive reset (docs/semantics.md §7) where the config
-    has an adaptive schedule and the gate kind resets, else the fixed one."""
-    kind = get_gate(cfg["gate"])
-    if cfg["adaptive_schedule"] and kind is not None and kind.adaptive_reset:
+def lr_schedule(cfg):
+    """The lr's schedule object of a run config (RunConfig or flat dict): the adaptive
+    reset (docs/semantics.md §7) where it has an adaptive schedule and the gate kind
+    resets, else the fixed one."""
+    run = RunConfig.of(cfg)
+    sched = run.schedule
+    if sched.adaptive_schedule and run.gate.kind.adaptive_reset:
         return AdaptiveResetSchedule(
-            cfg["lr_schedule"],
-            cfg["adaptive_schedule"],
-            cfg["reset_threshold"],
-            cfg["reset_window"],
-            cfg["reset_tolerance"],
+            sched.lr_schedule,
+            sched.adaptive_schedule,
+            sched.reset_threshold,
+            sched.reset_window,
+            sched.reset_tolerance,
         )
-    return FixedSchedule(cfg["lr_schedule"])
+    return FixedSchedule(sched.lr_schedule)

@@ -10,9 +10,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from epsresnet_tf.gates import get_gate, read_hyper
+from epsresnet_tf.gates import kind_of, read_hyper
 from epsresnet_tf.layers import gate_layers, moving_average
 from epsresnet_tf.models import build_model
+from epsresnet_tf.runconfig import RunConfig
 from epsresnet_tf.train.monitor import discarded_now
 from epsresnet_tf.train.optimizers import make_optimizer
 
@@ -25,6 +26,13 @@ class TrainingModel(keras.Model):
         super().__init__()
         self.net = net
         self.gates = gate_layers(net)
+        #: {hyper-parameter: its console label} of the net's gate kinds (ε): what history
+        #: rows, the console and TensorBoard show besides the generic columns.
+        self.hyper_labels = {
+            h: kind.hyper_label(h)
+            for kind in dict.fromkeys(kind_of(g) for g in self.gates)
+            for h in kind.hyper_parameters
+        }
         # The authors' `discarded_cnt` summary: ONE moving average of the per-step
         # count of discarded blocks, the statistic the adaptive reset reads
         # (docs/semantics.md §7); "mean" over replicas like the gates'.
@@ -118,8 +126,9 @@ class TrainingModel(keras.Model):
         ok = self._finite_check().numpy()
         return [v.path for v, good in zip(vs, ok) if not good]
 
-    def epsilon_value(self):
-        return read_hyper(self.gates, "epsilon")
+    def hyper_values(self) -> dict:
+        """{hyper-parameter: its current value} of the net's gates (ε), in label order."""
+        return {h: read_hyper(self.gates, h) for h in self.hyper_labels}
 
     def wd_scale(self):
         """The staircase factor on the decay, from the optimizer's step, in the graph."""
@@ -179,38 +188,47 @@ class TrainingModel(keras.Model):
         return self._update(loss, xent, y, logits, side)
 
 
-def build_net(cfg: dict, num_classes: int, image_shape: tuple) -> keras.Model:
-    """The network `cfg` trains, as it stands before the first epoch: the gate kind's
-    settings at the start of its schedules (ε), ghost BN over the gate group."""
-    options = dict(cfg["model_options"])
-    kind = get_gate(cfg["gate"])
-    if kind is not None:
-        options.update(kind.net_options(cfg, training_start=True))
-    if cfg["ghost_bn"] and cfg["gate_group"] is not None:
-        options.update(bn_group=cfg["gate_group"])
-    return build_model(
-        cfg["arch"],
-        classes=num_classes,
-        input_shape=tuple(image_shape),
-        gate=cfg["gate"],
-        side_head=cfg["side_head"],
-        weight_decay=cfg["weight_decay"],
-        **options,
-    )
+def build_net(cfg, num_classes: int, image_shape: tuple) -> keras.Model:
+    """The network a run config (RunConfig or flat dict) trains, as it stands before the
+    first epoch: the gate kind's settings at the start of its schedules (ε), ghost BN over
+    the gate group."""
+    run = RunConfig.of(cfg)
+    options = run.net_options(training=True)
+    return build_model(run.net.arch, classes=num_classes, input_shape=tuple(image_shape), **options)
 
 
 def build_training_model(
-    cfg: dict, num_classes: int, image_shape: tuple, strategy=None
+    cfg,
+    num_classes: int,
+    image_shape: tuple,
+    strategy=None,
+    *,
+    net_hook=None,
+    model_class=TrainingModel,
+    steps_per_execution: int = 1,
 ) -> TrainingModel:
-    """The compiled training model of `cfg` (optimizer built), under `strategy`'s scope:
-    what `epsresnet train` runs and the benchmarks time. The caller sets the seed and the
-    precision policy first."""
+    """The compiled training model of a run config (RunConfig or flat dict; optimizer
+    built), under `strategy`'s scope: what `epsresnet train` runs and the benchmarks time.
+    The benchmarks' hooks: `net_hook(net)` changes the network before it is wrapped (their
+    monitor and BatchNorm variants), `model_class` a TrainingModel subclass, and Keras's
+    `steps_per_execution`. The caller sets the seed and the precision policy first."""
+    run = RunConfig.of(cfg)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        net = build_net(cfg, num_classes, image_shape)
-        model = TrainingModel(
-            net, cfg["side_weight"], cfg["wd_decay_every"], cfg["wd_decay_factor"], cfg["top5"]
+        net = build_net(run, num_classes, image_shape)
+        if net_hook is not None:
+            net_hook(net)
+        model = model_class(
+            net,
+            run.net.side_weight,
+            run.net.wd_decay_every,
+            run.net.wd_decay_factor,
+            run.run.top5,
         )
-        model.compile(optimizer=make_optimizer(cfg), jit_compile=bool(cfg["xla"]))
+        model.compile(
+            optimizer=make_optimizer(run.schedule),
+            jit_compile=bool(run.run.xla),
+            steps_per_execution=int(steps_per_execution),
+        )
         model.optimizer.build(net.trainable_variables)
     return model

@@ -71,18 +71,18 @@ class TF1Momentum(keras.optimizers.Optimizer):
         return config
 
 
-def make_optimizer(cfg: dict) -> keras.optimizers.Optimizer:
+def make_optimizer(schedule) -> keras.optimizers.Optimizer:
     """SGD with momentum 0.9 (Nesterov on ImageNet) in TF1's form, Keras's SGD, or Nadam for
-    the gates paper's MNIST nets (docs/semantics.md §3, §6); the lr starts at the
-    schedule's first value."""
-    name = cfg["optimizer"]
+    the gates paper's MNIST nets (docs/semantics.md §3, §6), from a run's schedule section
+    (runconfig.ScheduleSection); the lr starts at the schedule's first value."""
+    name = schedule.optimizer
     if name not in OPTIMIZERS:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    first_lr = cfg["lr_schedule"][0][1]
+    first_lr = schedule.lr_schedule[0][1]
     if name == "nadam":
         return keras.optimizers.Nadam(first_lr)
     if name in ("momentum", "nesterov"):
-        return TF1Momentum(first_lr, momentum=cfg["momentum"], nesterov=name == "nesterov")
+        return TF1Momentum(first_lr, momentum=schedule.momentum, nesterov=name == "nesterov")
     return keras.optimizers.SGD(
-        first_lr, momentum=float(cfg["momentum"]), nesterov=name == "keras-nesterov"
+        first_lr, momentum=float(schedule.momentum), nesterov=name == "keras-nesterov"
     )

@@ -67,11 +67,13 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def epoch_line(row: dict, epochs: int, seconds: float) -> str:
-    """The one line of a finished epoch."""
+def epoch_line(row: dict, epochs: int, seconds: float, hyper_labels=None) -> str:
+    """The one line of a finished epoch; `hyper_labels` ({history key: label}, default
+    {"epsilon": "ε"}): the gate kind's hyper-parameters it shows after the lr."""
     parts = [*measures(row), f"lr {row['lr']:.4g}"]
-    if row.get("epsilon") is not None:
-        parts.append(f"ε {row['epsilon']:.4g}")
+    for key, label in (hyper_labels if hyper_labels is not None else {"epsilon": "ε"}).items():
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:.4g}")
     parts.append(duration(seconds))
     return f"epoch {row['epoch']}/{epochs}: " + ", ".join(parts)
 
@@ -125,7 +127,7 @@ class ProgressCallback(keras.callbacks.Callback):
             self._event(reset_text(epoch, reset, stat, value, self.epochs))
         self.started = time.monotonic()
         if shows_bar(self.verbose):
-            self.bar = StepBar(self.steps, has_epsilon=self.model.epsilon_value() is not None)
+            self.bar = StepBar(self.steps, self.model.hyper_labels)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.unsaid and self.unsaid[0][0].done():
@@ -138,7 +140,9 @@ class ProgressCallback(keras.callbacks.Callback):
         rows = self.state.rows
         if self.state.nan or not rows or rows[-1]["epoch"] != epoch + 1:
             return  # a non-finite epoch: the loop says so once training stops
-        line = epoch_line(rows[-1], self.epochs, time.monotonic() - self.started)
+        line = epoch_line(
+            rows[-1], self.epochs, time.monotonic() - self.started, self.model.hyper_labels
+        )
         events = discard_changes(rows[-2] if len(rows) > 1 else None, rows[-1])
         if self.verbose == 1:
             lines = [line, *("  " + text for text in events)]
@@ -185,16 +189,18 @@ class StepBar:
     """One epoch's per-step line: keras.utils.Progbar with the running train error (in %,
     as the epoch lines), loss, and the epoch's lr and ε. Progbar does not fit its line to
     the terminal, and a wrapped line is redrawn as new rows each step: the bar narrows,
-    then ε and lr are left out, until the line fits."""
+    then ε and lr are left out, until the line fits. `hyper_labels` ({hyper-parameter:
+    label}): the gate kind's values it shows after the lr (ε)."""
 
-    NAMES = ("train error %", "loss", "lr", "ε")
+    NAMES = ("train error %", "loss", "lr")
     VALUE_CHARS = 15  # " - name: " and a value as Progbar prints it ("1.0000e-04")
     INTERVAL_S = 0.1  # redraw at most this often: each redraw reads the step's metrics
 
-    def __init__(self, steps: int, has_epsilon: bool = True):
+    def __init__(self, steps: int, hyper_labels=None):
         columns = shutil.get_terminal_size().columns
         self.steps, self.last_draw = steps, 0.0
-        names = [n for n in self.NAMES if has_epsilon or n != "ε"]
+        self.hyper = {label: key for key, label in (hyper_labels or {}).items()}
+        names = [*self.NAMES, *self.hyper]
         fixed = 2 * len(str(steps)) + 22  # "57/179 " and " 1:02:03 120ms/step"
         while len(names) > 2 and fixed + self._chars(names) + 5 >= columns:
             names.pop()
@@ -218,8 +224,9 @@ class StepBar:
             "train error %": 100 * (1.0 - float(logs["acc"])),
             "loss": float(logs["loss"]),
             "lr": float(model.optimizer.learning_rate.numpy()),
-            "ε": model.epsilon_value(),
         }
+        if self.hyper:
+            values.update((label, model.hyper_values()[key]) for label, key in self.hyper.items())
         self.progbar.update(step, [(n, values[n]) for n in self.names], finalize=False)
 
     def erase(self):
