@@ -175,14 +175,14 @@ def one_run(cfg, folder, shape, history=None):
     from epsresnet_tf.train.loop import _TrainingRun
 
     source = SyntheticSource(cfg["batch_size"], shape)
+    if history:  # train cfg's epochs after the history's: the run's config counts them all
+        cfg = dict(cfg, epochs=len(history) + cfg["epochs"])
     run = _TrainingRun(cfg, folder, None, (source, None), None)
     try:
         run.restore()
         if history:
             run.state.rows = history
             run.start = len(history)
-            cfg_epochs = run.start + cfg["epochs"]
-            run.cfg = dict(run.cfg, epochs=cfg_epochs)
         seconds = defaultdict(lambda: defaultdict(float))
         stamps = []
         first, last = clocks(stamps)
