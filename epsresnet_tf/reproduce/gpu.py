@@ -21,7 +21,7 @@ from epsresnet_tf.reproduce import readers as R
 from epsresnet_tf.reproduce.runner import run_steps
 from epsresnet_tf.reproduce.steps import Compress, Train
 from epsresnet_tf.reproduce.verdicts import pct
-from epsresnet_tf.runfolder import atomic_write_text
+from epsresnet_tf.runfolder import atomic_write_text, last_val_error
 
 GPU_ROOT = "runs/repro-gpu"
 
@@ -108,7 +108,7 @@ def row(train: Train, root: Path, published: str) -> list[str]:
         else "–"
     )
     epochs = f"{len(history)}/{(R.config(run_dir) or {}).get('epochs', '–')}"
-    return [train.recipe, epochs, pct(R.last_error(history)), pct(top5), removed, size, published]
+    return [train.recipe, epochs, pct(last_val_error(history)), pct(top5), removed, size, published]
 
 
 HEADERS = ["recipe", "epochs", "top-1 error", "top-5", "discarded", "params", "published"]

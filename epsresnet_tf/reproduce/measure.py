@@ -25,6 +25,7 @@ from epsresnet_tf.reproduce.verdicts import (
     num,
     pct,
 )
+from epsresnet_tf.runfolder import last_val_error
 from epsresnet_tf.train.loop import lr_schedule
 
 # --- the discard dynamic (a) -------------------------------------------------------------
@@ -93,7 +94,7 @@ def dynamic_facts(
         else None,
         "kept_response": (min(kept), max(kept)) if kept else None,
         "steps_per_epoch": rows[0]["step"] if rows else None,
-        "error": R.last_error(rows),
+        "error": last_val_error(rows),
     }
 
 
@@ -182,7 +183,7 @@ def discards(step: Train, root: Path) -> dict[str, Any] | None:
         "blocks": blocks,
         "removed": removed,
         "source": source,
-        "error": R.last_error(rows),
+        "error": last_val_error(rows),
         "certificate": cert,
     }
 
@@ -350,13 +351,13 @@ def mnist_table(piece, root: Path) -> Result:
         net = step.recipe.removeprefix("gates-mnist-")
         history = R.history(step.run_dir(root))
         cfg = R.config(step.run_dir(root)) or {}
-        errors[net] = R.last_error(history) if step.done(root) else None
+        errors[net] = last_val_error(history) if step.done(root) else None
         paper = P.GATES_MNIST_ERROR[50].get(net.replace("-50", ""))
         k = P.GATES_MNIST_MEAN_K[50].get(net.replace("-50", ""))
         rows.append(
             [
                 net,
-                pct(R.last_error(history)),
+                pct(last_val_error(history)),
                 num(paper, "{:.2f}%"),
                 num(mean_k(history)),
                 num(k),
@@ -376,7 +377,7 @@ def removal_curves(piece, root: Path) -> dict[tuple[str, str], dict[int, float]]
     curves: dict[tuple[str, str], dict[int, list[float]]] = {}
     for step in piece.steps:
         if isinstance(step, Ablate) and step.done(root):
-            doc = R.ablation(step.path(root))
+            doc = R.step_output(step.path(root))
             curve = curves.setdefault((step.run.name, step.order), {})
             for row in doc["rows"]:
                 curve.setdefault(row["removed"], []).append(row["top1_error"])
@@ -436,7 +437,7 @@ def _without_bn(described: dict | None) -> str:
 
 def _described(piece, root: Path) -> dict[str, dict]:
     return {
-        s.ident: R.described(s.path(root))
+        s.ident: R.step_output(s.path(root))
         for s in piece.steps
         if isinstance(s, Describe) and s.done(root)
     }
@@ -514,7 +515,7 @@ def unit_order(piece, root: Path) -> Result:
     rows, errors = [], {}
     for step in _trains(piece):
         history = R.history(step.run_dir(root))
-        err = R.last_error(history)
+        err = last_val_error(history)
         errors[step.recipe] = err if step.done(root) else None
         best = min(
             (r["val_error"] for r in history if r.get("val_error") is not None), default=None

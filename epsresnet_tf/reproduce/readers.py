@@ -1,5 +1,5 @@
-"""What the reproduction reads from run folders: histories, certificates, ablations,
-describe outputs and the runner's step log. Nothing here trains or writes."""
+"""What the reproduction reads from run folders: histories, certificates, the steps'
+JSON outputs (ablations, describes) and the runner's step log. Nothing here trains or writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from epsresnet_tf.naming import parse_block_id
-from epsresnet_tf.runfolder import RunFolder, last_val_error, read_json
+from epsresnet_tf.runfolder import RunFolder, read_json
 
 #: The runner's log of finished commands in each step folder (one JSON object a line).
 STEP_LOG = "steps.jsonl"
@@ -29,15 +29,9 @@ def certificate(run_dir: Path) -> dict[str, Any] | None:
     return RunFolder(run_dir).read_certificate()
 
 
-def ablation(path: Path) -> dict[str, Any] | None:
+def step_output(path: Path) -> dict[str, Any] | None:
+    """The JSON a step wrote (an ablation, a describe), None before the step has run."""
     return read_json(path, "run its `make reproduce` step again") if path.is_file() else None
-
-
-def described(path: Path) -> dict[str, Any] | None:
-    return read_json(path, "run its `make reproduce` step again") if path.is_file() else None
-
-
-last_error = last_val_error  # the history's owner says what "last validation error" is
 
 
 def group_of(block: str) -> int:

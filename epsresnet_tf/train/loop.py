@@ -364,7 +364,13 @@ class _TrainingRun:
         gate_schedules = self.run.gate.kind.schedules(self.run.gate.settings)  # ε
         if verbose and self.is_chief():
             self.console = ProgressCallback(
-                state, epochs, self.steps, self.lr_sched, verbose, self.writer.barrier
+                state,
+                epochs,
+                self.steps,
+                self.lr_sched,
+                verbose,
+                self.writer.barrier,
+                self.model.hyper_labels,
             )
         return [
             C.ScheduleCallback(

@@ -68,10 +68,10 @@ def duration(seconds: float) -> str:
 
 
 def epoch_line(row: dict, epochs: int, seconds: float, hyper_labels=None) -> str:
-    """The one line of a finished epoch; `hyper_labels` ({history key: label}, default
-    {"epsilon": "ε"}): the gate kind's hyper-parameters it shows after the lr."""
+    """The one line of a finished epoch; `hyper_labels` ({history key: label}, the model's
+    `hyper_labels`): the gate kind's hyper-parameters it shows after the lr."""
     parts = [*measures(row), f"lr {row['lr']:.4g}"]
-    for key, label in (hyper_labels if hyper_labels is not None else {"epsilon": "ε"}).items():
+    for key, label in (hyper_labels or {}).items():
         if row.get(key) is not None:
             parts.append(f"{label} {row[key]:.4g}")
     parts.append(duration(seconds))
@@ -107,13 +107,15 @@ class ProgressCallback(keras.callbacks.Callback):
     """The console of a run (see the module's text). After the loop's schedule, monitor
     and checkpoint callbacks: it reads the epoch's history row from `state` (a RunState)
     and the lr schedule's reset after the schedule callback has decided it. `verbose` 1:
-    bar (on a terminal) and event lines; 2: one line per epoch."""
+    bar (on a terminal) and event lines; 2: one line per epoch. `hyper_labels`: the gate
+    kinds' hyper-parameters the lines show and their labels (TrainingModel.hyper_labels)."""
 
-    def __init__(self, state, epochs: int, steps: int, lr_schedule, verbose: int = 1, saved=None):
+    def __init__(self, state, epochs, steps, lr_schedule, verbose=1, saved=None, hyper_labels=None):
         super().__init__()
         self.state, self.epochs, self.steps = state, epochs, steps
         self.lr_schedule, self.verbose = lr_schedule, verbose
         self.saved = saved  # () -> a future done once the epoch's files are written
+        self.hyper_labels = dict(hyper_labels or {})
         self.bar = None
         self.pending = []  # events waiting for the next epoch line (verbose 2)
         self.unsaid = []  # (future, lines): an epoch's lines, said once its files are written
@@ -127,7 +129,7 @@ class ProgressCallback(keras.callbacks.Callback):
             self._event(reset_text(epoch, reset, stat, value, self.epochs))
         self.started = time.monotonic()
         if shows_bar(self.verbose):
-            self.bar = StepBar(self.steps, self.model.hyper_labels)
+            self.bar = StepBar(self.steps, self.hyper_labels)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.unsaid and self.unsaid[0][0].done():
@@ -140,9 +142,7 @@ class ProgressCallback(keras.callbacks.Callback):
         rows = self.state.rows
         if self.state.nan or not rows or rows[-1]["epoch"] != epoch + 1:
             return  # a non-finite epoch: the loop says so once training stops
-        line = epoch_line(
-            rows[-1], self.epochs, time.monotonic() - self.started, self.model.hyper_labels
-        )
+        line = epoch_line(rows[-1], self.epochs, time.monotonic() - self.started, self.hyper_labels)
         events = discard_changes(rows[-2] if len(rows) > 1 else None, rows[-1])
         if self.verbose == 1:
             lines = [line, *("  " + text for text in events)]
