@@ -92,7 +92,7 @@ def _train_one(recipe, eps, out, data_dir, overrides, compress, max_batches, ver
     if compress:
         cert = folder.read_certificate()
     if compress and cert is None:
-        cert = C.compress_run(run_dir, data_dir, max_batches=max_batches)
+        cert = C.compress_run(run_dir, data_dir, select=C.RunSelection(max_batches=max_batches))
     return _row(eps, run_dir, folder.read_history(), cert), run_dir
 
 

@@ -131,12 +131,9 @@ def _compress(tmp_path, model, opts, arch="cifar-basic-14", data=None, **kw):
         model,
         arch,
         opts,
-        certify_data={"train": batches(seed=4), "test": data},
-        check_data=data,
-        out_dir=tmp_path / "reduced",
-        batch_size=16,
-        export=kw.pop("export", False),
-        **kw,
+        C.CompressData({"train": batches(seed=4), "test": data}, data, batch_size=16),
+        tmp_path / "reduced",
+        C.CompressOptions(export=kw.pop("export", False), **kw),
     )
 
 
@@ -257,11 +254,9 @@ def test_mixed_gates_are_kept_so_the_reduced_net_stays_exact(tmp_path):
         model,
         "cifar-basic-14",
         opts,
-        certify_data={"test": one},
-        check_data=one,
-        out_dir=tmp_path / "r",
-        batch_size=1,
-        export=False,
+        C.CompressData({"test": one}, one, batch_size=1),
+        tmp_path / "r",
+        C.CompressOptions(export=False),
     )
     assert doc["blocks"]["group1/block1"]["verdict"] == "mixed"
     assert doc["reduced_gates"] == "eps" and doc["equivalence"]["passed"]
@@ -549,4 +544,6 @@ def test_compress_epoch_without_a_kept_checkpoint(epoch_run, capsys):
     assert len(err.splitlines()) == 1
     assert "epoch 4" in err and "kept: 3, 6, 7, 8" in err and "keep_checkpoints_at" in err
     with pytest.raises(UserError, match="--ema-epoch 5 differs"):
-        C.compress_run(run_dir, "no-data-folder-needed", epoch=6, ema_epoch=5)
+        C.compress_run(
+            run_dir, "no-data-folder-needed", select=C.RunSelection(epoch=6, ema_epoch=5)
+        )

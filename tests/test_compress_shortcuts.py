@@ -120,11 +120,11 @@ def test_trained_merging_shortcut_net_keeps_its_closed_blocks_and_says_why(
         model,
         arch,
         opts,
-        certify_data={"train": batches(n=8, batch=4, shape=shape, seed=4), "test": data},
-        check_data=data,
-        out_dir=tmp_path / "reduced",
-        batch_size=4,
-        export=False,
+        C.CompressData(
+            {"train": batches(n=8, batch=4, shape=shape, seed=4), "test": data}, data, batch_size=4
+        ),
+        tmp_path / "reduced",
+        C.CompressOptions(export=False),
     )
     assert doc["removed"] == ["group2/block0"]  # its pool+pad shortcut stays as the transition
     assert doc["equivalence"]["passed"]

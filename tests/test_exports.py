@@ -17,6 +17,7 @@ from epsresnet_tf import cli
 from epsresnet_tf import compress as C
 from epsresnet_tf import exports as X
 from epsresnet_tf.cli import compress as compress_cli
+from epsresnet_tf.compress.write import write_outputs
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.layers import EpsilonGate
@@ -143,11 +144,9 @@ def exported(tmp_path_factory):
             net,
             arch,
             opts,
-            certify_data={"test": data},
-            check_data=data,
-            out_dir=folder,
-            batch_size=BATCH,
-            tflite=True,
+            C.CompressData({"test": data}, data, batch_size=BATCH),
+            folder,
+            C.CompressOptions(tflite=True),
         )
         np.savez(folder / "inputs.npz", x=data[0])
         out[name] = doc, folder, np.asarray(C.logits_of(net(data[0], training=False)))
@@ -201,12 +200,9 @@ def test_demo_case_loads_without_the_package(tmp_path):
         net,
         arch,
         opts,
-        certify_data={"test": data},
-        check_data=data,
-        out_dir=folder,
-        batch_size=BATCH,
-        gates="keep",
-        tflite=True,
+        C.CompressData({"test": data}, data, batch_size=BATCH),
+        folder,
+        C.CompressOptions(gates="keep", tflite=True),
     )
     assert doc["blocks"]["group2/block0"]["verdict"] == "open" and doc["reduced_gates"] == "eps"
     assert doc["exports"]["keras_standalone"] and doc["exports"]["tflite"]["passed"]
@@ -304,7 +300,7 @@ def test_a_layer_from_outside_is_kept_and_reported(tmp_path):
     standard, custom = X.standard_net(net)
     assert custom == ["Halve"] and isinstance(standard.get_layer("halve"), Halve)
     doc = {}
-    C._write_outputs(tmp_path, standard, doc)
+    write_outputs(tmp_path, standard, doc)
     assert doc["exports"]["keras_standalone"] is False
     assert doc["exports"]["custom_layers"] == ["Halve"]
     assert doc["exports"]["tflite"] is None

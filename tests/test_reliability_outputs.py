@@ -80,11 +80,9 @@ def _compress(run_dir, out, **kw):
         model,
         run.arch,
         run.build_options,
-        certify_data={"test": data},
-        check_data=data,
-        out_dir=out,
-        batch_size=8,
-        **kw,
+        C.CompressData({"test": data}, data, batch_size=8),
+        out,
+        C.CompressOptions(**kw),
     )
 
 
@@ -254,9 +252,10 @@ def test_ctrl_c_is_one_line_and_exit_130(run_dir, tmp_path, capsys, monkeypatch,
 
     import epsresnet_tf.cli.data as check  # the CLI layer's own names for what it calls
     import epsresnet_tf.cli.evaluate as E
+    import epsresnet_tf.compress.load as compress_load  # where compress looks load_net up
 
     where = {
-        "compress": (C, "load_net"),
+        "compress": (compress_load, "load_net"),
         "report": (R, "tables"),
         "ablate": (E, "load_net"),
         "evaluate": (E, "load_net"),

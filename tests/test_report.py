@@ -76,11 +76,9 @@ def fake_run(root, eps=2.5, closed=("group0/block1", "group1/block0"), errors=(0
         model,
         run.arch,
         run.build_options,
-        certify_data={"test": data},
-        check_data=data,
-        out_dir=root / "reduced",
-        batch_size=8,
-        export=False,
+        C.CompressData({"test": data}, data, batch_size=8),
+        root / "reduced",
+        C.CompressOptions(export=False),
     )
     (root / "ablation").mkdir()
     (root / "ablation" / "random.json").write_text(

@@ -4,7 +4,14 @@ does the work)."""
 import sys
 
 from epsresnet_tf.cli.options import add_command, data_dir, option
-from epsresnet_tf.compress import EMA_THRESHOLD, GATE_POLICIES, RULES, compress_run
+from epsresnet_tf.compress import (
+    EMA_THRESHOLD,
+    GATE_POLICIES,
+    RULES,
+    CompressOptions,
+    RunSelection,
+    compress_run,
+)
 
 
 def _pct(v):
@@ -89,21 +96,21 @@ def _report_tflite(doc):
 
 def _cli(args):
     """`epsresnet compress`: compress the run, print the summary; the exit status."""
-    doc = compress_run(
-        args.run_dir,
-        args.data_dir,
-        args.out,
+    options = CompressOptions(
         rule=args.rule,
         gates=args.gates,
-        epoch=args.epoch,
-        ema_from=args.ema_from,
-        ema_epoch=args.ema_epoch,
         ema_threshold=args.ema_threshold,
-        splits=tuple(args.splits.split(",")),
-        max_batches=args.max_batches,
         force=args.force,
         tflite=args.tflite,
     )
+    select = RunSelection(
+        epoch=args.epoch,
+        ema_from=args.ema_from,
+        ema_epoch=args.ema_epoch,
+        splits=tuple(args.splits.split(",")),
+        max_batches=args.max_batches,
+    )
+    doc = compress_run(args.run_dir, args.data_dir, args.out, options, select)
     _print_summary(doc)
     return max(_report_equivalence(doc), _report_tflite(doc))
 

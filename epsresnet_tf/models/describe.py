@@ -12,7 +12,7 @@ def _size(weights):
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _calls(layer, model):
+def calls(layer, model):
     """(input shape, output shape) of each call of `layer` inside `model`; a shared layer
     is called several times."""
     own = set(id(node) for depth_nodes in model._nodes_by_depth.values() for node in depth_nodes)
@@ -37,13 +37,13 @@ def count_macs(model):
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            for _, out_shape in _calls(layer, model):
+            for _, out_shape in calls(layer, model):
                 total += _conv_macs(layer.kernel, out_shape, layer.data_format)
         elif isinstance(layer, keras.layers.Dense):
-            for _, _ in _calls(layer, model):
+            for _, _ in calls(layer, model):
                 total += int(np.prod(layer.kernel.shape))
         elif isinstance(layer, L.SigmoidShortcutGate):
-            for _in_shapes, out_shape in _calls(layer, model):
+            for _in_shapes, out_shape in calls(layer, model):
                 total += _conv_macs(layer.gate_conv.kernel, out_shape, layer.data_format)
     return total
 
