@@ -2,6 +2,7 @@
 which checkpoints stay."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from epsresnet_tf import runfolder as RF
 from epsresnet_tf.config import resolve_config
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.runfolder import atomic as atomic_io
+from epsresnet_tf.runfolder import checkpoints as checkpoint_io
 
 CFG = {"arch": "cifar-basic-8", "epochs": 10}
 
@@ -366,7 +369,7 @@ def test_two_writers_the_second_gets_one_line_naming_the_holder(tmp_path, capsys
     capsys.readouterr()
     with RunFolder(root).open():  # the stale lock is taken over, with a message
         assert f"taking over the lock left by pid {holder.pid}" in capsys.readouterr().err
-        with pytest.raises(UserError, match=f"pid {RF.os.getpid()}"):  # a second fd
+        with pytest.raises(UserError, match=f"pid {os.getpid()}"):  # a second fd
             RunFolder(root).open()
     assert not (root / RF.LOCK).exists()  # released: no stale lock to take over
 
@@ -400,7 +403,7 @@ def test_stale_temporary_files_are_swept_at_start(tmp_path, capsys):
         f.root / f".history.jsonl.tmp-999999999@{host}-x2",
         f.root / ".model.tmp.keras",
     ]
-    live = f.root / f".config.json.tmp-{RF.os.getpid()}@{host}-x3"
+    live = f.root / f".config.json.tmp-{os.getpid()}@{host}-x3"
     other = f.root / ".config.json.tmp-12@elsewhere-x4"  # another host's: a day's grace
     for p in (*dead, live, other):
         p.write_bytes(b"partial")
@@ -411,7 +414,7 @@ def test_stale_temporary_files_are_swept_at_start(tmp_path, capsys):
 
 
 def test_files_respect_the_umask(tmp_path):
-    old = RF.os.umask(0o022)
+    old = os.umask(0o022)
     try:
         with RunFolder(tmp_path / "run").open() as f:
             f.check_or_create(resolve_config(CFG))
@@ -421,11 +424,11 @@ def test_files_respect_the_umask(tmp_path):
             assert (f.root / RF.LOCK).stat().st_mode & 0o777 == 0o644
         for p in f.root.rglob("*"):
             assert p.stat().st_mode & 0o777 == (0o755 if p.is_dir() else 0o644), p
-        RF.os.umask(0o077)
+        os.umask(0o077)
         RF.atomic_write_text(f.root / "private", "x")
         assert (f.root / "private").stat().st_mode & 0o777 == 0o600
     finally:
-        RF.os.umask(old)
+        os.umask(old)
 
 
 def _temporary_files(root):
@@ -445,17 +448,17 @@ def test_disk_full_during_a_checkpoint_leaves_no_temporary_file_and_loses_nothin
         file.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(RF.np, "savez", full)
+    monkeypatch.setattr(checkpoint_io.np, "savez", full)
     with pytest.raises(UserError, match="no space left writing .*epoch-00003.npz") as err:
         f.save_checkpoint(3, [np.zeros(3, np.float32)], {"epoch": 3})
     assert "\n" not in str(err.value) and " free)" in str(err.value)
     assert _temporary_files(f.root) == [] and _snapshot(f.root) == before
-    monkeypatch.setattr(RF.np, "savez", real)
+    monkeypatch.setattr(checkpoint_io.np, "savez", real)
 
     def full_write(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(RF.Path, "write_bytes", full_write)
+    monkeypatch.setattr(atomic_io.Path, "write_bytes", full_write)
     with pytest.raises(UserError, match=r"history.jsonl \(.* needed, .* free\)"):
         f.write_history([{"epoch": 1}])
     assert _temporary_files(f.root) == [] and _snapshot(f.root) == before
@@ -481,7 +484,7 @@ def test_read_only_folder_is_one_line(tmp_path, monkeypatch, code, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.skipif(RF.os.geteuid() == 0, reason="root writes into a 0555 folder")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0555 folder")
 def test_a_really_read_only_folder_is_one_line(tmp_path):
     f = _run_with_checkpoints(tmp_path / "run", (1,))
     f.ckpt.chmod(0o555)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from _sources import Synthetic, tiny
 
-from epsresnet_tf import runfolder as RF
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.runfolder import RunFolder
+from epsresnet_tf.runfolder import RunFolder, layout
+from epsresnet_tf.runfolder import checkpoints as checkpoint_io
 from epsresnet_tf.train.callbacks import HistoryCallback, RunState
 from epsresnet_tf.train.loop import run_training
 from epsresnet_tf.train.progress import ProgressCallback
@@ -88,7 +88,7 @@ def test_history_appends_all_or_nothing_and_a_cut_last_line_is_not_a_row(tmp_pat
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(RF.os, "fsync", full)
+    monkeypatch.setattr(layout.os, "fsync", full)
     with pytest.raises(UserError, match=r"no space left writing .*history.jsonl") as err:
         folder.append_history([{"epoch": 2}])
     assert "\n" not in str(err.value)
@@ -133,7 +133,7 @@ def test_a_write_that_fails_mid_run_stops_it_with_one_line_and_no_line_for_its_e
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(file, *a, **k)
 
-    monkeypatch.setattr(RF.np, "savez", full)
+    monkeypatch.setattr(checkpoint_io.np, "savez", full)
     cfg = tiny(epochs=4)
     with pytest.raises(UserError, match="no space left writing .*epoch-00002.npz") as err:
         run_training(cfg, tmp_path / "r", sources=(Synthetic(num_batches=2), None), verbose=2)
@@ -143,7 +143,9 @@ def test_a_write_that_fails_mid_run_stops_it_with_one_line_and_no_line_for_its_e
     folder = RunFolder(tmp_path / "r")
     assert folder.kept_epochs() == [1]
     assert [p for p in folder.root.rglob("*") if ".tmp" in p.name] == []
-    monkeypatch.setattr(RF.np, "savez", real)  # the disk has room again: resume after epoch 1
+    monkeypatch.setattr(
+        checkpoint_io.np, "savez", real
+    )  # the disk has room again: resume after epoch 1
     result = run_training(cfg, tmp_path / "r", sources=(Synthetic(num_batches=2), None), verbose=0)
     assert result["status"] == "done" and [r["epoch"] for r in result["history"]] == [1, 2, 3, 4]
 

@@ -1,7 +1,7 @@
 """What training writes for TensorBoard (docs/DASHBOARD.md), and paper Fig. 1's strip.
 
 Two runs per run folder, as Keras's own callback writes them: `tb/train` and
-`tb/validation` (runfolder.py's layout). A quantity measured on both splits has the same
+`tb/validation` (runfolder/names.py's layout). A quantity measured on both splits has the same
 tag in both, so TensorBoard overlays train and validation on one chart.
 
 Tags (few sections, several charts each; x = finished epochs unless said otherwise):
