@@ -12,11 +12,11 @@ import pytest
 
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
+from epsresnet_tf import figures as FIG
 from epsresnet_tf import report as R
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 from epsresnet_tf.outputs import recover, staged_outputs
-from epsresnet_tf.report import registry as report_registry
 from epsresnet_tf.report import writer as report_writer
 from epsresnet_tf.runfolder import read_run
 
@@ -131,7 +131,7 @@ def test_report_force_failing_mid_figures_keeps_the_old_report(run_dir, tmp_path
     def draw_fails(r, path):  # tables.md of the new report is written by now
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(report_registry, "PER_RUN_FIGURES", [("boom", draw_fails, lambda r: True)])
+    monkeypatch.setitem(FIG.REGISTRY, FIG.RUN, [("boom", draw_fails, lambda r: True)])
     with pytest.raises(RuntimeError, match="figure failed"):
         R.make_report([run_dir], out, force=True)
     assert snapshot(out) == before

@@ -10,6 +10,7 @@ import pytest
 
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
+from epsresnet_tf import figures as FIG
 from epsresnet_tf import report as R
 from epsresnet_tf import sweep as S
 from epsresnet_tf.errors import UserError
@@ -17,7 +18,6 @@ from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 from epsresnet_tf.plotting import pyplot
 from epsresnet_tf.report import figures as report_figures
-from epsresnet_tf.report import registry as report_registry
 from epsresnet_tf.runfolder import RunFolder, read_run
 
 
@@ -156,7 +156,7 @@ def _title(fig):
 def only_figures(monkeypatch, *stems):
     """Draw only the registered figures named (the others cost time and are tested apart)."""
     kept = [f for f in R.PER_RUN_FIGURES if f[0] in stems]
-    monkeypatch.setattr(report_registry, "PER_RUN_FIGURES", kept)
+    monkeypatch.setitem(FIG.REGISTRY, FIG.RUN, kept)
 
 
 def test_one_run_report_tables_and_figures_at_a_column_width(made_run, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from epsresnet_tf.figures import Look, save
 from epsresnet_tf.naming import layer_prefix, parse_block_id
 from epsresnet_tf.outputs import load_net
 from epsresnet_tf.plotting import pyplot
@@ -47,6 +48,8 @@ PAPER_STYLE = {
 #: The formats of every figure and the metadata key each writer takes the caption under.
 FIGURE_FORMATS = {".png": "Description", ".pdf": "Subject", ".svg": "Description"}
 ERROR_COLOR = "tab:red"
+#: How report figures are written (the shared save): three formats, the rc style's dpi.
+PAPER_LOOK = Look(FIGURE_FORMATS)
 
 
 def paper_style():
@@ -78,12 +81,7 @@ def run_title(r: "RunData", what: str, lines: int = 2) -> str:
 def save_figure(fig: Any, path: Path, caption: str) -> str:
     """Write `fig` as PNG (`path`), PDF and SVG beside it, the caption (which names the run in
     full) in each file's metadata; close it and return the caption."""
-    title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "") or path.stem
-    for suffix, key in FIGURE_FORMATS.items():
-        meta = {"Title": " ".join(title.split()), key: caption}
-        fig.savefig(path.with_suffix(suffix), metadata=meta)
-    pyplot().close(fig)
-    return caption
+    return save(fig, path, PAPER_LOOK, caption)
 
 
 def _integer_ticks(axis):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from epsresnet_tf import jsonsafe
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.figures import RUN, RUNS, registered
 from epsresnet_tf.outputs import staged_outputs
-from epsresnet_tf.report import registry
 from epsresnet_tf.report.data import RunData, read_runs
 from epsresnet_tf.report.figures import FIGURE_FORMATS, paper_style
 from epsresnet_tf.report.tables import tables
@@ -97,12 +97,12 @@ def _draw_figures(runs, rows, out):
     drawn = []
     with paper_style():
         for r, prefix in zip(runs, file_prefixes(runs)):
-            for stem, draw, when in registry.PER_RUN_FIGURES:
+            for stem, draw, when in registered(RUN):
                 path = out / f"{prefix}{stem}.png"
                 caption = draw(r, path) if when(r) else False
                 if caption is not False:
                     drawn.append((path.name, caption or ""))
-        for stem, draw in registry.COMBINED_FIGURES if len(runs) > 1 else ():
+        for stem, draw, _ in registered(RUNS) if len(runs) > 1 else ():
             path = out / f"{stem}.png"
             caption = draw(runs, rows, path)
             if caption is not False:
