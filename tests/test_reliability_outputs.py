@@ -12,10 +12,12 @@ import pytest
 
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
+from epsresnet_tf import figures as FIG
 from epsresnet_tf import report as R
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 from epsresnet_tf.outputs import recover, staged_outputs
+from epsresnet_tf.report import writer as report_writer
 from epsresnet_tf.runfolder import read_run
 
 ARCH = "cifar-basic-14"
@@ -127,7 +129,7 @@ def test_report_force_failing_mid_figures_keeps_the_old_report(run_dir, tmp_path
     def draw_fails(r, path):  # tables.md of the new report is written by now
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(R, "PER_RUN_FIGURES", [("boom", draw_fails, lambda r: True)])
+    monkeypatch.setitem(FIG.REGISTRY, FIG.RUN, [("boom", draw_fails, lambda r: True)])
     with pytest.raises(RuntimeError, match="figure failed"):
         R.make_report([run_dir], out, force=True)
     assert snapshot(out) == before
@@ -256,7 +258,7 @@ def test_ctrl_c_is_one_line_and_exit_130(run_dir, tmp_path, capsys, monkeypatch,
 
     where = {
         "compress": (compress_load, "load_net"),
-        "report": (R, "tables"),
+        "report": (report_writer, "tables"),
         "ablate": (E, "load_net"),
         "evaluate": (E, "load_net"),
         "data": (check, "split_stats"),

@@ -10,12 +10,14 @@ import pytest
 
 from epsresnet_tf import cli
 from epsresnet_tf import compress as C
+from epsresnet_tf import figures as FIG
 from epsresnet_tf import report as R
 from epsresnet_tf import sweep as S
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 from epsresnet_tf.plotting import pyplot
+from epsresnet_tf.report import figures as report_figures
 from epsresnet_tf.runfolder import RunFolder, read_run
 
 
@@ -141,7 +143,7 @@ def capture_figures(monkeypatch):
         drawn[path.stem] = fig
         return save(fig, path, caption)
 
-    monkeypatch.setattr(R, "save_figure", keep)
+    monkeypatch.setattr(report_figures, "save_figure", keep)
     return drawn
 
 
@@ -152,7 +154,7 @@ def _title(fig):
 def only_figures(monkeypatch, *stems):
     """Draw only the registered figures named (the others cost time and are tested apart)."""
     kept = [f for f in R.PER_RUN_FIGURES if f[0] in stems]
-    monkeypatch.setattr(R, "PER_RUN_FIGURES", kept)
+    monkeypatch.setitem(FIG.REGISTRY, FIG.RUN, kept)
 
 
 def test_one_run_report_tables_and_figures_at_a_column_width(made_run, tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from typing import Mapping
 
 from tabulate import tabulate
 
+from epsresnet_tf.figures import PIECE, registered
+from epsresnet_tf.reproduce import figures as _figures  # noqa: F401  (registers them)
 from epsresnet_tf.reproduce import gpu, pieces
 from epsresnet_tf.reproduce import readers as R
 from epsresnet_tf.reproduce.runner import command_line
@@ -146,10 +148,11 @@ def render(
 def draw_figures(root: Path, img_dir: Path, doc: Path) -> dict[str, str]:
     """Each piece's figure into img_dir/repro-<key>.png: {key: path relative to the doc}."""
     img_dir.mkdir(parents=True, exist_ok=True)
-    out = {}
+    out, drawers = {}, {f.stem: f.draw for f in registered(PIECE)}
     for piece in pieces.PIECES:
         path = img_dir / f"repro-{piece.key}.png"
-        if piece.figure is not None and piece.figure(piece, Path(root), path):
+        draw = drawers.get(piece.key)
+        if draw is not None and draw(piece, Path(root), path):
             out[piece.key] = os.path.relpath(path, doc.parent)
     return out
 

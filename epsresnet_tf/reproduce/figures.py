@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from epsresnet_tf.figures import PIECE, Look, register, save
 from epsresnet_tf.plotting import pyplot
 from epsresnet_tf.reproduce import readers as R
 from epsresnet_tf.reproduce.measure import (
@@ -17,13 +18,9 @@ from epsresnet_tf.reproduce.measure import (
     replay_resets,
 )
 
-
-def _save(fig, path: Path) -> bool:
-    fig.tight_layout()
-    # Fixed metadata: the same runs give the same bytes (the document is regenerated often).
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    pyplot().close(fig)
-    return True
+#: How the document's figures are written (the shared save): one PNG at 100 dpi, tight,
+#: matplotlib's Software entry left out: the document is regenerated often.
+DOC_LOOK = Look({".png": None}, {"Software": None}, dpi=100, tight=True)
 
 
 def _trained(piece, root):
@@ -31,6 +28,7 @@ def _trained(piece, root):
     return [(s, R.history(s.run_dir(root))) for s in _trains(piece)]
 
 
+@register(PIECE, "dynamic")
 def dynamic(piece, root: Path, path: Path) -> bool:
     """Fig. 9's form: discarded ratio against epoch per setting; below, the lr (resets are
     its jumps up); right, how near the next block is to closing (the smallest max|F| / ε
@@ -63,7 +61,7 @@ def dynamic(piece, root: Path, path: Path) -> bool:
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     fig.suptitle("Discarded blocks over training (ε-ResNet Fig. 9's form)")
-    return _save(fig, path)
+    return save(fig, path, DOC_LOOK)
 
 
 def _closest_open(row) -> float:
@@ -74,6 +72,7 @@ def _closest_open(row) -> float:
     return min(open_blocks) / row["epsilon"]
 
 
+@register(PIECE, "eps-sweep")
 def eps_sweep(piece, root: Path, path: Path) -> bool:
     """Fig. 8's form: discarded ratio and test error against ε."""
     points, _ = _sweep_points(piece, root)
@@ -89,9 +88,10 @@ def eps_sweep(piece, root: Path, path: Path) -> bool:
     ax2.plot(eps, [100 * (d["error"] or np.nan) for _, d in points], "r--s")
     ax2.set_ylabel("test error (%)", color="r")
     ax.set_title("ε against compression and error (Fig. 8's form)")
-    return _save(fig, path)
+    return save(fig, path, DOC_LOOK)
 
 
+@register(PIECE, "groups")
 def groups(piece, root: Path, path: Path) -> bool:
     """Fig. 10's form: per group, the share of kept and discarded blocks, one panel a run."""
     points = [
@@ -113,9 +113,10 @@ def groups(piece, root: Path, path: Path) -> bool:
     axes[0, 0].set_ylabel("share of the group's blocks")
     axes[0, -1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Kept and discarded blocks per group (Fig. 10's form)")
-    return _save(fig, path)
+    return save(fig, path, DOC_LOOK)
 
 
+@register(PIECE, "reduced")
 def reduced(piece, root: Path, path: Path) -> bool:
     """Fig. 7's form: parameter memory of the full and the reduced nets."""
     certs = [(s, R.certificate(s.run_dir(root))) for s in _trains(piece)]
@@ -133,7 +134,7 @@ def reduced(piece, root: Path, path: Path) -> bool:
     ax.set_ylabel("parameter memory (MB, float32)")
     ax.legend(fontsize=8)
     ax.set_title("Parameter memory, full against reduced (Fig. 7's form)")
-    return _save(fig, path)
+    return save(fig, path, DOC_LOOK)
 
 
 def _per_epoch(piece, root: Path, key: str, scale: float, ylabel: str, title: str):
@@ -152,6 +153,7 @@ def _per_epoch(piece, root: Path, key: str, scale: float, ylabel: str, title: st
     return fig, ax
 
 
+@register(PIECE, "mnist-table")
 def mnist_table(piece, root: Path, path: Path) -> bool:
     """Fig. 4's form: training loss against epoch of the four d = 50 nets."""
     title = "MNIST d = 50: training loss (gates Fig. 4's form)"
@@ -159,9 +161,10 @@ def mnist_table(piece, root: Path, path: Path) -> bool:
     if not drawn:
         return False
     drawn[1].set_yscale("log")
-    return _save(drawn[0], path)
+    return save(drawn[0], path, DOC_LOOK)
 
 
+@register(PIECE, "removal")
 def removal(piece, root: Path, path: Path) -> bool:
     """Fig. 5 (right)'s form: test accuracy against the number of removed blocks."""
     curves = removal_curves(piece, root)
@@ -176,11 +179,12 @@ def removal(piece, root: Path, path: Path) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("Removal robustness, MNIST d = 100 (gates Fig. 5's form)")
-    return _save(fig, path)
+    return save(fig, path, DOC_LOOK)
 
 
+@register(PIECE, "unit-order")
 def unit_order(piece, root: Path, path: Path) -> bool:
     """He et al. Fig. 6's form: test error against epoch for each unit order."""
     title = "Unit order: original against pre-activation"
     drawn = _per_epoch(piece, root, "val_error", 100.0, "test error (%)", title)
-    return bool(drawn) and _save(drawn[0], path)
+    return bool(drawn) and save(drawn[0], path, DOC_LOOK)

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Callable
 
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.reproduce import figures, measure
+from epsresnet_tf.reproduce import measure
 from epsresnet_tf.reproduce.published import EPS_BLOCKS, HE_PARAMS, SHARESNET_TABLE1
 from epsresnet_tf.reproduce.steps import Ablate, Compress, Describe, Step, Train
 
@@ -27,7 +27,6 @@ class Piece:
     rule: str  # the verdict rule, in words (measure.py implements it)
     takes: str  # what a full test would take
     measure: Callable
-    figure: Callable | None = None
     notes: str = ""  # what the reader needs to read the numbers (no measured numbers)
     first_look: str = ""  # what issue 16 saw before this piece existed (quoted, not measured)
 
@@ -145,8 +144,7 @@ PIECES = (
         "history), and no block going in the last quarter of its epochs (saturation)",
         _EPS_TAKES,
         measure.dynamic,
-        figures.dynamic,
-        DYNAMIC_NOTES,
+        notes=DYNAMIC_NOTES,
         first_look="cifar-basic-32, 40 epochs: nothing discarded at ε = 2.5 and 4 (every max|F| 6–28); at ε = 8, 2.9 blocks discarded in epoch 1 at 78% training error (born closed), 6 by epoch 19 (the issue suspected the reset never fired)",
     ),
     Piece(
@@ -161,7 +159,6 @@ PIECES = (
         "two different non-zero values over at least 3 finished runs",
         _EPS_TAKES,
         measure.eps_sweep,
-        figures.eps_sweep,
         first_look="0 / 0 / 0 / 6 blocks at ε = 0 / 2.5 / 4 / 8: monotone, one non-zero point",
     ),
     Piece(
@@ -177,7 +174,6 @@ PIECES = (
         "the last and the last group's share is larger than the first's",
         _EPS_TAKES,
         measure.groups,
-        figures.groups,
         first_look="reversed: 3 / 2 / 1 discarded from input to output",
     ),
     Piece(
@@ -193,7 +189,6 @@ PIECES = (
         "within 0.5 points with fewer parameters",
         _EPS_TAKES,
         measure.reduced,
-        figures.reduced,
         first_look="yes (certificate exact, −23% parameters at ε = 8)",
     ),
     Piece(
@@ -209,7 +204,6 @@ PIECES = (
         "net's at most 10%",
         "the full MNIST (60,000 images: 469 steps per epoch, 16× the subset's 28)",
         measure.mnist_table,
-        figures.mnist_table,
         notes="How to read it: a gated layer computes g(k)·f(x) + (1 − g(k))·x with k "
         "starting at 1, so the gated plain net starts as the plain net; it trains where the "
         "plain one fails only once k has fallen far enough for the layers to carry their "
@@ -232,7 +226,6 @@ PIECES = (
         "below the ResNet's",
         "the full MNIST; all 50 removals",
         measure.removal,
-        figures.removal,
         notes="How to read it: the claim is about trained nets, whose gates have learned which "
         "blocks matter (small k: a block close to an identity, cheap to remove). Compare the "
         "error with nothing removed (first column) with the paper's 1–2%: on the subset's "
@@ -256,7 +249,6 @@ PIECES = (
         "the full CIFAR-10 and ResNet-110/164 (differences of 0.2–0.5 points need 10,000 "
         "test images and several seeds)",
         measure.unit_order,
-        figures.unit_order,
     ),
 )
 

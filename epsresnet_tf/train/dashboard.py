@@ -17,7 +17,7 @@ Tags (few sections, several charts each; x = finished epochs unless said otherwi
 plus a custom-scalars layout (the "discarding" dashboard; every block of a group as one
 line of one chart), the discard strip as an image, the config as text, and per-block
 kernel histograms every `histogram_every` epochs (`group{g}/block{b}/<layer>_kernel`,
-which report.py's weight-collapse figure reads back).
+which report/figures.py's weight-collapse figure reads back).
 """
 
 import json

@@ -1,245 +1,21 @@
-"""`epsresnet report RUN_DIR…`: the paper's tables and figures from run folders.
+"""The report's figures: one look (PAPER_STYLE at COLUMN_WIDTH), three formats
+(save_figure), each figure one function registered with `per_run_figure` or
+`combined_figure` (registry.py)."""
 
-Reads per run: config.json, history.jsonl (one row per epoch), reduced/certificate.json
-(after `compress`), ablation/*.json (after `ablate`), tb/train/ kernel histograms (per epoch) or
-model.keras (final kernels). Paths that are not run folders (`runs/report` in `runs/*`) are
-skipped with one line. Writes to --out (default: RUN_DIR/report for one run, the runs'
-common parent's report/ for several):
-
-  tables.md                      full vs reduced: error, blocks, layers, params, memory (Figs. 6–7)
-  figures.md                     every figure with its caption (the full run names)
-  report.json                    the runs, the summary rows and the files written (the manifest)
-  [run-]discarded_ratio.*        validation error and discarded ratio against epoch (Fig. 9)
-  [run-]groups.*                 kept / discarded blocks per group (Fig. 10)
-  [run-]strip.*                  which blocks went, epoch by epoch (Fig. 1's strip)
-  [run-]weight_collapse.*        a discarded and a kept block's kernel over the epochs (Fig. 5)
-  [run-]removal_curves.*         error against blocks removed, per order (gates paper Fig. 5)
-  epsilon_sweep.*                ε against compression and error, one line per group (Fig. 8)
-
-Every figure is written as PNG (300 dpi), PDF and SVG, drawn at a paper's column width
-(COLUMN_WIDTH, fonts ≥ MIN_FONT_PT) in one style (PAPER_STYLE). Files are prefixed with the
-run's name when several runs are reported together; runs are compared (one ε trend) only
-within a group of the same dataset, architecture and schedule (`comparison_groups`).
-Running `report` again refreshes the report through outputs.py's staged swap: the files the
-manifest lists are replaced, anything else in the folder (notes) stays.
-"""
-
-import glob
-import json
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tabulate import tabulate
 
-from epsresnet_tf import compress as C
-from epsresnet_tf import jsonsafe
-from epsresnet_tf.errors import UserError
-from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
-from epsresnet_tf.outputs import load_net, staged_outputs
+from epsresnet_tf.figures import Look, save
+from epsresnet_tf.naming import layer_prefix, parse_block_id
+from epsresnet_tf.outputs import load_net
 from epsresnet_tf.plotting import pyplot
-from epsresnet_tf.runfolder import CONFIG, REPORT, RunFolder, last_val_error, read_json, read_run
+from epsresnet_tf.report.data import RunData
+from epsresnet_tf.report.registry import combined_figure, per_run_figure
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
-
-
-# --- reading a run ---------------------------------------------------------------------
-
-
-class RunData:
-    def __init__(self, run_dir):
-        self.run = read_run(run_dir)
-        self.root = self.run.root
-        self.folder = RunFolder(self.root)
-        self.name = self.root.resolve().name  # `report .` is named after the folder
-        history = self.folder.history_rows()
-        self.rows = history.rows
-        #: What `report` says about this run before its tables (one line each).
-        self.notes = []
-        if history.cut_short:
-            self.notes.append(
-                f"{self.folder.history}: the last line is cut short (a kill while it was "
-                f"written) and is left out; reporting its {len(self.rows)} whole epochs"
-            )
-        self.certificate = self.folder.read_certificate()
-        self.ablations = self.folder.read_ablations()
-
-    @property
-    def epsilon(self):
-        if self.rows and self.rows[-1].get("epsilon") is not None:
-            return float(self.rows[-1]["epsilon"])
-        return self.run.config.get("epsilon")
-
-    def block_ids(self):
-        if self.certificate:
-            return sort_block_ids(self.certificate["blocks"])
-        if self.rows and self.rows[-1].get("blocks"):
-            return sort_block_ids(self.rows[-1]["blocks"])
-        return []
-
-    def discarded(self, threshold=C.EMA_THRESHOLD):
-        """Blocks that went: the certificate's removals, else the last EMAs' (authors' rule)."""
-        if self.certificate:
-            return set(self.certificate["removed"])
-        if self.rows and self.rows[-1].get("blocks"):
-            return set(C.ema_removable(self.rows[-1]["blocks"], threshold))
-        return set()
-
-    def final_error(self):
-        return last_val_error(self.rows)
-
-
-# --- tables ----------------------------------------------------------------------------
-
-
-def _mb(n):
-    return f"{n / 2**20:.2f} MB"
-
-
-def summary_rows(runs):
-    """One dict per run: error and size of the full and reduced nets (paper Figs. 6–7), and
-    the run's comparison group (`comparison_groups`)."""
-    out = []
-    for r, group in zip(runs, comparison_groups(runs)):
-        c = r.certificate
-        err = r.final_error()
-        row = {
-            "run": r.name,
-            "dataset": r.run.dataset,
-            "arch": r.run.arch,
-            "group": group,
-            "epsilon": r.epsilon,
-            "error_full": err,
-            "error_reduced": None,
-        }
-        if c:
-            b, a = c["before"], c["after"]
-            eq = c["equivalence"]
-            if "error_full" in eq:  # measured on the whole test split by `compress`
-                row.update(
-                    error_full=eq["error_full"],
-                    error_reduced=eq["error_reduced"],
-                    error_source="test split (compress check)",
-                )
-            else:  # identical predictions: the reduced net's error is the full one's
-                row["error_reduced"] = err if eq["passed"] else None
-            row.update(
-                blocks_full=c["blocks_before"],
-                blocks_reduced=c["blocks_after"],
-                layers_full=b["layers"],
-                layers_reduced=a["layers"],
-                params_full=b["trainable_params"],
-                params_reduced=a["trainable_params"],
-                memory_full=b["param_bytes"],
-                memory_reduced=a["param_bytes"],
-                layer_compression=b["layers"] / a["layers"],
-                discarded_fraction=c["removed_count"] / max(c["blocks_before"], 1),
-                max_logit_diff=c["equivalence"]["max_abs_logit_diff"],
-            )
-        else:
-            n = len(r.block_ids())
-            row.update(
-                blocks_full=n,
-                blocks_reduced=n - len(r.discarded()),
-                discarded_fraction=len(r.discarded()) / n if n else None,
-            )
-        out.append(row)
-    return out
-
-
-def _pct(v):
-    """A fraction as a percentage with two decimals, or "n/a"."""
-    return "n/a" if v is None else f"{100 * v:.2f}%"
-
-
-def _get(row, key, fmt=str):
-    """row[key] formatted with `fmt`, or "n/a" when it is missing or None."""
-    v = row.get(key)
-    return "n/a" if v is None else fmt(v)
-
-
-def _thousands(v):
-    """An integer with thousands separators."""
-    return f"{v:,}"
-
-
-_MAIN_HEADERS = [
-    "run",
-    "arch",
-    "ε",
-    "error full",
-    "error reduced",
-    "blocks",
-    "layers",
-    "params",
-    "param memory (float32)",
-    "layer compression",
-]
-
-
-def _main_table(rows):
-    """The cells of the full-against-reduced table, one list per summary row."""
-    return [
-        [
-            r["run"],
-            r["arch"],
-            _get(r, "epsilon", lambda v: f"{v:g}"),
-            _pct(r["error_full"]),
-            _pct(r["error_reduced"]),
-            f"{_get(r, 'blocks_full')} → {_get(r, 'blocks_reduced')}",
-            f"{_get(r, 'layers_full')} → {_get(r, 'layers_reduced')}",
-            f"{_get(r, 'params_full', _thousands)} → {_get(r, 'params_reduced', _thousands)}",
-            f"{_get(r, 'memory_full', _mb)} → {_get(r, 'memory_reduced', _mb)}",
-            _get(r, "layer_compression", lambda v: f"{v:.2f}×"),
-        ]
-        for r in rows
-    ]
-
-
-def _per_group_section(runs):
-    """The markdown lines of the kept-blocks-per-group table ([] when no run has a
-    certificate)."""
-    per_group = []
-    for r in runs:
-        c = r.certificate
-        if c:
-            per_group.append(
-                [r.name]
-                + [
-                    f"{a}/{b}"
-                    for a, b in zip(c["blocks_per_group_after"], c["blocks_per_group_before"])
-                ]
-            )
-    if not per_group:
-        return []
-    width = max(len(p) for p in per_group) - 1
-    return [
-        "## Kept blocks per group (kept/total)",
-        "",
-        tabulate(
-            per_group, headers=["run"] + [f"group {g}" for g in range(width)], tablefmt="github"
-        ),
-        "",
-    ]
-
-
-def tables(runs):
-    """The report's markdown tables and the summary rows they show: (text, rows)."""
-    rows = summary_rows(runs)
-    text = [
-        "## Full against reduced (paper Figs. 6–7)",
-        "",
-        tabulate(_main_table(rows), headers=_MAIN_HEADERS, tablefmt="github"),
-        "",
-        "Error: top-1 on the test images of `compress`'s equivalence check where present, "
-        "else the last validation error in history.jsonl (the reduced net's is then the same "
-        "when the check passed, else n/a).",
-        "",
-    ]
-    text += _per_group_section(runs)
-    return "\n".join(text), rows
 
 
 # --- figures: one look, three formats --------------------------------------------------
@@ -272,6 +48,8 @@ PAPER_STYLE = {
 #: The formats of every figure and the metadata key each writer takes the caption under.
 FIGURE_FORMATS = {".png": "Description", ".pdf": "Subject", ".svg": "Description"}
 ERROR_COLOR = "tab:red"
+#: How report figures are written (the shared save): three formats, the rc style's dpi.
+PAPER_LOOK = Look(FIGURE_FORMATS)
 
 
 def paper_style():
@@ -303,12 +81,7 @@ def run_title(r: "RunData", what: str, lines: int = 2) -> str:
 def save_figure(fig: Any, path: Path, caption: str) -> str:
     """Write `fig` as PNG (`path`), PDF and SVG beside it, the caption (which names the run in
     full) in each file's metadata; close it and return the caption."""
-    title = fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else "") or path.stem
-    for suffix, key in FIGURE_FORMATS.items():
-        meta = {"Title": " ".join(title.split()), key: caption}
-        fig.savefig(path.with_suffix(suffix), metadata=meta)
-    pyplot().close(fig)
-    return caption
+    return save(fig, path, PAPER_LOOK, caption)
 
 
 def _integer_ticks(axis):
@@ -320,39 +93,6 @@ def _integer_ticks(axis):
 
 def _percent(v):
     return np.nan if v is None else 100 * float(v)
-
-
-# --- per-run figures -------------------------------------------------------------------
-
-
-#: Figures drawn for every run: (file stem, function, whether the run has its data). A new
-#: figure is one function with the decorator; `make_report` draws every registered one.
-PER_RUN_FIGURES = []
-#: Figures drawn once over several runs: (file stem, function(runs, summary rows, path)).
-COMBINED_FIGURES = []
-
-
-def per_run_figure(stem, when=lambda r: True):
-    """Register `fn(run_data, path)` as a figure of every run for which `when(run)` holds.
-    `fn` writes `path` (the PNG; `save_figure` adds the PDF and SVG) and returns its caption,
-    or False when it drew nothing."""
-
-    def register_figure(fn):
-        PER_RUN_FIGURES.append((stem, fn, when))
-        return fn
-
-    return register_figure
-
-
-def combined_figure(stem):
-    """Register `fn(runs, summary_rows, path)` as a figure drawn once when several runs are
-    reported together; it returns its caption (or False when it drew nothing)."""
-
-    def register_figure(fn):
-        COMBINED_FIGURES.append((stem, fn))
-        return fn
-
-    return register_figure
 
 
 def _epsilon_text(r):
@@ -692,32 +432,6 @@ def fig_removal_curves(r, path):
     return save_figure(fig, path, caption)
 
 
-# --- several runs: comparable groups and the ε figure ---------------------------------
-
-#: The config keys that make two runs' ε comparable besides dataset and architecture: the
-#: training schedule (runs of other schedules are not on one ε trend).
-SCHEDULE_KEYS = ("epochs", "steps_per_epoch", "lr_schedule", "adaptive_schedule")
-
-
-def comparison_groups(runs: list["RunData"]) -> list[str]:
-    """The group label of each run: runs share a group (one ε trend line) only with runs of
-    the same dataset, architecture and schedule (SCHEDULE_KEYS)."""
-    keys = [
-        (r.run.dataset, r.run.arch, json.dumps([r.run.config.get(k) for k in SCHEDULE_KEYS]))
-        for r in runs
-    ]
-    labels = {}
-    for key, r in zip(keys, runs):
-        if key not in labels:
-            epochs = r.run.config.get("epochs")
-            labels[key] = f"{key[0]}, {key[1]}" + (f", {epochs} epochs" if epochs else "")
-    taken = [labels[k] for k in dict.fromkeys(keys)]  # same words, other lr schedule
-    for n, key in enumerate(dict.fromkeys(keys), 1):
-        if taken.count(labels[key]) > 1:
-            labels[key] += f", schedule {n}"
-    return [labels[k] for k in keys]
-
-
 @combined_figure("epsilon_sweep")
 def fig_epsilon_sweep(runs, summary, path):
     """ε against blocks discarded and error, one line per comparison group (a group of one
@@ -755,145 +469,3 @@ def fig_epsilon_sweep(runs, summary, path):
         + "."
     )
     return save_figure(fig, path, caption)
-
-
-# --- the report folder -----------------------------------------------------------------
-
-#: The report's record of itself: the runs, the groups, the summary rows and the names of
-#: the files it wrote. Its presence says the folder is a report: running `report` again
-#: replaces exactly those files (the user's own files stay) without --force.
-MANIFEST = "report.json"
-#: What --force replaces in a folder without a manifest (a report of an older version, or
-#: any folder --out names): these names, other files stay.
-REPORT_FILES = ("tables.md", "figures.md", MANIFEST, "*.png", "*.pdf", "*.svg")
-
-
-def read_runs(paths: list) -> tuple[list["RunData"], list[str]]:
-    """The run folders among `paths` and one line for each path skipped (not a run folder:
-    no config.json, e.g. `runs/report` from `runs/*`); UserError when none is a run."""
-    if not paths:
-        raise UserError("give at least one run folder")
-    runs, skipped = [], []
-    for path in map(Path, paths):
-        if RunFolder.is_run_folder(path):
-            runs.append(RunData(path))
-        else:
-            skipped.append(f"skipped {path}: not a run folder (no {CONFIG})")
-    if not runs and len(paths) == 1:
-        RunFolder(paths[0]).read_config()  # its own one-line error
-    if not runs:
-        raise UserError(
-            f"none of the {len(paths)} paths is a run folder (one holds the {CONFIG} "
-            f"`epsresnet train` wrote), e.g. {paths[0]}"
-        )
-    return runs, skipped
-
-
-def default_out(runs: list["RunData"]) -> Path:
-    """One run: RUN/report; several: report/ in their common parent (runs/a, runs/b →
-    runs/report)."""
-    if len(runs) == 1:
-        return runs[0].folder.report
-    try:
-        common = os.path.commonpath([os.path.normpath(r.root.parent) for r in runs])
-    except ValueError:  # absolute and relative paths mixed
-        common = os.path.commonpath([r.root.resolve().parent for r in runs])
-    return Path(common or ".") / REPORT
-
-
-def replaced_names(out: Path, force: bool) -> tuple[str, ...]:
-    """Glob patterns of the entries of an existing `out` that a new report replaces: the
-    files its manifest lists (a report folder: refreshed without --force), else with
-    --force REPORT_FILES; UserError for a non-empty folder that is not a report."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return REPORT_FILES
-    manifest = out / MANIFEST
-    if manifest.is_file():
-        fix = f"delete {manifest} and run `epsresnet report` again with --force"
-        files = read_json(manifest, fix).get("files", [])
-        return (MANIFEST, *(glob.escape(name) for name in files))
-    if force:
-        return REPORT_FILES
-    raise UserError(
-        f"{out} is not empty and holds no {MANIFEST} (not a report of this version); pass "
-        "--force to replace its tables and figures (other files stay) or --out another folder"
-    )
-
-
-def make_report(run_dirs, out=None, force=False):
-    """tables.md, figures.md, the figures (PNG, PDF, SVG) and report.json into `out`
-    (default_out); returns {"tables", "files", "rows", "groups", "skipped", "notes", "out"}."""
-    runs, skipped = read_runs(run_dirs)
-    out = Path(out) if out is not None else default_out(runs)
-    owned = replaced_names(out, force)
-    # Drawn into a folder beside `out` and swapped in at the end: a failure half-way through
-    # the figures leaves the previous report whole (files that are not ours stay).
-    with staged_outputs(out, owned=owned) as stage:
-        written, text, rows = _write_report(runs, stage)
-    groups = {}
-    for row in rows:
-        groups.setdefault(row["group"], []).append(row["run"])
-    return {
-        "tables": text,
-        "files": [str(out / name) for name in written],
-        "rows": rows,
-        "groups": groups,
-        "skipped": skipped,
-        "notes": [note for r in runs for note in r.notes],
-        "out": str(out),
-    }
-
-
-def file_prefixes(runs: list["RunData"]) -> list[str]:
-    """The prefix of each run's figure files: none for one run, else its name (with its
-    parent's when two runs share a name)."""
-    if len(runs) == 1:
-        return [""]
-    names = [r.name for r in runs]
-    return [
-        f"{r.root.resolve().parent.name}-{r.name}-" if names.count(r.name) > 1 else f"{r.name}-"
-        for r in runs
-    ]
-
-
-def _draw_figures(runs, rows, out):
-    """Every registered figure into `out`: [(PNG name, caption)]."""
-    drawn = []
-    with paper_style():
-        for r, prefix in zip(runs, file_prefixes(runs)):
-            for stem, draw, when in PER_RUN_FIGURES:
-                path = out / f"{prefix}{stem}.png"
-                caption = draw(r, path) if when(r) else False
-                if caption is not False:
-                    drawn.append((path.name, caption or ""))
-        for stem, draw in COMBINED_FIGURES if len(runs) > 1 else ():
-            path = out / f"{stem}.png"
-            caption = draw(runs, rows, path)
-            if caption is not False:
-                drawn.append((path.name, caption or ""))
-    return drawn
-
-
-def _figures_md(drawn, out):
-    """figures.md: each figure with its caption (which names its run in full)."""
-    lines = ["# Figures", ""]
-    for name, caption in drawn:
-        stem = Path(name).stem
-        files = [f"{stem}{s}" for s in FIGURE_FORMATS if (out / f"{stem}{s}").is_file()]
-        formats = ", ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in files)
-        lines += [f"## {stem}", "", f"![{stem}]({name})", "", caption, "", formats, ""]
-    return "\n".join(lines)
-
-
-def _write_report(runs, out):
-    """The report into `out`: (names written, tables text, summary rows)."""
-    text, rows = tables(runs)
-    (out / "tables.md").write_text(text + "\n")
-    drawn = _draw_figures(runs, rows, out)
-    (out / "figures.md").write_text(_figures_md(drawn, out))
-    written = ["tables.md", "figures.md"] + sorted(
-        p.name for p in out.iterdir() if p.suffix in FIGURE_FORMATS
-    )
-    manifest = {"runs": [str(r.root) for r in runs], "files": written, "summary": rows}
-    (out / MANIFEST).write_text(jsonsafe.dumps(manifest, indent=2) + "\n")
-    return [MANIFEST] + written, text, rows
