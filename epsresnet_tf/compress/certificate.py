@@ -9,6 +9,7 @@ from epsresnet_tf import gates as G
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block, to_float
 from epsresnet_tf.naming import layer_prefix, parse_block_id, sort_block_ids
+from epsresnet_tf.transform import gated_units
 
 if TYPE_CHECKING:
     import keras
@@ -102,6 +103,13 @@ def closed_unit(model: "keras.Model", bid: str) -> tuple[bool, str]:
     g, b = parse_block_id(bid)
     p = layer_prefix(g, b)
     unit = {l.name[len(p) :]: l for l in model.layers if l.name.startswith(p)}
+    if len(unit) == 1:  # only its gate: a graph gated by transform.gate_model
+        gated = gated_units(model)[bid]
+        shortcut = _inputs(gated.merge)[gated.shortcut]
+        return True, (
+            f"closed: the unit ({gated.merge.name}) is then its shortcut "
+            f"({_producer(shortcut).name}), which the graph keeps"
+        )
     scale = unit.get("shortcut_scale")
     if scale is not None and (float(scale.scale), float(scale.offset)) != (1.0, 0.0):
         # λx cannot fold exactly into the next unit: its BatchNorm and shortcut both see it

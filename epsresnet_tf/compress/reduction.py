@@ -19,6 +19,7 @@ from epsresnet_tf.naming import (
     split_layer_name,
     split_transition_name,
 )
+from epsresnet_tf.transform import gated_units, remove_units, unit_layout
 
 if TYPE_CHECKING:
     import keras
@@ -109,8 +110,12 @@ def reduce(
     whose first unit went, gate decision). `build_options`: the keyword arguments the
     trained net was built with (classes, input_shape, gate, ε, share, order, …); the side
     head is never part of the reduced net."""
+    from epsresnet_tf.models.registry import rebuilds  # the builders import Keras
+
     if gates not in GATE_POLICIES:
         raise UserError(f"gates must be one of {', '.join(GATE_POLICIES)}, not {gates!r}")
+    if not rebuilds(arch):
+        return reduce_graph(model, removable, gates, certificate)
     layout = block_layout(model)
     removed = _blocks_in(layout, removable)
     mapping, counts, first_removed = _renumbering(layout, removed)
@@ -152,6 +157,42 @@ def reduce(
         "reduced_gates": kind,
         "gate_decision": why,
         "folded_k": sort_block_ids(folds),
+    }
+    return reduced, info
+
+
+def reduce_graph(
+    model: "keras.Model",
+    removable: list[str],
+    gates: str = "auto",
+    certificate: "Certificate | None" = None,
+) -> tuple["keras.Model", dict]:
+    """`reduce` for a net compression does not rebuild (a Keras application, a user's own
+    model gated by `transform.gate_model`): the discarded units taken out of its graph,
+    each replaced by its shortcut; the kept units keep their ids and every layer its name."""
+    units = gated_units(model)
+    unknown = [b for b in removable if b not in units]
+    if unknown:
+        raise UserError(f"blocks not in the model: {', '.join(unknown)}")
+    gone = set(removable)
+    kept = [b for b in units if b not in gone]
+    kind, folds, why = _decide_gates(model, kept, gates, certificate)
+    reduced = remove_units(model, sorted(gone), drop_gates=kind == "none", folds=folds)
+    before, after = unit_layout(model), {}
+    for b in kept:
+        g, _ = parse_block_id(b)
+        after[g] = after.get(g, 0) + 1
+    groups = range(max(before) + 1 if before else 0)
+    info = {
+        "removed": sort_block_ids(gone),
+        "renumbered": {b: b for b in kept},
+        "blocks_per_group_before": [before.get(g, 0) for g in groups],
+        "blocks_per_group_after": [after.get(g, 0) for g in groups],
+        "first_removed": [],
+        "reduced_gates": kind,
+        "gate_decision": why,
+        "folded_k": sort_block_ids(folds),
+        "units": {b: units[b].merge.name for b in units},
     }
     return reduced, info
 

@@ -5,7 +5,9 @@ Keras is imported inside the functions: `register` runs for every `epsresnet` co
 
 import numpy as np
 
+from epsresnet_tf.errors import UserError
 from epsresnet_tf.naming import block_of_layer_name
+from epsresnet_tf.units import locate_units
 
 
 def _size(weights):
@@ -65,8 +67,15 @@ def count_conv_layers(model):
 
 def count_blocks(model):
     """Residual units (or plain gated layers) — every layer named `group{g}_block{b}_…`
-    belongs to one."""
-    return len({block_of_layer_name(layer.name) for layer in model.layers} - {None})
+    belongs to one; in a net without those names (a Keras application, a user's own
+    model), the units its graph's locators find (units.py)."""
+    named = len({block_of_layer_name(layer.name) for layer in model.layers} - {None})
+    if named:
+        return named
+    try:
+        return len(locate_units(model))
+    except UserError:  # no residual unit in it
+        return 0
 
 
 def _without_batchnorm(weights, model) -> list:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from epsresnet_tf.blocks import NetConfig
 from epsresnet_tf.errors import UserError
-from epsresnet_tf.models import cifar, imagenet, mnist, wide
+from epsresnet_tf.models import cifar, imagenet, keras_apps, mnist, wide
 
 if TYPE_CHECKING:
     import keras
@@ -27,6 +27,9 @@ class Family:
     classes: int
     share_first: bool  # ShaResNet: basic nets share every block, others all but the first
     weight_decay: float
+    # False: compression removes units from the trained graph (transform.remove_units)
+    # instead of rebuilding the family with fewer units (Keras applications' nets).
+    rebuilds: bool = True
 
 
 FAMILIES = {
@@ -94,7 +97,24 @@ FAMILIES = {
         False,
         0.0,
     ),
+    "keras-resnet-v2": Family(
+        r"keras:ResNet(\d+)V2",
+        "keras:ResNet50V2, keras:ResNet101V2 or keras:ResNet152V2 (Keras applications)",
+        lambda d: d in keras_apps.RESNET_V2,
+        lambda a, cfg, shape, **layout: keras_apps.resnet_v2(a[0], cfg, shape, **layout),
+        (224, 224, 3),
+        1000,
+        False,
+        1e-4,
+        rebuilds=False,
+    ),
 }
+
+
+def rebuilds(name: str) -> bool:
+    """Whether compression rebuilds `name`'s family with fewer units (this project's nets)
+    or removes them from the trained graph (None: a net of no family, e.g. a user's own)."""
+    return name is not None and resolve(name)[1].rebuilds
 
 
 def authors_block_count(name):
