@@ -229,10 +229,10 @@ def remove_units(
     return reduced
 
 
-def unit_layout(model) -> dict[int, int]:
-    """{group: number of gated units} of a gated net."""
+def group_counts(block_ids) -> dict[int, int]:
+    """{group: number of the given units in it}."""
     out = {}
-    for bid in gate_by_block(model):
+    for bid in block_ids:
         g, _ = parse_block_id(bid)
         out[g] = out.get(g, 0) + 1
     return out

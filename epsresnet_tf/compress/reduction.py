@@ -19,7 +19,7 @@ from epsresnet_tf.naming import (
     split_layer_name,
     split_transition_name,
 )
-from epsresnet_tf.transform import gated_units, remove_units, unit_layout
+from epsresnet_tf.transform import gated_units, group_counts, remove_units
 
 if TYPE_CHECKING:
     import keras
@@ -178,10 +178,7 @@ def reduce_graph(
     kept = [b for b in units if b not in gone]
     kind, folds, why = _decide_gates(model, kept, gates, certificate)
     reduced = remove_units(model, sorted(gone), drop_gates=kind == "none", folds=folds)
-    before, after = unit_layout(model), {}
-    for b in kept:
-        g, _ = parse_block_id(b)
-        after[g] = after.get(g, 0) + 1
+    before, after = group_counts(units), group_counts(kept)
     groups = range(max(before) + 1 if before else 0)
     info = {
         "removed": sort_block_ids(gone),
