@@ -107,8 +107,8 @@ def closed_unit(model: "keras.Model", bid: str) -> tuple[bool, str]:
         gated = gated_units(model)[bid]
         shortcut = _inputs(gated.merge)[gated.shortcut]
         return True, (
-            f"closed: the unit ({gated.merge.name}) is then its shortcut "
-            f"({_producer(shortcut).name}), which the graph keeps"
+            f"closed: the unit is then its shortcut ({_producer(shortcut).name} into "
+            f"{gated.merge.name}), which the graph keeps"
         )
     scale = unit.get("shortcut_scale")
     if scale is not None and (float(scale.scale), float(scale.offset)) != (1.0, 0.0):
