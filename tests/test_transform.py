@@ -111,6 +111,7 @@ def digits_user_net():
     return keras.Model(inp, keras.layers.Dense(10, name="logits")(x), name="user_resnet")
 
 
+@pytest.mark.slow  # two epochs of training: keeps `make test` under 15 minutes; CI runs it
 def test_a_users_own_residual_net_gated_trained_two_epochs_and_compressed_is_identical(tmp_path):
     keras.utils.set_random_seed(0)
     net = digits_user_net()
