@@ -63,7 +63,7 @@ bench-data: install
 # recipe's towers where they fit N (R-101 4 × 64: 1, 2, 4; R-152 6 × 42: 1, 2, 3, 6),
 # else the script's N × 256 // N (`make imagenet-152 GPUS=8`: 8 × 32), said in one line.
 # CPU_DEVICES=N runs the same towers on N logical CPU devices (a check, not for speed).
-.PHONY: cifar10-eps cifar100-eps svhn-eps imagenet-101 imagenet-152 tensorboard demo train-list
+.PHONY: cifar10-eps cifar100-eps svhn-eps imagenet-101 imagenet-152 keras-resnet50v2 tensorboard demo train-list
 
 DEPTH   ?=
 EPS     ?=
@@ -85,6 +85,15 @@ imagenet-101: install
 
 imagenet-152: install
 	$(BIN)/epsresnet train imagenet-eps-152-e1.8 $(TRAIN_FLAGS)
+
+# docs/keras-models.md's worked case: keras.applications' ResNet50V2, gated, on the CIFAR-10
+# subset (about 40 minutes on 2 CPU cores; again: resumes, then redoes compress and report).
+KERAS_DATA ?= ../shared/data/cifar10-subset
+KERAS_RUN = $(OUT)/keras-resnet50v2-cifar10-eps
+keras-resnet50v2: install
+	$(BIN)/epsresnet train keras-resnet50v2-cifar10-eps --data-dir $(KERAS_DATA) --out $(OUT) --quiet
+	$(BIN)/epsresnet compress $(KERAS_RUN) --force
+	$(BIN)/epsresnet report $(KERAS_RUN) --force
 
 train-list: install
 	@$(BIN)/epsresnet train --list

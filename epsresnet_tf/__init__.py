@@ -4,4 +4,7 @@ Data flows one way: recipe -> data pipeline -> model -> training loop -> run fol
 -> compression -> report; each stage is a module of its own.
 """
 
+from epsresnet_tf.transform import gate_model  # the API for your own Keras net (light: no TF)
+
+__all__ = ["gate_model"]
 __version__ = "0.1.0"

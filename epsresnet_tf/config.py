@@ -38,6 +38,7 @@ from typing import Any, Iterable, Mapping
 
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import all_settings, gate_choices, gate_kinds, get_gate
+from epsresnet_tf.pretrained import file_format
 from epsresnet_tf.runconfig import GateSection, section_defaults
 from epsresnet_tf.train.schedules import PiecewiseSchedule
 
@@ -91,6 +92,7 @@ NULLABLE = {
     "val_steps": int,
     "adaptive_schedule": list,
     "init_from": str,
+    "weights": str,
 }
 
 #: Names people try for a key (Keras's, timm's) and the key they mean: for error hints.
@@ -336,6 +338,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if cfg["adaptive_schedule"]:
         PiecewiseSchedule(cfg["adaptive_schedule"])
     _check_retention(cfg)
+    if cfg.get("weights"):
+        file_format(cfg["weights"])
+        if cfg.get("init_from"):
+            raise UserError(
+                "init_from and weights both given: a run starts from one source of weights; "
+                "drop --init-from or --init-from-keras"
+            )
     every = cfg.get("summary_every_steps", 0)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise UserError(f"summary_every_steps must be an integer >= 0 (0: off), got {every!r}")

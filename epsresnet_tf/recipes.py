@@ -142,6 +142,7 @@ UNNAMED_KEYS = FUTURE_ONLY | {
     "xla",
     "deterministic",
     "init_from",  # named as `_from-<run>`
+    "weights",  # named as `_from-<file>`
 }
 #: Overrides named first, in this order (the names runs had before --set); others follow
 #: sorted.
@@ -180,7 +181,8 @@ def run_name(
 ) -> str:
     """The run name: the recipe's, its depth replaced by the trained one, plus `_<key><value>`
     for each override that changes the recipe's value (UNNAMED_KEYS aside), `_lr<lr>` for
-    another base learning rate and `_from-<run>` for --init-from."""
+    another base learning rate and `_from-<run>` for --init-from (`_from-<file>` for
+    --init-from-keras)."""
     name = _with_depth(recipe["name"], recipe.get("depth"), depth)
     changed = {
         k: v
@@ -191,8 +193,9 @@ def run_name(
         name += f"_{key}{_name_value(changed[key])}"
     if lr is not None and lr != recipe_lr:
         name += f"_lr{lr}"
-    if overrides.get("init_from"):
-        name += f"_from-{Path(overrides['init_from']).name}"
+    for key in ("init_from", "weights"):
+        if overrides.get(key):
+            name += f"_from-{Path(overrides[key]).name}"
     return name
 
 

@@ -91,6 +91,7 @@ class RunSection:
     keep_checkpoints_at: list = dataclasses.field(default_factory=list)  # compress --epoch
     keep_checkpoints_every: int = 0  # also keep every N-th epoch's checkpoint (0: none)
     init_from: str | None = None  # a run folder whose net weights start this run
+    weights: str | None = None  # or a Keras file's (--init-from-keras: epsresnet_tf.pretrained)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,6 +81,9 @@ def test_a_unit_forced_below_epsilon_is_removed_and_the_reduced_net_loads_with_k
     assert doc["after"]["params"] < doc["before"]["params"]
     assert (doc["before"]["blocks"], doc["after"]["blocks"]) == (16, 16 - len(removed))
     assert doc["blocks"]["group2/block5"]["reason"].endswith("which the graph keeps")
+    written = json.loads((tmp_path / "reduced" / "certificate.json").read_text())["units"]
+    assert written == {u.block: u.add for u in locate_units(resnet_v2("ResNet50V2"))}
+    assert written["group1/block1"] == "conv3_block2_out"
     np.save(tmp_path / "x.npy", x)
     expected = keras.models.load_model(tmp_path / "reduced" / "reduced.keras")(x).numpy()
     code = (
@@ -190,3 +193,105 @@ def test_keras_resnet_v2_is_a_registry_family_trained_nets_compress_by_graph():
         build_model("keras:ResNet50V2", input_shape=(32, 32, 3), side_head=True)
     with pytest.raises(UserError, match="keras:ResNet50V2, keras:ResNet101V2"):
         build_model("keras:ResNet18V2")
+
+
+@pytest.mark.slow  # ResNet50V2, one epoch on 5,085 images, then compressed: ~3 minutes
+def test_the_readmes_python_example_gates_fits_and_compresses(shared_data, tmp_path, monkeypatch):
+    """README.md's "Your own Keras net" block, run as written (the data folder is the
+    shared subset's): its compressed net predicts as the gated one."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own Keras net", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "gate_model(net" in code and "compress_model(" in code
+    code = code.replace(
+        '"../shared/data/cifar10-subset"', repr(str(shared_data / "cifar10-subset"))
+    )
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102  (the README's own code)
+    doc = scope["doc"]
+    assert doc["equivalence"]["passed"] and doc["equivalence"]["max_abs_logit_diff"] <= 1e-5
+    assert len(doc["blocks"]) == 16  # one certified gate per unit of ResNet50V2
+    reduced = keras.models.load_model(tmp_path / "reduced" / "reduced.keras")
+    x = scope["x_test"][:32]
+    np.testing.assert_allclose(
+        reduced.predict(x, verbose=0), scope["gated"].predict(x, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.slow  # ResNet50V2 trained twice (bf16) and compressed: ~3 minutes
+def test_a_keras_arch_trains_from_a_keras_file_resumes_and_compresses_by_its_run_folder(
+    shared_data, tmp_path, capsys
+):
+    from test_pretrained import save_legacy_h5
+
+    from epsresnet_tf import cli
+    from epsresnet_tf.runfolder import RunFolder, read_history
+
+    imagenet_like = keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3))
+    save_legacy_h5(imagenet_like, tmp_path / "r50.h5")  # keras.applications' format, 1000 classes
+    recipe = tmp_path / "k50.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "k50",
+                "dataset": "cifar10",
+                "arch": "keras:ResNet50V2",
+                "epsilon": 2.5,
+                "side_head": False,
+                "lr_schedule": [[0, 0.01]],
+                "adaptive_schedule": [[0, 0.01]],
+            }
+        )
+    )
+    data = str(shared_data / "cifar10-subset")
+    train = [
+        "train", str(recipe), "--data-dir", data, "--out", str(tmp_path / "runs"),
+        "--init-from-keras", str(tmp_path / "r50.h5"), "--precision", "bf16",
+        "--batch-size", "8", "--steps-per-epoch", "2", "--val-steps", "1", "--quiet",
+    ]  # fmt: skip
+    assert cli.main([*train, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "layers from" in out and "not in it with this shape: predictions" in out
+    run = tmp_path / "runs" / "k50_from-r50.h5"
+    assert cli.main([*train, "--epochs", "2"]) == 0  # resumes: the file is not read again
+    assert "layers from" not in capsys.readouterr().out
+    rows = read_history(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert len(rows[-1]["blocks"]) == 16 and "group3/block2" in rows[-1]["blocks"]
+    assert list((run / "tb").rglob("events.out.tfevents.*"))
+    # one unit forced closed in the trained net: compress removes it from Keras's graph
+    net = keras.models.load_model(RunFolder(run).model, compile=False)
+    conv = net.get_layer("conv3_block2_3_conv")
+    conv.set_weights([w * 0 for w in conv.get_weights()])
+    net.save(RunFolder(run).model)
+    assert cli.main(["compress", str(run), "--max-batches", "2"]) == 0
+    cert = json.loads((run / "reduced" / "certificate.json").read_text())
+    assert "group1/block1" in cert["removed"]
+    assert cert["units"]["group1/block1"] == "conv3_block2_out"
+    assert cert["equivalence"]["passed"] and cert["equivalence"]["max_abs_logit_diff"] <= 1e-5
+    reduced = keras.models.load_model(run / "reduced" / "reduced.keras")
+    assert "conv3_block2_3_conv" not in {layer.name for layer in reduced.layers}
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_open_gates_are_dropped_in_float32_and_kept_in_bfloat16(tmp_path, policy):
+    """In bfloat16 the same net as a tf.function and eagerly differs by ~1e-2: a gate's
+    removal changes how TensorFlow fuses the conv with its Add, so compress keeps it."""
+    from epsresnet_tf.config import keras_precision
+
+    with keras_precision(policy):
+        keras.utils.set_random_seed(0)
+        gated = gate_model(digits_user_net(), "eps", epsilon=0.0)  # every gate open
+    x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    data = CompressData({"train": [x[:8], x[8:]]}, [(x, np.zeros(16, np.int32))], batch_size=8)
+    doc = compress_model(gated, None, {}, data, tmp_path / "reduced")
+    assert doc["removed"] == []
+    assert doc["equivalence"]["max_abs_logit_diff"] <= 1e-5
+    if policy == "float32":
+        assert doc["reduced_gates"] == "none"
+    else:
+        assert doc["reduced_gates"] == "eps" and "bfloat16" in doc["gate_decision"]

@@ -70,6 +70,14 @@ OVERRIDE_OPTIONS = [
         "not its optimizer or epoch)",
     ),
     option(
+        "--init-from-keras",
+        dest="weights",
+        metavar="FILE",
+        help="start from the weights of a Keras file (.keras, .weights.h5, or a legacy .h5 "
+        "such as keras.applications' ImageNet weights), matched by layer name; a classifier "
+        "of another shape starts fresh (docs/keras-models.md)",
+    ),
+    option(
         "--print-config",
         action="store_true",
         help="print the resolved config (config.json) as JSON and exit",
@@ -174,7 +182,10 @@ NAMED_KEYS = (
     "xla",
     "deterministic",
     "init_from",
+    "weights",
 )
+#: Named flags whose name is not their key's.
+FLAG_NAMES = {"weights": "--init-from-keras"}
 
 
 def overrides_of(args):
@@ -186,13 +197,14 @@ def overrides_of(args):
     settings = dict(parse_setting(text) for text in args.set or ())
     for key, value in settings.items():
         if named.get(key) is not None and named[key] != value:
-            flag = "--" + key.replace("_", "-")
+            flag = FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
             raise UserError(
                 f"{key} given twice: {flag} {getattr(args, key)} and --set {key}={value}; give one"
             )
     overrides = {**named, **settings}
-    if isinstance(overrides["init_from"], str):  # the config names the run wherever it runs
-        overrides["init_from"] = str(Path(overrides["init_from"]).resolve())
+    for key in ("init_from", "weights"):  # the config names the source wherever it runs
+        if isinstance(overrides[key], str):
+            overrides[key] = str(Path(overrides[key]).resolve())
     return overrides
 
 

@@ -59,6 +59,8 @@ def certificate_doc(arch, cert, reductions, ema_threshold, sizes):
         "blocks_after": after["blocks"],
         **{key: info[key] for key in _INFO_KEYS},
         "first_removed_groups": info["first_removed"],
+        # a net compressed by graph rewrite: {block id: the unit's Add layer} (units.py)
+        **({"units": info["units"]} if "units" in info else {}),
         "before": before,
         "after": after,
         "compression": {

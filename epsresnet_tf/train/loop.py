@@ -33,6 +33,7 @@ from epsresnet_tf.config import (
     validate_config,
 )
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.pretrained import keras_file_weights
 from epsresnet_tf.runconfig import RunConfig
 from epsresnet_tf.runfolder import RunFolder, read_init_weights
 from epsresnet_tf.train import multiworker, stopping
@@ -262,7 +263,8 @@ class _TrainingRun:
         self.console = None  # the ProgressCallback, whose lines wait for their checkpoint
         self.reader = None  # the checkpoint's variables, read in one graph call
         fresh = restart or not self.folder.config.exists()
-        self.init_weights = self._init_weights() if fresh and self.run.run.init_from else None
+        self.init_note = None  # where the starting weights came from, for the console
+        self.init_weights = self._init_weights() if fresh and self._init_source() else None
         self._open_folder(restart)  # last: whatever failed above has written nothing
 
     def _open_folder(self, restart):
@@ -292,20 +294,39 @@ class _TrainingRun:
         m = self.model
         return list(m.net.variables) + list(m.optimizer.variables) + m.monitor_variables
 
+    def _init_source(self):
+        """The run folder (--init-from) or Keras file (--init-from-keras) a new run starts
+        from; None: fresh weights."""
+        return self.run.run.init_from or self.run.run.weights
+
     def _init_weights(self):
-        """--init-from: the net weights of the run it names (runfolder.read_init_weights)."""
-        shapes = [tuple(v.shape) for v in self.model.net.variables]
-        return read_init_weights(self.run.run.init_from, self.cfg, shapes)
+        """The net weights a new run starts from: the newest checkpoint of --init-from's
+        run (runfolder.read_init_weights), or --init-from-keras's file (pretrained.py)."""
+        if self.run.run.init_from:
+            shapes = [tuple(v.shape) for v in self.model.net.variables]
+            self.init_note = f"the weights of {self.run.run.init_from}"
+            return read_init_weights(self.run.run.init_from, self.cfg, shapes)
+        from epsresnet_tf.train.model import build_plain_net
+
+        shape = self.train_src.image_shape
+        classes = self.train_src.num_classes
+        weights, note = keras_file_weights(
+            self.run.run.weights,
+            self.model.net,
+            lambda: build_plain_net(self.run, classes, shape),
+        )
+        self.init_note = note
+        return weights
 
     def restore(self):
         """Resume from the newest checkpoint; the history file is rewritten from it (rows
         of a killed epoch go). Without one, a run with init_from starts from those weights."""
         loaded = self.ckpt_source.load_latest() if self.resume else None
-        if loaded is None and self.run.run.init_from:
+        if loaded is None and self._init_source():
             weights = self.init_weights or self._init_weights()
             for v, a in zip(self.model.net.variables, weights):
                 v.assign(a)
-            print(f"{self.run_root}: starting from the weights of {self.run.run.init_from}")
+            print(f"{self.run_root}: starting from {self.init_note}")
         if loaded is not None:
             arrays, saved = loaded
             vs = self.variables()

@@ -6,14 +6,16 @@ Imported by the training loop and the benchmarks when they train, so importing t
 (e.g. for `epsresnet --help`) does not load TensorFlow.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 from keras import ops
 
-from epsresnet_tf.gates import kind_of, read_hyper
+from epsresnet_tf.gates import get_gate, kind_of, read_hyper
 from epsresnet_tf.layers import gate_layers, moving_average
 from epsresnet_tf.models import build_model
-from epsresnet_tf.runconfig import RunConfig
+from epsresnet_tf.runconfig import GateSection, RunConfig
 from epsresnet_tf.train.monitor import discarded_now
 from epsresnet_tf.train.optimizers import make_optimizer
 
@@ -195,6 +197,14 @@ def build_net(cfg, num_classes: int, image_shape: tuple) -> keras.Model:
     run = RunConfig.of(cfg)
     options = run.net_options(training=True)
     return build_model(run.net.arch, classes=num_classes, input_shape=tuple(image_shape), **options)
+
+
+def build_plain_net(cfg, num_classes: int, image_shape: tuple) -> keras.Model:
+    """The run's network without gates (kind "none"), layer names as `build_net`'s: the
+    net a weights-only Keras file of this architecture loads into (pretrained.py)."""
+    run = RunConfig.of(cfg)
+    plain = dataclasses.replace(run, gate=GateSection(get_gate("none"), run.gate.settings))
+    return build_net(plain, num_classes, image_shape)
 
 
 def build_training_model(
