@@ -121,6 +121,7 @@ def test_the_flag_records_an_absolute_path_names_the_run_and_excludes_init_from(
         tiny(weights="r50.ckpt")
 
 
+@pytest.mark.slow  # trains twice (~10 s): keeps `make test` under 15 minutes; CI runs it
 def test_a_training_run_starts_from_the_file_and_its_resume_from_its_own_checkpoint(tmp_path):
     from epsresnet_tf.train.loop import run_training
 

@@ -18,7 +18,7 @@ from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.gates.eps import gate_responses
 from epsresnet_tf.models import build_model
 from epsresnet_tf.transform import gate_model
-from epsresnet_tf.units import locate_units
+from epsresnet_tf.units import inputs_of, locate_units, producer
 
 
 def keras_unit_adds(model):
@@ -189,8 +189,8 @@ def test_keras_resnet_v2_is_a_registry_family_trained_nets_compress_by_graph():
     assert len(gate_by_block(net)) == 16
     assert net.get_layer("conv2_block1_1_conv").kernel_regularizer is not None  # weight decay
     assert net.outputs[0].dtype == "float32"
-    with pytest.raises(UserError, match="side_head=True is an option of this project's nets"):
-        build_model("keras:ResNet50V2", input_shape=(32, 32, 3), side_head=True)
+    with pytest.raises(UserError, match="share=True is an option of this project's nets"):
+        build_model("keras:ResNet50V2", input_shape=(32, 32, 3), share=True)
     with pytest.raises(UserError, match="keras:ResNet50V2, keras:ResNet101V2"):
         build_model("keras:ResNet18V2")
 
@@ -241,7 +241,7 @@ def test_a_keras_arch_trains_from_a_keras_file_resumes_and_compresses_by_its_run
                 "dataset": "cifar10",
                 "arch": "keras:ResNet50V2",
                 "epsilon": 2.5,
-                "side_head": False,
+                "side_head": True,  # this project's side head, after conv4_block1_out
                 "lr_schedule": [[0, 0.01]],
                 "adaptive_schedule": [[0, 0.01]],
             }
@@ -255,7 +255,9 @@ def test_a_keras_arch_trains_from_a_keras_file_resumes_and_compresses_by_its_run
     ]  # fmt: skip
     assert cli.main([*train, "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "layers from" in out and "not in it with this shape: predictions" in out
+    fresh = out.split("not in it with this shape: ")[1].split(")")[0].split(", ")
+    assert "102 layers from" in out  # all of ResNet50V2's but its 1000-class classifier
+    assert sorted(fresh) == ["predictions", "side_head_bn", "side_head_fc"]
     run = tmp_path / "runs" / "k50_from-r50.h5"
     assert cli.main([*train, "--epochs", "2"]) == 0  # resumes: the file is not read again
     assert "layers from" not in capsys.readouterr().out
@@ -295,3 +297,29 @@ def test_open_gates_are_dropped_in_float32_and_kept_in_bfloat16(tmp_path, policy
         assert doc["reduced_gates"] == "none"
     else:
         assert doc["reduced_gates"] == "eps" and "bfloat16" in doc["gate_decision"]
+
+
+@pytest.mark.slow  # ResNet50V2 built and compressed with its side head: ~45 s, for CI
+def test_a_keras_net_takes_the_side_head_where_the_imagenet_script_puts_it_and_loses_it_reduced(
+    tmp_path,
+):
+    net = build_model(
+        "keras:ResNet50V2",
+        input_shape=(32, 32, 3),
+        classes=10,
+        side_head=True,
+        gate="eps",
+        epsilon=1e-3,
+    )
+    assert sorted(net.output) == ["logits", "side_logits"]
+    side_input = producer(inputs_of(net.get_layer("side_head_bn"))[0])
+    assert side_input.name == "conv4_block1_out"  # group2/block0: ⌊16/2⌋ − 1 = unit 7
+    conv = net.get_layer("conv3_block2_3_conv")
+    conv.set_weights([w * 0 for w in conv.get_weights()])
+    x = images(16)
+    data = CompressData({"train": [x[:8], x[8:]]}, [(x, np.zeros(16, np.int32))], batch_size=8)
+    doc = compress_model(net, "keras:ResNet50V2", {}, data, tmp_path / "reduced")
+    assert "group1/block1" in doc["removed"] and doc["equivalence"]["passed"]
+    reduced = keras.models.load_model(tmp_path / "reduced" / "reduced.keras")
+    assert not [layer for layer in reduced.layers if layer.name.startswith("side_head")]
+    assert reduced.output.shape[-1] == 10

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from epsresnet_tf import gates as G
+from epsresnet_tf.compress.check import logits_of
 from epsresnet_tf.config import keras_precision
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
@@ -181,7 +182,12 @@ def reduce_graph(
 ) -> tuple["keras.Model", dict]:
     """`reduce` for a net compression does not rebuild (a Keras application, a user's own
     model gated by `transform.gate_model`): the discarded units taken out of its graph,
-    each replaced by its shortcut; the kept units keep their ids and every layer its name."""
+    each replaced by its shortcut; the kept units keep their ids and every layer its name.
+    A side head (training only, as in the rebuilt nets) is not part of the reduced net."""
+    import keras
+
+    if isinstance(model.output, dict):  # {"logits", "side_logits"}: blocks.finish_model's
+        model = keras.Model(model.inputs, logits_of(model.output), name=model.name)
     units = gated_units(model)
     unknown = [b for b in removable if b not in units]
     if unknown:
