@@ -189,6 +189,41 @@ def gated_units(model) -> dict[str, GatedUnit]:
     return out
 
 
+def _ancestors(layer) -> set:
+    """Names of `layer` and every layer it reads from, back to the inputs."""
+    seen, todo = set(), [layer]
+    while todo:
+        current = todo.pop()
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        todo.extend(producer(t) for t in inputs_of(current))
+    return seen
+
+
+def branch_layers(model) -> dict[str, list]:
+    """{block id: the layers of its branch F} of a gated net, read from the graph: what
+    the gate reads from that the shortcut does not (so a ResNetV2 projection unit's
+    shared pre-activation belongs to its shortcut). For nets whose layers are not named
+    by block (Keras applications, a user's model), e.g. the per-block kernel histograms."""
+    out = {}
+    for bid, unit in gated_units(model).items():
+        shortcut = producer(inputs_of(unit.merge)[unit.shortcut])
+        outside = _ancestors(shortcut)
+        todo = [producer(inputs_of(unit.gate)[0])]  # F (a merging gate takes [F, x])
+        found, seen = [], set()
+        while todo:
+            layer = todo.pop()
+            if layer.name in seen or layer.name in outside:
+                continue
+            seen.add(layer.name)
+            found.append(layer)
+            todo.extend(producer(t) for t in inputs_of(layer))
+        order = {layer.name: i for i, layer in enumerate(model.layers)}
+        out[bid] = sorted(found, key=lambda layer: order[layer.name])
+    return out
+
+
 def remove_units(
     model: "keras.Model",
     removed: list[str],

@@ -188,6 +188,20 @@ def test_keras_resnet_v2_is_a_registry_family_trained_nets_compress_by_graph():
     )
     assert len(gate_by_block(net)) == 16
     assert net.get_layer("conv2_block1_1_conv").kernel_regularizer is not None  # weight decay
+    # blocks read from the graph (the per-block histograms, the report's kernels): a
+    # projection unit's pre-activation feeds its shortcut too, so it is not its branch's
+    from epsresnet_tf.train.monitor import block_kernels
+    from epsresnet_tf.transform import branch_layers
+
+    branches = branch_layers(net)
+    assert [layer.name for layer in branches["group1/block0"]][0] == "conv3_block1_1_conv"
+    assert [layer.name for layer in branches["group1/block1"]][:2] == [
+        "conv3_block2_preact_bn",
+        "conv3_block2_preact_relu",
+    ]
+    kernels = block_kernels(net)
+    assert len(kernels) == 16
+    assert [n for n, _ in kernels["group3/block2"]] == [f"conv5_block3_{i}_conv" for i in (1, 2, 3)]
     assert net.outputs[0].dtype == "float32"
     with pytest.raises(UserError, match="share=True is an option of this project's nets"):
         build_model("keras:ResNet50V2", input_shape=(32, 32, 3), share=True)

@@ -14,6 +14,7 @@ from epsresnet_tf.outputs import load_net
 from epsresnet_tf.plotting import pyplot
 from epsresnet_tf.report.data import RunData
 from epsresnet_tf.report.registry import combined_figure, per_run_figure
+from epsresnet_tf.transform import branch_layers
 
 PERCENTILES = (0, 10, 25, 50, 75, 90, 100)
 
@@ -311,6 +312,10 @@ def _final_kernels(ax, r, bid):
         for layer in model.layers
         if layer.name.startswith(layer_prefix(g, b) + "conv")
         for w in layer.weights
+    ] or [  # a net not named by block (a Keras application): its branch, from the graph
+        layer.kernel.numpy().ravel()
+        for layer in branch_layers(model).get(bid, [])
+        if hasattr(layer, "kernel")
     ]
     ax.bar([f"{q}" for q in PERCENTILES], np.percentile(np.concatenate(kernels), PERCENTILES))
     ax.set_xlabel("percentile (%)")

@@ -12,6 +12,7 @@ import tensorflow as tf
 from epsresnet_tf.gates import kind_of
 from epsresnet_tf.layers import gate_layers
 from epsresnet_tf.naming import block_of_layer_name, split_layer_name
+from epsresnet_tf.transform import branch_layers
 
 
 def discarded_now(layer):
@@ -59,7 +60,8 @@ class VariableReader:
 
 def block_kernels(net):
     """{block id: [(short name, variable)]} of the conv/dense kernels inside each block,
-    for the per-block histograms (the weight collapse of paper Fig. 5)."""
+    for the per-block histograms (the weight collapse of paper Fig. 5). A net whose layers
+    are not named by block (a Keras application) has its blocks read from the graph."""
     out = {}
     for v in net.trainable_variables:
         path = getattr(v, "path", v.name)
@@ -69,4 +71,9 @@ def block_kernels(net):
         if parts:
             bid = block_of_layer_name(path)
             out.setdefault(bid, []).append((parts[2].replace("/", "_"), v))
-    return out
+    if out or not gate_layers(net):
+        return out
+    return {
+        bid: [(layer.name, layer.kernel) for layer in layers if hasattr(layer, "kernel")]
+        for bid, layers in branch_layers(net).items()
+    }
