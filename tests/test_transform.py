@@ -65,6 +65,7 @@ def test_the_transform_finds_every_resnet_v2_unit_and_changes_nothing_at_epsilon
     np.testing.assert_array_equal(net(x, training=False), gated(x, training=False))
 
 
+@pytest.mark.slow  # ResNet50V2 compressed, then loaded in a second Python (~35 s): for CI
 def test_a_unit_forced_below_epsilon_is_removed_and_the_reduced_net_loads_with_keras_alone(
     tmp_path,
 ):
