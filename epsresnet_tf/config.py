@@ -127,6 +127,7 @@ SAVED_FALLBACKS: Config = {
     "mean": "train",
     "seed": 0,
     "precision": "float32",
+    "weights": None,  # added with --init-from-keras: older runs started from no Keras file
 }
 
 #: Compute precisions and their Keras dtype policies. Under the mixed policies the
