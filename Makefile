@@ -143,15 +143,16 @@ bench-inference: install
 	$(BIN)/python benchmarks/bench_inference.py
 
 # --- benchmarks (issues 6, 15) ---
-# `make bench` (about 15-20 minutes on 2 cores; it waits for an idle CPU first) rewrites
+# `make bench` (about 45 minutes on 2 cores; it waits for an idle CPU first) rewrites
 # BENCHMARKS.md: ours against PyTorch at float32 and bf16 (cifar-basic-110, batch 128,
 # interleaved rounds in one driver: benchmarks/bench_peer.py), the ε-gate's overhead, the
+# backward skip per closed fraction and over a whole demo run (bench_skip_run.py), the
 # per-epoch overhead of the run's callbacks, the data pipeline against the bf16 model's
 # consumption, and inference full vs reduced. The step timed is the one `epsresnet train`
 # runs (benchmarks/trainstep.py). The peer is PyTorch in its own venv (bench-peer), never in
 # the package's dependencies. One configuration per process:
 # `make bench-one ARCH=cifar-basic-110 BENCH_ARGS="--gate eps --precision bf16"`.
-.PHONY: bench bench-one bench-peer bench-train bench-epoch bench-levers bench-bf16 bench-gpu
+.PHONY: bench bench-one bench-peer bench-train bench-epoch bench-levers bench-bf16 bench-gpu bench-skip
 ARCH    ?= cifar-basic-110
 BENCH_ARGS ?=
 PEER_VENV ?= benchmarks/.venv-peer
@@ -198,8 +199,13 @@ bench-levers: install
 bench-bf16: install
 	$(BIN)/python benchmarks/bench_bf16.py
 
+# the whole-run figure of the backward skip: `make demo`'s training, skip on vs off
+bench-skip: install
+	$(BIN)/python benchmarks/bench_skip_run.py --quiet-wait $(BENCH_WAIT)
+
 bench: install bench-peer
 	$(BIN)/python benchmarks/bench_peer.py --peer-python $(PEER_PY) --quiet-wait $(BENCH_WAIT) $(PEER_ARGS)
+	$(BIN)/python benchmarks/bench_skip_run.py --quiet-wait $(BENCH_WAIT)
 	$(BIN)/python benchmarks/bench_epoch.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_inference.py

@@ -47,6 +47,20 @@ OURS = {
     "ours-f32-eps-quiet": dict(gate="eps", monitor=False, precision="float32"),
     "ours-bf16-20": dict(gate="eps", precision="bf16", arch="cifar-basic-20"),
 }
+#: The backward skip's rows (BENCHMARKS.md "## Backward skip"): cifar10-eps-110 with a
+#: fraction of its 54 blocks closed for good (trainstep.close_blocks: a fixed pattern over
+#: the groups), the skip on (the default) and off; 0% on is "ours-*-eps" above.
+SKIP_FRACTIONS = (0.25, 0.5, 0.8)
+for _tag, _precision in (("f32", "float32"), ("bf16", "bf16")):
+    OURS[f"ours-{_tag}-eps-noskip"] = dict(
+        gate="eps", precision=_precision, config={"backward_skip": False}
+    )
+    for _f in SKIP_FRACTIONS:
+        _pct = round(100 * _f)
+        OURS[f"ours-{_tag}-eps-c{_pct}"] = dict(gate="eps", precision=_precision, closed=_f)
+        OURS[f"ours-{_tag}-eps-c{_pct}-noskip"] = dict(
+            gate="eps", precision=_precision, closed=_f, config={"backward_skip": False}
+        )
 #: The peer's variants (bench_torch_reference.Variant settings).
 PEER = {
     "torch-f32": dict(channels_last=True, precision="float32"),
@@ -63,6 +77,9 @@ def plan(args):
     for label, spec in OURS.items():
         if args.smoke and label.endswith("-20"):
             continue
+        skip_row = "-noskip" in label or "-eps-c" in label
+        if skip_row and (args.no_skip_rows or (args.smoke and "f32-eps-c50" not in label)):
+            continue  # a smoke run keeps one pair: f32 at 50% closed, skip on and off
         ours[label] = {"arch": arch, "batch": batch, "warmup": args.warmup, **spec}
     peer = {}
     if not args.no_peer:
@@ -318,6 +335,65 @@ monitors ≤ 2% of the step time.
     return "\n".join(out)
 
 
+def skip_body(results):
+    """BENCHMARKS.md "## Backward skip": step img/s per closed fraction, the skip on and
+    off, their ratio and the ratio to the peer's best (which computes every block)."""
+    v = results["variants"]
+    out = [
+        f"""
+From the same interleaved rounds ({results["rounds"]} rounds, `make bench`,
+{results["date"]}; {load_note(results)}): cifar10-eps-110's training step with a fraction
+of its blocks closed for good (ε = 10⁹ on them: `benchmarks/trainstep.py` `close_blocks`,
+a fixed pattern over the three groups), with the backward skip on (the default,
+`train/skip.py`) and off (`--set backward_skip=false`). Both compute the same numbers
+(tests/test_backward_skip.py). One block, the unit after the side head, never skips
+(its input has three consumers, docs/PROFILE.md "Backward skip"). The peer computes every
+block. Ratios are within each round, median (min–max). Targets: skip on / off ≥ 1.4× at
+50% and ≥ 2.0× at 80%; overhead at 0% ≤ 2%.
+
+| precision | closed | skip on img/s | skip off img/s | on / off | on / PyTorch's best | target |
+|---|---|---|---|---|---|---|"""
+    ]
+    targets = {
+        0: ("≤ 2% overhead", None),
+        25: ("—", None),
+        50: ("≥ 1.4×", 1.4),
+        80: ("≥ 2.0×", 2.0),
+    }
+    for precision, tag in (("float32", "f32"), ("bf16", "bf16")):
+        best = peer_best(results, precision)
+        for pct in (0, *(round(100 * f) for f in SKIP_FRACTIONS)):
+            on = f"ours-{tag}-eps" + (f"-c{pct}" if pct else "")
+            off = on + "-noskip"
+            if on not in v or off not in v:
+                continue
+            a, b = v[on]["img_s_runs"], v[off]["img_s_runs"]
+            gain = per_round(a, b, lambda x, y: x / y)
+            closed = v[on]["setup"].get("closed", 0)
+            blocks = v[on]["setup"].get("blocks", 0)
+            peer = (
+                fmt_spread(per_round(a, v[best]["img_s_runs"], lambda x, y: x / y), "×")
+                + f" ({best})"
+                if best
+                else "not run"
+            )
+            text, want = targets.get(pct, ("—", None))
+            if pct == 0:
+                cost = per_round(a, b, lambda x, y: 100 * (y / x - 1))
+                met = "met" if round(statistics.median(cost), 2) <= 2.0 else "**not met**"
+                verdict = f"overhead {fmt_spread(cost, '%', 1, True)}: {met}"
+            elif want is None:
+                verdict = text
+            else:
+                ok = round(statistics.median(gain), 3) >= want
+                verdict = f"{text}: {'met' if ok else '**not met**'}"
+            out.append(
+                f"| {precision} | {pct}% ({closed} of {blocks}) | {fmt_spread(a, digits=1)} | "
+                f"{fmt_spread(b, digits=1)} | {fmt_spread(gain, '×')} | {peer} | {verdict} |"
+            )
+    return "\n".join(out)
+
+
 def pipeline_consumption(results):
     """(label, img/s) of the fastest of our models: what the data pipeline must feed."""
     ours = {k: r for k, r in results["variants"].items() if r["who"] == "ours"}
@@ -328,6 +404,8 @@ def pipeline_consumption(results):
 def write(results):
     benchmd.write_section("## Training: ours vs PyTorch", training_body(results))
     benchmd.write_section("## ε-gate overhead", gate_body(results))
+    if any("-noskip" in label for label in results["variants"]):
+        benchmd.write_section("## Backward skip", skip_body(results))
 
 
 def main(argv=None):
@@ -339,6 +417,9 @@ def main(argv=None):
     ap.add_argument("--quiet-wait", type=float, default=300)
     ap.add_argument("--no-peer", action="store_true", help="ours only (no PyTorch)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
+    ap.add_argument(
+        "--no-skip-rows", action="store_true", help="leave out the backward skip's rows"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny nets, one round: a test")
     ap.add_argument("--write", action="store_true", help="with --smoke: write anyway")
     ap.add_argument("--no-write", action="store_true")
@@ -354,7 +435,10 @@ def main(argv=None):
         benchmd.save_results("peer-smoke" if args.smoke else "peer", results)
     if not args.no_write and (args.write or not args.smoke):
         write(results)
-        print("wrote '## Training: ours vs PyTorch' and '## ε-gate overhead' of BENCHMARKS.md")
+        print(
+            "wrote '## Training: ours vs PyTorch', '## ε-gate overhead' and "
+            "'## Backward skip' of BENCHMARKS.md"
+        )
     return 0
 
 

@@ -332,6 +332,24 @@ def build_training_step(
     return model
 
 
+def close_blocks(net, fraction):
+    """Close `fraction` of the net's ε-gates for good (ε = 1e9: T = 0 on any data), in a
+    fixed pattern spread over the groups: block i of N closes where floor((i+1)·f) moves
+    past floor(i·f). The closed block ids, in network order."""
+    from epsresnet_tf.gates.registry import gate_by_block
+
+    gates = list(gate_by_block(net).items())
+    closed = [
+        block
+        for i, (block, _) in enumerate(gates)
+        if int((i + 1) * fraction + 1e-9) != int(i * fraction + 1e-9)
+    ]
+    for block, layer in gates:
+        if block in closed:
+            layer.epsilon.assign(1e9)
+    return closed
+
+
 def num_classes_of(net):
     """Classes of a network's logits (the main head's where there is a side head)."""
     out = net.output
@@ -519,6 +537,7 @@ def build_variant(
         fused_bn=fused_bn,
         steps_per_execution=opts["steps_per_execution"],
     )
+    closed = close_blocks(model.net, v["closed"]) if v.get("closed") else []
     timer = StepTimer(model, global_batch_size(cfg, 1), loop=opts["loop"])
     fit_extra = opts["steps_per_execution"] if opts["loop"] == "fit" else 0
     _checked(timer.run, max(warmup, 1) + fit_extra)
@@ -527,6 +546,7 @@ def build_variant(
         cfg=cfg,
         stats=model_stats(model.net),
         opts=opts,
+        closed=closed,
         build_s=time.perf_counter() - start,
     )
 
@@ -629,6 +649,9 @@ def worker_handlers():
             "precision": cfg["precision"],
             "monitor": bool(variant.get("monitor", True)) if cfg["gate"] == "eps" else None,
             "compute_dtypes": sorted(b["timer"].compute_dtypes),
+            "closed": len(b["closed"]),
+            "blocks": len(b["timer"].model.gates),
+            "backward_skip": bool(cfg["backward_skip"]),
         }
 
     def timed(name, steps):

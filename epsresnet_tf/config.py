@@ -68,7 +68,8 @@ DEFAULTS: Config = {
 #: `epochs` (how many in all; never fewer than trained), `val_steps` (validation after the
 #: further epochs), `histogram_every` (TensorBoard histograms), `keep_checkpoints_*` (which
 #: further checkpoints outlive the two newest), `data_workers` (processes decoding the
-#: batches: the batches do not depend on them, data/pipeline.py). Any other key changes what
+#: batches: the batches do not depend on them, data/pipeline.py), `backward_skip` (the
+#: same numbers, train/skip.py). Any other key changes what
 #: the trained epochs computed (the net, data, ε, seed, batch, schedules …): a resume with
 #: another value is refused. docs/CONFIG.md lists them.
 FUTURE_ONLY = frozenset(
@@ -80,6 +81,7 @@ FUTURE_ONLY = frozenset(
         "keep_checkpoints_at",
         "keep_checkpoints_every",
         "data_workers",
+        "backward_skip",
     }
 )
 
@@ -128,6 +130,7 @@ SAVED_FALLBACKS: Config = {
     "seed": 0,
     "precision": "float32",
     "weights": None,  # added with --init-from-keras: older runs started from no Keras file
+    "backward_skip": True,  # added with the backward skip, which changes no number
 }
 
 #: Compute precisions and their Keras dtype policies. Under the mixed policies the

@@ -161,7 +161,7 @@ class EpsilonGate(GateLayer):
         one = ops.cast(1.0, "float32")
         return ops.relu(one - self.sharpness * ops.relu(one - self.sharpness * s))
 
-    def call(self, residual, training=None):
+    def call(self, residual, training=None, return_gate=False):
         # max |F| in the residual's own dtype, then the (per-image or per-group) maxima cast
         # to float32: the max of bfloat16 values is one of them, and bfloat16 → float32 is
         # exact, so T is what float32 gives from the same F. Casting the whole F first was
@@ -172,6 +172,13 @@ class EpsilonGate(GateLayer):
             gate = ops.stop_gradient(gate)
         if training:
             self._update_monitors(residual, peak, gate)
+        out = self._scaled(residual, gate)
+        # `return_gate`: the backward skip (train/skip.py) reads this step's T with S(F).
+        # Returned, not kept on the layer: replicas trace the same layer in parallel.
+        return (out, gate) if return_gate else out
+
+    def _scaled(self, residual, gate):
+        """S(F) = T F, for T of any scope."""
         if self.grouped:  # each image takes its group's T
             n = ops.shape(residual)[0]
             per_image = ops.repeat(gate, self.group_size)[:n]

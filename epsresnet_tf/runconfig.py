@@ -92,6 +92,9 @@ class RunSection:
     keep_checkpoints_every: int = 0  # also keep every N-th epoch's checkpoint (0: none)
     init_from: str | None = None  # a run folder whose net weights start this run
     weights: str | None = None  # or a Keras file's (--init-from-keras: epsresnet_tf.pretrained)
+    # a block discarded in a step costs no backward pass (train/skip.py; exact, so a
+    # resume may change it)
+    backward_skip: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

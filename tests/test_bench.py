@@ -457,7 +457,18 @@ def test_driver_smoke_times_ours_in_a_worker_round():
         "ours-f32-eps",
         "ours-bf16-eps",
         "ours-f32-eps-quiet",
+        "ours-f32-eps-c50",  # the backward skip's pair: half the blocks closed, on and off
+        "ours-f32-eps-c50-noskip",
     }
+    pair = (
+        res["variants"]["ours-f32-eps-c50"]["setup"],
+        res["variants"]["ours-f32-eps-c50-noskip"]["setup"],
+    )
+    assert [(s["closed"], s["blocks"], s["backward_skip"]) for s in pair] == [
+        (1, 3, True),
+        (1, 3, False),
+    ]
+    assert "| float32 | 50% (1 of 3) |" in bench_peer.skip_body(res)
     for v in res["variants"].values():
         assert v["who"] == "ours" and len(v["img_s_runs"]) == 1 and v["img_s"] > 0
         assert v["setup"]["arch"] == "cifar-basic-8" and v["setup"]["batch"] == 8
@@ -552,3 +563,18 @@ def test_bf16_accuracy_section_is_written_from_the_runs_final_rows(tmp_path, mon
     finals.update({("bf16", 0): 0.34, ("float32", 1): 0.30})
     assert bench_bf16.main(["--bench-md", str(md), "--seeds", "0,1"]) == 0
     assert "standard errors of the test error: 2.87 points: **outside the noise**" in md.read_text()
+
+
+@pytest.mark.slow  # two short demo trainings in fresh processes: ~40 s on 2 cores
+def test_whole_run_driver_compares_two_bit_identical_runs():
+    """`bench_skip_run.py --smoke`: `epsresnet train demo` (2 epochs of ResNet-8) with the
+    skip on and off; the driver itself checks that both end with the same checkpoint."""
+    import bench_skip_run
+    import benchmd
+
+    assert bench_skip_run.main(["--smoke", "--no-write"]) == 0
+    res = benchmd.load_results("skip-run-smoke")
+    on, off = res["runs"]["on"], res["runs"]["off"]
+    assert len(on) == len(off) == 1 and on[0]["epochs"] == off[0]["epochs"] == 2
+    assert on[0]["epochs_s"] > 0 and on[0]["discarded_count"] == off[0]["discarded_count"]
+    assert "| wall time of the command, s |" in bench_skip_run.body(res)

@@ -350,6 +350,9 @@ class _TrainingRun:
         replicas = self.strategy.num_replicas_in_sync
         if self.is_chief() and verbose and (replicas > 1 or towers(self.cfg, replicas)[0] > 1):
             print(towers_line(self.cfg, replicas, self.steps, self.train_src), flush=True)
+        note = self.model.backward_skip_note()
+        if self.is_chief() and verbose and note:
+            print(note, flush=True)
 
     def save(self, epoch):
         """Copy the variables and the loop's state now; write them on the writer thread."""

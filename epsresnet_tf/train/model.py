@@ -18,16 +18,22 @@ from epsresnet_tf.models import build_model
 from epsresnet_tf.runconfig import GateSection, RunConfig
 from epsresnet_tf.train.monitor import discarded_now
 from epsresnet_tf.train.optimizers import make_optimizer
+from epsresnet_tf.train.skip import EXEMPT_BY_GATE, BranchSkip
 
 
 class TrainingModel(keras.Model):
     """Wraps the network; owns the loss (docs/semantics.md §6) and the metrics. Not saved itself:
     the run folder keeps `net` (model.keras) and the variables (checkpoints)."""
 
-    def __init__(self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False):
+    def __init__(
+        self, net, side_weight=0.1, wd_every=0, wd_factor=0.2, top5=False, backward_skip=True
+    ):
         super().__init__()
         self.net = net
         self.gates = gate_layers(net)
+        # The backward of a block discarded in a step is skipped (train/skip.py): exact.
+        self.skip = BranchSkip(net) if backward_skip and self.gates else None
+        self.backward_skip = bool(backward_skip)
         #: {hyper-parameter: its console label} of the net's gate kinds (ε): what history
         #: rows, the console and TensorBoard show besides the generic columns.
         self.hyper_labels = {
@@ -139,8 +145,34 @@ class TrainingModel(keras.Model):
         k = ops.floor(ops.cast(self.optimizer.iterations, "float32") / float(self.wd_every))
         return ops.power(ops.cast(self.wd_factor, "float32"), k)
 
+    def backward_skip_note(self) -> str | None:
+        """One line where discarded blocks of a gated net still cost a backward pass: the
+        skip is off, no block can skip, or a gate's kind or setting rules it out (the
+        console says so at the start of a run). None otherwise, also where only blocks
+        whose skip could change a rounding keep their backward (the unit after a side
+        head: docs/PROFILE.md "Backward skip")."""
+        if not self.gates:
+            return None
+        if self.skip is None:
+            return (
+                "backward skip: off (backward_skip=false): discarded blocks still cost a "
+                "backward pass"
+            )
+        exempt = self.skip.exempt
+        ruled_out = [b for b, why in exempt.items() if why in EXEMPT_BY_GATE]
+        if not exempt or (self.skip.branches and not ruled_out):
+            return None
+        reasons = sorted(set(exempt.values()))
+        return (
+            f"backward skip: off for {len(exempt)} of {len(self.gates)} blocks "
+            f"({'; '.join(reasons)}): they cost a backward pass when discarded"
+        )
+
     def _forward(self, x, y, training):
-        out = self.net(x, training=training)
+        if training and self.skip is not None:
+            out = self.skip(x, training=True)
+        else:
+            out = self.net(x, training=training)
         side = None
         if isinstance(out, dict):
             logits, side = out["logits"], out["side_logits"]
@@ -234,6 +266,7 @@ def build_training_model(
             run.net.wd_decay_every,
             run.net.wd_decay_factor,
             run.run.top5,
+            run.run.backward_skip,
         )
         model.compile(
             optimizer=make_optimizer(run.schedule),
