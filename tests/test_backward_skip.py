@@ -172,6 +172,23 @@ def test_the_run_says_where_the_skip_is_off():
     assert note.startswith("backward skip: off for 6 of 6 blocks") and "ShaResNet" in note
     off = TrainingModel(_net(), backward_skip=False)
     assert off.skip is None and "backward_skip=false" in off.backward_skip_note()
+
+
+def test_xla_runs_keep_the_backward_and_say_why():
+    """XLA fuses the step differently around the skip's conditional (a 20-step demo run
+    differed from the same run without it), so --xla turns it off, in one line."""
+    from epsresnet_tf.runconfig import RunConfig
+    from epsresnet_tf.train.model import TrainingModel, skip_setting
+
+    _, cfg = recipes.resolve("demo")
+    assert skip_setting(RunConfig.of(resolve_config(cfg))) is True
+    why = skip_setting(RunConfig.of(resolve_config(dict(cfg, xla=True))))
+    assert why.startswith("--xla")
+    assert skip_setting(RunConfig.of(resolve_config(dict(cfg, backward_skip=False)))) == (
+        "backward_skip=false"
+    )
+    model = TrainingModel(_net(), backward_skip=why)
+    assert model.skip is None and model.backward_skip_note().startswith("backward skip: off (--xla")
     assert TrainingModel(_net(gate="none")).backward_skip_note() is None
 
 
@@ -223,7 +240,9 @@ def test_a_cifar_subset_run_trains_bit_identically(tmp_path, shared_data):
         "steps_per_epoch": 40,
         "batch_size": 32,
         "val_steps": 2,
-        "epsilon": 1.0,  # low for the paper, high for 80 steps: blocks go within the run
+        # max |F| is 6-20 here in the first 80 steps: at ε = 10 two or three of the 9
+        # blocks go, and some come back (the skip switches on and off within the run)
+        "epsilon": 10.0,
         "lr_schedule": [[0, 0.1]],
         "histogram_every": 0,
     }
@@ -233,7 +252,7 @@ def test_a_cifar_subset_run_trains_bit_identically(tmp_path, shared_data):
         results[skip] = run_training(
             cfg, tmp_path / str(skip), shared_data / "cifar10-subset", verbose=0
         )
-    assert results[True]["history"][-1]["discarded_count"] > 0.5
+    assert results[True]["history"][-1]["discarded_count"] > 1
     _same_runs(tmp_path / "True", tmp_path / "False")
 
 

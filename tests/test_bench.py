@@ -522,6 +522,7 @@ def test_epoch_overhead_times_the_runs_own_callbacks(capsys):
     assert "| checkpoint |" in text
 
 
+@pytest.mark.slow  # the GPU driver's whole smoke on CPU: ~27 s, over make test's budget
 def test_gpu_command_smoke_runs_on_cpu_and_refuses_without_gpu(capsys):
     import bench_gpu
     import benchmd

@@ -185,7 +185,12 @@ def next_run(out, p):
     return run
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGTERM (a scheduler's) with make test; SIGINT (Ctrl-C, the same handler) with the slow
+# checks: each case trains and resumes a run, ~25 s
+@pytest.mark.parametrize(
+    "sig, code",
+    [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+)
 def test_signal_stops_in_one_line_and_the_same_command_resumes(tmp_path, sig, code):
     args = (*TRAIN, "--out", str(tmp_path), "--quiet")
     p = epsresnet(*args)

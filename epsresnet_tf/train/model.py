@@ -32,8 +32,11 @@ class TrainingModel(keras.Model):
         self.net = net
         self.gates = gate_layers(net)
         # The backward of a block discarded in a step is skipped (train/skip.py): exact.
-        self.skip = BranchSkip(net) if backward_skip and self.gates else None
-        self.backward_skip = bool(backward_skip)
+        # `backward_skip`: True, or False, or the reason it is off (a string).
+        self.skip = BranchSkip(net) if backward_skip is True and self.gates else None
+        self.skip_off_reason = (
+            backward_skip if isinstance(backward_skip, str) else "backward_skip=false"
+        )
         #: {hyper-parameter: its console label} of the net's gate kinds (ε): what history
         #: rows, the console and TensorBoard show besides the generic columns.
         self.hyper_labels = {
@@ -155,8 +158,8 @@ class TrainingModel(keras.Model):
             return None
         if self.skip is None:
             return (
-                "backward skip: off (backward_skip=false): discarded blocks still cost a "
-                "backward pass"
+                f"backward skip: off ({self.skip_off_reason}): discarded blocks still cost "
+                "a backward pass"
             )
         exempt = self.skip.exempt
         ruled_out = [b for b, why in exempt.items() if why in EXEMPT_BY_GATE]
@@ -239,6 +242,17 @@ def build_plain_net(cfg, num_classes: int, image_shape: tuple) -> keras.Model:
     return build_net(plain, num_classes, image_shape)
 
 
+def skip_setting(run: RunConfig):
+    """The run's backward skip: True, or why it is off. Under XLA the compiler fuses the
+    step differently around the skip's conditional, so the skip would change roundings
+    (measured: another run from the same seed); it stays off there."""
+    if not run.run.backward_skip:
+        return "backward_skip=false"
+    if run.run.xla:
+        return "--xla: XLA would round the step differently with it"
+    return True
+
+
 def build_training_model(
     cfg,
     num_classes: int,
@@ -266,7 +280,7 @@ def build_training_model(
             run.net.wd_decay_every,
             run.net.wd_decay_factor,
             run.run.top5,
-            run.run.backward_skip,
+            skip_setting(run),
         )
         model.compile(
             optimizer=make_optimizer(run.schedule),
