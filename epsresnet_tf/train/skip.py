@@ -41,11 +41,6 @@ class SkippableBranch:
     entries: list
 
 
-def _node_of(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation._inbound_nodes[node_index]
-
-
 NOT_EPSILON = "not an ε-gate (its gradient when discarded is not known to be zero)"
 GATE_GRADIENT = "gate_gradient=True: T is differentiated, so a closed block's gradient is not 0"
 #: The reasons that come from the gate itself (its kind, its setting), not from the graph.
@@ -153,6 +148,17 @@ def _inexact(nodes, entries, consumers) -> str | None:
     return None
 
 
+def _run_node(node, values, training, **extra):
+    """Call one node's layer on the tensors computed so far (`values`: {id(Keras tensor):
+    tensor}) as Keras's Functional does; its outputs go into `values`. Returns them."""
+    args, kwargs = node.arguments.fill_in(values)
+    outs = operation_fn(node.operation, training=training)(*args, **extra, **kwargs)
+    if not extra:
+        for ref, value in zip(node.outputs, tree.flatten(outs)):
+            values[id(ref)] = value
+    return outs
+
+
 class BranchSkip:
     """Runs `net` in training with the backward of each closed block skipped (module doc).
     Built once per net; `__call__(x)` returns what `net(x, training=True)` returns."""
@@ -173,15 +179,9 @@ class BranchSkip:
                 branch = self._gate_nodes.get(id(node))
                 if branch is not None:
                     entries = [values[id(t)] for t in branch.entries]
-                    out = self._run_branch(branch, entries, training)
-                    values[id(node.outputs[0])] = out
-                    continue
-                if id(node) in self._inside:
-                    continue  # runs with its gate
-                args, kwargs = node.arguments.fill_in(values)
-                outs = operation_fn(node.operation, training=training)(*args, **kwargs)
-                for ref, value in zip(node.outputs, tree.flatten(outs)):
-                    values[id(ref)] = value
+                    values[id(node.outputs[0])] = self._run_branch(branch, entries, training)
+                elif id(node) not in self._inside:  # a branch's node runs with its gate
+                    _run_node(node, values, training)
         return tree.pack_sequence_as(net._outputs_struct, [values[id(t)] for t in net.outputs])
 
     def _run_branch(self, branch, entries, training):
@@ -191,13 +191,8 @@ class BranchSkip:
                 tape.watch(inputs)
                 values = {id(ref): v for ref, v in zip(branch.entries, inputs)}
                 for node in branch.nodes[:-1]:
-                    args, kwargs = node.arguments.fill_in(values)
-                    outs = operation_fn(node.operation, training=training)(*args, **kwargs)
-                    for ref, value in zip(node.outputs, tree.flatten(outs)):
-                        values[id(ref)] = value
-                args, kwargs = branch.gate_node.arguments.fill_in(values)
-                call = operation_fn(branch.gate, training=training)
-                out, gate = call(*args, return_gate=True, **kwargs)
+                    _run_node(node, values, training)
+                out, gate = _run_node(branch.gate_node, values, training, return_gate=True)
             closed = tf.equal(tf.reduce_max(gate), 0.0)
 
             def grad(upstream, variables=None):
@@ -213,7 +208,7 @@ class BranchSkip:
                     return [tf.zeros(tf.shape(s), s.dtype) for s in sources]
 
                 got = tf.cond(closed, skipped, backward)
-                var_grads = [None] * len(variables)
+                var_grads = [None] * len(variables)  # the untrained (ε) get none
                 for i, g in zip(trained, got[len(inputs) :]):
                     var_grads[i] = g
                 return got[: len(inputs)], var_grads
