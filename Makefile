@@ -101,11 +101,14 @@ train-list: install
 # The dashboard opens at smoothing 0 (TensorBoard's default 0.6 would draw a 0/1 gate as
 # a slow decay); docs/DASHBOARD.md says what each page shows.
 TB_PORT ?= 6006
+# localhost only: the dashboard shows every run under OUT. TB_HOST=0.0.0.0 (or a host
+# name) opens it to the network, as TensorBoard's --bind_all did here before.
+TB_HOST ?= localhost
 tensorboard: install
 	@echo "the dashboard:      http://localhost:$(TB_PORT)/#custom_scalars&_smoothingWeight=0"
 	@echo "all scalars:        http://localhost:$(TB_PORT)/#scalars&_smoothingWeight=0"
 	@echo "time series:        http://localhost:$(TB_PORT)/?smoothing=0#timeseries"
-	$(BIN)/tensorboard --logdir $(OUT) --port $(TB_PORT) --bind_all
+	$(BIN)/tensorboard --logdir $(OUT) --port $(TB_PORT) --host $(TB_HOST)
 
 # The whole loop in one command, nothing to download (scikit-learn ships the 8x8 digits):
 # train epsilon-ResNet-20 until blocks are discarded, certify and compress it (identical

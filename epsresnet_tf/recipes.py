@@ -12,6 +12,7 @@ extend the run).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.resources
 import json
@@ -82,8 +83,12 @@ def load(
                 f"recipe {_chain[-1][0]}: unknown base {str(name_or_path)!r} "
                 f"(no {EXPERIMENTS / f'{name_or_path}.json'})"
             )
-        close = [n for n in available() if str(name_or_path).split("-")[0] in n][:5]
-        hint = f" (e.g. {', '.join(close)})" if close else ""
+        names = available()
+        # the nearest names by edit distance (`dmeo` → demo), as --set keys get theirs;
+        # else the recipes of the same family (`cifar10-…`)
+        close = difflib.get_close_matches(str(name_or_path), names, 3, 0.6)
+        close = close or [n for n in names if str(name_or_path).split("-")[0] in n][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(
             f"unknown recipe {name_or_path!r}{hint}; `epsresnet train --list` shows all"
         )

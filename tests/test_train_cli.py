@@ -48,6 +48,9 @@ def test_list(capsys):
     "argv, message",
     [
         (["no-such-recipe"], "unknown recipe"),
+        # a typo gets the nearest names by edit distance, as --set keys do
+        (["dmeo"], "unknown recipe 'dmeo' (did you mean demo?)"),
+        (["cifar10-eps-11"], "(did you mean cifar10-eps-110"),
         (["cifar10-eps-110", "--depth", "111"], "invalid depth"),
         (["cifar10-eps-110", "--epsilon", "-1"], "--epsilon must be >= 0"),
         (["cifar10-eps-110", "--epochs", "ten"], "--epochs expects an integer"),
@@ -100,3 +103,24 @@ def test_init_from_is_recorded_as_an_absolute_path_and_names_the_run(tmp_path, m
         assert printed["init_from"] == str(tmp_path / "runs" / "demo")
         assert printed["name"] == "demo_from-demo"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_make_tensorboard_listens_on_localhost_unless_asked():
+    """The dashboard shows every run: not on the network by default (TB_HOST opens it)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def command(*assignments):
+        out = subprocess.run(
+            ["make", "-n", "-o", "install", "tensorboard", *assignments],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return next(line for line in out.splitlines() if "bin/tensorboard " in line)
+
+    assert "--host localhost" in command() and "--bind_all" not in command()
+    assert "--host 0.0.0.0" in command("TB_HOST=0.0.0.0")
