@@ -38,10 +38,16 @@ def test_help_documents_every_option(capsys):
         assert flag in text, flag
 
 
-def test_list(capsys):
+def test_list(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # an 80-column terminal
     assert cli.main(["train", "--list"]) == 0
     out = capsys.readouterr().out
     assert "cifar10-eps-110" in out and "imagenet-eps-152-e1.8" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    full = recipes.load("demo")["description"]
+    assert full not in out and "…" in out
+    assert cli.main(["train", "--list", "--long"]) == 0  # the whole descriptions
+    assert full in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -124,3 +130,13 @@ def test_make_tensorboard_listens_on_localhost_unless_asked():
 
     assert "--host localhost" in command() and "--bind_all" not in command()
     assert "--host 0.0.0.0" in command("TB_HOST=0.0.0.0")
+
+
+def test_a_missing_data_folder_says_how_to_get_the_data(tmp_path, capsys):
+    out, missing = tmp_path / "runs", tmp_path / "no-data-here"
+    code = cli.main(["train", "cifar10-eps-110", "--data-dir", str(missing), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"data folder {missing} does not exist" in err and "make data-cifar10" in err
+    assert "cifar-10-batches-py" in err  # the layout it expects
+    assert not out.exists() and not missing.exists()

@@ -1,6 +1,7 @@
 """`epsresnet train RECIPE`: resolve a recipe, train (or resume) into OUT/<name>/."""
 
 import math
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -148,6 +149,11 @@ def register(subparsers):
             option("recipe", nargs="?", help="recipe name (see --list) or path to a JSON recipe"),
             option("--list", action="store_true", help="list the recipes and exit"),
             option(
+                "--long",
+                action="store_true",
+                help="with --list: the whole descriptions (default: cut to the terminal)",
+            ),
+            option(
                 "--depth", help="network depth for recipes with a depth (e.g. 110, 200, 500, 752)"
             ),
             option("--epsilon", help="the ε of the gates (>= 0)"),
@@ -214,6 +220,10 @@ def main(args):
         setattr(args, key, _number(getattr(args, key), "--" + key.replace("_", "-"), kind, low))
     if args.list:
         rows = [(n, recipes.load(n).get("description", "")) for n in recipes.available()]
+        if not args.long:  # one line each within the terminal (80 columns off a terminal)
+            width = shutil.get_terminal_size((80, 24)).columns
+            room = max(width - max(len(n) for n, _ in rows) - 3, 10)
+            rows = [(n, d if len(d) <= room else d[: room - 1] + "…") for n, d in rows]
         print(tabulate(rows, headers=("recipe", "description")))
         return None
     if not args.recipe:
@@ -240,8 +250,12 @@ def main(args):
     run_dir = Path(args.out) / name
     data_dir = Path(run_data_dir(args.data_dir, run_dir))  # a resume: the run's own folder
     # a dataset that ships inside a package (the demo's digits) needs no data folder
-    if not datasets.get(cfg["dataset"]).embedded and not data_dir.exists():
-        raise UserError(f"data folder {data_dir} does not exist (pass --data-dir)")
+    described = datasets.get(cfg["dataset"])
+    if not described.embedded and not data_dir.exists():
+        raise UserError(
+            f"data folder {data_dir} does not exist: pass --data-dir, or get {described.name} "
+            f"there ({described.how_to_get.replace(' there', '')}; layout {described.layout})"
+        )
 
     strategy = None if args.cpu_devices is None else make_strategy(cfg["gpus"], device="cpu")
     try:
