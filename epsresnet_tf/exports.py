@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.heldstderr import held_stderr, tensorflow_shows_info
 
 #: Where a layer class must come from for Keras alone to deserialise it.
 KERAS_MODULES = ("keras.",)
@@ -62,11 +63,14 @@ def _is_eps(layer):
     return isinstance(layer, L.EpsilonGate)
 
 
-def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
+def standard_net(
+    net: Any, dtype: str | None = None, decisions: dict | None = None
+) -> tuple[Any, list[str]]:
     """`net` rebuilt in Keras's own layers (module docstring), weights copied: (the
     standard net, the custom layer classes that had to stay). `dtype`: a dtype policy for
     every layer (e.g. "float32" for TFLite, which has no float16 kernels) instead of each
-    layer's own."""
+    layer's own. `decisions`: {ε-gate layer name: T (a number, decided for deployment:
+    compress/deploy.py) or "sample" (T per image)}; the other ε-gates as they were."""
     import keras
 
     from epsresnet_tf import layers as L
@@ -91,7 +95,7 @@ def standard_net(net: Any, dtype: str | None = None) -> tuple[Any, list[str]]:
         if isinstance(layer, L.SigmoidShortcutGate):
             return _sigmoid_gate(layer, policy, *args[0])
         if _is_eps(layer):
-            return _eps_gate(layer, args[0])
+            return _eps_gate(layer, args[0], (decisions or {}).get(layer.name))
         return layer(*args, **kwargs)
 
     out = keras.models.clone_model(net, clone_function=clone, call_function=call)
@@ -172,21 +176,26 @@ def _sigmoid_gate(layer, policy, residual, shortcut):
     return keras.layers.Add(name=layer.name, **kw)([residual, kept])
 
 
-def _eps_gate(layer, residual):
+def _eps_gate(layer, residual, decided=None):
     """A kept ε-gate, S(F) = T·F (docs/semantics.md §1), in Keras ops (serialised by Keras
     as nodes of the functional graph, no custom objects): T from max |F| over the batch
-    (batch scope), each image (sample scope) or each group of `group_size` consecutive
-    images (`_group_peaks`), ε and L as float32 constants, the same arithmetic in the same
-    order as `EpsilonGate.threshold`; T = 1 multiplies exactly."""
+    (batch scope), each image (sample scope, or `decided` "sample") or each group of
+    `group_size` consecutive images (`_group_peaks`), ε and L as float32 constants, the
+    same arithmetic in the same order as `EpsilonGate.threshold`; T = 1 multiplies exactly.
+    A number `decided` is T itself, fixed for deployment: 1 passes F on, others scale it."""
     from keras import ops
 
+    if decided is not None and decided != "sample":
+        return residual if decided == 1.0 else ops.multiply(residual, float(decided))
     f = ops.cast(residual, "float32")
-    axes = None if layer.scope == "batch" and not layer.grouped else tuple(range(1, f.ndim))
+    per_image = decided == "sample" or layer.scope == "sample"
+    grouped = layer.grouped and not per_image
+    axes = tuple(range(1, f.ndim)) if per_image or grouped else None
     keep = axes is not None
     peak = ops.maximum(
         ops.max(f, axis=axes, keepdims=keep), ops.negative(ops.min(f, axis=axes, keepdims=keep))
     )
-    if layer.grouped:
+    if grouped:
         peak, spread = _group_peaks(peak, layer.group_size)
     epsilon = float(np.float32(np.asarray(layer.epsilon)))  # float32 values, as Python floats
     sharpness = float(np.float32(layer.sharpness))
@@ -196,7 +205,7 @@ def _eps_gate(layer, residual):
             1.0, ops.multiply(sharpness, ops.relu(ops.subtract(1.0, ops.multiply(sharpness, s))))
         )
     )
-    if layer.grouped:
+    if grouped:
         t = spread(t)
     return ops.multiply(ops.cast(t, residual.dtype), residual)
 
@@ -247,17 +256,25 @@ def write_tflite(net: Any, path: "str | Path", saved_model: "str | Path | None" 
 
 
 def _interpreter(path):
-    """A TFLite interpreter: LiteRT's where installed, else TensorFlow's (deprecated in
-    favour of LiteRT, still shipped; its deprecation warning is silenced here)."""
+    """A TFLite interpreter, its tensors allocated: LiteRT's where installed, else
+    TensorFlow's (deprecated in favour of LiteRT, still shipped; its deprecation warning is
+    silenced here). TFLite's C++ logger ignores TF_CPP_MIN_LOG_LEVEL, so its INFO lines
+    ("Created TensorFlow Lite XNNPACK delegate") are held back here where that says so."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         import tensorflow as tf
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tf.lite.Interpreter(model_path=str(path))
-    return Interpreter(model_path=str(path))
+        Interpreter = tf.lite.Interpreter
+    show_info = tensorflow_shows_info()
+    with (
+        warnings.catch_warnings(),
+        held_stderr(lambda line: show_info or not line.startswith("INFO: ")),
+    ):
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    return interpreter
 
 
 def tflite_logits(interpreter, images: np.ndarray) -> np.ndarray:
@@ -279,7 +296,6 @@ def check_tflite(path: "str | Path", net: Any, images: Any) -> dict[str, Any]:
     import tensorflow as tf
 
     interpreter = _interpreter(path)
-    interpreter.allocate_tensors()
     predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
     worst, same, total = 0.0, 0, 0
     with tf.device("/CPU:0"):

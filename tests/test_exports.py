@@ -311,22 +311,26 @@ def test_a_layer_from_outside_is_kept_and_reported(tmp_path):
 
 
 def test_tflite_disagreement_and_conversion_failure_are_one_line(capsys, monkeypatch, tmp_path):
-    doc = {
-        "exports": {
-            "tflite": {
-                "file": "reduced.tflite",
-                "images": 16,
-                "same_top1": 15,
-                "max_abs_logit_diff": 0.02,
-                "passed": False,
-            }
-        }
+    alone = {"images": 16, "same_top1": 16, "max_abs_logit_diff": 1e-6, "passed": True}
+    tfl = {
+        "file": "reduced.tflite",
+        "images": 16,
+        "same_top1": 15,
+        "max_abs_logit_diff": 0.02,
+        "passed": False,
+        "batch_1": alone,
     }
+    doc = {"exports": {"tflite": tfl}}
     assert compress_cli._report_tflite(doc) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "15 of 16" in err[0] and "disagrees" in err[0]
-    doc["exports"]["tflite"].update(same_top1=16, passed=True)
+    tfl.update(same_top1=16, passed=True)
     assert compress_cli._report_tflite(doc) == 0 and "16 of 16" in capsys.readouterr().out
+    # one image at a time is a client's batch too: a disagreement there alone fails the step
+    alone.update(same_top1=14, passed=False)
+    tfl.update(passed=False)
+    assert compress_cli._report_tflite(doc) == 1
+    assert "14 of 16 one at a time" in capsys.readouterr().err
     assert compress_cli._report_tflite({"exports": {"tflite": None}}) == 0
 
     import tensorflow as tf
@@ -382,3 +386,36 @@ def test_mixed_precision_net_converts_to_tflite_from_a_float32_copy(tmp_path):
     lite = X.tflite_logits(X._interpreter(tmp_path / "m.tflite"), x)
     np.testing.assert_allclose(lite, np.asarray(copy(x, training=False)), atol=1e-4, rtol=0)
     np.testing.assert_allclose(lite, np.asarray(net(x, training=False)), atol=2e-2, rtol=0)
+
+
+_TFLITE_LOG = """
+import sys, tempfile
+import keras, numpy as np
+from epsresnet_tf import exports as X
+folder = tempfile.mkdtemp()
+X.write_tflite(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), folder + "/m.tflite")
+sys.stderr.write("INTERPRETER\\n"); sys.stderr.flush()
+if sys.argv[1] == "ours":
+    interpreter = X._interpreter(folder + "/m.tflite")
+else:
+    import tensorflow as tf
+    interpreter = tf.lite.Interpreter(model_path=folder + "/m.tflite")
+    interpreter.allocate_tensors()
+print(X.tflite_logits(interpreter, np.ones((3, 4), np.float32)).shape)
+"""
+
+
+def test_the_tflite_interpreter_prints_no_info_line_unless_tensorflow_shows_them():
+    """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate" straight
+    to file descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says (the raw interpreter, the
+    control); ours holds it back where that level hides INFO, as `compress --tflite` runs."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    err = {}
+    for which in ("ours", "raw"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _TFLITE_LOG, which], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and "(3, 2)" in proc.stdout, proc.stderr[-1000:]
+        err[which] = proc.stderr.split("INTERPRETER\n", 1)[1]
+    assert "XNNPACK" in err["raw"]
+    assert "INFO" not in err["ours"], err["ours"]

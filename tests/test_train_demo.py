@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _deployed import assert_deployed_batch_independent
 
 from epsresnet_tf import cli, recipes
 
@@ -59,7 +60,13 @@ def test_demo_recipe_discards_blocks_and_compresses(tmp_path):
     doc = compress_run(run, "no-data-folder-needed")
     assert doc["removed_count"] >= 3 and doc["equivalence"]["passed"]
     assert doc["after"]["trainable_params"] < doc["before"]["trainable_params"]
-    assert (run / "reduced" / "reduced.keras").is_file()
+    # issue 26: a kept gate was not open on every certified batch (it decides per batch in
+    # the gated net, whose error one image at a time is worse); the export decided it once
+    cert = assert_deployed_batch_independent(run, "no-data-folder-needed")
+    dep = cert["deployment"]
+    assert any(d["verdict"] == "mixed" for d in dep["gates"].values()), dep["gates"]
+    assert dep["gated_test_error"]["batch_1"] > dep["test_error"]["batch_1"]
+    assert dep["test_error"]["batch_1"] == dep["test_error"]["run_batch"]
 
 
 @pytest.mark.slow  # the whole `make demo` (15 epochs, compress, ablate, report): ~1.5 min on 2 cores

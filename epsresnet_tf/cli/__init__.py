@@ -15,11 +15,11 @@ import importlib.util
 import logging
 import os
 import sys
-import tempfile
 
 from epsresnet_tf import __version__
 from epsresnet_tf.cli.options import VERBOSE
 from epsresnet_tf.errors import UserError
+from epsresnet_tf.heldstderr import held_stderr
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 COMMAND_MODULES = tuple(
@@ -82,20 +82,8 @@ class _HeldStderrLoader:
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as held:
-            os.dup2(held.fileno(), 2)
-            try:
-                self.loader.exec_module(module)
-            except BaseException:
-                os.dup2(saved, 2)
-                held.seek(0)
-                os.write(2, held.read())
-                raise
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+        with held_stderr():
+            self.loader.exec_module(module)
         module.__loader__ = module.__spec__.loader = self.loader
         from absl import logging as absl_logging  # TensorFlow's dependency: loaded now
 

@@ -5,6 +5,7 @@ import sys
 
 from epsresnet_tf.cli.options import add_command, data_dir, option
 from epsresnet_tf.compress import (
+    DEPLOYS,
     EMA_THRESHOLD,
     GATE_POLICIES,
     RULES,
@@ -56,13 +57,19 @@ def _print_summary(doc):
 
 
 def _report_equivalence(doc):
-    """Print the equivalence check's verdict; the exit status (1: a certified net differs)."""
+    """Print the equivalence check's verdict (at the run's batch and at batch 1); the exit
+    status (1: a certified net differs at either)."""
     eq = doc["equivalence"]
+    one = eq["batch_1"]
     print(
-        f"equivalence on {eq['images']} test images: max |logit diff| "
-        f"{eq['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
+        f"equivalence on {eq['images']} test images in the run's batches and {one['images']} "
+        f"one at a time: max |logit diff| {eq['max_abs_logit_diff']:.3g} and "
+        f"{one['max_abs_logit_diff']:.3g} ({'passed' if eq['passed'] else 'FAILED'}, "
         f"tolerance {eq['tolerance']:g})"
     )
+    if eq["passed_at_run_batch"] != one["passed"]:
+        where = "in the run's batches" if eq["passed_at_run_batch"] else "one image at a time"
+        print(f"the check passes only {where}", file=sys.stderr)
     if eq["passed"]:
         return 0
     if doc["rule"] == "ema":  # expected: the authors' rule is not a proof
@@ -78,15 +85,65 @@ def _report_equivalence(doc):
     return 1
 
 
+def _at_both(check):
+    """A check at the run's batch and at batch 1, in words."""
+    one = check["batch_1"]
+    return (
+        f"same top-1 on {check['same_top1']} of {check['images']} test images in the run's "
+        f"batches and {one['same_top1']} of {one['images']} one at a time, max |logit diff| "
+        f"{max(check['max_abs_logit_diff'], one['max_abs_logit_diff']):.3g}"
+    )
+
+
+def _report_deployment(doc):
+    """What the exported net does with its kept batch-dependent gates, its test error alone
+    and in a batch beside the gated net's; the exit status (1: it is not batch-independent
+    although deployed to be)."""
+    dep = doc["deployment"]
+    decided = [d["decision"] for d in dep["gates"].values()]
+    if dep["policy"] != "keep" and decided:
+        counts = ", ".join(f"{decided.count(k)} {k}" for k in sorted(set(decided)))
+        print(
+            f"deployment: {len(decided)} kept batch-scope gates "
+            f"{DEPLOYS[dep['policy']]} ({counts}), so an image's answer does not depend on "
+            f"its batch; reduced net gates: {doc['reduced_gates']}"
+        )
+    for bid, d in dep["gates"].items():  # the gates whose decision is news
+        if d["verdict"] != "open" or d["decision"] != "open":
+            print(f"deployed {bid} ({d['verdict']} on the certified data): {d['why']}")
+    err, gated = dep["test_error"], dep["gated_test_error"]
+    if dep["gates"]:
+        print(
+            f"deployed net: test error {_pct(err['batch_1'])} one image at a time, "
+            f"{_pct(err['run_batch'])} in the run's batches; the gated net "
+            f"{_pct(gated['batch_1'])} and {_pct(gated['run_batch'])}"
+        )
+    alone = dep["alone_vs_in_batch"]
+    if dep["batch_independent"]:
+        return 0
+    if dep["policy"] == "keep":
+        print(
+            f"reduced.keras keeps batch-scope gates (--gates keep): an image's answer depends "
+            f"on its batch (top-1 alone differs on {alone['images'] - alone['same_top1']} of "
+            f"{alone['images']} test images)"
+        )
+        return 0
+    print(
+        f"the exported net answers differently alone than in a batch on "
+        f"{alone['images'] - alone['same_top1']} of {alone['images']} test images; "
+        "kept for inspection, do not ship it",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _report_tflite(doc):
-    """One line on the TFLite export, if any; the exit status (1: its top-1 differs)."""
+    """One line on the TFLite export, if any; the exit status (1: its top-1 differs at the
+    run's batch or at batch 1)."""
     tfl = (doc.get("exports") or {}).get("tflite")
     if not tfl:
         return 0
-    line = (
-        f"{tfl['file']}: same top-1 on {tfl['same_top1']} of {tfl['images']} test images, "
-        f"max |logit diff| {tfl['max_abs_logit_diff']:.3g}"
-    )
+    line = f"{tfl['file']}: {_at_both(tfl)}"
     if tfl["passed"]:
         print(line)
         return 0
@@ -102,6 +159,7 @@ def _cli(args):
         ema_threshold=args.ema_threshold,
         force=args.force,
         tflite=args.tflite,
+        client_images=args.client_images,
     )
     select = RunSelection(
         epoch=args.epoch,
@@ -112,7 +170,7 @@ def _cli(args):
     )
     doc = compress_run(args.run_dir, args.data_dir, args.out, options, select)
     _print_summary(doc)
-    return max(_report_equivalence(doc), _report_tflite(doc))
+    return max(_report_equivalence(doc), _report_deployment(doc), _report_tflite(doc))
 
 
 #: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
@@ -144,9 +202,12 @@ _OPTIONS = [
         dict(
             choices=GATE_POLICIES,
             default=None,
-            help="gates of the kept blocks of the exported net: auto (plain where "
-            "exact; the certificate's default), keep, none, plain (always the "
-            "standard ResNet, as the authors; the EMA rule's default)",
+            help="gates of the kept blocks of the exported net: auto (the certificate's "
+            "default: plain where exact, else each kept batch-scope ε-gate decided once "
+            "from its training statistics, so an image's answer does not depend on its "
+            "batch), sample (those gates per image), keep (as trained: batch-dependent), "
+            "none, plain (always the standard ResNet, as the authors; the EMA rule's "
+            "default)",
         ),
     ),
     (
@@ -185,6 +246,14 @@ _OPTIONS = [
             action="store_true",
             help="also export reduced.tflite (TFLite, float) and check it gives the same "
             "top-1 as reduced.keras on the test set",
+        ),
+    ),
+    (
+        ("--client-images",),
+        dict(
+            type=int,
+            default=None,
+            help="check at batch 1 on the first N test images only (default: all)",
         ),
     ),
     (("--force",), dict(action="store_true", help="replace existing outputs")),

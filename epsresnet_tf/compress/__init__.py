@@ -19,7 +19,8 @@ Library API::
         everything above + exports
 
 The modules, one job each: certificate (verdicts, removability, the EMA rule), reduction
-(the reduced net and its weights), check (the equivalence check), sizes (model_size),
+(the reduced net and its weights), deploy (the exported net's batch-independent gates),
+check (the checks, at the run's batch and at batch 1), sizes (model_size),
 rules (both rules' policies and reduced nets), document (certificate.json's content),
 write (the outputs on disk), load (a run's net, moving averages and data), run (end to end).
 
@@ -35,15 +36,22 @@ addition is kept, and each block's entry says why (`closed_unit`). Kept blocks f
 `gates`:
   "auto" (default): a standard (ungated) pre-activation ResNet where that is exact on the
       certified data — every kept ε-gate "open" there (T = 1), every kept k-gate folded into
-      the unit's last conv (g(k)·conv(x) = conv_{g(k)·W}(x)); otherwise the gates stay.
-  "keep": the kept blocks keep their gates (exact on every batch, also ones never seen).
+      the unit's last conv (g(k)·conv(x) = conv_{g(k)·W}(x)); otherwise the gates stay in
+      the certified net, and the exported net decides each kept batch-scope gate once
+      from its training statistics (deploy.py), so an image's answer does not depend on
+      its batch.
+  "sample": as "auto", the kept batch-scope gates then per image in the exported net.
+  "keep": the kept blocks keep their gates (exact on every batch, also ones never seen;
+      batch-scope gates still decide per batch).
   "none": always the standard ResNet; refused where that is not exact on the data.
   "plain": always the standard ResNet, also where not exact (kept ε-gates taken as T = 1):
       the authors' reduced net, the default of the EMA rule. k-gates fold; where one cannot
       fold (shared kernel), the k-gates stay.
 
 `compress_model` builds both reduced nets — the certified one and the authors' (EMA rule) —
-and reports the test error of each and the blocks only one rule removes.
+and reports the test error of each and the blocks only one rule removes. Every check runs
+at the run's batch and at batch 1 (check.CLIENT_BATCH): the equivalence of the certified
+net (the proof), the deployed net alone against in a batch, and the TFLite file.
 
 The exports (epsresnet_tf/exports.py) are the exported rule's net in Keras's own layers:
 reduced.keras loads with `keras.models.load_model` in a Python without this package
@@ -62,7 +70,14 @@ from epsresnet_tf.compress.certificate import (
     ema_removable,
     printed_as_authors,
 )
-from epsresnet_tf.compress.check import TOLERANCE, check_equivalence, logits_of
+from epsresnet_tf.compress.check import (
+    CLIENT_BATCH,
+    TOLERANCE,
+    check_equivalence,
+    logits_of,
+    rebatched,
+)
+from epsresnet_tf.compress.deploy import DEPLOYS, deploy
 from epsresnet_tf.compress.document import SCOPE_NOTE
 from epsresnet_tf.compress.load import RunSelection, load_epoch, run_datasets
 from epsresnet_tf.compress.reduction import GATE_POLICIES, block_layout, reduce
@@ -72,6 +87,8 @@ from epsresnet_tf.compress.sizes import model_size
 from epsresnet_tf.compress.write import OUTPUT_NAMES
 
 __all__ = [
+    "CLIENT_BATCH",
+    "DEPLOYS",
     "EMA_DIGITS",
     "EMA_THRESHOLD",
     "GATE_POLICIES",
@@ -89,12 +106,14 @@ __all__ = [
     "closed_unit",
     "compress_model",
     "compress_run",
+    "deploy",
     "disagreements",
     "ema_removable",
     "load_epoch",
     "logits_of",
     "model_size",
     "printed_as_authors",
+    "rebatched",
     "reduce",
     "run_datasets",
 ]

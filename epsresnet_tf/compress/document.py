@@ -31,10 +31,11 @@ _INFO_KEYS = (
 )
 
 
-def certificate_doc(arch, cert, reductions, ema_threshold, sizes):
-    """certificate.json's document (before the caller's extras) from the certificate and
-    both rules' `reductions`; `sizes`: the model_size of the full and of the exported
-    reduced net."""
+def certificate_doc(arch, cert, reductions, ema_threshold, sizes, exported_info=None):
+    """certificate.json's document (before the caller's extras and "deployment") from the
+    certificate and both rules' `reductions`; `sizes`: the model_size of the full and of
+    the exported reduced net; `exported_info`: the exported net's reduction info where the
+    deployment changed the certified net (deploy.py)."""
     rule, infos, checks, policy = (
         reductions.rule,
         reductions.infos,
@@ -57,7 +58,7 @@ def certificate_doc(arch, cert, reductions, ema_threshold, sizes):
         "removed_count": len(info["removed"]),
         "blocks_before": before["blocks"],
         "blocks_after": after["blocks"],
-        **{key: info[key] for key in _INFO_KEYS},
+        **{key: (exported_info or info)[key] for key in _INFO_KEYS},
         "first_removed_groups": info["first_removed"],
         # a net compressed by graph rewrite: {block id: the unit's Add layer} (units.py)
         **({"units": info["units"]} if "units" in info else {}),

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
     from epsresnet_tf.compress.certificate import Certificate
 
-#: Gates of the kept blocks: "auto", "keep", "none" (see the module docstring) and "plain":
-#: always the standard ResNet, exact or not — the authors' reduced net (their EMA rule).
-GATE_POLICIES = ("auto", "keep", "none", "plain")
+#: Gates of the kept blocks: "auto", "keep", "none" (see the package docstring), "plain":
+#: always the standard ResNet, exact or not — the authors' reduced net (their EMA rule) —
+#: and "sample": reduced as "auto", its kept batch-scope gates then per image (deploy.py).
+GATE_POLICIES = ("auto", "keep", "none", "plain", "sample")
 
 
 def block_layout(model: "keras.Model") -> dict[int, int]:
@@ -127,6 +128,7 @@ def reduce(
 
     if gates not in GATE_POLICIES:
         raise UserError(f"gates must be one of {', '.join(GATE_POLICIES)}, not {gates!r}")
+    gates = "auto" if gates == "sample" else gates  # the per-image T is the deployment's
     if not rebuilds(arch):
         return reduce_graph(model, removable, gates, certificate)
     layout = block_layout(model)

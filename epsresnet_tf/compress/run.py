@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from epsresnet_tf import gates as G
 from epsresnet_tf.compress.certificate import EMA_THRESHOLD, certify, ema_removable
-from epsresnet_tf.compress.check import TOLERANCE, check_equivalence
+from epsresnet_tf.compress.check import CLIENT_BATCH, TOLERANCE, Logits, check_at_client_batches
+from epsresnet_tf.compress.deploy import deploy, deployment_doc
 from epsresnet_tf.compress.document import certificate_doc
 from epsresnet_tf.compress.load import (
     RunSelection,
@@ -35,7 +36,8 @@ class CompressOptions:
     rule; the check then says whether it was safe); gates: the exported net's gate policy
     (None: "auto" for the certificate, "plain" — the authors' standard ResNet — for the EMA
     rule); scope: "batch" or "sample" (None: the gates' own); ema_threshold: the EMA rule's;
-    tolerance and check_device: the equivalence check's; force: replace earlier outputs;
+    tolerance and check_device: the equivalence check's; client_images: how many test
+    images the checks at batch 1 see (None: all); force: replace earlier outputs;
     export: write reduced.keras and the SavedModel; tflite: and reduced.tflite, checked."""
 
     rule: str = "certificate"
@@ -44,6 +46,7 @@ class CompressOptions:
     ema_threshold: float = EMA_THRESHOLD
     tolerance: float = TOLERANCE
     check_device: str = "cpu"
+    client_images: int | None = None
     force: bool = False
     export: bool = True
     tflite: bool = False
@@ -85,24 +88,35 @@ def compress_model(
     prepare_out(out_dir, options.force)
     cert = certify(model, data.certify, scope=options.scope, batch_size=data.batch_size)
     ema_ids = ema_removable(model if data.ema is None else data.ema, options.ema_threshold)
+    removable = {"certificate": cert.removable, "ema": ema_ids}
+    logits = Logits(data.check, options.check_device, options.client_images)
     reductions = reduce_by_both_rules(
         options.rule,
-        {"certificate": cert.removable, "ema": ema_ids},
+        removable,
         policy,
         lambda ids, gates: reduce(model, arch, build_options, ids, gates=gates, certificate=cert),
-        lambda net: check_equivalence(
-            model, net, data.check, options.tolerance, options.check_device
-        ),
+        lambda net: check_at_client_batches(model, net, logits, options.tolerance),
+    )
+    rule = options.rule
+    deployment = deploy(
+        model,
+        arch,
+        build_options,
+        removable[rule],
+        (reductions.nets[rule], reductions.infos[rule]),
+        cert,
+        policy[rule],
     )
     full_inference, _ = reduce(model, arch, build_options, [], gates="keep", certificate=cert)
-    sizes = model_size(full_inference), model_size(reductions.nets[options.rule])
-    doc = certificate_doc(arch, cert, reductions, options.ema_threshold, sizes)
+    sizes = model_size(full_inference), model_size(deployment.reduced or reductions.nets[rule])
+    doc = certificate_doc(arch, cert, reductions, options.ema_threshold, sizes, deployment.info)
+    doc["deployment"] = deployment_doc(deployment, logits, reductions.exported, CLIENT_BATCH)
     doc.update(extra or {})
     # Built beside the old outputs and swapped in at the end: a failure or a kill while
     # exporting leaves the previous reduced/ whole.
     with staged_outputs(out_dir, owned=OUTPUT_NAMES) as stage:
-        net = reductions.exported if options.export else None
-        write_outputs(stage, net, doc, options.tflite, data.check)
+        net = (deployment.net or reductions.exported) if options.export else None
+        write_outputs(stage, net, doc, options.tflite, data.check, options.client_images)
     return doc
 
 

@@ -2,6 +2,7 @@
 the SavedModel, reduced.tflite and certificate.json."""
 
 from epsresnet_tf import jsonsafe
+from epsresnet_tf.compress.check import CLIENT_BATCH, rebatched
 from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.exports import check_tflite, custom_layers, write_tflite
@@ -24,10 +25,11 @@ def prepare_out(out_dir, force):
         )
 
 
-def write_outputs(out_dir, net, doc, tflite=False, check_data=()):
+def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=None):
     """reduced.keras and the SavedModel of the standard-layer `net` (None: no exports), with
-    `tflite` reduced.tflite checked against `net` on `check_data`, then certificate.json;
-    doc["exports"] says what was written and what loading it needs."""
+    `tflite` reduced.tflite checked against `net` on `check_data` at the run's batch and,
+    under "batch_1", at CLIENT_BATCH (the first `client_images` images; None: all), then
+    certificate.json; doc["exports"] says what was written and what loading it needs."""
     if net is not None:
         net.save(out_dir / REDUCED_MODEL)
         net.export(str(out_dir / SAVED_MODEL), verbose=False)
@@ -43,6 +45,17 @@ def write_outputs(out_dir, net, doc, tflite=False, check_data=()):
         }
         if tflite:
             size = write_tflite(net, out_dir / REDUCED_TFLITE, saved_model=out_dir / SAVED_MODEL)
-            check = check_tflite(out_dir / REDUCED_TFLITE, net, iter_images(check_data))
-            doc["exports"]["tflite"] = {"file": REDUCED_TFLITE, "bytes": size, **check}
+            path = out_dir / REDUCED_TFLITE
+            check = check_tflite(path, net, iter_images(check_data))
+            alone = check_tflite(
+                path, net, iter_images(rebatched(check_data, CLIENT_BATCH, client_images))
+            )
+            doc["exports"]["tflite"] = {
+                "file": REDUCED_TFLITE,
+                "bytes": size,
+                **check,
+                "passed_at_run_batch": check["passed"],
+                "passed": check["passed"] and alone["passed"],
+                "batch_1": alone,
+            }
     (out_dir / CERTIFICATE).write_text(jsonsafe.dumps(doc, indent=2) + "\n")

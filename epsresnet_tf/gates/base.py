@@ -179,6 +179,19 @@ class GateKind(abc.ABC):
         """(exact, {block id: Fold}, why): whether dropping the kept gates `layers`
         changes nothing on the certified data, the folds that make it so, and why."""
 
+    # --- deployment ---------------------------------------------------------------------
+
+    def batch_dependent(self, layer) -> bool:
+        """Whether a kept gate's T for an image depends on the other images of its batch at
+        inference (a batch statistic, as BatchNormalization's in training mode)."""
+        return False
+
+    def deployed_gate(self, layer) -> tuple[float, str] | None:
+        """(T, what it was decided from, in words) for a batch-independent deployment,
+        decided once from what training measured (compress/deploy.py); None: nothing
+        measured to decide from."""
+        return None
+
 
 class ScalarGateKind(GateKind):
     """u = φ·F + x with φ a function of one learned scalar: closed exactly when φ = 0 (no

@@ -175,6 +175,24 @@ class EpsilonKind(GateKind):
             )
         return verdicts, images, batches
 
+    def batch_dependent(self, layer):
+        return layer.scope == "batch"  # one T per batch (or per group of images)
+
+    def deployed_gate(self, layer):
+        """T at the moving average of max |F| the monitors kept (`response_max`: of the
+        batch max in batch scope, of each group's max with groups), by the gate's own
+        formula: what BatchNormalization's moving statistics are to its batch statistics.
+        None for a gate that never trained (no average yet)."""
+        if to_float(layer.monitor_steps) == 0:
+            return None
+        peak = to_float(layer.response_max)
+        t = float(per_image_gate(layer, [peak])[0])
+        side = "above" if t == 1 else "below" if t == 0 else "within 1/L of"
+        return (
+            t,
+            f"the moving average of max |F|, {peak:.4g}, is {side} ε = {to_float(layer.epsilon):g}",
+        )
+
     def plain_decision(self, layers, certificate):
         """Exact where every kept gate is open (T = 1) on every certified batch."""
         if certificate is None:

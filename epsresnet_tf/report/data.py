@@ -95,6 +95,14 @@ def summary_rows(runs):
                 discarded_fraction=c["removed_count"] / max(c["blocks_before"], 1),
                 max_logit_diff=c["equivalence"]["max_abs_logit_diff"],
             )
+            dep = c.get("deployment")  # certificates since deployment was decided (issue 26)
+            if dep:
+                row.update(
+                    error_deployed_alone=dep["test_error"]["batch_1"],
+                    error_gated_alone=(
+                        dep["gated_test_error"]["batch_1"] if dep["gates"] else None
+                    ),
+                )
         else:
             n = len(r.block_ids())
             row.update(
