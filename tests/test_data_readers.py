@@ -1,6 +1,7 @@
 """Readers: the real subsets in ../shared/data and small files written in the official formats."""
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -141,6 +142,58 @@ def test_cifar_any_batch_length_and_corrupt_pickle(tmp_path):
     with pytest.raises(UserError, match="test_batch") as err:
         datasets.read_split("cifar10", "test", tmp_path)
     assert "\n" not in str(err.value)
+
+
+class _RunsCode:
+    """What a malicious pickle carries: unpickling it calls os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("where", ["the whole file", "the data key", "a label"])
+def test_a_cifar_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, where, capsys):
+    from epsresnet_tf import cli
+
+    folder = tmp_path / "evil" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for i in range(1, 6):
+        _write_cifar_batch(folder / f"data_batch_{i}", 3, rng)
+    _write_cifar_batch(folder / "test_batch", 3, rng)
+    created = tmp_path / "created-by-the-payload"
+    payload = _RunsCode(f"touch {created}")
+    evil = {
+        "the whole file": payload,
+        "the data key": {b"data": payload, b"labels": [0]},
+        "a label": {b"data": np.zeros((1, 3072), np.uint8), b"labels": [payload]},
+    }[where]
+    (folder / "data_batch_1").write_bytes(pickle.dumps(evil, protocol=2))
+    # the payload is real: plain pickle runs it
+    pickle.loads(pickle.dumps(_RunsCode(f"touch {created}.plain")))
+    assert Path(f"{created}.plain").exists()
+
+    with pytest.raises(UserError) as err:
+        datasets.read_split("cifar10", "train", tmp_path / "evil")
+    msg = str(err.value)
+    assert "data_batch_1" in msg and "system" in msg and "\n" not in msg, msg
+    assert cli.main(["data", "check", "cifar10", "--data-dir", str(tmp_path / "evil")]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err_lines) == 1
+        and "refused" in err_lines[0]
+        and "nothing in it was run" in err_lines[0]
+    )
+    assert not created.exists()
+    # the official-format files beside it still read, at every pickle protocol
+    for protocol in (2, 4, 5):
+        data = {b"data": np.arange(3072, dtype=np.uint8)[None], b"labels": [7]}
+        (folder / "test_batch").write_bytes(pickle.dumps(data, protocol=protocol))
+        test = datasets.read_split("cifar10", "test", tmp_path / "evil")
+        assert test.labels.tolist() == [7] and test.images[0, 0, 1, 0] == 1
 
 
 def test_missing_files_name_the_path_and_the_fix(tmp_path):

@@ -18,7 +18,9 @@ tensorpack's own ``Cifar10``/``Cifar100``/``SVHNDigit``/``Mnist`` readers are no
 hard-code 10,000 (50,000) images per CIFAR file and download whenever a folder is missing.
 """
 
+import codecs
 import gzip
+import importlib
 import os
 import pickle
 import struct
@@ -96,12 +98,55 @@ def _find_folder(root, name, folder, marker):
 # ----------------------------------------------------------------------------- CIFAR
 
 
+#: Every global a CIFAR-10/100 "python version" pickle names, or one re-saved with numpy:
+#: numpy's array and scalar reconstruction (numpy 1 writes `numpy.core`, numpy 2
+#: `numpy._core`; protocol 5 `_frombuffer`), ndarray and dtype; and `_codecs.encode`, with which Python 3 writes bytes at protocol 2 (as
+#: `torch.load(weights_only=True)` allows it). Everything else in those files is dicts,
+#: lists, bytes, str and ints.
+_CIFAR_GLOBALS = {
+    (core + module, name)
+    for core in ("numpy.core.", "numpy._core.")
+    for module, name in (
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),
+    )
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _RefusedGlobal(Exception):
+    """A pickle asked for a global outside _CIFAR_GLOBALS (nothing was called)."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only _CIFAR_GLOBALS (the approach of
+    `torch.load(weights_only=True)`): a pickle runs code only through the globals it names,
+    so a file that names anything else (`os.system` in a `__reduce__`) is refused before
+    any of it is called. pickle itself has no such mode, hence the subclass."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        if module.startswith("numpy."):  # the same functions under numpy 1's and 2's name
+            try:
+                module = importlib.import_module("numpy._core." + module.split(".", 2)[2])
+            except ImportError:
+                module = importlib.import_module("numpy.core." + module.split(".", 2)[2])
+            return getattr(module, name)
+        return codecs.encode if module == "_codecs" else getattr(np, name)
+
+
 def _load_pickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise
+    except _RefusedGlobal as err:
+        raise DataFileError(
+            f"refused {path}: it asks to load {err}, which no official CIFAR pickle "
+            "holds (nothing in it was run); fetch the dataset again from its official source"
+        ) from None
     except Exception as err:  # truncated/corrupt pickles raise many different types
         raise DataFileError(
             f"cannot read {path}: not a valid CIFAR pickle "
