@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from epsresnet_tf.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.heldstderr import held_stderr, tensorflow_shows_info
 
@@ -104,6 +105,57 @@ def standard_net(
         if layer.weights and layer.name in source:
             layer.set_weights(source[layer.name].get_weights())
     return out, custom_layers(out)
+
+
+def raw_image_net(net: Any, dataset: Any, mean: Any = None, channel_order: str = "rgb") -> Any:
+    """`net` behind its dataset's preprocessing in Keras layers (`datasets.Dataset`: the
+    values it stores, then `normalise`): uint8 images as the dataset stores them in, the
+    same logits out. Each step is the training pipeline's arithmetic: a value scale
+    (digits, rint(x · 255/16)), then `Normalization` layers, whose (x − mean) / sqrt(var)
+    with var = 128² or 255² is the pipeline's division exactly; ImageNet's std goes
+    through its square root (a rounding off the pipeline's, within an ulp)."""
+    import keras
+    from keras import ops
+
+    shape = tuple(net.inputs[0].shape[1:])
+    raw = keras.Input(shape, dtype="uint8", name="raw_image")
+    x = ops.cast(raw, "float32")
+    if dataset.stored_levels != 255:  # to the reader's uint8 0–255
+        x = ops.round(ops.multiply(x, 255.0 / dataset.stored_levels))
+    f32 = dict(dtype="float32")
+    if dataset.normalisation == "mean-image/128":
+        x = keras.layers.Normalization(
+            axis=(1, 2, 3), mean=np.asarray(mean), variance=np.full(shape, 128.0**2), **f32
+        )(x)
+    else:
+        x = keras.layers.Normalization(axis=None, mean=0.0, variance=255.0**2, **f32)(x)
+    if dataset.normalisation == "imagenet-mean-std":
+        if channel_order == "authors-bgr":
+            x = ops.flip(x, axis=-1)  # the authors' BGR image (datasets.normalise)
+        x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=IMAGENET_STD**2, **f32)(x)
+    return keras.Model(raw, net(x), name=f"{net.name}_raw")
+
+
+def export_saved_model(net: Any, path: "str | Path", raw_net: Any = None) -> None:
+    """`net` as a SavedModel: endpoint `serve` takes normalised float images; with
+    `raw_net` (`raw_image_net`), `serving_default` (TF Serving's) takes uint8 images as the
+    dataset stores them, else it is `serve`."""
+    if raw_net is None:
+        net.export(str(path), verbose=False)
+        return
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(raw_net)  # the net's variables are the raw net's
+    spec = (None, *net.inputs[0].shape[1:])
+    archive.add_endpoint(
+        "serve", lambda x: net(x, training=False), [tf.TensorSpec(spec, net.inputs[0].dtype)]
+    )
+    archive.add_endpoint(
+        "serving_default", lambda x: raw_net(x, training=False), [tf.TensorSpec(spec, tf.uint8)]
+    )
+    archive.write_out(str(path), verbose=False)
 
 
 def _pool_pad(layer, policy, x):
@@ -300,7 +352,7 @@ def check_tflite(path: "str | Path", net: Any, images: Any) -> dict[str, Any]:
     worst, same, total = 0.0, 0, 0
     with tf.device("/CPU:0"):
         for batch in images:
-            x = np.asarray(batch, np.float32)
+            x = np.asarray(batch)  # float32 images, or uint8 for a raw-image net
             a = np.asarray(tf.cast(predict(tf.constant(x)), tf.float32))
             b = tflite_logits(interpreter, x)
             if a.size:

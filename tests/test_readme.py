@@ -106,7 +106,12 @@ def run_folder_layout():
             RF.ABLATION + "/",
             RF.REPORT + "/",
         },
-        RF.REDUCED: {RF.REDUCED_MODEL, RF.SAVED_MODEL + "/", RF.CERTIFICATE},
+        RF.REDUCED: {
+            RF.REDUCED_MODEL,
+            RF.REDUCED_RAW_MODEL,
+            RF.SAVED_MODEL + "/",
+            RF.CERTIFICATE,
+        },
         RF.ABLATION: {f"{order}.json" for order in evaluate.ORDERS},
         RF.REPORT: {
             stem + suffix for stem, *_ in report.PER_RUN_FIGURES for suffix in report.FIGURE_FORMATS

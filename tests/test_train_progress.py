@@ -18,7 +18,7 @@ from epsresnet_tf.train.loop import run_training
 
 NUMBER = r"([-+0-9.e]+)"
 EPOCH_LINE = re.compile(
-    rf"epoch (\d+)/(\d+): train error {NUMBER}%, val error {NUMBER}%, "
+    rf"epoch (\d+)/(\d+): train error {NUMBER}%, loss {NUMBER}, val error {NUMBER}%, "
     rf"discarded {NUMBER} of (\d+) \({NUMBER}%\), lr {NUMBER}, ε {NUMBER}, [0-9.hms]+"
 )
 
@@ -33,9 +33,10 @@ def discarded(row):
 
 def check_epoch_line(match, row, epochs):
     """The line's numbers are the history row's, to the digits printed."""
-    epoch, total, train, val, count, blocks, ratio, lr, eps = match.groups()
+    epoch, total, train, loss, val, count, blocks, ratio, lr, eps = match.groups()
     assert (int(epoch), int(total), int(blocks)) == (row["epoch"], epochs, len(row["blocks"]))
     assert float(train) == pytest.approx(100 * row["train_error"], abs=0.005)
+    assert float(loss) == pytest.approx(row["loss"], rel=1e-3)
     assert float(val) == pytest.approx(100 * row["val_error"], abs=0.005)
     assert float(count) == pytest.approx(row["discarded_count"], abs=0.005)
     assert float(ratio) == pytest.approx(100 * row["discarded_ratio"], abs=0.05)

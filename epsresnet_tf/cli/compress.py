@@ -137,6 +137,26 @@ def _report_deployment(doc):
     return 1
 
 
+def _report_raw(doc):
+    """One line on the raw-image exports, if any; the exit status (1: their top-1 differs
+    from the normalised net's on some image, through Keras or TFLite)."""
+    raw = (doc.get("exports") or {}).get("raw")
+    if not raw:
+        return 0
+    line = (
+        f"{raw['keras']} and the SavedModel's {raw['saved_model_signature']} take {raw['input']}: "
+        f"the pipeline's top-1 on {raw['same_top1']} of {raw['images']} test images"
+    )
+    tfl = raw["tflite"]
+    if tfl:
+        line += f"; {tfl['file']}: {_at_both(tfl)}"
+    if raw["passed"] and (not tfl or tfl["passed"]):
+        print(line)
+        return 0
+    print(f"{line}: the raw-image entry disagrees; kept for inspection", file=sys.stderr)
+    return 1
+
+
 def _report_tflite(doc):
     """One line on the TFLite export, if any; the exit status (1: its top-1 differs at the
     run's batch or at batch 1)."""
@@ -170,7 +190,9 @@ def _cli(args):
     )
     doc = compress_run(args.run_dir, args.data_dir, args.out, options, select)
     _print_summary(doc)
-    return max(_report_equivalence(doc), _report_deployment(doc), _report_tflite(doc))
+    return max(
+        _report_equivalence(doc), _report_deployment(doc), _report_tflite(doc), _report_raw(doc)
+    )
 
 
 #: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument

@@ -20,7 +20,7 @@ from epsresnet_tf.compress.load import (
 from epsresnet_tf.compress.reduction import reduce
 from epsresnet_tf.compress.rules import policies, reduce_by_both_rules
 from epsresnet_tf.compress.sizes import model_size
-from epsresnet_tf.compress.write import OUTPUT_NAMES, prepare_out, write_outputs
+from epsresnet_tf.compress.write import OUTPUT_NAMES, RawImages, prepare_out, write_outputs
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.outputs import staged_outputs
@@ -57,12 +57,15 @@ class CompressData:
     """What a net is compressed on: `certify` {split name: batches} in the order the run
     sees them, `check` the (test) batches the check and the test errors run on,
     `batch_size` the run's (recorded in the certificate), `ema` the moving averages the
-    EMA rule reads ({block id: ema}, e.g. a history row's "blocks"; None: the net's gates')."""
+    EMA rule reads ({block id: ema}, e.g. a history row's "blocks"; None: the net's gates'),
+    `raw` the check's images as the dataset stores them and how training normalised them
+    (write.RawImages; None: no raw-image exports)."""
 
     certify: dict
     check: Any
     batch_size: int | None = None
     ema: Any = None
+    raw: Any = None
 
 
 def compress_model(
@@ -116,7 +119,7 @@ def compress_model(
     # exporting leaves the previous reduced/ whole.
     with staged_outputs(out_dir, owned=OUTPUT_NAMES) as stage:
         net = (deployment.net or reductions.exported) if options.export else None
-        write_outputs(stage, net, doc, options.tflite, data.check, options.client_images)
+        write_outputs(stage, net, doc, options.tflite, data.check, options.client_images, data.raw)
     return doc
 
 
@@ -147,7 +150,7 @@ def compress_run(
         model,
         run.arch,
         run.build_options,
-        CompressData(data, check, batch_size=run.batch_size, ema=ema),
+        CompressData(data, check, batch_size=run.batch_size, ema=ema, raw=RawImages.of(check)),
         Path(out) if out else run.folder.reduced,
         options,
         extra=run_extra(run, select, state),

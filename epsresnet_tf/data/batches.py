@@ -8,4 +8,7 @@ def iter_images(data):
     """Images of each batch; `data` yields images or (images, labels)."""
     for item in data:
         x = item[0] if isinstance(item, (tuple, list)) else item
-        yield np.asarray(x, np.float32) if isinstance(x, (np.ndarray, list)) else x
+        if isinstance(x, (np.ndarray, list)):  # uint8 stays: a raw-image net's input
+            x = np.asarray(x)
+            x = x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+        yield x

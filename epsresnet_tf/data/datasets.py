@@ -82,6 +82,9 @@ class Dataset:
     quirks: tuple = ()
     layout: str = ""  # the expected files under the data root
     how_to_get: str = ""  # the fix printed when a file is missing
+    #: The pixel values as the dataset stores them, 0..stored_levels; its reader scales
+    #: them to uint8 0–255 where that is not 255 (digits: 0–16).
+    stored_levels: int = 255
 
     # -- reading ---------------------------------------------------------------------
     def split(self, name: str) -> str:
@@ -127,6 +130,13 @@ class Dataset:
                 x = x[..., ::-1]  # the authors' BGR image, RGB constants (their bug)
             return (x / np.float32(255.0) - IMAGENET_MEAN) / IMAGENET_STD
         return x / np.float32(255.0)
+
+    def to_stored(self, images: np.ndarray) -> np.ndarray:
+        """uint8 0–255 images as the reader gives them back to the values the dataset
+        stores, 0..stored_levels (exact: the reader's rint(x · 255/levels) is one to one)."""
+        if self.stored_levels == 255:
+            return images
+        return np.rint(images * (self.stored_levels / 255.0)).astype(np.uint8)
 
     def raw_dtype(self, train: bool) -> Any:
         return self.train_raw_dtype if train else np.uint8
@@ -295,6 +305,7 @@ DATASETS: dict = {
             10,
             {"train": readers.DIGITS_TRAIN, "test": 1797 - readers.DIGITS_TRAIN},
             embedded=True,
+            stored_levels=readers.DIGITS_LEVELS,
             layout="none: scikit-learn's 8×8 handwritten digits ship inside that package",
             how_to_get="it ships with scikit-learn: pip install scikit-learn",
         ),

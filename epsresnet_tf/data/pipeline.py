@@ -564,6 +564,16 @@ class NormalisedBatches:
     def __iter__(self) -> Iterator:
         return pass_batches(self.pipe, 0, 0, self.max_batches)
 
+    def stored(self) -> Iterator:
+        """The same batches before normalisation, with the values the dataset stores
+        (`Dataset.to_stored`: digits 0–16, CIFAR/SVHN 0–255, ImageNet the evaluation
+        crop): what a user has at hand, for the exports' raw-image entry."""
+        batches = self.pipe.batches(0)
+        if self.max_batches is not None:
+            batches = itertools.islice(batches, self.max_batches)
+        for x, y in batches:
+            yield self.pipe.description.to_stored(x), np.asarray(y, np.int32)
+
 
 def eval_batches(
     name: str,

@@ -348,6 +348,9 @@ def read_mnist(root: Path, split: str) -> ArrayData:
 #: scikit-learn's digits have no official split: the first 1,437 images (80 %) train, the
 #: last 360 test (the classes cycle through the file, so both splits hold every digit).
 DIGITS_TRAIN = 1437
+#: scikit-learn's digits store pixels as 0–16 (16 levels of ink); the reader scales them to
+#: uint8 0–255, rint(x · 255/16), so they are fed like every other dataset's.
+DIGITS_LEVELS = 16
 
 
 def read_digits(split: str) -> ArrayData:
@@ -360,7 +363,7 @@ def read_digits(split: str) -> ArrayData:
     except ImportError:
         raise DataNeeded("digits: scikit-learn is not installed") from None
     bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    images = np.rint(bunch.images * (255.0 / DIGITS_LEVELS)).astype(np.uint8)[..., None]
     labels = bunch.target.astype(np.int32)
     part = slice(None, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
     return ArrayData(

@@ -18,6 +18,9 @@ REPORT = "report"
 REDUCED_MODEL = "reduced.keras"
 SAVED_MODEL = "saved_model"
 REDUCED_TFLITE = "reduced.tflite"  # with `compress --tflite`
+#: The same nets taking uint8 images as the dataset stores them (compress of a run folder).
+REDUCED_RAW_MODEL = "reduced-raw.keras"
+REDUCED_RAW_TFLITE = "reduced-raw.tflite"
 CERTIFICATE = "certificate.json"
 #: The writer's lock file (RunLock) and the folder invalid checkpoints are moved to.
 LOCK = "train.lock"

@@ -4,8 +4,8 @@
 - one start line naming the run folder (and the epoch a resumed run continues after);
 - at verbose 1 on a terminal, a per-step bar (keras.utils.Progbar): train error, loss,
   lr and ε of the epoch; the epoch's line takes its place when the epoch ends;
-- one line per finished epoch: train/val error, discarded count and ratio of the gated
-  blocks (docs/semantics.md §8), lr, ε, time;
+- one line per finished epoch: train error and loss, val error, discarded count and
+  ratio of the gated blocks (docs/semantics.md §8), lr, ε, time;
 - events: a block discarded or restored (its EMA of is_discarded crossing
   `DISCARDED_ABOVE`), and the adaptive reset of the lr schedule (docs/semantics.md §7),
   which the lr schedule itself reports (`reset_at`). At verbose 1 each event is a line of
@@ -70,7 +70,10 @@ def duration(seconds: float) -> str:
 def epoch_line(row: dict, epochs: int, seconds: float, hyper_labels=None) -> str:
     """The one line of a finished epoch; `hyper_labels` ({history key: label}, the model's
     `hyper_labels`): the gate kind's hyper-parameters it shows after the lr."""
-    parts = [*measures(row), f"lr {row['lr']:.4g}"]
+    parts = measures(row)
+    # the training loss (cross-entropy + weight decay) beside the training error
+    loss = [f"loss {row['loss']:.4g}"] if row.get("loss") is not None else []
+    parts = parts[:1] + loss + parts[1:] + [f"lr {row['lr']:.4g}"]
     for key, label in (hyper_labels or {}).items():
         if row.get(key) is not None:
             parts.append(f"{label} {row[key]:.4g}")

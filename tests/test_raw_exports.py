@@ -1,0 +1,138 @@
+"""Raw images in (issue 26): every export of a run folder also takes images as the dataset
+stores them — digits 0–16 as scikit-learn has them, CIFAR 32×32×3 0–255 as the official
+pickle holds them — with the training normalisation inside (the CIFAR mean image as a
+constant): reduced-raw.keras, the SavedModel's serving_default (TF Serving's) and
+reduced-raw.tflite give the training pipeline's top-1 on every test image."""
+
+import json
+import pickle
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from epsresnet_tf import cli
+from epsresnet_tf import exports as X
+from epsresnet_tf.compress import run_datasets
+from epsresnet_tf.data import datasets, readers
+from epsresnet_tf.gates import gate_by_block
+from epsresnet_tf.models import build_model
+from epsresnet_tf.runfolder import read_run
+
+
+def _run_folder(root, config, data_dir=None):
+    """A run folder with a random net (BN statistics moved off their start, so every layer
+    matters), one block closed; model.keras as training would leave it."""
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({**config, "batch_size": 32}))
+    if data_dir is not None:
+        (root / "data.json").write_text(json.dumps({"data_dir": str(data_dir)}))
+    run = read_run(root)
+    keras.utils.set_random_seed(11)
+    net = build_model(run.arch, **run.build_options)
+    rng = np.random.default_rng(3)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, layer.moving_variance.shape))
+    for bid, gate in gate_by_block(net).items():
+        gate.epsilon.assign(1e6 if bid == "group1/block0" else 0.0)
+    net.save(root / "model.keras")
+    return run
+
+
+def _pipeline_top1(run, data_dir):
+    """The training pipeline's top-1: reduced.keras on the normalised test batches."""
+    net = keras.models.load_model(run.root / "reduced" / "reduced.keras")
+    test = run_datasets(run, data_dir, ("test",))["test"]
+    return np.concatenate([np.asarray(net(x, training=False)).argmax(-1) for x, _ in test])
+
+
+def _raw_top1(folder, images):
+    """Top-1 of each raw-image export on uint8 `images`, in batches of 50 and, for TFLite,
+    one at a time as well."""
+    raw = keras.models.load_model(folder / "reduced-raw.keras")
+    served = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
+    lite = X._interpreter(folder / "reduced-raw.tflite")
+    out = {"keras": [], "saved_model": [], "tflite": [], "tflite_alone": []}
+    for i in range(0, len(images), 50):
+        x = images[i : i + 50]
+        out["keras"].append(np.asarray(raw(x, training=False)).argmax(-1))
+        (logits,) = served(tf.constant(x)).values()
+        out["saved_model"].append(np.asarray(logits).argmax(-1))
+        out["tflite"].append(X.tflite_logits(lite, x).argmax(-1))
+    out["tflite_alone"] = [X.tflite_logits(lite, x[None]).argmax(-1) for x in images]
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def test_digits_exports_take_the_0_to_16_pixels_scikit_learn_has(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    root = tmp_path / "run"
+    config = {"arch": "cifar-basic-8", "dataset": "digits", "gate": "eps", "epsilon": 2.5}
+    run = _run_folder(root, config)
+    assert cli.main(["compress", str(root), "--tflite", "--client-images", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "take uint8 8×8×1 images 0–16, as digits stores them" in out
+    # as a user has them: scikit-learn's float 0..16, the test split's last 360
+    images = load_digits().images[readers.DIGITS_TRAIN :, :, :, None].astype(np.uint8)
+    assert images.max() == 16
+    expected = _pipeline_top1(run, None)
+    for export, top1 in _raw_top1(root / "reduced", images).items():
+        np.testing.assert_array_equal(top1, expected, err_msg=export)
+    cert = json.loads((root / "reduced" / "certificate.json").read_text())
+    raw = cert["exports"]["raw"]
+    assert raw["passed"] and raw["images"] == 360 == raw["same_top1"]
+    assert raw["max_abs_logit_diff"] == 0.0  # the pipeline's own arithmetic
+    assert raw["tflite"]["passed"] and raw["tflite"]["batch_1"]["images"] == 40
+    # the normalised entry is still there for those who feed the pipeline's floats
+    served = tf.saved_model.load(str(root / "reduced" / "saved_model"))
+    x = next(iter(run_datasets(run, None, ("test",))["test"]))[0]
+    np.testing.assert_array_equal(np.asarray(served.serve(x)).argmax(-1), expected[: len(x)])
+
+
+def test_cifar_exports_take_the_official_pickles_bytes_with_the_mean_image_inside(
+    tmp_path, shared_data
+):
+    data = shared_data / "cifar10-subset"
+    root = tmp_path / "run"
+    config = {"arch": "cifar-basic-8", "dataset": "cifar10", "gate": "eps", "epsilon": 2.5}
+    run = _run_folder(root, config, data)
+    argv = ["compress", str(root), "--tflite", "--client-images", "40", "--splits", "test"]
+    assert cli.main(argv) == 0
+    # as a user has them: the official pickle's rows, channel-major, read with pickle alone
+    with open(data / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        rows = pickle.load(f, encoding="bytes")[b"data"]
+    images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    expected = _pipeline_top1(run, data)
+    assert len(expected) == len(images) == 1017
+    for export, top1 in _raw_top1(root / "reduced", images).items():
+        np.testing.assert_array_equal(top1, expected, err_msg=export)
+    # the mean image training normalised with is in the file, as a constant
+    raw = keras.models.load_model(root / "reduced" / "reduced-raw.keras")
+    (norm,) = [l for l in raw.layers if isinstance(l, keras.layers.Normalization)]
+    mean = run_datasets(run, data, ("test",))["test"].pipe.mean
+    assert mean.shape == (32, 32, 3) and mean.std() > 1
+    np.testing.assert_array_equal(np.asarray(norm.mean).reshape(32, 32, 3), mean)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "cifar10", "svhn", "imagenet"])
+def test_the_raw_entry_is_the_pipelines_normalisation(name):
+    """Keras layers against `Dataset.normalise` on random stored images of each dataset
+    (ImageNet: both channel orders): bit for bit, ImageNet's std within an ulp."""
+    ds = datasets.get(name)
+    shape = (8, 8, 3) if name == "imagenet" else ds.image_shape
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, ds.stored_levels + 1, (6, *shape)).astype(np.uint8)
+    as_read = np.rint(stored * (255.0 / ds.stored_levels)).astype(np.uint8)
+    np.testing.assert_array_equal(ds.to_stored(as_read), stored)
+    mean = rng.uniform(0, 255, shape).astype(np.float32) if ds.has_mean_image else None
+    identity = keras.Sequential([keras.Input(shape), keras.layers.Identity()])
+    for order in ("rgb", "authors-bgr") if name == "imagenet" else ("rgb",):
+        got = np.asarray(X.raw_image_net(identity, ds, mean, order)(stored))
+        want = ds.normalise(as_read, mean, order)
+        if name == "imagenet":
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, want)
