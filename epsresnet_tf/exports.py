@@ -6,6 +6,10 @@
     custom_layers(net) -> [class names]: layer classes Keras alone cannot load
     write_tflite(net, path, saved_model=None) -> bytes written
     check_tflite(path, net, images) -> agreement of the TFLite interpreter with `net`
+    raw_image_net(net, dataset, mean, channel_order) -> `net` taking the stored uint8 images
+    export_saved_model(net, path, raw_net=None): `serve` (normalised), `serving_default`
+    write_onnx(saved_model, signature, path) -> bytes written (tf2onnx, the `onnx` extra)
+    check_onnx(path, net, images) -> agreement of onnxruntime with `net`
 
 What changes (inference only; each replacement computes the same numbers, bit for bit):
   FusedBatchNormalization -> BatchNormalization: the fused kernel and the ghost groups are
@@ -355,6 +359,73 @@ def check_tflite(path: "str | Path", net: Any, images: Any) -> dict[str, Any]:
             x = np.asarray(batch)  # float32 images, or uint8 for a raw-image net
             a = np.asarray(tf.cast(predict(tf.constant(x)), tf.float32))
             b = tflite_logits(interpreter, x)
+            if a.size:
+                worst = max(worst, float(np.max(np.abs(a - b))))
+            same += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+            total += len(a)
+    return {
+        "images": total,
+        "same_top1": same,
+        "max_abs_logit_diff": worst,
+        "passed": same == total,
+    }
+
+
+# --- ONNX --------------------------------------------------------------------------------
+
+#: The ONNX opset written: onnxruntime 1.20 and later run it.
+ONNX_OPSET = 17
+_ONNX_MISSING = (
+    "compress --onnx needs tf2onnx and onnxruntime: pip install 'epsresnet_tf[onnx]' "
+    "(make install has them)"
+)
+
+
+def write_onnx(saved_model: "str | Path", signature: str, path: "str | Path") -> int:
+    """Convert a SavedModel's `signature` to ONNX at `path` with tf2onnx; the bytes written.
+    tf2onnx runs as its own command (its documented interface: `python -m tf2onnx.convert`;
+    converting a Keras 3 function in this process leaves its constants as graph inputs),
+    its log kept back; UserError (one line) when it is missing or refuses the net."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise UserError(_ONNX_MISSING)
+    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model)]
+    command += ["--signature_def", signature, "--opset", str(ONNX_OPSET), "--output", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not Path(path).is_file():
+        errors = [l for l in done.stderr.splitlines() if "Error" in l] or ["no output"]
+        raise UserError(
+            f"ONNX conversion failed ({errors[-1].strip()[:160]}); compress without --onnx"
+        )
+    return Path(path).stat().st_size
+
+
+def onnx_session(path: "str | Path"):
+    """An onnxruntime session on the CPU; UserError (one line) when onnxruntime is missing."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(_ONNX_MISSING) from None
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def check_onnx(path: "str | Path", net: Any, images: Any) -> dict[str, Any]:
+    """Run the ONNX file at `path` (onnxruntime) and `net` on every batch of `images`: top-1
+    agreement and max |logit diff|, "passed" when every top-1 agrees, as check_tflite."""
+    import tensorflow as tf
+
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    predict = tf.function(lambda x: net(x, training=False), reduce_retracing=True)
+    worst, same, total = 0.0, 0, 0
+    with tf.device("/CPU:0"):
+        for batch in images:
+            x = np.asarray(batch)
+            a = np.asarray(tf.cast(predict(tf.constant(x)), tf.float32))
+            b = np.asarray(session.run(None, {name: x})[0], np.float32)
             if a.size:
                 worst = max(worst, float(np.max(np.abs(a - b))))
             same += int(np.sum(a.argmax(-1) == b.argmax(-1)))

@@ -321,17 +321,17 @@ def test_tflite_disagreement_and_conversion_failure_are_one_line(capsys, monkeyp
         "batch_1": alone,
     }
     doc = {"exports": {"tflite": tfl}}
-    assert compress_cli._report_tflite(doc) == 1
+    assert compress_cli._report_exports(doc) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "15 of 16" in err[0] and "disagrees" in err[0]
     tfl.update(same_top1=16, passed=True)
-    assert compress_cli._report_tflite(doc) == 0 and "16 of 16" in capsys.readouterr().out
+    assert compress_cli._report_exports(doc) == 0 and "16 of 16" in capsys.readouterr().out
     # one image at a time is a client's batch too: a disagreement there alone fails the step
     alone.update(same_top1=14, passed=False)
     tfl.update(passed=False)
-    assert compress_cli._report_tflite(doc) == 1
+    assert compress_cli._report_exports(doc) == 1
     assert "14 of 16 one at a time" in capsys.readouterr().err
-    assert compress_cli._report_tflite({"exports": {"tflite": None}}) == 0
+    assert compress_cli._report_exports({"exports": {"tflite": None}}) == 0
 
     import tensorflow as tf
 

@@ -4,8 +4,15 @@ pickle holds them — with the training normalisation inside (the CIFAR mean ima
 constant): reduced-raw.keras, the SavedModel's serving_default (TF Serving's) and
 reduced-raw.tflite give the training pipeline's top-1 on every test image."""
 
+import contextlib
+import io
 import json
+import os
 import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,6 +23,7 @@ from epsresnet_tf import cli
 from epsresnet_tf import exports as X
 from epsresnet_tf.compress import run_datasets
 from epsresnet_tf.data import datasets, readers
+from epsresnet_tf.errors import UserError
 from epsresnet_tf.gates import gate_by_block
 from epsresnet_tf.models import build_model
 from epsresnet_tf.runfolder import read_run
@@ -49,44 +57,72 @@ def _pipeline_top1(run, data_dir):
     return np.concatenate([np.asarray(net(x, training=False)).argmax(-1) for x, _ in test])
 
 
-def _raw_top1(folder, images):
-    """Top-1 of each raw-image export on uint8 `images`, in batches of 50 and, for TFLite,
-    one at a time as well."""
+def _raw_top1(folder, images, onnx=False):
+    """Top-1 of each raw-image export on uint8 `images`, in batches of 50 and, for TFLite
+    (and ONNX), one at a time as well."""
     raw = keras.models.load_model(folder / "reduced-raw.keras")
     served = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"]
     lite = X._interpreter(folder / "reduced-raw.tflite")
-    out = {"keras": [], "saved_model": [], "tflite": [], "tflite_alone": []}
-    for i in range(0, len(images), 50):
-        x = images[i : i + 50]
-        out["keras"].append(np.asarray(raw(x, training=False)).argmax(-1))
-        (logits,) = served(tf.constant(x)).values()
-        out["saved_model"].append(np.asarray(logits).argmax(-1))
-        out["tflite"].append(X.tflite_logits(lite, x).argmax(-1))
-    out["tflite_alone"] = [X.tflite_logits(lite, x[None]).argmax(-1) for x in images]
+    runs = {
+        "keras": lambda x: np.asarray(raw(x, training=False)),
+        "saved_model": lambda x: np.asarray(next(iter(served(tf.constant(x)).values()))),
+        "tflite": lambda x: X.tflite_logits(lite, x),
+    }
+    if onnx:
+        session = X.onnx_session(folder / "reduced-raw.onnx")
+        name = session.get_inputs()[0].name
+        runs["onnx"] = lambda x: session.run(None, {name: x})[0]
+    out = {
+        k: [f(images[i : i + 50]).argmax(-1) for i in range(0, len(images), 50)]
+        for k, f in runs.items()
+    }
+    for k in ("tflite", "onnx") if onnx else ("tflite",):
+        out[k + "_alone"] = [runs[k](x[None]).argmax(-1) for x in images]
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def test_digits_exports_take_the_0_to_16_pixels_scikit_learn_has(tmp_path, capsys):
+def _digits_as_scikit_learn_has_them():
+    """The test split's 360 images as a user has them: scikit-learn's 0..16, as uint8."""
     from sklearn.datasets import load_digits
 
-    root = tmp_path / "run"
-    config = {"arch": "cifar-basic-8", "dataset": "digits", "gate": "eps", "epsilon": 2.5}
-    run = _run_folder(root, config)
-    assert cli.main(["compress", str(root), "--tflite", "--client-images", "40"]) == 0
-    out = capsys.readouterr().out
-    assert "take uint8 8×8×1 images 0–16, as digits stores them" in out
-    # as a user has them: scikit-learn's float 0..16, the test split's last 360
     images = load_digits().images[readers.DIGITS_TRAIN :, :, :, None].astype(np.uint8)
     assert images.max() == 16
+    return images
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A digits run folder compressed with every export (--tflite --onnx): (run, printed)."""
+    root = tmp_path_factory.mktemp("digits") / "run"
+    config = {"arch": "cifar-basic-8", "dataset": "digits", "gate": "eps", "epsilon": 2.5}
+    run = _run_folder(root, config)
+    argv = ["compress", str(root), "--tflite", "--onnx", "--client-images", "40"]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert cli.main(argv) == 0
+    return run, out.getvalue()
+
+
+def test_digits_exports_take_the_0_to_16_pixels_scikit_learn_has(digits_run):
+    run, out = digits_run
+    root = run.root
+    assert "take uint8 8×8×1 images 0–16, as digits stores them" in out
+    assert "reduced-raw.onnx: same top-1 on 360 of 360" in out
     expected = _pipeline_top1(run, None)
-    for export, top1 in _raw_top1(root / "reduced", images).items():
+    for export, top1 in _raw_top1(
+        root / "reduced", _digits_as_scikit_learn_has_them(), True
+    ).items():
         np.testing.assert_array_equal(top1, expected, err_msg=export)
     cert = json.loads((root / "reduced" / "certificate.json").read_text())
     raw = cert["exports"]["raw"]
     assert raw["passed"] and raw["images"] == 360 == raw["same_top1"]
     assert raw["max_abs_logit_diff"] == 0.0  # the pipeline's own arithmetic
-    assert raw["tflite"]["passed"] and raw["tflite"]["batch_1"]["images"] == 40
-    # the normalised entry is still there for those who feed the pipeline's floats
+    for entry in (raw["tflite"], raw["onnx"], cert["exports"]["onnx"]):
+        assert entry["passed"] and entry["images"] == 360 and entry["batch_1"]["images"] == 40
+    # the normalised entries are still there for those who feed the pipeline's floats
+    x = next(iter(run_datasets(run, None, ("test",))["test"]))[0]
+    session = X.onnx_session(root / "reduced" / "reduced.onnx")
+    onnx_top1 = session.run(None, {session.get_inputs()[0].name: x})[0].argmax(-1)
+    np.testing.assert_array_equal(onnx_top1, expected[: len(x)])
     served = tf.saved_model.load(str(root / "reduced" / "saved_model"))
     x = next(iter(run_datasets(run, None, ("test",))["test"]))[0]
     np.testing.assert_array_equal(np.asarray(served.serve(x)).argmax(-1), expected[: len(x)])
@@ -136,3 +172,50 @@ def test_the_raw_entry_is_the_pipelines_normalisation(name):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
         else:
             np.testing.assert_array_equal(got, want)
+
+
+def _clients():
+    """docs/exports.md's client snippets: {name: code}."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "exports.md").read_text()
+    blocks = re.findall(r"```python\n(# client: (\S+).*?)```", text, re.S)
+    return {name: code for code, name in blocks}
+
+
+def test_the_client_snippets_of_docs_exports_run_and_answer_as_the_pipeline(digits_run, tmp_path):
+    """Each snippet as a user runs it, in its own Python, beside a runs/demo/reduced with
+    every export; the REST body goes through the SavedModel's serving_default as TF Serving
+    would feed it (no server here)."""
+    run, _ = digits_run
+    clients = _clients()
+    assert set(clients) == {"keras", "tf-serving", "tflite", "onnxruntime"}
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "reduced").symlink_to(run.root / "reduced")
+    expected = _pipeline_top1(run, None)[:10].tolist()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    for name, code in clients.items():
+        lines = [l for l in code.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+        assert len(lines) <= 12, name  # a short client
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, (name, done.stderr[-1500:])
+        last = json.loads(done.stdout.strip().splitlines()[-1])
+        if name == "tf-serving":
+            assert last["signature_name"] == "serving_default"
+            served = tf.saved_model.load(str(run.root / "reduced" / "saved_model"))
+            batch = tf.constant(np.asarray(last["instances"], np.uint8))
+            (logits,) = served.signatures["serving_default"](batch).values()
+            last = np.asarray(logits).argmax(-1).tolist()
+        assert last == expected, name
+
+
+def test_onnx_without_tf2onnx_is_one_line_naming_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+    )
+    with pytest.raises(UserError, match=r"needs tf2onnx and onnxruntime: pip install") as err:
+        X.write_onnx(tmp_path / "saved_model", "serve", tmp_path / "m.onnx")
+    assert "\n" not in str(err.value) and not (tmp_path / "m.onnx").exists()

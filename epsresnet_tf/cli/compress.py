@@ -137,38 +137,38 @@ def _report_deployment(doc):
     return 1
 
 
-def _report_raw(doc):
-    """One line on the raw-image exports, if any; the exit status (1: their top-1 differs
-    from the normalised net's on some image, through Keras or TFLite)."""
-    raw = (doc.get("exports") or {}).get("raw")
-    if not raw:
+def _report_file(entry, what):
+    """One line on an exported file checked against its Keras net (TFLite, ONNX); the exit
+    status (1: its top-1 differs at the run's batch or at batch 1)."""
+    if not entry:
         return 0
-    line = (
-        f"{raw['keras']} and the SavedModel's {raw['saved_model_signature']} take {raw['input']}: "
-        f"the pipeline's top-1 on {raw['same_top1']} of {raw['images']} test images"
-    )
-    tfl = raw["tflite"]
-    if tfl:
-        line += f"; {tfl['file']}: {_at_both(tfl)}"
-    if raw["passed"] and (not tfl or tfl["passed"]):
+    line = f"{entry['file']}: {_at_both(entry)}"
+    if entry["passed"]:
         print(line)
         return 0
-    print(f"{line}: the raw-image entry disagrees; kept for inspection", file=sys.stderr)
+    print(f"{line}: the {what} net disagrees; kept for inspection, do not ship it", file=sys.stderr)
     return 1
 
 
-def _report_tflite(doc):
-    """One line on the TFLite export, if any; the exit status (1: its top-1 differs at the
-    run's batch or at batch 1)."""
-    tfl = (doc.get("exports") or {}).get("tflite")
-    if not tfl:
-        return 0
-    line = f"{tfl['file']}: {_at_both(tfl)}"
-    if tfl["passed"]:
-        print(line)
-        return 0
-    print(f"{line}: the TFLite net disagrees; kept for inspection, do not ship it", file=sys.stderr)
-    return 1
+def _report_exports(doc):
+    """The lines on the TFLite and ONNX files and the raw-image entry; the exit status (1:
+    one of them disagrees with the net it was made from)."""
+    exports = doc.get("exports") or {}
+    raw = exports.get("raw")
+    status = [_report_file(exports.get(k), k.upper()) for k in ("tflite", "onnx")]
+    if raw:
+        line = (
+            f"{raw['keras']} and the SavedModel's {raw['saved_model_signature']} take "
+            f"{raw['input']}: the pipeline's top-1 on {raw['same_top1']} of {raw['images']} "
+            "test images"
+        )
+        if raw["passed"]:
+            print(line)
+        else:
+            print(f"{line}: the raw-image entry disagrees; kept for inspection", file=sys.stderr)
+        status.append(0 if raw["passed"] else 1)
+        status += [_report_file(raw.get(k), f"raw {k.upper()}") for k in ("tflite", "onnx")]
+    return max(status)
 
 
 def _cli(args):
@@ -179,6 +179,7 @@ def _cli(args):
         ema_threshold=args.ema_threshold,
         force=args.force,
         tflite=args.tflite,
+        onnx=args.onnx,
         client_images=args.client_images,
     )
     select = RunSelection(
@@ -190,9 +191,7 @@ def _cli(args):
     )
     doc = compress_run(args.run_dir, args.data_dir, args.out, options, select)
     _print_summary(doc)
-    return max(
-        _report_equivalence(doc), _report_deployment(doc), _report_tflite(doc), _report_raw(doc)
-    )
+    return max(_report_equivalence(doc), _report_deployment(doc), _report_exports(doc))
 
 
 #: The compress subcommand's options after RUN_DIR and --data-dir: (flags, add_argument
@@ -268,6 +267,15 @@ _OPTIONS = [
             action="store_true",
             help="also export reduced.tflite (TFLite, float) and check it gives the same "
             "top-1 as reduced.keras on the test set",
+        ),
+    ),
+    (
+        ("--onnx",),
+        dict(
+            action="store_true",
+            help="also export reduced.onnx (and reduced-raw.onnx) through tf2onnx and check "
+            "them with onnxruntime like --tflite (the onnx extra: pip install "
+            "'epsresnet_tf[onnx]')",
         ),
     ),
     (

@@ -38,7 +38,8 @@ class CompressOptions:
     rule); scope: "batch" or "sample" (None: the gates' own); ema_threshold: the EMA rule's;
     tolerance and check_device: the equivalence check's; client_images: how many test
     images the checks at batch 1 see (None: all); force: replace earlier outputs;
-    export: write reduced.keras and the SavedModel; tflite: and reduced.tflite, checked."""
+    export: write reduced.keras and the SavedModel; tflite: and reduced.tflite, checked;
+    onnx: and reduced.onnx (tf2onnx), checked with onnxruntime."""
 
     rule: str = "certificate"
     gates: str | None = None
@@ -50,6 +51,7 @@ class CompressOptions:
     force: bool = False
     export: bool = True
     tflite: bool = False
+    onnx: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,8 @@ def compress_model(
     # exporting leaves the previous reduced/ whole.
     with staged_outputs(out_dir, owned=OUTPUT_NAMES) as stage:
         net = (deployment.net or reductions.exported) if options.export else None
-        write_outputs(stage, net, doc, options.tflite, data.check, options.client_images, data.raw)
+        files = dict(tflite=options.tflite, onnx=options.onnx, raw=data.raw)
+        write_outputs(stage, net, doc, data.check, options.client_images, **files)
     return doc
 
 

@@ -9,16 +9,20 @@ from epsresnet_tf.compress.check import CLIENT_BATCH, Logits, rebatched
 from epsresnet_tf.data.batches import iter_images
 from epsresnet_tf.errors import UserError
 from epsresnet_tf.exports import (
+    check_onnx,
     check_tflite,
     custom_layers,
     export_saved_model,
     raw_image_net,
+    write_onnx,
     write_tflite,
 )
 from epsresnet_tf.runfolder import (
     CERTIFICATE,
     REDUCED_MODEL,
+    REDUCED_ONNX,
     REDUCED_RAW_MODEL,
+    REDUCED_RAW_ONNX,
     REDUCED_RAW_TFLITE,
     REDUCED_TFLITE,
     SAVED_MODEL,
@@ -31,6 +35,8 @@ OUTPUT_NAMES = (
     SAVED_MODEL,
     REDUCED_TFLITE,
     REDUCED_RAW_TFLITE,
+    REDUCED_ONNX,
+    REDUCED_RAW_ONNX,
     CERTIFICATE,
 )
 
@@ -70,10 +76,11 @@ def prepare_out(out_dir, force):
         )
 
 
-def _tflite_check(path, net, images, client_images):
-    """check_tflite at the run's batch and, under "batch_1", at CLIENT_BATCH."""
-    check = check_tflite(path, net, iter_images(images))
-    alone = check_tflite(path, net, iter_images(rebatched(images, CLIENT_BATCH, client_images)))
+def _client_check(check_file, path, net, images, client_images):
+    """`check_file` (check_tflite, check_onnx) at the run's batch and, under "batch_1", at
+    CLIENT_BATCH."""
+    check = check_file(path, net, iter_images(images))
+    alone = check_file(path, net, iter_images(rebatched(images, CLIENT_BATCH, client_images)))
     return {
         **check,
         "passed_at_run_batch": check["passed"],
@@ -82,14 +89,17 @@ def _tflite_check(path, net, images, client_images):
     }
 
 
-def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=None, raw=None):
+def write_outputs(
+    out_dir, net, doc, check_data=(), client_images=None, tflite=False, raw=None, onnx=False
+):
     """reduced.keras and the SavedModel of the standard-layer `net` (None: no exports), with
     `tflite` reduced.tflite checked against `net` on `check_data` at the run's batch and,
     under "batch_1", at CLIENT_BATCH (the first `client_images` images; None: all), then
     certificate.json; doc["exports"] says what was written and what loading it needs.
     With `raw` (RawImages): reduced-raw.keras (and reduced-raw.tflite) taking the images
     as the dataset stores them, and the SavedModel's `serving_default` likewise, checked
-    for the same top-1 as `net` on the normalised ones."""
+    for the same top-1 as `net` on the normalised ones. `onnx`: reduced.onnx (and
+    reduced-raw.onnx) through tf2onnx, checked with onnxruntime like the TFLite files."""
     if net is not None:
         raw_net = (
             None if raw is None else raw_image_net(net, raw.dataset, raw.mean, raw.channel_order)
@@ -105,6 +115,7 @@ def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=
             "keras_standalone": not custom,
             "custom_layers": custom,
             "tflite": None,
+            "onnx": None,
             "raw": None,
         }
         if raw_net is not None:
@@ -122,6 +133,7 @@ def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=
                 "max_abs_logit_diff": float(abs(a - b).max()) if a.size else 0.0,
                 "passed": same == len(a) == len(b),
                 "tflite": None,
+                "onnx": None,
             }
         if tflite:
             path = out_dir / REDUCED_TFLITE
@@ -129,7 +141,7 @@ def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=
             doc["exports"]["tflite"] = {
                 "file": REDUCED_TFLITE,
                 "bytes": size,
-                **_tflite_check(path, net, check_data, client_images),
+                **_client_check(check_tflite, path, net, check_data, client_images),
             }
             if raw_net is not None:
                 path = out_dir / REDUCED_RAW_TFLITE
@@ -137,6 +149,17 @@ def write_outputs(out_dir, net, doc, tflite=False, check_data=(), client_images=
                 doc["exports"]["raw"]["tflite"] = {
                     "file": REDUCED_RAW_TFLITE,
                     "bytes": size,
-                    **_tflite_check(path, raw_net, raw.stored, client_images),
+                    **_client_check(check_tflite, path, raw_net, raw.stored, client_images),
                 }
+        if onnx:
+            # the SavedModel's endpoints: "serve" is the normalised net, "serving_default"
+            # the raw one where there is one (export_saved_model)
+            entries = [("serve", REDUCED_ONNX, net, check_data)]
+            if raw_net is not None:
+                entries.append(("serving_default", REDUCED_RAW_ONNX, raw_net, raw.stored))
+            for signature, name, model, images in entries:
+                size = write_onnx(out_dir / SAVED_MODEL, signature, out_dir / name)
+                check = _client_check(check_onnx, out_dir / name, model, images, client_images)
+                place = doc["exports"] if model is net else doc["exports"]["raw"]
+                place["onnx"] = {"file": name, "bytes": size, **check}
     (out_dir / CERTIFICATE).write_text(jsonsafe.dumps(doc, indent=2) + "\n")

@@ -21,6 +21,8 @@ REDUCED_TFLITE = "reduced.tflite"  # with `compress --tflite`
 #: The same nets taking uint8 images as the dataset stores them (compress of a run folder).
 REDUCED_RAW_MODEL = "reduced-raw.keras"
 REDUCED_RAW_TFLITE = "reduced-raw.tflite"
+REDUCED_ONNX = "reduced.onnx"  # with `compress --onnx`, as the TFLite files
+REDUCED_RAW_ONNX = "reduced-raw.onnx"
 CERTIFICATE = "certificate.json"
 #: The writer's lock file (RunLock) and the folder invalid checkpoints are moved to.
 LOCK = "train.lock"
