@@ -34,6 +34,9 @@ as it is; `custom_layers` names it and certificate.json records that the `.keras
 needs the code that registered it.
 """
 
+import importlib.util
+import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -386,10 +389,6 @@ def write_onnx(saved_model: "str | Path", signature: str, path: "str | Path") ->
     tf2onnx runs as its own command (its documented interface: `python -m tf2onnx.convert`;
     converting a Keras 3 function in this process leaves its constants as graph inputs),
     its log kept back; UserError (one line) when it is missing or refuses the net."""
-    import importlib.util
-    import subprocess
-    import sys
-
     if importlib.util.find_spec("tf2onnx") is None:
         raise UserError(_ONNX_MISSING)
     command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model)]

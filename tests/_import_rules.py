@@ -22,6 +22,8 @@ HEAVY = (
     "torch",
     "absl",
     "ai_edge_litert",
+    "onnxruntime",
+    "tf2onnx",
     "mpl_toolkits",
 )
 
