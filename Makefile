@@ -112,7 +112,7 @@ tensorboard: install
 
 # The whole loop in one command, nothing to download (scikit-learn ships the 8x8 digits):
 # train epsilon-ResNet-20 until blocks are discarded, certify and compress it (identical
-# predictions checked), the removal curve, the report. About a minute on 2 CPU cores.
+# predictions checked), the removal curve, the report (its time, measured: README.md).
 # Again: the finished run is kept (train resumes it) and compress/ablate/report are redone.
 DEMO_RUN = $(OUT)/demo
 demo: install

@@ -163,6 +163,7 @@ def test_a_closed_decision_where_the_unit_is_no_identity_scales_the_branch_by_0(
     assert not branch.any()
 
 
+@pytest.mark.slow  # four compressions: ~35 s on 2 cores
 def test_per_image_decisions_equal_the_gated_net_fed_one_image_at_a_time(tmp_path):
     """`--gates sample`, and a gate with no training statistics under "auto": T per image,
     which is the batch-scope gate at batch 1 — in every batch."""

@@ -405,6 +405,7 @@ print(X.tflite_logits(interpreter, np.ones((3, 4), np.float32)).shape)
 """
 
 
+@pytest.mark.slow  # two Pythons importing TensorFlow: ~15 s on 2 cores
 def test_the_tflite_interpreter_prints_no_info_line_unless_tensorflow_shows_them():
     """TFLite's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate" straight
     to file descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says (the raw interpreter, the

@@ -128,6 +128,7 @@ def test_digits_exports_take_the_0_to_16_pixels_scikit_learn_has(digits_run):
     np.testing.assert_array_equal(np.asarray(served.serve(x)).argmax(-1), expected[: len(x)])
 
 
+@pytest.mark.slow  # compress of 1,017 CIFAR images with TFLite: ~20 s on 2 cores
 def test_cifar_exports_take_the_official_pickles_bytes_with_the_mean_image_inside(
     tmp_path, shared_data
 ):
@@ -181,6 +182,7 @@ def _clients():
     return {name: code for code, name in blocks}
 
 
+@pytest.mark.slow  # four Pythons importing TensorFlow: ~40 s on 2 cores (make test's budget)
 def test_the_client_snippets_of_docs_exports_run_and_answer_as_the_pipeline(digits_run, tmp_path):
     """Each snippet as a user runs it, in its own Python, beside a runs/demo/reduced with
     every export; the REST body goes through the SavedModel's serving_default as TF Serving

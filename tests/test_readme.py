@@ -156,3 +156,24 @@ def test_files_the_readme_points_to_exist():
     assert len(links + paths) >= 10
     for path in links + paths:
         assert (ROOT / path).exists(), path
+
+
+#: How a statement of how long something takes reads ("about a minute", "150 CPU-seconds").
+TIME_CLAIM = re.compile(r"\b(\d+(\.\d+)?|a|a few)\s*(CPU-)?(seconds?|minutes?|hours?|s|min)\b", re.I)
+
+
+def test_the_times_of_make_demo_and_make_test_are_stated_once_measured_and_dated():
+    """The README owns them, each with the machine and the date it was measured on; the
+    Makefile's targets and the demo recipe point there instead of saying their own."""
+    demo = re.search(r"make demo[^\n]*?(\n[^\n]+){0,12}?measured (\d{4}-\d{2}-\d{2})", README)
+    test = re.search(r"make test\s+#[^\n]*measured (\d{4}-\d{2}-\d{2})", README)
+    assert demo and test, "README: make demo's and make test's times, with the date measured"
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("demo", "test"):
+        # the comment block right above the target
+        comment = re.search(rf"((?:#[^\n]*\n)*)(?:[A-Z_]+ = [^\n]*\n)*{target}:", makefile)
+        assert comment, target
+        assert not TIME_CLAIM.search(comment.group(1)), (target, comment.group(1))
+    description = recipes.resolve("demo")[1].get("description", "") or ""
+    raw = (ROOT / "experiments" / "demo.json").read_text()
+    assert not TIME_CLAIM.search(description + raw), "the demo recipe states its own time"

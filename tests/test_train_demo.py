@@ -85,4 +85,11 @@ def test_make_demo_end_to_end(tmp_path, capsys):
     assert cert["removed_count"] >= 3 and cert["equivalence"]["passed"]
     for name in ("tables.md", "strip.png", "removal_curves.png"):
         assert (run / "report" / name).is_file(), name
+    # issue 26: the exported net's error one image at a time, beside the gated net's
+    dep = cert["deployment"]
+    alone, gated = dep["test_error"]["batch_1"], dep["gated_test_error"]["batch_1"]
+    assert (
+        f"{100 * alone:.2f}% (gated {100 * gated:.2f}%)"
+        in (run / "report" / "tables.md").read_text()
+    )
     assert "removed" in capsys.readouterr().out
