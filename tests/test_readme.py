@@ -159,7 +159,9 @@ def test_files_the_readme_points_to_exist():
 
 
 #: How a statement of how long something takes reads ("about a minute", "150 CPU-seconds").
-TIME_CLAIM = re.compile(r"\b(\d+(\.\d+)?|a|a few)\s*(CPU-)?(seconds?|minutes?|hours?|s|min)\b", re.I)
+TIME_CLAIM = re.compile(
+    r"\b(\d+(\.\d+)?|a|a few)\s*(CPU-)?(seconds?|minutes?|hours?|s|min)\b", re.I
+)
 
 
 def test_the_times_of_make_demo_and_make_test_are_stated_once_measured_and_dated():
